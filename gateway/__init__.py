@@ -1,0 +1,3 @@
+"""Tollgate: a cost-aware, OpenAI-compatible LLM routing gateway."""
+
+__version__ = "0.1.0"

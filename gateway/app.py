@@ -1,0 +1,407 @@
+"""The ASGI application: the `Gateway` (live state) and the HTTP surface around the hot path.
+
+`/v1/chat/completions`, `/v1/completions` and `/v1/embeddings` go straight to
+`gateway.proxy` (raw ASGI, no framework). Everything else (health, models, metrics,
+usage, feedback, dashboard) is a small FastAPI app. Recording, metrics and judging
+run after the response is sent (`Gateway.finish`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway import pricing
+from gateway.config import ConfigError, RoutingConfig, load_config
+from gateway.errors import GatewayError, InvalidRequest, error_body
+from gateway.metrics import Metrics
+from gateway.proxy import HOT_PATHS, Proxy, Receive, Scope, Send
+from gateway.quality import Judge
+from gateway.recorder import Recorder
+from gateway.records import RequestRecord
+from gateway.runtime import Runtime, UpstreamPool
+from gateway.store import make_store
+from gateway.upstream import STATE_NAMES, Upstream
+
+log = logging.getLogger("tollgate")
+
+
+def _load_router(spec: str) -> Any:
+    from router_models import load_router
+
+    return load_router(spec)
+
+
+class Gateway:
+    """Everything live: the current `Runtime`, the store, recorder, metrics and judge."""
+
+    def __init__(self, cfg: RoutingConfig, config_path: str | None = None) -> None:
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self.pool = UpstreamPool(self._on_circuit)
+        self._router_spec = cfg.router.artifact
+        self.router = self._router_for(cfg)
+        self.runtime = Runtime(cfg, self.pool, self.router)
+        self.key_hashes = {k.sha256: k.id for k in cfg.auth.keys}
+        self.store = make_store(cfg.store)
+        self.recorder = Recorder(self.store, cfg.store, self.metrics)
+        self.judge = Judge(cfg.judge, self._judge_call, self.recorder, self.metrics)
+        self.judge_enabled = bool(cfg.judge.model and cfg.judge.sample_rate > 0)
+        self.reload_error: str | None = None
+        self.loaded_at = time.time()
+        self._mtime = self._stat()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started_at = time.time()
+        for up in self.pool.all():
+            self.metrics.set_circuit(up.model_name, up.label, 0)
+
+    # -- config ------------------------------------------------------------------------
+    @property
+    def config(self) -> RoutingConfig:
+        return self.runtime.config
+
+    def _router_for(self, cfg: RoutingConfig) -> Any | None:
+        if not any(m.profile for m in cfg.models):
+            return None
+        if getattr(self, "router", None) is not None and cfg.router.artifact == self._router_spec:
+            return self.router
+        router = _load_router(cfg.router.artifact)
+        self._router_spec = cfg.router.artifact
+        return router
+
+    def _stat(self) -> tuple[float, int] | None:
+        if not self.config_path:
+            return None
+        try:
+            st = os.stat(self.config_path)
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size)
+
+    def reload(self, reason: str = "file changed") -> bool:
+        """Swap in the file's config if it is valid; otherwise keep serving the old one."""
+        if not self.config_path:
+            return False
+        self._mtime = self._stat()
+        try:
+            cfg = load_config(self.config_path)
+            if cfg.store != self.config.store:
+                log.warning(
+                    "store settings changed in %s; they take effect on restart", self.config_path
+                )
+            router = self._router_for(cfg)
+            runtime = Runtime(cfg, self.pool, router)
+        except (ConfigError, GatewayError) as e:
+            self.reload_error = str(e)
+            log.error(
+                "config reload (%s) rejected, still serving the previous config: %s", reason, e
+            )
+            return False
+        except Exception as e:  # a broken router artifact, say
+            self.reload_error = f"{self.config_path}: {type(e).__name__}: {e}"
+            log.error(
+                "config reload (%s) failed, still serving the previous config: %s",
+                reason,
+                self.reload_error,
+            )
+            return False
+        self.router = router
+        self.runtime = runtime
+        self.key_hashes = {k.sha256: k.id for k in cfg.auth.keys}
+        self.judge_enabled = bool(cfg.judge.model and cfg.judge.sample_rate > 0)
+        self.judge.update(cfg.judge)
+        self.reload_error = None
+        self.loaded_at = time.time()
+        for up in self.pool.all():
+            self.metrics.set_circuit(up.model_name, up.label, up.circuit.state)
+        log.info(
+            "config reloaded (%s): %d models, %d routes", reason, len(cfg.models), len(cfg.routes)
+        )
+        return True
+
+    async def _watch_config(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                if self._stat() != self._mtime:
+                    self.reload("file changed")
+                await self.pool.reap()
+            except Exception:  # the watcher must never die
+                log.exception("config watcher error")
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.recorder.start()
+        self._tasks.append(asyncio.create_task(self._watch_config()))
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await self.judge.close()
+        await self.recorder.close(timeout=self.config.server.drain_timeout_s or 5.0)
+        await self.pool.aclose()
+
+    # -- after the response ------------------------------------------------------------
+    def price(self, rt: Runtime, rec: RequestRecord) -> None:
+        if rec.model is None:
+            return
+        rec.cost_usd = pricing.cost_usd(
+            rt.pricing.get(rec.model), rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens
+        )
+        base = rec.baseline_model or rec.model
+        rec.baseline_model = base
+        rec.baseline_cost_usd = pricing.cost_usd(
+            rt.pricing.get(base), rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens
+        )
+        if rec.router_scores and rec.model in rec.router_scores:
+            rec.quality_predicted = rec.router_scores[rec.model]
+
+    def finish(self, rt: Runtime, rec: RequestRecord, messages: Any, answer: str | None) -> None:
+        asyncio.get_running_loop().call_soon(self._after, rec, messages, answer)
+
+    def _after(self, rec: RequestRecord, messages: Any, answer: str | None) -> None:
+        try:
+            self.metrics.observe(rec)
+        except Exception:
+            log.exception("metrics failed for %s", rec.request_id)
+        self.recorder.submit(rec)
+        if self.judge_enabled and rec.status == 200 and answer and messages:
+            self.judge.maybe_judge(rec, messages, answer)
+
+    async def _judge_call(self, messages: list[dict[str, Any]]) -> str:
+        rt = self.runtime
+        name = rt.config.judge.model
+        if not name:
+            raise RuntimeError("no judge model configured")
+        up: Upstream = rt.upstreams[name][0]
+        resp = await up.client.post(
+            "/chat/completions",
+            content=orjson.dumps(
+                {
+                    "model": up.upstream_model,
+                    "messages": messages,
+                    "temperature": 0,
+                    "max_tokens": 64,
+                }
+            ),
+        )
+        resp.raise_for_status()
+        data = resp.json()
+        return str(data["choices"][0]["message"]["content"] or "")
+
+    def _on_circuit(self, up: Upstream, state: int) -> None:
+        log.warning("circuit of %s (%s) is now %s", up.label, up.base_url, STATE_NAMES[state])
+        self.metrics.set_circuit(up.model_name, up.label, state)
+
+    # -- status ------------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        rt = self.runtime
+        models = {}
+        any_up = False
+        for name, ups in rt.upstreams.items():
+            states = [STATE_NAMES[u.circuit.state] for u in ups]
+            ok = any(u.circuit.available() for u in ups)
+            any_up = any_up or ok
+            models[name] = {
+                "available": ok,
+                "tier": rt.models[name].tier,
+                "endpoints": [
+                    {"endpoint": u.label, "circuit": s, "in_flight": u.outstanding}
+                    for u, s in zip(ups, states, strict=True)
+                ],
+            }
+        body = {
+            "status": "ready" if any_up else "no_upstream_available",
+            "config": self.config_path or "(built in)",
+            "config_loaded_at": self.loaded_at,
+            "config_error": self.reload_error,
+            "router": getattr(self.router, "version", None),
+            "store": self.config.store.backend,
+            "store_queue_depth": self.recorder.queue_depth,
+            "models": models,
+        }
+        return any_up, body
+
+
+def _openai_error(
+    status: int,
+    message: str,
+    type_: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    return Response(
+        error_body(message, type_, param, code),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def build_fastapi(gw: Gateway) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.close()
+
+    app = FastAPI(
+        title="Tollgate", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
+    app.state.gw = gw
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            return _openai_error(
+                404,
+                f"no such endpoint: {request.method} {request.url.path}; "
+                "see GET /v1/models and the OpenAI API paths",
+                "invalid_request_error",
+                code="not_found",
+            )
+        if exc.status_code == 405:
+            return _openai_error(
+                405,
+                f"{request.method} is not allowed on {request.url.path}",
+                "invalid_request_error",
+                code="method_not_allowed",
+            )
+        return _openai_error(exc.status_code, str(exc.detail), "invalid_request_error")
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first["loc"][1:]) or None
+        return _openai_error(
+            400, f"{param or 'request'}: {first['msg']}", "invalid_request_error", param=param
+        )
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError) -> Response:
+        return Response(
+            exc.body(),
+            status_code=exc.status,
+            media_type="application/json",
+            headers={k.decode(): v.decode() for k, v in exc.headers()},
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "uptime_s": round(time.time() - gw.started_at, 3)}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        ok, body = gw.readiness()
+        return Response(
+            orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json"
+        )
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        return Response(
+            orjson.dumps({"object": "list", "data": gw.runtime.models_listing()}),
+            media_type="application/json",
+        )
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> Response:
+        for m in gw.runtime.models_listing():
+            if m["id"] == model_id:
+                return Response(orjson.dumps(m), media_type="application/json")
+        return _openai_error(
+            404,
+            f"the model {model_id!r} does not exist on this gateway",
+            "invalid_request_error",
+            "model",
+            "model_not_found",
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        gw.metrics.store_queue_depth(gw.recorder.queue_depth)
+        body, ctype = gw.metrics.render()
+        return Response(body, media_type=ctype)
+
+    from gateway.usage import feedback_endpoint, usage_endpoint
+
+    app.add_route("/v1/usage", usage_endpoint, methods=["GET"])
+    app.add_route("/v1/feedback", feedback_endpoint, methods=["POST"])
+    _mount_extras(app)
+    return app
+
+
+def _mount_extras(app: FastAPI) -> None:
+    """Optional pages (the dashboard) live in their own module."""
+    try:
+        from gateway.dashboard import mount
+    except ImportError:
+        return
+    mount(app)
+
+
+class TollgateApp:
+    """The ASGI entry point: the hot path first, the FastAPI app for everything else."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.proxy = Proxy(gw)
+        self.api = build_fastapi(gw)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            hot = HOT_PATHS.get(scope["path"])
+            if hot is not None:
+                if scope["method"] != "POST":
+                    e = InvalidRequest(
+                        f"use POST for {scope['path']}", status=405, code="method_not_allowed"
+                    )
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 405,
+                            "headers": [
+                                (b"content-type", b"application/json"),
+                                (b"allow", b"POST"),
+                            ],
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": e.body()})
+                    return
+                await self.proxy.handle(scope, receive, send, *hot)
+                return
+        await self.api(scope, receive, send)  # type: ignore[arg-type]
+
+
+def create_app(config_path: str | os.PathLike[str] | None = None) -> TollgateApp:
+    path = str(config_path) if config_path else os.environ.get("TOLLGATE_CONFIG")
+    if path is None:
+        from gateway.config import DEFAULT_CONFIG_PATH
+
+        path = str(DEFAULT_CONFIG_PATH)
+    cfg = load_config(path)
+    return TollgateApp(Gateway(cfg, str(Path(path))))
+
+
+def app_factory() -> TollgateApp:
+    """For `uvicorn --factory gateway.app:app_factory` (reads TOLLGATE_CONFIG)."""
+    return create_app()

@@ -1,0 +1,126 @@
+"""`tollgate` command line: serve, check-config, keys, router, report."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import secrets
+import sys
+import tempfile
+
+from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, masked_dump
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    path = args.config or os.environ.get("TOLLGATE_CONFIG") or str(DEFAULT_CONFIG_PATH)
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    os.environ["TOLLGATE_CONFIG"] = path
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    common = dict(
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=int(cfg.server.drain_timeout_s) or None,
+        lifespan="on",
+    )
+    if args.workers > 1:
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tollgate-prom-")
+        uvicorn.run("gateway.app:app_factory", factory=True, workers=args.workers, **common)  # type: ignore[arg-type]
+        return 0
+    from gateway.app import create_app
+
+    try:
+        app = create_app(path)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    uvicorn.run(app, **common)  # type: ignore[arg-type]
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    try:
+        from gateway.app import Gateway
+
+        Gateway(cfg, None)  # also checks router profiles and builds every upstream
+    except Exception as e:
+        print(f"{args.file}: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(masked_dump(cfg), indent=2))
+    print(f"{args.file}: OK ({len(cfg.models)} models, {len(cfg.routes)} routes)", file=sys.stderr)
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    key = args.key or "tg-" + secrets.token_urlsafe(24)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    if not args.key:
+        print(f"key (give this to the client, it is not stored): {key}")
+    print("add to the routing file under auth.keys:")
+    print(f"  - id: {args.id}\n    sha256: {digest}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "router":
+        from router_models.cli import main as router_main
+
+        return router_main(argv[1:])
+    if argv and argv[0] == "report":
+        from gateway.report import main as report_main
+
+        return report_main(argv[1:])
+    if argv and argv[0] == "demo":
+        from gateway.demo import main as demo_main
+
+        return demo_main(argv[1:])
+    p = argparse.ArgumentParser(prog="tollgate", description="Cost-aware LLM routing gateway")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("--config", help="routing YAML (default: config/routing.yaml)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    c = sub.add_parser("check-config", help="validate a routing YAML and print it resolved")
+    c.add_argument("file")
+    k = sub.add_parser("keys", help="make a gateway key and the hash to put in the config")
+    k.add_argument("--id", required=True, help="a name for the key, used in reports")
+    k.add_argument("--key", help="hash this key instead of generating one")
+    sub.add_parser("router", help="train / eval / calibrate the router (see tollgate router -h)")
+    sub.add_parser("report", help="usage report (see tollgate report -h)")
+    sub.add_parser("demo", help="replay real answers of real models through the router")
+    args = p.parse_args(argv)
+    if args.cmd == "serve":
+        return _serve(args)
+    if args.cmd == "check-config":
+        return _check_config(args)
+    if args.cmd == "keys":
+        return _keys(args)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,301 @@
+"""The routing YAML: its schema, `${VAR}` expansion, loading and error reporting.
+
+The file is the single source of truth. It is validated in full at start-up and on
+every reload; an error names the file, the field path, what was wrong and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+TIER_ORDER: dict[str, int] = {"small": 0, "medium": 1, "large": 2, "external": 3}
+Tier = Literal["small", "medium", "large", "external"]
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "routing.yaml"
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """The routing file could not be loaded; `str()` is a message fit for an operator."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__(f"{path}: invalid routing config:\n  - " + "\n  - ".join(problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def mask(value: str | None) -> str:
+    if not value:
+        return ""
+    return "****" + (value[-2:] if len(value) > 8 else "")
+
+
+class Timeouts(_Strict):
+    connect_s: float = Field(2.0, gt=0, description="TCP connect timeout")
+    read_s: float = Field(60.0, gt=0, description="longest gap between two bytes")
+    total_s: float = Field(300.0, gt=0, description="whole-attempt deadline")
+
+
+class Pricing(_Strict):
+    """USD prices. Either per-token (API models) or from hardware cost (local models).
+
+    Local pricing: cost per output token = usd_per_hour / 3600 / tokens_per_second;
+    input tokens are charged at `input_ratio` of that (prefill is much cheaper than decode).
+    """
+
+    input_per_mtok: float | None = Field(None, ge=0)
+    cached_input_per_mtok: float | None = Field(None, ge=0)
+    output_per_mtok: float | None = Field(None, ge=0)
+    hardware_usd_per_hour: float | None = Field(None, ge=0)
+    tokens_per_second: float | None = Field(None, gt=0)
+    input_ratio: float = Field(0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Pricing:
+        per_token = self.input_per_mtok is not None or self.output_per_mtok is not None
+        hardware = self.hardware_usd_per_hour is not None or self.tokens_per_second is not None
+        if per_token and hardware:
+            raise ValueError(
+                "give either input_per_mtok/output_per_mtok (API pricing) or "
+                "hardware_usd_per_hour + tokens_per_second (local pricing), not both"
+            )
+        if hardware and (self.hardware_usd_per_hour is None or self.tokens_per_second is None):
+            raise ValueError("local pricing needs both hardware_usd_per_hour and tokens_per_second")
+        return self
+
+
+class Endpoint(_Strict):
+    base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8001/v1")
+    model: str | None = Field(None, description="model name the upstream expects")
+    api_key: str | None = None
+    weight: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _url(self) -> Endpoint:
+        if not re.match(r"^https?://[^/\s]+", self.base_url):
+            raise ValueError(
+                f"base_url {self.base_url!r} must start with http:// or https:// and a host"
+            )
+        return self
+
+
+class ModelConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    tier: Tier
+    endpoints: list[Endpoint] = Field(min_length=1)
+    profile: str | None = Field(None, description="router profile this model is scored as")
+    pricing: Pricing | None = None
+    timeouts: Timeouts = Timeouts()
+    max_concurrency: int = Field(256, ge=1, description="in-flight requests per endpoint")
+    max_queue: int = Field(512, ge=0, description="requests waiting for a slot per endpoint")
+    queue_timeout_s: float = Field(5.0, gt=0)
+    retries: int = Field(2, ge=0, le=10, description="extra attempts on the same model")
+    kinds: list[Literal["chat", "completions", "embeddings"]] = ["chat", "completions"]
+
+
+class RouteConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    models: list[str] = Field(min_length=1, description="model names in fallback order")
+    reference: str | None = Field(None, description="baseline model for savings")
+
+
+class PolicyConfig(_Strict):
+    kind: Literal["cheapest_above", "max_utility", "threshold"]
+    target: float | None = Field(None, description="cheapest_above: quality to reach")
+    cost_weight: float | None = Field(None, description="max_utility: lambda (quality per USD)")
+    threshold: float | None = Field(None, description="threshold: strong-win score cut")
+    strong: str | None = None
+    weak: str | None = None
+
+
+class RouterConfig(_Strict):
+    artifact: str = Field("default", description="'default' or a path to an artifact directory")
+    default_policy: str = "balanced"
+    candidates: list[str] | None = Field(None, description="models `auto` chooses among")
+    policies: dict[str, PolicyConfig] = {
+        "balanced": PolicyConfig(kind="cheapest_above", target=0.6),
+    }
+    fallback: Literal["next_tier_up", "route_order"] = "next_tier_up"
+
+
+class StoreConfig(_Strict):
+    backend: Literal["sqlite", "redis", "none"] = "sqlite"
+    sqlite_path: str = "var/tollgate.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_stream_maxlen: int = Field(1_000_000, ge=1000)
+    queue_size: int = Field(10_000, ge=10)
+    batch_size: int = Field(256, ge=1)
+    flush_interval_s: float = Field(0.25, gt=0)
+    retry_interval_s: float = Field(1.0, gt=0)
+
+
+class JudgeConfig(_Strict):
+    model: str | None = None
+    sample_rate: float = Field(0.0, ge=0, le=1)
+    rubric: str | None = None
+
+
+class CircuitConfig(_Strict):
+    failure_threshold: int = Field(5, ge=1)
+    cooldown_s: float = Field(10.0, gt=0)
+
+
+class ServerConfig(_Strict):
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    drain_timeout_s: float = Field(30.0, ge=0)
+    retry_backoff_s: float = Field(0.1, ge=0, description="base of the jittered backoff")
+    max_backoff_s: float = Field(5.0, ge=0)
+    metrics_per_key: bool = False
+
+
+class GatewayKey(_Strict):
+    id: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class AuthConfig(_Strict):
+    keys: list[GatewayKey] = []
+
+
+class RoutingConfig(_Strict):
+    version: Literal[1] = 1
+    server: ServerConfig = ServerConfig()
+    circuit_breaker: CircuitConfig = CircuitConfig()
+    store: StoreConfig = StoreConfig()
+    router: RouterConfig = RouterConfig()
+    judge: JudgeConfig = JudgeConfig()
+    auth: AuthConfig = AuthConfig()
+    models: Annotated[list[ModelConfig], Field(min_length=1)]
+    routes: list[RouteConfig] = []
+
+    @model_validator(mode="after")
+    def _references(self) -> RoutingConfig:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
+        known = set(names)
+        for r in self.routes:
+            if r.name in known:
+                raise ValueError(f"route {r.name!r} has the same name as a model; rename one")
+            missing = [m for m in r.models if m not in known]
+            if missing:
+                raise ValueError(
+                    f"route {r.name!r} lists unknown model(s) {missing}; "
+                    f"known models: {sorted(known)}"
+                )
+            if r.reference and r.reference not in known:
+                raise ValueError(f"route {r.name!r} reference {r.reference!r} is not a model")
+        pol = self.router.policies
+        if self.router.default_policy not in pol:
+            raise ValueError(
+                f"router.default_policy {self.router.default_policy!r} is not one of "
+                f"router.policies {sorted(pol)}"
+            )
+        for cand in self.router.candidates or []:
+            if cand not in known:
+                raise ValueError(f"router.candidates lists unknown model {cand!r}")
+        if self.judge.model and self.judge.model not in known:
+            raise ValueError(f"judge.model {self.judge.model!r} is not a configured model")
+        return self
+
+    # Convenience lookups; the config is frozen so these are cheap and safe.
+    def model(self, name: str) -> ModelConfig | None:
+        for m in self.models:
+            if m.name == name:
+                return m
+        return None
+
+
+def _expand_env(value: Any, path: str, problems: list[str]) -> Any:
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            var, default = m.group(1), m.group(2)
+            got = os.environ.get(var)
+            if got is None or (got == "" and default is not None):
+                if default is None:
+                    problems.append(
+                        f"{path}: environment variable {var} is not set; set it or write "
+                        f"${{{var}:-default}} to give a default"
+                    )
+                    return ""
+                return default
+            return got
+
+        return _ENV_RE.sub(sub, value)
+    if isinstance(value, dict):
+        return {
+            k: _expand_env(v, f"{path}.{k}" if path else str(k), problems) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_expand_env(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith("function-") or part in ("function-after", "function-before"):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def parse_config(text: str, path: str = "<string>") -> RoutingConfig:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(path, [f"not valid YAML: {e}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(path, ["the file must be a YAML mapping with at least a `models:` list"])
+    problems: list[str] = []
+    raw = _expand_env(raw, "", problems)
+    if problems:
+        raise ConfigError(path, problems)
+    try:
+        return RoutingConfig.model_validate(raw)
+    except ValidationError as e:
+        for err in e.errors():
+            where = _loc(tuple(err["loc"]))
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field; check its spelling against config/routing.yaml"
+            elif err["type"] == "missing":
+                msg = "required field is missing"
+            problems.append(f"{where}: {msg}")
+        raise ConfigError(path, problems) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> RoutingConfig:
+    p = Path(path) if path else DEFAULT_CONFIG_PATH
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(str(p), [f"cannot read the file: {e.strerror}"]) from None
+    return parse_config(text, str(p))
+
+
+def masked_dump(cfg: RoutingConfig) -> dict[str, Any]:
+    """The resolved config as plain data with every secret masked."""
+    data = cfg.model_dump(mode="json")
+    for m in data["models"]:
+        for ep in m["endpoints"]:
+            if ep.get("api_key"):
+                ep["api_key"] = mask(ep["api_key"])
+    if "redis_url" in data["store"]:
+        data["store"]["redis_url"] = re.sub(r"//[^@/]*@", "//****@", data["store"]["redis_url"])
+    return data

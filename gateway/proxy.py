@@ -1,0 +1,746 @@
+"""The hot path: request in, bytes out, for /v1/chat/completions, /v1/completions, /v1/embeddings.
+
+A raw ASGI handler (no framework on this path). In order: read and check the body,
+resolve the model name to a plan (a concrete model, a route, or the learned router),
+dispatch to upstreams with retries, circuit breakers and fallback, pass the answer
+back (streamed chunks forwarded as they arrive), then hand the request record to
+`Gateway.after_request`, which runs after the response is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import orjson
+
+from gateway import pricing
+from gateway.errors import (
+    AuthenticationFailed,
+    BodyTooLarge,
+    GatewayError,
+    InvalidRequest,
+    RateLimited,
+    Unavailable,
+    UnsupportedMediaType,
+    UpstreamClientError,
+    UpstreamError,
+    UpstreamTimeout,
+    error_body,
+)
+from gateway.records import RequestRecord
+from gateway.upstream import QueueFull, Upstream
+from gateway.validation import validate_chat, validate_completion, validate_embeddings
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+    from gateway.runtime import Plan, Runtime
+
+log = logging.getLogger("tollgate.proxy")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+HOT_PATHS: dict[str, tuple[str, str, Callable[[Any], None]]] = {
+    "/v1/chat/completions": ("chat", "/chat/completions", validate_chat),
+    "/v1/completions": ("completions", "/completions", validate_completion),
+    "/v1/embeddings": ("embeddings", "/embeddings", validate_embeddings),
+}
+
+_MODEL_RE = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_CONTENT_RE = re.compile(rb'"(?:content|text|arguments)"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_JSON_CT = (b"application/json", b"application/json; charset=utf-8")
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_DONE = b"data: [DONE]\n\n"
+
+
+class _Ctx:
+    """Per-request state shared with the disconnect watcher."""
+
+    __slots__ = ("client_gone", "finished", "started")
+
+    def __init__(self) -> None:
+        self.client_gone = False
+        self.finished = False  # the last byte is being sent: a disconnect now is normal
+        self.started = False  # response headers sent
+
+
+class _Retry(Exception):
+    """An attempt failed in a way worth retrying on the same model."""
+
+    def __init__(self, err: GatewayError, delay: float | None = None) -> None:
+        self.err = err
+        self.delay = delay
+
+
+class _NextModel(Exception):
+    """An attempt failed in a way that retrying this model will not fix."""
+
+    def __init__(self, err: GatewayError) -> None:
+        self.err = err
+
+
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], ctx: _Ctx) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            if not ctx.finished:
+                ctx.client_gone = True
+                task.cancel()
+            return
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    v = resp.headers.get("retry-after")
+    if not v:
+        return None
+    try:
+        return max(0.0, float(v))
+    except ValueError:
+        return None
+
+
+def _upstream_message(body: bytes) -> str:
+    try:
+        data = orjson.loads(body)
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:300]
+        if isinstance(err, str):
+            return err[:300]
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    return body[:200].decode("utf-8", "replace").strip() or "(empty body)"
+
+
+class Proxy:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    async def handle(
+        self, scope: Scope, receive: Receive, send: Send, kind: str, path: str, check: Any
+    ) -> None:
+        t0 = time.perf_counter()
+        gw = self.gw
+        rt = gw.runtime
+        rid = "tg-" + os.urandom(12).hex()
+        rec = RequestRecord(request_id=rid, ts=time.time(), endpoint=kind)
+        ctx = _Ctx()
+        task = asyncio.current_task()
+        watcher: asyncio.Task[None] | None = None
+        state: dict[str, Any] = {"upstream_s": 0.0, "answer": None, "messages": None}
+        try:
+            ct = b""
+            length = -1
+            auth = b""
+            explain = False
+            for k, v in scope["headers"]:
+                if k == b"content-type":
+                    ct = v
+                elif k == b"content-length":
+                    length = int(v) if v.isdigit() else -1
+                elif k == b"authorization":
+                    auth = v
+                elif k == b"x-tollgate-explain":
+                    explain = v in (b"1", b"true", b"yes")
+            if gw.key_hashes:
+                rec.key_id = self._authenticate(auth)
+            limit = rt.config.server.max_body_bytes
+            if length > limit:
+                raise BodyTooLarge(
+                    f"the request body is {length} bytes; this gateway accepts at most {limit} "
+                    "(server.max_body_bytes)"
+                )
+            if ct not in _JSON_CT and ct.split(b";", 1)[0].strip().lower() != b"application/json":
+                raise UnsupportedMediaType(
+                    f"send the body as JSON with 'Content-Type: application/json' "
+                    f"(got {ct.decode('latin-1') or 'no content type'!r})"
+                )
+            raw = await self._read_body(receive, limit)
+            if not raw:
+                raise InvalidRequest("the request body is empty; send a JSON object")
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                raise InvalidRequest(f"the request body is not valid JSON: {e}") from None
+            check(body)
+            rec.route = body["model"]
+            stream = bool(body.get("stream"))
+            rec.stream = stream
+            plan = rt.resolve(rec.route, kind, body)
+            rec.policy = plan.policy
+            rec.baseline_model = plan.baseline_model
+            if plan.decision is not None:
+                rec.router_score = plan.decision.score
+                rec.router_scores = dict(plan.decision.quality)
+                gw.metrics.router_decision(plan.decision_s)
+            if gw.judge_enabled and kind == "chat":
+                state["messages"] = body.get("messages")
+            assert task is not None
+            watcher = asyncio.create_task(_watch_disconnect(receive, task, ctx))
+            if stream:
+                await self._stream(rt, plan, body, kind, path, rec, ctx, send, state, explain, t0)
+            else:
+                await self._unary(rt, plan, body, path, rec, ctx, send, state, explain)
+        except GatewayError as e:
+            rec.status = e.status
+            rec.error_type = e.type
+            if not ctx.started:
+                await self._send_error(send, e, rid, rec)
+        except asyncio.CancelledError:
+            if not ctx.client_gone:
+                raise
+            if task is not None:
+                task.uncancel()
+            rec.status = 499
+            rec.error_type = "client_disconnected"
+        except Exception:
+            log.exception("unexpected error in request %s", rid)
+            rec.status = 500
+            rec.error_type = "api_error"
+            if not ctx.started:
+                await self._send_error(
+                    send,
+                    GatewayError(f"internal gateway error; quote request id {rid} to the operator"),
+                    rid,
+                    rec,
+                )
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            rec.latency_ms = (time.perf_counter() - t0) * 1000.0
+            rec.upstream_ms = state["upstream_s"] * 1000.0
+            rec.overhead_ms = max(0.0, rec.latency_ms - rec.upstream_ms)
+            gw.finish(rt, rec, state["messages"], state["answer"])
+
+    # -- helpers ---------------------------------------------------------------------
+    def _authenticate(self, auth: bytes) -> str:
+        if not auth.lower().startswith(b"bearer "):
+            raise AuthenticationFailed(
+                "missing gateway key: send 'Authorization: Bearer <key>' (api_key in the SDK)"
+            )
+        digest = hashlib.sha256(auth[7:].strip()).hexdigest()
+        key_id = self.gw.key_hashes.get(digest)
+        if key_id is None:
+            raise AuthenticationFailed("the gateway key is not valid; check the api_key you sent")
+        return key_id
+
+    @staticmethod
+    async def _read_body(receive: Receive, limit: int) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise asyncio.CancelledError
+            b = msg.get("body", b"")
+            if b:
+                size += len(b)
+                if size > limit:
+                    raise BodyTooLarge(
+                        f"the request body is over {limit} bytes, the most this gateway accepts "
+                        "(server.max_body_bytes)"
+                    )
+                chunks.append(b)
+            if not msg.get("more_body"):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _send_error(self, send: Send, e: GatewayError, rid: str, rec: RequestRecord) -> None:
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"x-tollgate-request-id", rid.encode()),
+            *e.headers(),
+        ]
+        if rec.model:
+            headers.append((b"x-tollgate-model", rec.model.encode()))
+        if rec.attempts:
+            headers.append((b"x-tollgate-attempts", str(rec.attempts).encode()))
+        await send({"type": "http.response.start", "status": e.status, "headers": headers})
+        await send({"type": "http.response.body", "body": e.body()})
+
+    def _headers(
+        self, rt: Runtime, plan: Plan, rec: RequestRecord, explain: bool
+    ) -> list[tuple[bytes, bytes]]:
+        h = [
+            (b"x-tollgate-request-id", rec.request_id.encode()),
+            (b"x-tollgate-model", (rec.model or "").encode()),
+            (b"x-tollgate-tier", (rec.tier or "").encode()),
+            (b"x-tollgate-attempts", str(rec.attempts).encode()),
+        ]
+        d = plan.decision
+        if d is not None:
+            h.append((b"x-tollgate-router-score", f"{d.score:.4f}".encode()))
+            h.append((b"x-tollgate-policy", (plan.policy or "").encode()))
+            if explain:
+                cands = [
+                    {
+                        "model": n,
+                        "tier": rt.models[n].tier,
+                        "predicted_quality": round(d.quality.get(n, 0.0), 4),
+                        "estimated_cost_usd": d.cost.get(n, 0.0),
+                    }
+                    for n in d.quality
+                ]
+                h.append((b"x-tollgate-explain", orjson.dumps(cands)))
+        return h
+
+    def _pick(self, ups: list[Upstream]) -> Upstream | None:
+        if len(ups) == 1:
+            u = ups[0]
+            return u if u.circuit.allow() else None
+        order = sorted(
+            (u for u in ups if u.circuit.available()),
+            key=lambda u: (u.outstanding / u.weight, random.random()),
+        )
+        for u in order:
+            if u.circuit.allow():
+                return u
+        return None
+
+    def _backoff(self, rt: Runtime, attempt: int) -> float:
+        s = rt.config.server
+        return min(s.max_backoff_s, s.retry_backoff_s * (2**attempt) * random.uniform(0.5, 1.5))
+
+    def _payload(self, body: dict[str, Any], up: Upstream, stream: bool) -> bytes:
+        out = dict(body)
+        out["model"] = up.upstream_model
+        if stream:
+            so = dict(out.get("stream_options") or {})
+            so["include_usage"] = True
+            out["stream_options"] = so
+        return orjson.dumps(out)
+
+    async def _attempts(
+        self,
+        rt: Runtime,
+        plan: Plan,
+        rec: RequestRecord,
+        state: dict[str, Any],
+        attempt_fn: Callable[[Upstream], Awaitable[Any]],
+        keep_slot: bool = False,
+    ) -> Any:
+        """Run `attempt_fn` over the plan's models: retries on one model, then fallback.
+
+        With `keep_slot`, the winning upstream's slot stays taken (a stream still flowing);
+        the caller gives it back with `_release`.
+        """
+        last: GatewayError | None = None
+        tried_models = 0
+        metrics = self.gw.metrics
+        for name in plan.models:
+            mcfg = rt.models[name]
+            ups = rt.upstreams[name]
+            if tried_models:
+                rec.fallbacks += 1
+            tried_models += 1
+            rec.model = name
+            rec.tier = mcfg.tier
+            for attempt in range(mcfg.retries + 1):
+                up = self._pick(ups)
+                if up is None:
+                    wait = min(u.circuit.cooldown_s for u in ups)
+                    last = Unavailable(
+                        f"model {name!r} is unavailable: its circuit breaker is open after "
+                        "repeated upstream failures; retry later",
+                        retry_after=wait,
+                        model=name,
+                    )
+                    break
+                try:
+                    await up.limiter.acquire()
+                except QueueFull:
+                    up.circuit.release_probe()
+                    last = Unavailable(
+                        f"model {name!r} is at capacity (max_concurrency={mcfg.max_concurrency}, "
+                        f"max_queue={mcfg.max_queue}); retry later",
+                        retry_after=1.0,
+                        model=name,
+                    )
+                    break
+                rec.attempts += 1
+                up.outstanding += 1
+                metrics.inflight(name, up.label, 1)
+                t = time.perf_counter()
+                settled = False
+                keep = False
+                try:
+                    result = await attempt_fn(up)
+                    settled = True
+                    keep = keep_slot
+                    up.circuit.success()
+                    return result
+                except _Retry as r:
+                    settled = True
+                    last = r.err
+                    metrics.upstream_error(name, r.err.code or r.err.type)
+                    if attempt < mcfg.retries:
+                        await asyncio.sleep(
+                            r.delay if r.delay is not None else self._backoff(rt, attempt)
+                        )
+                        continue
+                except _NextModel as n:
+                    settled = True
+                    last = n.err
+                    metrics.upstream_error(name, n.err.code or n.err.type)
+                    break
+                except UpstreamClientError:
+                    settled = True
+                    up.circuit.success()
+                    raise
+                finally:
+                    state["upstream_s"] += time.perf_counter() - t
+                    if not keep:
+                        self._release(up)
+                    if not settled:
+                        up.circuit.release_probe()
+            else:
+                continue
+        if last is None:
+            last = Unavailable("no model could take the request", retry_after=1.0)
+        raise last
+
+    def _release(self, up: Upstream) -> None:
+        up.outstanding -= 1
+        up.limiter.release()
+        self.gw.metrics.inflight(up.model_name, up.label, -1)
+
+    def _classify(
+        self,
+        up: Upstream,
+        resp_status: int,
+        body: bytes,
+        retry_after: float | None,
+        max_backoff: float,
+    ) -> Exception:
+        name = up.model_name
+        msg = _upstream_message(body)
+        if resp_status == 429:
+            err = RateLimited(
+                f"model {name!r} is rate limited upstream (HTTP 429): {msg}",
+                retry_after=retry_after,
+                model=name,
+            )
+            if retry_after is not None and retry_after > max_backoff:
+                return _NextModel(err)
+            return _Retry(err, retry_after)
+        if resp_status >= 500 or resp_status == 408:
+            up.circuit.failure()
+            return _Retry(
+                UpstreamError(
+                    f"model {name!r} failed upstream with HTTP {resp_status}: {msg}", model=name
+                )
+            )
+        if resp_status in (401, 403, 404):
+            up.circuit.failure()
+            return _NextModel(
+                UpstreamError(
+                    f"model {name!r}: the upstream refused the gateway's request with HTTP "
+                    f"{resp_status} ({msg}); check the endpoint's api_key and model in the "
+                    "routing file",
+                    model=name,
+                )
+            )
+        return UpstreamClientError(resp_status, body, name)
+
+    def _transport_error(self, up: Upstream, e: Exception) -> Exception:
+        up.circuit.failure()
+        name = up.model_name
+        if isinstance(e, httpx.ConnectTimeout):
+            return _Retry(
+                UpstreamTimeout(f"model {name!r}: connecting to the upstream timed out", model=name)
+            )
+        if isinstance(e, httpx.TimeoutException | TimeoutError):
+            return _NextModel(
+                UpstreamTimeout(
+                    f"model {name!r}: the upstream did not answer in time ({e!r})", model=name
+                )
+            )
+        if isinstance(e, httpx.ConnectError):
+            return _Retry(
+                UpstreamError(f"model {name!r}: cannot connect to the upstream", model=name)
+            )
+        return _Retry(
+            UpstreamError(
+                f"model {name!r}: the upstream connection failed ({type(e).__name__})", model=name
+            )
+        )
+
+    # -- non-streamed ------------------------------------------------------------------
+    async def _unary(
+        self,
+        rt: Runtime,
+        plan: Plan,
+        body: dict[str, Any],
+        path: str,
+        rec: RequestRecord,
+        ctx: _Ctx,
+        send: Send,
+        state: dict[str, Any],
+        explain: bool,
+    ) -> None:
+        max_backoff = rt.config.server.max_backoff_s
+
+        async def attempt(up: Upstream) -> tuple[bytes, dict[str, Any]]:
+            payload = self._payload(body, up, False)
+            try:
+                async with asyncio.timeout(up.total_s):
+                    resp = await up.client.post(path, content=payload)
+            except (httpx.TransportError, TimeoutError) as e:
+                raise self._transport_error(up, e) from None
+            if resp.status_code != 200:
+                raise self._classify(
+                    up, resp.status_code, resp.content, _retry_after(resp), max_backoff
+                )
+            try:
+                data = orjson.loads(resp.content)
+                if not isinstance(data, dict):
+                    raise ValueError
+            except (orjson.JSONDecodeError, ValueError):
+                up.circuit.failure()
+                raise _Retry(
+                    UpstreamError(
+                        f"model {up.model_name!r} returned a body that is not a JSON object",
+                        model=up.model_name,
+                    )
+                ) from None
+            return resp.content, data
+
+        _content, data = await self._attempts(rt, plan, rec, state, attempt)
+        if "model" in data:
+            data["model"] = rec.model
+        usage = data.get("usage")
+        self._usage(rec, usage)
+        if not isinstance(usage, dict) or "prompt_tokens" not in usage:
+            rec.tokens_estimated = True
+            rec.prompt_tokens = _estimate_prompt(body)
+            rec.completion_tokens = pricing.estimate_tokens(_answer_text(data))
+        if state["messages"] is not None:
+            state["answer"] = _answer_text(data)
+        out = orjson.dumps(data)
+        self.gw.price(rt, rec)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"x-tollgate-cost-usd", f"{rec.cost_usd:.8f}".encode()),
+            *self._headers(rt, plan, rec, explain),
+        ]
+        ctx.started = True
+        ctx.finished = True
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": out})
+
+    @staticmethod
+    def _usage(rec: RequestRecord, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        pt = usage.get("prompt_tokens")
+        ct = usage.get("completion_tokens")
+        rec.prompt_tokens = pt if isinstance(pt, int) else 0
+        rec.completion_tokens = ct if isinstance(ct, int) else 0
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+            rec.cached_tokens = details["cached_tokens"]
+
+    # -- streamed ----------------------------------------------------------------------
+    async def _stream(
+        self,
+        rt: Runtime,
+        plan: Plan,
+        body: dict[str, Any],
+        kind: str,
+        path: str,
+        rec: RequestRecord,
+        ctx: _Ctx,
+        send: Send,
+        state: dict[str, Any],
+        explain: bool,
+        t0: float,
+    ) -> None:
+        max_backoff = rt.config.server.max_backoff_s
+        so = body.get("stream_options")
+        client_wants_usage = isinstance(so, dict) and so.get("include_usage") is True
+
+        async def attempt(up: Upstream) -> httpx.Response:
+            payload = self._payload(body, up, True)
+            req = up.client.build_request("POST", path, content=payload)
+            try:
+                async with asyncio.timeout(up.total_s):
+                    resp = await up.client.send(req, stream=True)
+            except (httpx.TransportError, TimeoutError) as e:
+                raise self._transport_error(up, e) from None
+            if resp.status_code != 200:
+                try:
+                    content = await resp.aread()
+                except httpx.TransportError:
+                    content = b""
+                finally:
+                    await resp.aclose()
+                raise self._classify(up, resp.status_code, content, _retry_after(resp), max_backoff)
+            return resp
+
+        # Retries and fallback happen only until the upstream accepts the stream: after
+        # the first byte reaches the client the answer is committed to that model.
+        holder: dict[str, Any] = {}
+
+        async def attempt_and_hold(up: Upstream) -> None:
+            holder["resp"] = await attempt(up)
+            holder["up"] = up
+
+        await self._attempts(rt, plan, rec, state, attempt_and_hold, keep_slot=True)
+        resp: httpx.Response = holder["resp"]
+        up: Upstream = holder["up"]
+        public = rec.model or ""
+        t_up = time.perf_counter()
+        model_pat: bytes | None = None
+        model_rep = b'"model":' + orjson.dumps(public)
+        buf = b""
+        saw_done = False
+        usage_seen = False
+        kept: list[bytes] = []
+        keep_text = state["messages"] is not None
+        failure: str | None = None
+        try:
+            headers = [*_SSE_HEADERS, *self._headers(rt, plan, rec, explain)]
+            ctx.started = True
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            async for chunk in resp.aiter_raw():
+                buf += chunk
+                if b"\n\n" not in buf:
+                    if b"\r\n\r\n" in buf:
+                        buf = buf.replace(b"\r\n", b"\n")
+                    else:
+                        continue
+                *events, buf = buf.split(b"\n\n")
+                out: list[bytes] = []
+                for ev in events:
+                    if not ev:
+                        continue
+                    if ev.startswith(b"data: [DONE]") or ev.startswith(b"data:[DONE]"):
+                        saw_done = True
+                        out.append(_DONE)
+                        continue
+                    if model_pat is None:
+                        m = _MODEL_RE.search(ev)
+                        if m:
+                            model_pat = m.group(0)
+                    if model_pat is not None and model_pat in ev:
+                        ev = ev.replace(model_pat, model_rep, 1)
+                    if b'"usage"' in ev:
+                        drop = self._stream_usage(rec, ev, client_wants_usage)
+                        usage_seen = (
+                            usage_seen or rec.prompt_tokens > 0 or rec.completion_tokens > 0
+                        )
+                        if drop:
+                            continue
+                    if not usage_seen or keep_text:
+                        kept.append(ev)
+                    if rec.ttft_ms is None:
+                        rec.ttft_ms = (time.perf_counter() - t0) * 1000.0
+                    out.append(ev + b"\n\n")
+                if out:
+                    await send(
+                        {"type": "http.response.body", "body": b"".join(out), "more_body": True}
+                    )
+            if not saw_done:
+                failure = "the upstream closed the stream before [DONE]"
+        except httpx.TimeoutException:
+            failure = "the upstream stopped sending (read timeout)"
+        except httpx.TransportError as e:
+            failure = f"the upstream connection broke mid-stream ({type(e).__name__})"
+        finally:
+            state["upstream_s"] += time.perf_counter() - t_up
+            await resp.aclose()
+            self._release(up)
+        if failure is not None:
+            up.circuit.failure()
+            self.gw.metrics.upstream_error(up.model_name, "stream_cut")
+            rec.status = 502
+            rec.error_type = "upstream_error"
+            err = error_body(
+                f"model {up.model_name!r}: {failure}; the answer above is incomplete",
+                "upstream_error",
+                None,
+                "stream_interrupted",
+            )
+            ctx.finished = True
+            await send({"type": "http.response.body", "body": b"data: " + err + b"\n\n"})
+        else:
+            ctx.finished = True
+            await send({"type": "http.response.body", "body": b""})
+        text = None
+        if kept and (keep_text or not usage_seen):
+            text = _stream_text(kept)
+        if not usage_seen:
+            rec.tokens_estimated = True
+            rec.prompt_tokens = _estimate_prompt(body)
+            rec.completion_tokens = pricing.estimate_tokens(text or "")
+        if keep_text:
+            state["answer"] = text
+        self.gw.price(rt, rec)
+
+    @staticmethod
+    def _stream_usage(rec: RequestRecord, ev: bytes, client_wants_usage: bool) -> bool:
+        """Record usage from a chunk; True if the chunk exists only because we asked for it."""
+        try:
+            data = orjson.loads(ev[5:].lstrip() if ev.startswith(b"data:") else ev)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(data, dict):
+            return False
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            Proxy._usage(rec, usage)
+        return not client_wants_usage and isinstance(usage, dict) and not data.get("choices")
+
+
+def _estimate_prompt(body: dict[str, Any]) -> int:
+    if "messages" in body:
+        return pricing.estimate_prompt_tokens(body["messages"])
+    p = body.get("prompt", body.get("input", ""))
+    return pricing.estimate_tokens(p if isinstance(p, str) else orjson.dumps(p).decode())
+
+
+def _answer_text(data: dict[str, Any]) -> str:
+    parts: list[str] = []
+    for ch in data.get("choices") or []:
+        if not isinstance(ch, dict):
+            continue
+        msg = ch.get("message")
+        if isinstance(msg, dict):
+            if isinstance(msg.get("content"), str):
+                parts.append(msg["content"])
+            for tc in msg.get("tool_calls") or []:
+                fn = tc.get("function") if isinstance(tc, dict) else None
+                if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                    parts.append(fn["arguments"])
+        elif isinstance(ch.get("text"), str):
+            parts.append(ch["text"])
+    return "".join(parts)
+
+
+def _stream_text(events: list[bytes]) -> str:
+    out: list[str] = []
+    for ev in events:
+        for m in _CONTENT_RE.finditer(ev):
+            try:
+                out.append(orjson.loads(b'"' + m.group(1) + b'"'))
+            except orjson.JSONDecodeError:
+                continue
+    return "".join(out)
+
+
+# Re-exported for the app's fallback error handler.
+__all__ = ["HOT_PATHS", "Proxy", "error_body"]

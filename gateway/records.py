@@ -1,0 +1,55 @@
+"""The request record: one per request, schema-versioned, written to the metrics store."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    request_id: str
+    ts: float  # unix seconds when the request arrived
+    endpoint: str = "chat"  # chat | completions | embeddings
+    key_id: str | None = None  # id of the gateway key (never the key itself)
+    route: str | None = None  # the model name the client asked for (virtual or concrete)
+    policy: str | None = None  # router policy when the route was routed
+    model: str | None = None  # public name of the model that answered (or last tried)
+    tier: str | None = None
+    router_score: float | None = None  # RouteLLM-style need-for-strong score
+    router_scores: dict[str, float] | None = None  # predicted quality per candidate model
+    attempts: int = 0
+    fallbacks: int = 0
+    status: int = 200
+    error_type: str | None = None
+    stream: bool = False
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    tokens_estimated: bool = False
+    cost_usd: float = 0.0
+    baseline_cost_usd: float = 0.0
+    baseline_model: str | None = None
+    latency_ms: float = 0.0  # total, as the client saw it
+    ttft_ms: float | None = None  # time to first token (streams) / first byte
+    upstream_ms: float = 0.0
+    overhead_ms: float = 0.0  # latency minus upstream time
+    cache_hit: bool = False
+    quality_predicted: float | None = None
+    quality_feedback: float | None = None
+    quality_judge: float | None = None
+    schema_version: int = field(default=SCHEMA_VERSION)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RequestRecord:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @property
+    def savings_usd(self) -> float:
+        return self.baseline_cost_usd - self.cost_usd

@@ -1,0 +1,120 @@
+"""Request-body checks for the OpenAI endpoints the gateway serves.
+
+Hand-written rather than pydantic: this runs on every request, and it only checks the
+fields the gateway itself interprets. Everything else passes through to the upstream
+untouched. Each error names the field and says what to send instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.errors import InvalidRequest
+
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    list: "an array",
+    dict: "an object",
+    type(None): "null",
+}
+
+
+def _kind(value: Any) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _bad(param: str, expected: str, value: Any) -> InvalidRequest:
+    return InvalidRequest(f"'{param}' must be {expected}, got {_kind(value)}", param=param)
+
+
+def _common(body: Any) -> None:
+    if not isinstance(body, dict):
+        raise InvalidRequest(
+            f"the request body must be a JSON object, got {_kind(body)}", param=None
+        )
+    model = body.get("model")
+    if model is None:
+        raise InvalidRequest(
+            "'model' is required: name a model or route from GET /v1/models, or 'auto'",
+            param="model",
+        )
+    if not isinstance(model, str) or not model:
+        raise _bad("model", "a non-empty string", model)
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _bad("stream", "a boolean", stream)
+    so = body.get("stream_options")
+    if so is not None and not isinstance(so, dict):
+        raise _bad("stream_options", "an object", so)
+    for name in ("max_tokens", "max_completion_tokens", "n"):
+        v = body.get(name)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            raise _bad(name, "a non-negative integer", v)
+    for name in ("temperature", "top_p"):
+        v = body.get(name)
+        if v is not None and (not isinstance(v, int | float) or isinstance(v, bool)):
+            raise _bad(name, "a number", v)
+
+
+def validate_chat(body: Any) -> None:
+    _common(body)
+    messages = body.get("messages")
+    if messages is None:
+        raise InvalidRequest(
+            '\'messages\' is required: send a list like [{"role": "user", "content": "Hello"}]',
+            param="messages",
+        )
+    if not isinstance(messages, list):
+        raise _bad("messages", "an array of message objects", messages)
+    if not messages:
+        raise InvalidRequest("'messages' must contain at least one message", param="messages")
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise _bad(where, "an object with 'role' and 'content'", m)
+        role = m.get("role")
+        if not isinstance(role, str):
+            raise _bad(f"{where}.role", "a string", role)
+        if role not in _ROLES:
+            raise InvalidRequest(
+                f"'{where}.role' is {role!r}; use one of {', '.join(sorted(_ROLES))}",
+                param=f"{where}.role",
+            )
+        content = m.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise _bad(f"{where}.content", "a string or an array of content parts", content)
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise _bad(
+                        f"{where}.content[{j}]", 'an object with a "type" such as "text"', part
+                    )
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise _bad("tools", "an array of tool definitions", tools)
+
+
+def validate_completion(body: Any) -> None:
+    _common(body)
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise InvalidRequest("'prompt' is required: send a string", param="prompt")
+    if not isinstance(prompt, str | list):
+        raise _bad("prompt", "a string or an array of strings", prompt)
+
+
+def validate_embeddings(body: Any) -> None:
+    _common(body)
+    inp = body.get("input")
+    if inp is None:
+        raise InvalidRequest(
+            "'input' is required: send a string or an array of strings", param="input"
+        )
+    if not isinstance(inp, str | list):
+        raise _bad("input", "a string or an array of strings or token arrays", inp)
+    if isinstance(inp, list) and not inp:
+        raise InvalidRequest("'input' must not be an empty array", param="input")

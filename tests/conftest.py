@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.testing.fake_upstream import FakeUpstream
+from tests.support import GatewayProcess
+
+
+@pytest.fixture
+def fakes() -> Iterator[Callable[..., FakeUpstream]]:
+    """Factory of fake upstream processes, all stopped at the end of the test."""
+    started: list[FakeUpstream] = []
+
+    def make(name: str = "fake", **kw: Any) -> FakeUpstream:
+        fu = FakeUpstream(name=name, **kw).start()
+        started.append(fu)
+        return fu
+
+    yield make
+    for fu in started:
+        fu.close()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    """Factory: start the real gateway on a config text; stopped at the end of the test."""
+    started: list[GatewayProcess] = []
+
+    def make(config_text: str, env: dict[str, str] | None = None) -> GatewayProcess:
+        sub = tmp_path / f"gw{len(started)}"
+        sub.mkdir()
+        gp = GatewayProcess(config_text, sub, env).start()
+        started.append(gp)
+        return gp
+
+    yield make
+    for gp in started:
+        gp.__exit__()

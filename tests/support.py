@@ -1,0 +1,120 @@
+"""Start the real gateway as a uvicorn subprocess on 127.0.0.1, the way a user runs it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def model_block(name: str, tier: str, base_url: str, **extra: Any) -> str:
+    lines = [
+        f"  - name: {name}",
+        f"    tier: {tier}",
+        "    endpoints:",
+        f"      - base_url: {base_url}",
+        f"        model: upstream-{name}",
+    ]
+    for k, v in extra.items():
+        lines.append(f"    {k}: {v}")
+    return "\n".join(lines)
+
+
+class GatewayProcess:
+    """`tollgate serve --config FILE` in a subprocess; stopped by its PID only."""
+
+    def __init__(self, config_text: str, tmp: Path, env: dict[str, str] | None = None) -> None:
+        self.tmp = tmp
+        self.config_path = tmp / "routing.yaml"
+        self.config_path.write_text(config_text)
+        self.port = free_port()
+        self.env = dict(os.environ)
+        self.env.setdefault("TOLLGATE_DB", str(tmp / "tollgate.db"))
+        self.env["PYTHONPATH"] = str(REPO)
+        self.env.update(env or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tempfile.NamedTemporaryFile(prefix="tollgate-gw-", suffix=".log", delete=False)  # noqa: SIM115
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def start(self, timeout: float = 20.0) -> GatewayProcess:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "serve",
+                "--config",
+                str(self.config_path),
+                "--port",
+                str(self.port),
+                "--log-level",
+                "info",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=str(REPO),
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited early:\n{self.logs()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"gateway did not become healthy:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def write_config(self, text: str) -> None:
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.config_path)
+
+    def sighup(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGHUP)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self.log.close()
