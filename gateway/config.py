@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 TIER_ORDER: dict[str, int] = {"small": 0, "medium": 1, "large": 2, "external": 3}
 Tier = Literal["small", "medium", "large", "external"]
@@ -80,13 +87,12 @@ class Endpoint(_Strict):
     api_key: str | None = None
     weight: int = Field(1, ge=1)
 
-    @model_validator(mode="after")
-    def _url(self) -> Endpoint:
-        if not re.match(r"^https?://[^/\s]+", self.base_url):
-            raise ValueError(
-                f"base_url {self.base_url!r} must start with http:// or https:// and a host"
-            )
-        return self
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"{v!r} must start with http:// or https:// and a host")
+        return v
 
 
 class ModelConfig(_Strict):

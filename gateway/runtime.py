@@ -164,6 +164,7 @@ class Runtime:
 
         t0 = time.perf_counter()
         router = self.router
+        assert router is not None  # resolve() routes only when a router is loaded
         messages = body.get("messages") or []
         feats = router.featurize(messages, body.get("tools"))
         prompt_tokens = pricing.estimate_prompt_tokens(messages)

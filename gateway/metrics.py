@@ -1,0 +1,268 @@
+"""Prometheus metrics (all named tollgate_*), kept on a private registry, rendered for /metrics.
+
+With several uvicorn workers set PROMETHEUS_MULTIPROC_DIR (an empty directory, wiped before
+start) in the environment before the workers import prometheus_client: every process then
+writes its values to mmap files there and render() merges all of them with the multiprocess
+collector. Gauges say how they merge: in-flight and queue depth are summed over live
+processes, circuit state is the worst (max) over live processes, savings is summed over all.
+
+Label cardinality is bounded twice: the caller passes only configured route/model names, and
+every label keeps at most `max_label_values` distinct values, later ones reported as "other".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from gateway.records import RequestRecord
+
+OTHER = "other"
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
+UNIT_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class _Bounded:
+    """Maps label values onto at most `limit` distinct values per label name."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, label: str, value: object) -> str:
+        v = "none" if value is None or value == "" else str(value)
+        seen = self._seen.setdefault(label, set())
+        if v in seen:
+            return v
+        with self._lock:
+            if len(seen) >= self.limit:
+                return OTHER
+            seen.add(v)
+        return v
+
+
+class Metrics:
+    def __init__(self, max_label_values: int = 200) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._mp_dir = multiprocess_dir()
+        self._label = _Bounded(max_label_values)
+        reg = self.registry
+        self.requests = Counter(
+            "tollgate_requests",
+            "Requests answered",
+            ["route", "model", "tier", "status"],
+            registry=reg,
+        )
+        self.tokens = Counter(
+            "tollgate_tokens",
+            "Tokens by direction: input (all prompt tokens), cached_input (the cached subset "
+            "of input), output",
+            ["model", "direction"],
+            registry=reg,
+        )
+        self.tokens_estimated = Counter(
+            "tollgate_tokens_estimated_requests",
+            "Requests whose token counts were estimated (upstream gave no usage)",
+            ["model"],
+            registry=reg,
+        )
+        self.cost = Counter(
+            "tollgate_cost_usd", "Cost in USD", ["route", "model", "tier"], registry=reg
+        )
+        self.baseline_cost = Counter(
+            "tollgate_baseline_cost_usd",
+            "Cost in USD the route's reference model would have charged",
+            ["route"],
+            registry=reg,
+        )
+        self.savings = Gauge(
+            "tollgate_savings_usd",
+            "Baseline cost minus cost, cumulative (negative when routing cost more)",
+            ["route"],
+            registry=reg,
+            multiprocess_mode="sum",
+        )
+        self.latency = Histogram(
+            "tollgate_request_latency_seconds",
+            "Total latency as the client saw it",
+            ["route", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.ttft = Histogram(
+            "tollgate_ttft_seconds",
+            "Time to first token (streams) or first byte",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=reg,
+        )
+        self.overhead = Histogram(
+            "tollgate_gateway_overhead_seconds",
+            "Latency minus upstream time",
+            buckets=OVERHEAD_BUCKETS,
+            registry=reg,
+        )
+        self.decision = Histogram(
+            "tollgate_router_decision_seconds",
+            "Time the router took to pick a model",
+            buckets=DECISION_BUCKETS,
+            registry=reg,
+        )
+        self.router_score = Histogram(
+            "tollgate_router_score",
+            "Router need-for-strong score of routed requests",
+            buckets=UNIT_BUCKETS,
+            registry=reg,
+        )
+        self.retries = Counter(
+            "tollgate_retries", "Extra attempts on the same model", ["model"], registry=reg
+        )
+        self.fallbacks = Counter(
+            "tollgate_fallbacks",
+            "Switches to the next model of a route",
+            ["route"],
+            registry=reg,
+        )
+        self.upstream_errors = Counter(
+            "tollgate_upstream_errors",
+            "Failed upstream attempts",
+            ["model", "kind"],
+            registry=reg,
+        )
+        self.circuit = Gauge(
+            "tollgate_circuit_state",
+            "Circuit breaker: 0 closed, 1 half-open, 2 open",
+            ["model", "endpoint"],
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
+        self.inflight_g = Gauge(
+            "tollgate_inflight_requests",
+            "Requests in flight per endpoint",
+            ["model", "endpoint"],
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.queue_depth = Gauge(
+            "tollgate_store_queue_depth",
+            "Records and updates waiting to be stored",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.dropped_c = Counter(
+            "tollgate_store_dropped_records",
+            "Records (and quality updates) dropped because the store buffer was full or the "
+            "store stayed down through shutdown",
+            registry=reg,
+        )
+        self.quality_h = Histogram(
+            "tollgate_quality",
+            "Answer quality in [0, 1] by source: feedback, judge, predicted",
+            ["model", "source"],
+            buckets=UNIT_BUCKETS,
+            registry=reg,
+        )
+        self.judge_errors = Counter(
+            "tollgate_judge_errors",
+            "Judge calls that failed or gave no parsable score",
+            ["kind"],
+            registry=reg,
+        )
+
+    # -- per request ------------------------------------------------------------------------
+    def observe(self, record: RequestRecord) -> None:
+        """Everything one finished request contributes. Never raises."""
+        with contextlib.suppress(Exception):  # metrics must never fail a request
+            self._observe(record)
+
+    def _observe(self, r: RequestRecord) -> None:
+        lab = self._label
+        route, model, tier = lab("route", r.route), lab("model", r.model), lab("tier", r.tier)
+        self.requests.labels(route, model, tier, lab("status", r.status)).inc()
+        if r.prompt_tokens:
+            self.tokens.labels(model, "input").inc(r.prompt_tokens)
+        if r.cached_tokens:
+            self.tokens.labels(model, "cached_input").inc(r.cached_tokens)
+        if r.completion_tokens:
+            self.tokens.labels(model, "output").inc(r.completion_tokens)
+        if r.tokens_estimated:
+            self.tokens_estimated.labels(model).inc()
+        if r.cost_usd > 0:
+            self.cost.labels(route, model, tier).inc(r.cost_usd)
+        if r.baseline_cost_usd > 0:
+            self.baseline_cost.labels(route).inc(r.baseline_cost_usd)
+        self.savings.labels(route).inc(r.baseline_cost_usd - r.cost_usd)
+        self.latency.labels(route, model).observe(r.latency_ms / 1000.0)
+        if r.ttft_ms is not None:
+            self.ttft.labels(model).observe(r.ttft_ms / 1000.0)
+        self.overhead.observe(max(0.0, r.overhead_ms) / 1000.0)
+        if r.router_score is not None:
+            self.router_score.observe(r.router_score)
+        retries = r.attempts - 1 - r.fallbacks
+        if retries > 0:
+            self.retries.labels(model).inc(retries)
+        if r.fallbacks > 0:
+            self.fallbacks.labels(route).inc(r.fallbacks)
+        if r.quality_predicted is not None:
+            self.quality_h.labels(model, "predicted").observe(r.quality_predicted)
+
+    # -- events -----------------------------------------------------------------------------
+    def router_decision(self, seconds: float) -> None:
+        self.decision.observe(seconds)
+
+    def upstream_error(self, model: str, kind: str) -> None:
+        self.upstream_errors.labels(self._label("model", model), self._label("kind", kind)).inc()
+
+    def set_circuit(self, model: str, endpoint: str, state: int) -> None:
+        self.circuit.labels(self._label("model", model), self._label("endpoint", endpoint)).set(
+            state
+        )
+
+    def inflight(self, model: str, endpoint: str, delta: int) -> None:
+        self.inflight_g.labels(self._label("model", model), self._label("endpoint", endpoint)).inc(
+            delta
+        )
+
+    def store_queue_depth(self, n: int) -> None:
+        self.queue_depth.set(n)
+
+    def dropped(self, n: int = 1) -> None:
+        if n > 0:
+            self.dropped_c.inc(n)
+
+    def quality(self, model: str | None, source: str, score: float) -> None:
+        self.quality_h.labels(self._label("model", model), self._label("source", source)).observe(
+            score
+        )
+
+    def judge_error(self, kind: str) -> None:
+        self.judge_errors.labels(self._label("judge_error", kind)).inc()
+
+    # -- exposition -------------------------------------------------------------------------
+    def render(self) -> tuple[bytes, str]:
+        """(body, content type) for GET /metrics."""
+        if self._mp_dir:
+            from prometheus_client import multiprocess
+
+            reg = CollectorRegistry()
+            multiprocess.MultiProcessCollector(reg, path=self._mp_dir)
+            return generate_latest(reg), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

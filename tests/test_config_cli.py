@@ -1,0 +1,138 @@
+"""The routing file as an operator meets it: check-config, env expansion, errors, gateway keys."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import openai
+import pytest
+
+from gateway.config import ConfigError, parse_config
+from gateway.testing.fake_upstream import FakeUpstream
+from tests.support import REPO, GatewayProcess, model_block
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    e = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        capture_output=True,
+        text=True,
+        env=e,
+        cwd=str(REPO),
+        timeout=60,
+    )
+
+
+GOOD = """
+models:
+  - name: small
+    tier: small
+    endpoints:
+      - base_url: http://127.0.0.1:9/v1
+        model: tiny
+        api_key: ${SECRET_KEY_FOR_TEST}
+routes:
+  - name: chat
+    models: [small]
+"""
+
+
+def test_check_config_prints_resolved_config_with_secrets_masked(tmp_path: Path) -> None:
+    f = tmp_path / "r.yaml"
+    f.write_text(GOOD)
+    r = run_cli("check-config", str(f), env={"SECRET_KEY_FOR_TEST": "sk-verysecretvalue123"})
+    assert r.returncode == 0, r.stderr
+    assert "sk-verysecretvalue123" not in r.stdout + r.stderr
+    assert '"api_key": "****23"' in r.stdout
+    assert "OK (1 models, 1 routes)" in r.stderr
+
+
+def test_check_config_default_file_is_valid() -> None:
+    r = run_cli("check-config", "config/routing.yaml")
+    assert r.returncode == 0, r.stderr
+
+
+def test_check_config_names_file_field_and_fix(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(
+        """
+models:
+  - name: small
+    tier: tiny
+    max_concurrency: -3
+    endpoints:
+      - base_url: localhost:8000
+        modle: x
+routes:
+  - name: chat
+    models: [small, missing]
+"""
+    )
+    r = run_cli("check-config", str(f))
+    assert r.returncode == 1
+    err = r.stderr
+    assert str(f) in err
+    assert "models[0].tier: Input should be 'small', 'medium', 'large' or 'external'" in err
+    assert "models[0].max_concurrency: Input should be greater than or equal to 1" in err
+    assert "models[0].endpoints[0].modle: unknown field" in err
+    assert "must start with http:// or https://" in err
+
+
+def test_unknown_route_member_and_missing_env_are_explained(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SECRET_KEY_FOR_TEST", "k")
+    with pytest.raises(ConfigError) as ei:
+        parse_config(GOOD.replace("[small]", "[small, large]"), "x.yaml")
+    assert "route 'chat' lists unknown model(s) ['large']" in str(ei.value)
+    monkeypatch.delenv("SECRET_KEY_FOR_TEST")
+    with pytest.raises(ConfigError) as ei:
+        parse_config(GOOD, "x.yaml")
+    assert "SECRET_KEY_FOR_TEST is not set" in str(ei.value)
+    assert "${SECRET_KEY_FOR_TEST:-default}" in str(ei.value)
+
+
+def test_env_default_expansion() -> None:
+    cfg = parse_config(GOOD.replace("${SECRET_KEY_FOR_TEST}", "${NOPE_NOT_SET:-fallback}"))
+    assert cfg.models[0].endpoints[0].api_key == "fallback"
+
+
+def test_gateway_keys_are_checked_hashed_and_never_logged(
+    fakes: Callable[..., FakeUpstream], gateway: Callable[..., GatewayProcess]
+) -> None:
+    up = fakes("small")
+    key = "tg-test-key-abcdefghijklmnop"
+    made = run_cli("keys", "--id", "team-a", "--key", key)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    assert digest in made.stdout and key not in made.stdout
+    gw = gateway(
+        "\n".join(
+            [
+                "store: {backend: none}",
+                "auth:",
+                "  keys:",
+                f"    - {{id: team-a, sha256: {digest}}}",
+                "models:",
+                model_block("small", "small", up.base_url),
+            ]
+        )
+    )
+    msgs = [{"role": "user", "content": "x"}]
+    with pytest.raises(openai.AuthenticationError) as ei:
+        openai.OpenAI(base_url=gw.base_url, api_key="wrong", max_retries=0).chat.completions.create(
+            model="small", messages=msgs
+        )
+    assert ei.value.response.json()["error"]["code"] == "invalid_api_key"
+    ok = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+    assert ok.chat.completions.create(model="small", messages=msgs).model == "small"
+    # the upstream never sees the gateway key
+    assert "authorization" not in up.stats()["last_headers"]
+    gw.stop()
+    assert key not in gw.logs()

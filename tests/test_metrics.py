@@ -1,0 +1,164 @@
+"""Metrics: what observe() and the event methods record is what /metrics renders."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.metrics import Metrics
+from gateway.records import RequestRecord
+
+
+def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    body, ctype = m.render()
+    assert ctype.startswith("text/plain")
+    out = {}
+    for fam in text_string_to_metric_families(body.decode()):
+        assert fam.name.startswith("tollgate_"), fam.name
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def total(smp: dict, name: str, **labels: str) -> float:
+    return sum(
+        v
+        for (n, lab), v in smp.items()
+        if n == name and all(dict(lab).get(k) == want for k, want in labels.items())
+    )
+
+
+def rec(i: int, **kw: object) -> RequestRecord:
+    base: dict[str, object] = dict(
+        request_id=f"m-{i}",
+        ts=1.0,
+        route="chat",
+        model="small",
+        tier="small",
+        prompt_tokens=100,
+        cached_tokens=20,
+        completion_tokens=50,
+        cost_usd=0.001,
+        baseline_cost_usd=0.004,
+        latency_ms=250.0,
+        ttft_ms=40.0,
+        overhead_ms=1.5,
+        router_score=0.3,
+        attempts=1,
+        quality_predicted=0.6,
+    )
+    base.update(kw)
+    return RequestRecord(**base)  # type: ignore[arg-type]
+
+
+def test_observe_totals_match() -> None:
+    m = Metrics()
+    for i in range(10):
+        m.observe(rec(i))
+    # one request that retried once on "large" then fell back once to "gpt" (3 attempts)
+    m.observe(rec(10, model="gpt", tier="external", attempts=3, fallbacks=1, status=200,
+                  cost_usd=0.01, baseline_cost_usd=0.004))  # fmt: skip
+    m.observe(rec(11, status=502, cost_usd=0.0, baseline_cost_usd=0.0, prompt_tokens=0,
+                  cached_tokens=0, completion_tokens=0, tokens_estimated=True))  # fmt: skip
+    s = samples(m)
+    assert total(s, "tollgate_requests_total") == 12
+    assert total(s, "tollgate_requests_total", model="small", status="200") == 10
+    assert total(s, "tollgate_requests_total", status="502") == 1
+    assert total(s, "tollgate_tokens_total", direction="input") == 1100
+    assert total(s, "tollgate_tokens_total", direction="cached_input") == 220
+    assert total(s, "tollgate_tokens_total", direction="output") == 550
+    assert total(s, "tollgate_tokens_estimated_requests_total") == 1
+    assert total(s, "tollgate_cost_usd_total") == pytest.approx(0.02)
+    assert total(s, "tollgate_baseline_cost_usd_total") == pytest.approx(0.044)
+    # savings = 10 * 0.003 + (0.004 - 0.01) = 0.024
+    assert total(s, "tollgate_savings_usd", route="chat") == pytest.approx(0.024)
+    assert total(s, "tollgate_request_latency_seconds_count") == 12
+    assert total(s, "tollgate_request_latency_seconds_sum") == pytest.approx(3.0)
+    assert total(s, "tollgate_ttft_seconds_sum") == pytest.approx(0.48)
+    assert total(s, "tollgate_gateway_overhead_seconds_count") == 12
+    assert total(s, "tollgate_router_score_count") == 12
+    assert total(s, "tollgate_retries_total", model="gpt") == 1  # 3 attempts - 1 - 1 fallback
+    assert total(s, "tollgate_fallbacks_total", route="chat") == 1
+    assert total(s, "tollgate_quality_count", source="predicted") == 12
+    assert total(s, "tollgate_quality_sum", source="predicted") == pytest.approx(7.2)
+
+
+def test_event_methods() -> None:
+    m = Metrics()
+    m.router_decision(0.0004)
+    m.upstream_error("large", "timeout")
+    m.upstream_error("large", "timeout")
+    m.set_circuit("large", "large#0", 2)
+    m.inflight("large", "large#0", 3)
+    m.inflight("large", "large#0", -1)
+    m.store_queue_depth(17)
+    m.dropped(4)
+    m.dropped(0)
+    m.quality("small", "feedback", 1.0)
+    m.quality("small", "judge", 0.5)
+    m.judge_error("unparsable")
+    s = samples(m)
+    assert total(s, "tollgate_router_decision_seconds_count") == 1
+    assert total(s, "tollgate_upstream_errors_total", model="large", kind="timeout") == 2
+    assert total(s, "tollgate_circuit_state", endpoint="large#0") == 2
+    assert total(s, "tollgate_inflight_requests", model="large") == 2
+    assert total(s, "tollgate_store_queue_depth") == 17
+    assert total(s, "tollgate_store_dropped_records_total") == 4
+    assert total(s, "tollgate_quality_sum", model="small", source="feedback") == 1.0
+    assert total(s, "tollgate_quality_sum", model="small", source="judge") == 0.5
+    assert total(s, "tollgate_judge_errors_total", kind="unparsable") == 1
+
+
+def test_label_values_are_bounded() -> None:
+    m = Metrics(max_label_values=5)
+    for i in range(50):
+        m.observe(rec(i, model=f"model-{i}", route=f"route-{i}"))
+    s = samples(m)
+    models = {dict(lab)["model"] for (n, lab) in s if n == "tollgate_requests_total"}
+    assert len(models) == 6 and "other" in models
+    assert total(s, "tollgate_requests_total") == 50
+
+
+def test_multiprocess_mode_merges_workers(tmp_path: Path) -> None:
+    """Two processes observe; a third renders the sum, as uvicorn --workers would."""
+    mp = tmp_path / "prom"
+    mp.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mp)}
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    worker = textwrap.dedent(
+        """
+        from gateway.metrics import Metrics
+        from gateway.records import RequestRecord
+        m = Metrics()
+        for i in range(3):
+            m.observe(RequestRecord(request_id=str(i), ts=1.0, route="chat", model="small",
+                                    tier="small", cost_usd=0.5, latency_ms=100.0))
+        m.dropped(2)
+        m.inflight("small", "small#0", 1)
+        """
+    )
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", worker], env=env, check=True, timeout=60)
+    render = (
+        "import sys; from gateway.metrics import Metrics; "
+        "sys.stdout.write(Metrics().render()[0].decode())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", render], env=env, check=True, capture_output=True, text=True,
+        timeout=60,
+    ).stdout  # fmt: skip
+    smp: dict = {}
+    for fam in text_string_to_metric_families(out):
+        for s in fam.samples:
+            smp[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    assert total(smp, "tollgate_requests_total") == 6
+    assert total(smp, "tollgate_cost_usd_total") == pytest.approx(3.0)
+    assert total(smp, "tollgate_store_dropped_records_total") == 4
+    assert total(smp, "tollgate_savings_usd") == pytest.approx(-3.0)

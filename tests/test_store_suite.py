@@ -1,0 +1,247 @@
+"""One suite, run unchanged against every store backend: SQLite and a real redis-server."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.config import StoreConfig
+from gateway.records import SCHEMA_VERSION, RequestRecord
+from gateway.store import Store, make_store
+from gateway.store.redis_store import RedisStore
+from gateway.store.sqlite_store import SQLiteStore
+from tests.redis_server import RedisServer, have_redis
+
+T0 = 1_699_999_980.0  # a minute boundary (28_333_333 * 60), 180 s into a 300 s bucket
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    if not have_redis():
+        pytest.skip("redis-server not installed")
+    srv = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    s: Store
+    if request.param == "sqlite":
+        s = SQLiteStore(str(tmp_path / "sub" / "tollgate.db"))
+    else:
+        srv: RedisServer = request.getfixturevalue("redis_server")
+        s = RedisStore(srv.url, stream_maxlen=100_000, prefix=f"t{uuid.uuid4().hex[:8]}:")
+    await s.open()
+    yield s
+    await s.close()
+
+
+def rec(i: int, **kw: object) -> RequestRecord:
+    base: dict[str, object] = dict(
+        request_id=f"req-{i}",
+        ts=T0 + i,
+        route="chat",
+        model="small",
+        tier="small",
+        key_id="k1",
+        prompt_tokens=100,
+        completion_tokens=50,
+        cost_usd=0.001,
+        baseline_cost_usd=0.004,
+        latency_ms=100.0 + i,
+        attempts=1,
+    )
+    base.update(kw)
+    return RequestRecord(**base)  # type: ignore[arg-type]
+
+
+async def test_write_get_roundtrip_every_field(store: Store) -> None:
+    r = rec(
+        1,
+        router_scores={"small": 0.4, "large": 0.8},
+        router_score=0.3,
+        stream=True,
+        tokens_estimated=True,
+        ttft_ms=12.5,
+        cached_tokens=30,
+        error_type=None,
+        quality_predicted=0.7,
+        baseline_model="large",
+        cache_hit=True,
+    )
+    await store.write_batch([r])
+    got = await store.get("req-1")
+    assert got == r
+    assert got is not None and got.schema_version == SCHEMA_VERSION
+    assert await store.get("nope") is None
+    assert await store.count() == 1
+
+
+async def test_rewrite_is_idempotent(store: Store) -> None:
+    batch = [rec(i) for i in range(10)]
+    await store.write_batch(batch)
+    await store.write_batch(batch)  # a retried batch whose first attempt did land
+    await store.write_batch([rec(3, cost_usd=99.0)])  # same id: the first write wins
+    assert await store.count() == 10
+    rows = await store.usage(None, None, "model")
+    assert rows[0]["requests"] == 10
+    assert rows[0]["cost_usd"] == pytest.approx(0.01, abs=1e-12)
+
+
+async def test_usage_groups_and_window(store: Store) -> None:
+    records = [
+        rec(i, model="small", tier="small", latency_ms=float(10 * (i + 1))) for i in range(10)
+    ]
+    records += [
+        rec(
+            100 + i,
+            model="large",
+            tier="large",
+            key_id=None,
+            cost_usd=0.004,
+            latency_ms=500.0,
+            status=502 if i == 0 else 200,
+            tokens_estimated=i == 1,
+        )
+        for i in range(4)
+    ]
+    await store.write_batch(records)
+    rows = {r["group"]: r for r in await store.usage(None, None, "model")}
+    small, large = rows["small"], rows["large"]
+    assert small["requests"] == 10 and large["requests"] == 4
+    assert small["prompt_tokens"] == 1000 and small["completion_tokens"] == 500
+    # cost 10 * 0.001 = 0.01, baseline 10 * 0.004 = 0.04 -> savings 0.03 = 75 %
+    assert small["cost_usd"] == pytest.approx(0.01, abs=1e-12)
+    assert small["baseline_cost_usd"] == pytest.approx(0.04, abs=1e-12)
+    assert small["savings_usd"] == pytest.approx(0.03, abs=1e-12)
+    assert small["savings_pct"] == pytest.approx(75.0)
+    # latencies 10..100: p50 = (50 + 60) / 2 = 55; p95 at rank 8.55 -> 90 + 0.55 * 10 = 95.5
+    assert small["latency_p50_ms"] == pytest.approx(55.0)
+    assert small["latency_p95_ms"] == pytest.approx(95.5)
+    assert large["savings_pct"] == pytest.approx(0.0)
+    assert large["errors"] == 1 and small["errors"] == 0
+    assert large["estimated"] == 1
+    # rows come most expensive first
+    assert [r["group"] for r in await store.usage(None, None, "model")] == ["large", "small"]
+
+    keys = {r["group"]: r["requests"] for r in await store.usage(None, None, "key")}
+    assert keys == {"k1": 10, "(none)": 4}
+    tiers = {r["group"]: r["requests"] for r in await store.usage(None, None, "tier")}
+    assert tiers == {"small": 10, "large": 4}
+    routes = {r["group"]: r["requests"] for r in await store.usage(None, None, "route")}
+    assert routes == {"chat": 14}
+
+    # window: since inclusive, until exclusive; small has ts T0+0..T0+9
+    win = {r["group"]: r["requests"] for r in await store.usage(T0 + 3, T0 + 7, "model")}
+    assert win == {"small": 4}
+    assert await store.usage(T0 + 10_000, None, "model") == []
+
+    with pytest.raises(ValueError, match="group_by must be one of model, tier, key, route"):
+        await store.usage(None, None, "colour")
+
+
+async def test_quality_scores_and_means(store: Store) -> None:
+    await store.write_batch(
+        [
+            rec(1, quality_predicted=0.5),
+            rec(2, quality_predicted=0.7),
+            rec(3),
+            rec(4),
+        ]
+    )
+    assert await store.set_quality("req-1", "feedback", 1.0)
+    assert await store.set_quality("req-1", "judge", 0.2)
+    assert await store.set_quality("req-2", "judge", 0.6)
+    assert await store.set_quality("req-3", "feedback", 0.0)
+    assert not await store.set_quality("missing", "feedback", 1.0)
+    got = await store.get("req-1")
+    assert got is not None
+    assert (got.quality_feedback, got.quality_judge) == (1.0, 0.2)
+    [row] = await store.usage(None, None, "model")
+    # per record feedback-else-judge: req-1 -> 1.0, req-2 -> 0.6, req-3 -> 0.0, req-4 none
+    assert row["quality_mean"] == pytest.approx((1.0 + 0.6 + 0.0) / 3)
+    assert row["quality_n"] == 3
+    assert row["quality_feedback_mean"] == pytest.approx(0.5)
+    assert row["quality_judge_mean"] == pytest.approx(0.4)
+    assert row["quality_predicted_mean"] == pytest.approx(0.6)
+    recent = {r.request_id: r for r in await store.recent(10)}
+    assert recent["req-2"].quality_judge == 0.6
+
+
+async def test_recent_newest_first(store: Store) -> None:
+    await store.write_batch([rec(i) for i in (5, 1, 9, 3, 7)])  # stored out of ts order
+    assert [r.request_id for r in await store.recent(3)] == ["req-9", "req-7", "req-5"]
+    assert await store.recent(0) == []
+
+
+@pytest.mark.parametrize("bucket_s", [60, 300, 30])
+async def test_timeseries_per_bucket_and_tier(store: Store, bucket_s: int) -> None:
+    await store.write_batch(
+        [rec(i, tier="small", cost_usd=0.001, baseline_cost_usd=0.002) for i in (0, 10, 70)]
+        + [rec(200 + i, ts=T0 + 65, tier="large", cost_usd=0.01) for i in range(2)]
+    )
+    rows = await store.timeseries(T0, bucket_s)
+    got = {(r["bucket"] - T0, r["tier"]): (r["requests"], r["cost_usd"]) for r in rows}
+    if bucket_s == 60:
+        expect = {(0, "small"): (2, 0.002), (60, "small"): (1, 0.001), (60, "large"): (2, 0.02)}
+    elif bucket_s == 300:  # one bucket, T0 - 180 .. T0 + 120, holds everything
+        expect = {(-180, "small"): (3, 0.003), (-180, "large"): (2, 0.02)}
+    else:  # 30 s buckets: 0, 10 -> 0; 65 -> 60; 70 -> 60
+        expect = {(0, "small"): (2, 0.002), (60, "small"): (1, 0.001), (60, "large"): (2, 0.02)}
+    assert got.keys() == expect.keys()
+    for k, (n, cost) in expect.items():
+        assert got[k][0] == n
+        assert got[k][1] == pytest.approx(cost, abs=1e-12)
+    assert [r["bucket"] for r in rows] == sorted(r["bucket"] for r in rows)
+    assert await store.timeseries(T0 + 100_000, bucket_s) == []
+    assert sum(r["requests"] for r in await store.timeseries(None, bucket_s)) == 5
+
+
+async def test_many_records_in_batches(store: Store) -> None:
+    for start in range(0, 1500, 250):
+        await store.write_batch([rec(i) for i in range(start, start + 250)])
+    assert await store.count() == 1500
+    [row] = await store.usage(None, None, "tier")
+    assert row["requests"] == 1500
+
+
+def test_make_store_picks_backend(tmp_path: Path) -> None:
+    assert make_store(StoreConfig(backend="none")) is None
+    s = make_store(StoreConfig(backend="sqlite", sqlite_path=str(tmp_path / "x.db")))
+    assert isinstance(s, SQLiteStore)
+    assert isinstance(make_store(StoreConfig(backend="redis")), RedisStore)
+
+
+async def test_sqlite_schema_version_and_wal(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "deep" / "dir" / "t.db"
+    s = SQLiteStore(str(path))
+    await s.open()
+    await s.write_batch([rec(1)])
+    await s.close()
+    c = sqlite3.connect(path)
+    assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert c.execute("SELECT version FROM tollgate_schema").fetchone()[0] == SCHEMA_VERSION
+    c.execute("UPDATE tollgate_schema SET version = ?", (SCHEMA_VERSION + 1,))
+    c.commit()
+    c.close()
+    newer = SQLiteStore(str(path))
+    with pytest.raises(Exception, match="upgrade the gateway"):
+        await newer.open()
+
+
+async def test_redis_stream_is_capped(redis_server: RedisServer) -> None:
+    s = RedisStore(redis_server.url, stream_maxlen=1000, prefix="capped:")
+    await s.open()
+    for start in range(0, 3000, 250):
+        await s.write_batch([rec(i) for i in range(start, start + 250)])
+    # MAXLEN ~ trims whole macro-nodes: at least maxlen kept, never much more.
+    assert 1000 <= await s.count() < 1300
+    assert await s.get("req-0") is None  # trimmed
+    assert await s.get("req-2999") is not None
+    await s.close()
