@@ -195,9 +195,18 @@ def parse_script(body: Any) -> tuple[list[dict[str, Any]], dict[str, Any] | None
 
 
 @lru_cache(maxsize=1024)
-def answer_pieces(name: str, completion_tokens: int, chunks: int) -> tuple[str, tuple[str, ...]]:
-    """Return (full answer text, the text split into exactly ``chunks`` stream deltas)."""
-    words = [f"[{name}]", *(f"tok{i}" for i in range(completion_tokens))]
+def answer_pieces(
+    name: str, completion_tokens: int, chunks: int, reply: str | None = None
+) -> tuple[str, tuple[str, ...]]:
+    """Return (full answer text, the text split into exactly ``chunks`` stream deltas).
+
+    With ``reply`` (``--reply``), the answer is that fixed text instead of ``[NAME] tok0 ...``:
+    used to stand in for a judge model that answers ``Score: 8``.
+    """
+    if reply is not None:
+        words = reply.split(" ")
+    else:
+        words = [f"[{name}]", *(f"tok{i}" for i in range(completion_tokens))]
     content = " ".join(words)
     chunks = max(1, chunks)
     pieces: list[str] = []
@@ -391,8 +400,11 @@ class _Stats:
 class FakeUpstreamApp:
     """Raw ASGI application implementing the fake upstream."""
 
-    def __init__(self, name: str = "fake", knobs: Knobs | None = None) -> None:
+    def __init__(
+        self, name: str = "fake", knobs: Knobs | None = None, reply: str | None = None
+    ) -> None:
         self.name = name
+        self.reply = reply
         self.knobs = knobs or Knobs()
         self.models = ["fake-model", f"fake-{name}"]
         self.queue: deque[dict[str, Any]] = deque()
@@ -721,7 +733,9 @@ class FakeUpstreamApp:
                 }
                 finish = "tool_calls"
             else:
-                content, _ = answer_pieces(self.name, knobs.completion_tokens, knobs.chunks)
+                content, _ = answer_pieces(
+                    self.name, knobs.completion_tokens, knobs.chunks, self.reply
+                )
                 message = {"role": "assistant", "content": content, "refusal": None}
                 finish = "stop"
             payload = {
@@ -766,7 +780,7 @@ class FakeUpstreamApp:
                 )
             events.append(chunk({}, "tool_calls"))
         else:
-            _, pieces = answer_pieces(self.name, knobs.completion_tokens, knobs.chunks)
+            _, pieces = answer_pieces(self.name, knobs.completion_tokens, knobs.chunks, self.reply)
             for i, piece in enumerate(pieces):
                 delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
                 events.append(chunk(delta))
@@ -781,7 +795,9 @@ class FakeUpstreamApp:
     ) -> Outcome:
         model = body.get("model") if isinstance(body.get("model"), str) else "fake-model"
         usage = _usage(_words(body.get("prompt")), knobs.completion_tokens)
-        content, pieces = answer_pieces(self.name, knobs.completion_tokens, knobs.chunks)
+        content, pieces = answer_pieces(
+            self.name, knobs.completion_tokens, knobs.chunks, self.reply
+        )
         base = {
             "id": self._next_id("cmpl"),
             "object": "text_completion",
@@ -881,6 +897,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks", type=int, default=8, help="content deltas per stream")
     p.add_argument("--chunk-delay-ms", type=float, default=0.0)
     p.add_argument("--name", default="fake", help="answers start with '[NAME] '")
+    p.add_argument("--reply", default=None, help="answer with this fixed text instead")
+    p.add_argument("--no-usage", action="store_true", help="never send usage")
     p.add_argument(
         "--exit-on-stdin-eof",
         action="store_true",
@@ -894,11 +912,13 @@ async def _serve(args: argparse.Namespace) -> int:
 
     app = FakeUpstreamApp(
         name=args.name,
+        reply=args.reply,
         knobs=Knobs(
             latency_ms=max(0.0, args.latency_ms),
             completion_tokens=max(0, args.completion_tokens),
             chunks=max(1, args.chunks),
             chunk_delay_ms=max(0.0, args.chunk_delay_ms),
+            no_usage=args.no_usage,
         ),
     )
     sock = _bind(args.host, args.port)
@@ -981,8 +1001,12 @@ class FakeUpstream:
         chunk_delay_ms: float = 0.0,
         port: int = 0,
         startup_timeout: float = 15.0,
+        reply: str | None = None,
+        no_usage: bool = False,
     ) -> None:
         self.name = name
+        self.reply = reply
+        self.no_usage = no_usage
         self.latency_ms = latency_ms
         self.completion_tokens = completion_tokens
         self.chunks = chunks
@@ -1041,6 +1065,8 @@ class FakeUpstream:
             "--name",
             self.name,
             "--exit-on-stdin-eof",
+            *(["--reply", self.reply] if self.reply is not None else []),
+            *(["--no-usage"] if self.no_usage else []),
         ]
 
     def start(self) -> FakeUpstream:
