@@ -150,7 +150,10 @@ class Runtime:
 
             virtual = parse_virtual_model(name)
             if virtual is not None:
-                pol = policy_from_virtual(virtual[0], virtual[1], None, None, self.candidates)
+                try:
+                    pol = policy_from_virtual(virtual[0], virtual[1], None, None)
+                except ValueError as e:
+                    raise ModelNotFound(f"{name!r}: {e}", param="model") from None
                 return self._route(name, name, pol, body)
         raise ModelNotFound(
             f"the model {name!r} does not exist on this gateway; use one of "

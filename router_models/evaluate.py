@@ -1,0 +1,238 @@
+"""`router eval` and `router calibrate`: benchmark files in, RouteLLM metrics and curves out."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from router_models.errors import BenchError
+from router_models.messages import parse_bench_messages
+from router_models.metrics import evaluate_pair
+from router_models.model import Router
+from router_models.png import plot_curves
+
+
+@dataclass
+class BenchItem:
+    id: str
+    messages: list[dict[str, Any]]
+    scores: dict[str, float]
+
+
+def read_bench(path: str | Path, need_scores: bool = True) -> list[BenchItem]:
+    """Read a benchmark file: one {"id", "messages"|"prompt", "scores"} JSON object per line."""
+    p = Path(path)
+    opener = gzip.open if p.suffix == ".gz" else open
+    items: list[BenchItem] = []
+    try:
+        f = opener(p, "rt", encoding="utf-8")
+    except OSError as e:
+        raise BenchError(f"{p}: cannot read: {e.strerror or e}") from None
+    with f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    raise ValueError("each line must be a JSON object")
+                msgs = parse_bench_messages(obj)
+                scores = obj.get("scores", {})
+                if need_scores and not scores:
+                    raise ValueError('needs "scores": {"model": score in [0, 1], ...}')
+                if not isinstance(scores, dict):
+                    raise ValueError('"scores" must be an object of model -> number')
+                clean: dict[str, float] = {}
+                for k, v in scores.items():
+                    if v is None:
+                        continue
+                    fv = float(v)
+                    if not (0.0 <= fv <= 1.0) or math.isnan(fv):
+                        raise ValueError(f"score of {k!r} is {v!r}; scores must be in [0, 1]")
+                    clean[str(k)] = fv
+                items.append(BenchItem(str(obj.get("id", lineno)), msgs, clean))
+            except (ValueError, TypeError) as e:
+                raise BenchError(f"{p}:{lineno}: {e}") from None
+    if not items:
+        raise BenchError(f"{p}: no benchmark lines")
+    return items
+
+
+def map_profiles(
+    router: Router, names: list[str], explicit: dict[str, str], roles: dict[str, str], out: TextIO
+) -> dict[str, str]:
+    """Model name -> router profile; names without one fall back to the default strong/weak."""
+    mapping: dict[str, str] = {}
+    for name in names:
+        if name in explicit:
+            prof = explicit[name]
+            if not router.has_profile(prof):
+                raise KeyError(
+                    f"--profile {name}={prof}: no such profile; known: {', '.join(router.profiles)}"
+                )
+            how = "from --profile"
+        elif router.has_profile(name):
+            prof, how = name, "trained profile of the same name"
+        else:
+            role = roles.get(name, "weak")
+            prof = router.default_strong if role == "strong" else router.default_weak
+            how = f"NO PROFILE for {name!r}: falling back to the router's default {role} profile"
+        mapping[name] = prof
+        out.write(f"profile: {name} -> {prof} ({how})\n")
+    return mapping
+
+
+def eval_pair(
+    router: Router,
+    items: list[BenchItem],
+    strong: str,
+    weak: str,
+    mapping: dict[str, str],
+    out_dir: Path,
+    out: TextIO,
+) -> dict[str, Any]:
+    usable = [it for it in items if strong in it.scores and weak in it.scores]
+    if not usable:
+        raise BenchError(f"no benchmark line has scores for both {strong!r} and {weak!r}")
+    skipped = len(items) - len(usable)
+    ps, pw = mapping[strong], mapping[weak]
+    scores = np.array([router.strong_score(router.featurize(it.messages), ps, pw) for it in usable])
+    s_arr = np.array([it.scores[strong] for it in usable])
+    w_arr = np.array([it.scores[weak] for it in usable])
+    rep = evaluate_pair(scores, s_arr, w_arr)
+    report: dict[str, Any] = {
+        "router": router.version,
+        "strong": strong,
+        "weak": weak,
+        "profiles": {strong: ps, weak: pw},
+        "skipped_lines": skipped,
+        **rep,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    with open(out_dir / "scores.jsonl", "w", encoding="utf-8") as f:
+        for it, sc in zip(usable, scores, strict=True):
+            f.write(json.dumps({"id": it.id, "score": float(sc)}) + "\n")
+    backend = plot_curves(
+        out_dir / "curves.png",
+        f"Router performance ({strong} vs {weak})",
+        "Strong Model Calls (%)",
+        "Performance",
+        [
+            ("router", rep["curve"]["share"], rep["curve"]["quality"]),  # type: ignore[index]
+            ("random", rep["random_curve"]["share"], rep["random_curve"]["quality"]),  # type: ignore[index]
+            ("oracle", rep["oracle_curve"]["share"], rep["oracle_curve"]["quality"]),  # type: ignore[index]
+        ],
+        [(weak, float(rep["weak_quality"])), (strong, float(rep["strong_quality"]))],  # type: ignore[arg-type]
+    )
+    out.write(
+        f"n={rep['n']} (skipped {skipped})  strong {strong}: {rep['strong_quality']:.2f}  "
+        f"weak {weak}: {rep['weak_quality']:.2f}\n"
+    )
+    out.write(f"{'method':<8} {'APGR':>7} {'CPT(50%)':>9} {'CPT(80%)':>9}\n")
+    for label, prefix in (("router", ""), ("random", "random_"), ("oracle", "oracle_")):
+        out.write(
+            f"{label:<8} {rep[prefix + 'apgr']:7.4f} {rep[prefix + 'cpt50']:8.2f}% "
+            f"{rep[prefix + 'cpt80']:8.2f}%\n"
+        )
+    out.write(f"wrote {out_dir / 'report.json'}, scores.jsonl, curves.png ({backend})\n")
+    return report
+
+
+def eval_multi(
+    router: Router,
+    items: list[BenchItem],
+    models: list[str],
+    costs: dict[str, float],
+    mapping: dict[str, str],
+    out_dir: Path,
+    out: TextIO,
+) -> dict[str, Any]:
+    """Quality-cost curve of cheapest_above over its target, for N models."""
+    usable = [it for it in items if all(m in it.scores for m in models)]
+    if not usable:
+        raise BenchError(f"no benchmark line has scores for all of {models}")
+    q = np.array(
+        [
+            router.quality(router.featurize(it.messages), [mapping[m] for m in models])
+            for it in usable
+        ]
+    )
+    actual = np.array([[it.scores[m] for m in models] for it in usable])
+    cost = np.array([costs[m] for m in models])
+    order = np.argsort(cost, kind="stable")
+    singles = {
+        m: {"quality": float(actual[:, j].mean()), "cost": float(cost[j])}
+        for j, m in enumerate(models)
+    }
+    points = []
+    for t in np.linspace(0.0, 1.0, 101):
+        ok = q[:, order] >= t
+        first = np.where(ok.any(axis=1), order[np.argmax(ok, axis=1)], np.argmax(q, axis=1))
+        points.append(
+            {
+                "target": float(t),
+                "cost": float(cost[first].mean()),
+                "quality": float(actual[np.arange(len(usable)), first].mean()),
+            }
+        )
+    pts = sorted(points, key=lambda p: (p["cost"], p["quality"]))
+    lo, hi = float(cost.min()), float(cost.max())
+    xs = [(p["cost"] - lo) / ((hi - lo) or 1.0) for p in pts]
+    area = float(np.trapezoid([p["quality"] for p in pts], xs)) if len(pts) > 1 else 0.0
+    best = max(singles.values(), key=lambda s: s["quality"])
+    goal = 0.95 * best["quality"]
+    reaching = [p for p in pts if p["quality"] >= goal]
+    cheapest = min(reaching, key=lambda p: p["cost"]) if reaching else None
+    report = {
+        "router": router.version,
+        "policy": "cheapest_above",
+        "n": len(usable),
+        "models": models,
+        "profiles": {m: mapping[m] for m in models},
+        "single_models": singles,
+        "curve": points,
+        "area": area,
+        "best_single_quality": best["quality"],
+        "cheapest_at_95pct_of_best": cheapest,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    backend = plot_curves(
+        out_dir / "quality_cost.png",
+        "cheapest_above: quality vs cost",
+        "mean cost per call",
+        "mean score",
+        [("router", [p["cost"] for p in pts], [p["quality"] for p in pts])],
+        [("best single", best["quality"])],
+    )
+    out.write(f"n={len(usable)}\n")
+    for m, s in singles.items():
+        out.write(f"  single {m:<32} quality {s['quality']:.4f}  cost {s['cost']:g}\n")
+    out.write(f"area under quality-cost curve (cost normalised to [0, 1]): {area:.4f}\n")
+    if cheapest:
+        out.write(
+            f"cheapest point with >= 95% of the best single model's quality: target "
+            f"{cheapest['target']:.2f}, quality {cheapest['quality']:.4f}, "
+            f"cost {cheapest['cost']:g}\n"
+        )
+    else:
+        out.write("no threshold reaches 95% of the best single model's quality\n")
+    out.write(f"wrote {out_dir / 'report.json'}, quality_cost.png ({backend})\n")
+    return report
+
+
+def calibrate(
+    router: Router, items: list[BenchItem], share: float, strong: str, weak: str
+) -> float:
+    """RouteLLM's calibration: the score threshold that sends `share` of prompts to strong."""
+    scores = np.array(
+        [router.strong_score(router.featurize(it.messages), strong, weak) for it in items]
+    )
+    return float(np.percentile(scores, 100 * (1 - share)))

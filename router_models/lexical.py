@@ -1,0 +1,183 @@
+"""The fast lexical featurizer: hashed char and word n-grams plus conversation structure.
+
+All hashing is vectorised numpy over the UTF-8 bytes of the whole conversation (no Python loop
+per token), so a 20,000-character conversation featurizes in about a millisecond. Training
+and serving call the same `transform`, so there is no train/serve skew.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from router_models.messages import Conversation
+
+_P = 0x01000193  # FNV-32 prime: odd, so invertible modulo 2**32
+_P_INV = pow(_P, -1, 1 << 32)
+_GOLD = np.uint32(0x9E3779B1)
+_MAX_BYTES = 65536  # longer conversations keep their first 48 KiB and last 16 KiB
+
+_WORD_BYTE = np.zeros(256, dtype=bool)
+for _c in b"abcdefghijklmnopqrstuvwxyz0123456789_":
+    _WORD_BYTE[_c] = True
+_WORD_BYTE[128:] = True  # UTF-8 lead/continuation bytes: letters of other scripts
+_DIGIT = np.zeros(256, dtype=np.uint8)
+_DIGIT[48:58] = 1
+
+_pow_cache: dict[str, np.ndarray] = {}
+
+
+def _powers() -> tuple[np.ndarray, np.ndarray]:
+    if "p" not in _pow_cache:
+        p = np.full(_MAX_BYTES + 1, _P, dtype=np.uint32)
+        p[0] = 1
+        _pow_cache["p"] = np.cumprod(p, dtype=np.uint32)
+        q = np.full(_MAX_BYTES + 1, _P_INV, dtype=np.uint32)
+        q[0] = 1
+        _pow_cache["q"] = np.cumprod(q, dtype=np.uint32)
+    return _pow_cache["p"], _pow_cache["q"]
+
+
+_CODE_MARKERS = (
+    b"```",
+    b"def ",
+    b"return ",
+    b"{\n",
+    b";\n",
+    b"=>",
+    b"#include",
+    b"function",
+    b"import ",
+)
+_MATH_MARKERS = (b"\\frac", b"\\", b"$", b"=", b"^", b"+", b"solve", b"equation", b"sqrt")
+
+
+STRUCT_NAMES = (
+    "log_chars",
+    "log_words",
+    "log_last_user_chars",
+    "n_user_turns",
+    "n_assistant_turns",
+    "has_system",
+    "log_system_chars",
+    "n_tools",
+    "n_tool_messages",
+    "n_images",
+    "code_markers",
+    "math_markers",
+    "digit_share",
+    "newline_share",
+    "question_marks",
+    "non_ascii_share",
+)
+
+
+class LexicalFeaturizer:
+    """Hashed byte 3/4/5-grams and word 1/2-grams (each block L2-normalised) + structure."""
+
+    name = "lexical"
+
+    def __init__(self, bits: int = 15) -> None:
+        self.bits = bits
+        self.n_hash = 1 << bits
+        self.dim = self.n_hash + len(STRUCT_NAMES)
+        self._shift = np.uint32(32 - bits)
+        self._struct_idx = np.arange(self.n_hash, self.dim, dtype=np.intp)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "bits": self.bits, "struct": list(STRUCT_NAMES)}
+
+    def _bucket(self, h: np.ndarray, seed: int) -> np.ndarray:
+        return ((h + np.uint32(seed)) * _GOLD) >> self._shift
+
+    def _hash_ids(self, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """Bucket ids of the char n-grams and of the word n-grams of lower-cased UTF-8 bytes."""
+        h = np.frombuffer(raw, dtype=np.uint8).astype(np.uint32)
+        n = len(h)
+        char_ids: list[np.ndarray] = []
+        if n >= 3:
+            g = h[:-2] * np.uint32(_P * _P & 0xFFFFFFFF) + h[1:-1] * np.uint32(_P) + h[2:]
+            char_ids.append(self._bucket(g, 3))
+            if n >= 4:
+                g = g[:-1] * np.uint32(_P) + h[3:]
+                char_ids.append(self._bucket(g, 4))
+                if n >= 5:
+                    g = g[:-1] * np.uint32(_P) + h[4:]
+                    char_ids.append(self._bucket(g, 5))
+        chars = np.concatenate(char_ids) if char_ids else np.zeros(0, np.uint32)
+        # words: polynomial hash of each run of word bytes, made start-independent by P^-start
+        isw = _WORD_BYTE[np.frombuffer(raw, dtype=np.uint8)]
+        word_ids = np.zeros(0, np.uint32)
+        if n and isw.any():
+            pw, pinv = _powers()
+            edges = np.diff(isw.view(np.int8), prepend=np.int8(0), append=np.int8(0))
+            starts = np.flatnonzero(edges == 1)
+            ends = np.flatnonzero(edges == -1)
+            pref = np.zeros(n + 1, dtype=np.uint32)
+            np.cumsum(h * pw[:n], dtype=np.uint32, out=pref[1:])
+            wh = (pref[ends] - pref[starts]) * pinv[starts]
+            if len(wh) > 1:
+                bi = wh[:-1] * np.uint32(0x2545F491) + wh[1:]
+                word_ids = np.concatenate((self._bucket(wh, 11), self._bucket(bi, 12)))
+            else:
+                word_ids = self._bucket(wh, 11)
+        return chars.astype(np.intp), word_ids.astype(np.intp)
+
+    def _struct(self, conv: Conversation, raw: bytes) -> np.ndarray:
+        n = max(len(raw), 1)
+        head = np.frombuffer(raw[:8192], dtype=np.uint8)
+        # markers are counted on the first and last 4 KiB: enough to see code or maths, and
+        # bounded cost on long conversations
+        sample = raw if len(raw) <= 8192 else raw[:4096] + raw[-4096:]
+        code = sum(sample.count(m) for m in _CODE_MARKERS)
+        math = sum(sample.count(m) for m in _MATH_MARKERS)
+        return np.array(
+            [
+                np.log1p(len(conv.text)) / 10.0,
+                np.log1p(raw.count(b" ") + 1) / 8.0,
+                np.log1p(len(conv.last_user)) / 10.0,
+                min(conv.n_user, 20) / 10.0,
+                min(conv.n_assistant, 20) / 10.0,
+                1.0 if conv.system else 0.0,
+                np.log1p(len(conv.system)) / 10.0,
+                min(conv.n_tools, 20) / 10.0,
+                min(conv.n_tool_msgs, 20) / 10.0,
+                min(conv.n_images, 10) / 5.0,
+                np.log1p(code) / 3.0,
+                np.log1p(math) / 3.0,
+                float(_DIGIT[head].sum()) / max(len(head), 1),
+                raw.count(b"\n") / n * 10.0,
+                min(raw.count(b"?"), 10) / 5.0,
+                (len(raw) - len(conv.text)) / n,
+            ],
+            dtype=np.float32,
+        )
+
+    def transform(
+        self, messages: list[dict[str, Any]], tools: list[Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Sparse features of a whole conversation: (indices, values) into `dim`."""
+        conv = Conversation(messages, tools)
+        raw = conv.text.lower().encode("utf-8", "replace")
+        if len(raw) > _MAX_BYTES:
+            raw = raw[: _MAX_BYTES - 16384] + raw[-16384:]
+        chars, words = self._hash_ids(b" ".join(raw.split()))
+        idx_parts: list[np.ndarray] = []
+        val_parts: list[np.ndarray] = []
+        for ids in (chars, words):
+            if len(ids) == 0:
+                continue
+            if len(ids) < 4096:  # sorting a short array beats a pass over every bucket
+                u, c = np.unique(ids, return_counts=True)
+            else:
+                counts = np.bincount(ids, minlength=self.n_hash)
+                u = np.flatnonzero(counts)
+                c = counts[u]
+            v = np.log1p(c.astype(np.float32))
+            v /= np.sqrt(np.dot(v, v))
+            idx_parts.append(u)
+            val_parts.append(v)
+        idx_parts.append(self._struct_idx)
+        val_parts.append(self._struct(conv, raw))
+        return np.concatenate(idx_parts), np.concatenate(val_parts).astype(np.float32)

@@ -1,0 +1,124 @@
+"""The learned router: a prompt vector times a per-model ability vector, for N model profiles.
+
+quality(prompt, m) = clip(z . v_m + b_m), with z = x @ W the prompt vector (x the featurizer's
+sparse features) and (v_m, b_m) profile m's ability. It is the rank-k factorisation of one
+ridge regression per profile, so the strong-minus-weak gap of any pair of profiles is itself a
+ridge fit of the "gap" label. A new profile is fitted on z from a small set of scored prompts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from router_models.featurizers import Featurizer
+
+_EPS = 1e-3
+
+
+class Router:
+    """Scores a conversation for every trained model profile; pure numpy at inference."""
+
+    def __init__(
+        self,
+        featurizer: Featurizer,
+        projection: np.ndarray,
+        abilities: np.ndarray,
+        biases: np.ndarray,
+        profiles: list[str],
+        default_strong: str,
+        default_weak: str,
+        version: str,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        if projection.shape[0] != featurizer.dim:
+            raise ValueError(
+                f"projection has {projection.shape[0]} rows, featurizer dim is {featurizer.dim}"
+            )
+        if abilities.shape != (len(profiles), projection.shape[1]) or biases.shape != (
+            len(profiles),
+        ):
+            raise ValueError("abilities/biases do not match the profiles and projection rank")
+        self.featurizer = featurizer
+        self.projection = np.ascontiguousarray(projection, dtype=np.float32)
+        self.abilities = np.ascontiguousarray(abilities, dtype=np.float64)
+        self.biases = np.asarray(biases, dtype=np.float64)
+        self.profiles = list(profiles)
+        self._index = {p: i for i, p in enumerate(self.profiles)}
+        self.default_strong = default_strong
+        self.default_weak = default_weak
+        self.version = version
+        self.meta = dict(meta or {})
+
+    # -- features -------------------------------------------------------------------------
+    def featurize(
+        self, messages: list[dict[str, Any]], tools: list[Any] | None = None
+    ) -> np.ndarray:
+        """The prompt vector z of a whole conversation (all turns, system prompt, tools)."""
+        idx, val = self.featurizer.transform(messages, tools)
+        return np.asarray(val @ self.projection[idx], dtype=np.float64)
+
+    # -- profiles -------------------------------------------------------------------------
+    def has_profile(self, name: str) -> bool:
+        return name in self._index
+
+    def _row(self, name: str) -> int:
+        try:
+            return self._index[name]
+        except KeyError:
+            raise KeyError(
+                f"router profile {name!r} is not in artifact {self.version}; known profiles: "
+                f"{', '.join(self.profiles)} (or fit one with add_profile)"
+            ) from None
+
+    def quality(self, features: np.ndarray, profiles: list[str]) -> list[float]:
+        """Predicted probability of an acceptable answer (expected score) per profile."""
+        rows = [self._row(p) for p in profiles]
+        raw = self.abilities[rows] @ features + self.biases[rows]
+        return [float(q) for q in np.clip(raw, _EPS, 1.0 - _EPS)]
+
+    def gap(self, features: np.ndarray, strong: str, weak: str) -> float:
+        s, w = self._row(strong), self._row(weak)
+        return float(
+            (self.abilities[s] - self.abilities[w]) @ features + self.biases[s] - self.biases[w]
+        )
+
+    def strong_score(self, features: np.ndarray, strong: str, weak: str) -> float:
+        """Need for the strong model in [0, 1]: (1 + predicted strong - weak score gap) / 2."""
+        return float(min(1.0, max(0.0, 0.5 + 0.5 * self.gap(features, strong, weak))))
+
+    def add_profile(
+        self,
+        name: str,
+        scored_prompts: list[tuple[list[dict[str, Any]], float]],
+        alpha: float = 1.0,
+    ) -> None:
+        """Fit a profile for a model the router has never seen from (conversation, score) pairs.
+
+        Ridge on the prompt vectors, shrunk towards the average trained profile, so a handful of
+        prompts moves it only as far as they justify.
+        """
+        if not scored_prompts:
+            raise ValueError(f"add_profile({name!r}) needs at least one scored prompt")
+        z = np.stack([self.featurize(m) for m, _ in scored_prompts])
+        y = np.array([float(s) for _, s in scored_prompts])
+        if np.any((y < 0) | (y > 1)) or not np.all(np.isfinite(y)):
+            raise ValueError("scores must be numbers in [0, 1]")
+        v0 = self.abilities.mean(axis=0)
+        b0 = float(self.biases.mean())
+        resid = y - (z @ v0 + b0)
+        zc = z - z.mean(axis=0)
+        k = z.shape[1]
+        delta = np.linalg.solve(zc.T @ zc + alpha * np.eye(k), zc.T @ (resid - resid.mean()))
+        v = v0 + delta
+        b = b0 + float(resid.mean() - z.mean(axis=0) @ delta)
+        if name in self._index:
+            i = self._index[name]
+            self.abilities[i] = v
+            self.biases[i] = b
+        else:
+            self.abilities = np.vstack([self.abilities, v])
+            self.biases = np.append(self.biases, b)
+            self._index[name] = len(self.profiles)
+            self.profiles.append(name)
