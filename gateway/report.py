@@ -1,8 +1,6 @@
 """`tollgate report`: the /v1/usage numbers as a table, from a running gateway or the store.
 
-Plot hook: `--plot FILE.png` calls `PLOTTER(rows, totals, path, args)` when something has set
-it (a later module registers itself by assigning `gateway.report.PLOTTER`); until then the
-option says plotting is not available.
+`--plot FILE.png` draws the quality-cost picture of the same rows (gateway/plot.py).
 """
 
 from __future__ import annotations
@@ -12,13 +10,9 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Callable
 from typing import Any, TextIO
 
 from gateway.store.base import GROUP_BY
-
-Plotter = Callable[[list[dict[str, Any]], dict[str, Any], str, argparse.Namespace], None]
-PLOTTER: Plotter | None = None
 
 COLUMNS: list[tuple[str, str, str]] = [
     # (key, header, format)
@@ -151,10 +145,10 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         print(f"usage since {since} UTC, by {args.group_by}", file=out)
         print(format_table(rows, tot if rows else None) if rows else "(no requests)", file=out)
     if args.plot:
-        if PLOTTER is None:
-            print("tollgate report: --plot is not available in this build", file=sys.stderr)
-            return 2
-        PLOTTER(rows, tot, args.plot, args)
+        from gateway.plot import report_plotter
+
+        report_plotter(rows, tot, args.plot, args)
+        print(f"plot: {args.plot}", file=out)
     return 0
 
 
