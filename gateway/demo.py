@@ -409,7 +409,7 @@ def _run(
     url = f"http://127.0.0.1:{port}"
     _wait_healthy(stack, url)
     served = [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=5).json()["data"]]
-    if args.model not in served:
+    if args.model not in served and not args.model.startswith("router-"):
         raise RuntimeError(
             f"the gateway does not serve model {args.model!r} (it serves {', '.join(served)}); "
             "is the router artifact installed?"

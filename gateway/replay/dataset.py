@@ -32,7 +32,8 @@ class Speed:
 
 
 # model -> (tier, speed). The tokens/s of the three local tiers are the `tokens_per_second`
-# of their pricing in config/routing.yaml; the external API's 80 tokens/s is an assumption.
+# of one stream (not the batched throughput that config/routing.yaml prices); the external
+# API's 80 tokens/s is an assumption.
 REPLAY_MODELS: Final[dict[str, tuple[str, Speed]]] = {
     "gemma-2b-it": ("small", Speed(0.15, 120.0)),
     "vicuna-13b-v1.5": ("medium", Speed(0.3, 60.0)),
