@@ -94,8 +94,8 @@ def cost_usd(
 
 
 def format_usd(value: float) -> str:
-    """The x-tollgate-cost-usd header value: fixed point, 10 decimals (a cent-fraction of 1e-8)."""
-    return f"{value:.10f}"
+    """The x-tollgate-cost-usd header value: fixed point, 12 decimals (1e-12 USD)."""
+    return f"{value:.12f}"
 
 
 @functools.cache

@@ -534,7 +534,7 @@ class Proxy:
         self.gw.price(rt, rec)
         headers = [
             (b"content-type", b"application/json"),
-            (b"x-tollgate-cost-usd", f"{rec.cost_usd:.8f}".encode()),
+            (b"x-tollgate-cost-usd", pricing.format_usd(rec.cost_usd).encode()),
             *self._headers(rt, plan, rec, explain),
         ]
         ctx.started = True

@@ -89,8 +89,8 @@ def test_edges() -> None:
     # cached beyond the prompt is clamped to the prompt; negative counts count as 0
     assert cost_usd(p, 100, 0, cached_tokens=500) == pytest.approx(100e-6, abs=EXACT)
     assert cost_usd(p, -5, -5, cached_tokens=-5) == 0.0
-    assert format_usd(0.0075) == "0.0075000000"
-    assert format_usd(0.35 * 600 / 432_000) == "0.0004861111"
+    assert format_usd(0.0075) == "0.007500000000"
+    assert format_usd(0.35 * 600 / 432_000) == "0.000486111111"
 
 
 def test_default_prices_from_shipped_table() -> None:
