@@ -190,19 +190,12 @@ class Gateway:
         if not name:
             raise RuntimeError("no judge model configured")
         up: Upstream = rt.upstreams[name][0]
-        resp = await up.client.post(
-            "/chat/completions",
-            content=orjson.dumps(
-                {
-                    "model": up.upstream_model,
-                    "messages": messages,
-                    "temperature": 0,
-                    "max_tokens": 64,
-                }
-            ),
-        )
-        resp.raise_for_status()
-        data = resp.json()
+        payload = {"model": up.upstream_model, "messages": messages, "temperature": 0,
+                   "max_tokens": 64}  # fmt: skip
+        resp = await up.client.request("POST", "/chat/completions", orjson.dumps(payload))
+        if resp.status != 200:
+            raise RuntimeError(f"judge model {name!r} answered HTTP {resp.status}")
+        data = orjson.loads(resp.content)
         return str(data["choices"][0]["message"]["content"] or "")
 
     def _on_circuit(self, up: Upstream, state: int) -> None:

@@ -19,10 +19,9 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 
-from gateway import pricing
+from gateway import h1, pricing
 from gateway.errors import (
     AuthenticationFailed,
     BodyTooLarge,
@@ -103,8 +102,8 @@ async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], ctx: _Ctx
             return
 
 
-def _retry_after(resp: httpx.Response) -> float | None:
-    v = resp.headers.get("retry-after")
+def _retry_after(resp: h1.H1Response) -> float | None:
+    v = resp.header(b"retry-after")
     if not v:
         return None
     try:
@@ -459,19 +458,17 @@ class Proxy:
     def _transport_error(self, up: Upstream, e: Exception) -> Exception:
         up.circuit.failure()
         name = up.model_name
-        if isinstance(e, httpx.ConnectTimeout):
+        if isinstance(e, h1.ConnectTimeout):
             return _Retry(
                 UpstreamTimeout(f"model {name!r}: connecting to the upstream timed out", model=name)
             )
-        if isinstance(e, httpx.TimeoutException | TimeoutError):
+        if isinstance(e, h1.ReadTimeout | TimeoutError):
             return _NextModel(
-                UpstreamTimeout(
-                    f"model {name!r}: the upstream did not answer in time ({e!r})", model=name
-                )
+                UpstreamTimeout(f"model {name!r}: the upstream did not answer in time", model=name)
             )
-        if isinstance(e, httpx.ConnectError):
+        if isinstance(e, h1.ConnectError):
             return _Retry(
-                UpstreamError(f"model {name!r}: cannot connect to the upstream", model=name)
+                UpstreamError(f"model {name!r}: cannot connect to the upstream ({e})", model=name)
             )
         return _Retry(
             UpstreamError(
@@ -498,13 +495,11 @@ class Proxy:
             payload = self._payload(body, up, False)
             try:
                 async with asyncio.timeout(up.total_s):
-                    resp = await up.client.post(path, content=payload)
-            except (httpx.TransportError, TimeoutError) as e:
+                    resp = await up.client.request("POST", path, payload)
+            except (h1.H1Error, TimeoutError) as e:
                 raise self._transport_error(up, e) from None
-            if resp.status_code != 200:
-                raise self._classify(
-                    up, resp.status_code, resp.content, _retry_after(resp), max_backoff
-                )
+            if resp.status != 200:
+                raise self._classify(up, resp.status, resp.content, _retry_after(resp), max_backoff)
             try:
                 data = orjson.loads(resp.content)
                 if not isinstance(data, dict):
@@ -573,35 +568,26 @@ class Proxy:
         so = body.get("stream_options")
         client_wants_usage = isinstance(so, dict) and so.get("include_usage") is True
 
-        async def attempt(up: Upstream) -> httpx.Response:
+        async def attempt(up: Upstream) -> tuple[h1.H1Response, Upstream]:
             payload = self._payload(body, up, True)
-            req = up.client.build_request("POST", path, content=payload)
             try:
                 async with asyncio.timeout(up.total_s):
-                    resp = await up.client.send(req, stream=True)
-            except (httpx.TransportError, TimeoutError) as e:
+                    resp = await up.client.stream("POST", path, payload)
+            except (h1.H1Error, TimeoutError) as e:
                 raise self._transport_error(up, e) from None
-            if resp.status_code != 200:
+            if resp.status != 200:
                 try:
                     content = await resp.aread()
-                except httpx.TransportError:
+                except h1.H1Error:
                     content = b""
                 finally:
                     await resp.aclose()
-                raise self._classify(up, resp.status_code, content, _retry_after(resp), max_backoff)
-            return resp
+                raise self._classify(up, resp.status, content, _retry_after(resp), max_backoff)
+            return resp, up
 
         # Retries and fallback happen only until the upstream accepts the stream: after
         # the first byte reaches the client the answer is committed to that model.
-        holder: dict[str, Any] = {}
-
-        async def attempt_and_hold(up: Upstream) -> None:
-            holder["resp"] = await attempt(up)
-            holder["up"] = up
-
-        await self._attempts(rt, plan, rec, state, attempt_and_hold, keep_slot=True)
-        resp: httpx.Response = holder["resp"]
-        up: Upstream = holder["up"]
+        resp, up = await self._attempts(rt, plan, rec, state, attempt, keep_slot=True)
         public = rec.model or ""
         t_up = time.perf_counter()
         model_pat: bytes | None = None
@@ -656,9 +642,9 @@ class Proxy:
                     )
             if not saw_done:
                 failure = "the upstream closed the stream before [DONE]"
-        except httpx.TimeoutException:
+        except h1.ReadTimeout:
             failure = "the upstream stopped sending (read timeout)"
-        except httpx.TransportError as e:
+        except h1.H1Error as e:
             failure = f"the upstream connection broke mid-stream ({type(e).__name__})"
         finally:
             state["upstream_s"] += time.perf_counter() - t_up

@@ -12,9 +12,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import httpx
-
 from gateway.config import CircuitConfig, Endpoint, ModelConfig
+from gateway.h1 import H1Pool
 
 CLOSED, HALF_OPEN, OPEN = 0, 1, 2
 STATE_NAMES = {CLOSED: "closed", HALF_OPEN: "half_open", OPEN: "open"}
@@ -175,16 +174,14 @@ class Upstream:
         if ep.api_key:
             headers["authorization"] = f"Bearer {ep.api_key}"
         t = model.timeouts
-        self.client = httpx.AsyncClient(
-            base_url=self.base_url,
+        # A lean HTTP/1.1 pool (gateway/h1.py): httpx cost ~1.4 ms of CPU per request here.
+        self.client = H1Pool(
+            self.base_url,
             headers=headers,
-            timeout=httpx.Timeout(connect=t.connect_s, read=t.read_s, write=t.read_s, pool=None),
-            limits=httpx.Limits(
-                max_connections=model.max_concurrency,
-                max_keepalive_connections=model.max_concurrency,
-                keepalive_expiry=30.0,
-            ),
-            trust_env=False,
+            connect_timeout=t.connect_s,
+            read_timeout=t.read_s,
+            max_connections=model.max_concurrency,
+            keepalive_expiry=30.0,
         )
         self.total_s = t.total_s
         self.limiter = Limiter(model.max_concurrency, model.max_queue, model.queue_timeout_s)
