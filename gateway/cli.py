@@ -34,6 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
         loop="uvloop",
         http="httptools",
         access_log=False,
+        proxy_headers=False,  # loopback service; the middleware costs time on every request
         log_level=args.log_level,
         timeout_graceful_shutdown=int(cfg.server.drain_timeout_s) or None,
         lifespan="on",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -61,6 +62,7 @@ class _Bounded:
 
 class Metrics:
     def __init__(self, max_label_values: int = 200) -> None:
+        self._inflight_children: dict[tuple[str, str], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self._mp_dir = multiprocess_dir()
         self._label = _Bounded(max_label_values)
@@ -237,9 +239,14 @@ class Metrics:
         )
 
     def inflight(self, model: str, endpoint: str, delta: int) -> None:
-        self.inflight_g.labels(self._label("model", model), self._label("endpoint", endpoint)).inc(
-            delta
-        )
+        # on the hot path twice per request: keep the labelled child instead of looking it up
+        child = self._inflight_children.get((model, endpoint))
+        if child is None:
+            child = self.inflight_g.labels(
+                self._label("model", model), self._label("endpoint", endpoint)
+            )
+            self._inflight_children[(model, endpoint)] = child
+        child.inc(delta)
 
     def store_queue_depth(self, n: int) -> None:
         self.queue_depth.set(n)
