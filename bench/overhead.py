@@ -1,0 +1,1068 @@
+"""Gateway overhead benchmark: the same load DIRECT to a fake upstream and THROUGH Tollgate.
+
+    .venv/bin/python bench/overhead.py                 # full run, writes BENCHMARKS.md
+    .venv/bin/python bench/overhead.py --quick --no-write
+
+Layout (2+ cores): the gateway is pinned to core 0 (`taskset -c 0`, one uvicorn worker via
+`tollgate serve`); the fake upstream, the load generator and this harness are pinned to
+core 1. Scenarios (each DIRECT and THROUGH every target, back to back):
+
+  a  concurrency 1, 2,000 requests, upstream latency 0       latency p50/p99, added latency
+  b  concurrency 64, upstream latency 50 ms, 20 s             req/s and p99 vs direct
+  c  concurrency 256, upstream latency 0, 20 s                the most req/s one core carries
+  d  streaming, concurrency 16, 20 chunks, 20 s               TTFB and total p50, req/s
+
+Non-streamed load comes from Debian's `wrk` (`--latency`, a Lua `done()` printing the
+percentiles as JSON); without wrk the harness says so and uses its asyncio client. Streams
+are measured by the asyncio client (raw asyncio streams, one keep-alive connection per
+worker), which records the time to the first SSE byte.
+
+Every run is bounded in requests and time and ends by itself; only processes this script
+started are ever signalled, by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+
+from gateway.testing.fake_upstream import FakeUpstream  # noqa: E402
+
+BENCHMARKS = REPO / "BENCHMARKS.md"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+GW_CORE = "0"
+LOAD_CORE = "1"
+BEARER = "sk-bench-0000"
+PROMPT = "Write one short sentence about toll roads for a benchmark."
+INTRO = "# Benchmarks\n\nMeasured numbers for Tollgate; each section says how to reproduce it.\n"
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# machine, pinning
+# --------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def git_commit() -> str:
+    """Short HEAD, plus the gateway files that differ from it (the code actually measured)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--", "gateway", "router_models", "pyproject.toml"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    changed = sorted({ln[3:].strip() for ln in status if ln.strip()})
+    if changed:
+        shown = ", ".join(changed[:8]) + (" ..." if len(changed) > 8 else "")
+        return f"{commit or 'unknown'}` + uncommitted changes to `{shown}"
+    return commit or "unknown"
+
+
+def can_pin() -> bool:
+    return (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+
+
+def pin_prefix(core: str) -> list[str]:
+    return ["taskset", "-c", core] if can_pin() else []
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def machine_line() -> str:
+    return f"nproc {os.cpu_count()}, CPU {cpu_model()}, Linux {platform.release()}"
+
+
+def proc_cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process (all its threads)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def rss_mib(pid: int) -> float | None:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# scenarios
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    concurrency: int
+    latency_ms: float
+    stream: bool = False
+    requests: int | None = None  # fixed request count (a) ...
+    duration_s: float = 0.0  # ... or fixed duration (b, c, d)
+    chunks: int = 20
+
+
+def make_scenarios(quick: bool) -> dict[str, Scenario]:
+    dur = 3.0 if quick else 20.0
+    return {
+        "a": Scenario(
+            "a", "concurrency 1, upstream latency 0", 1, 0.0, requests=300 if quick else 2000
+        ),
+        "b": Scenario("b", "concurrency 64, upstream latency 50 ms", 64, 50.0, duration_s=dur),
+        "c": Scenario("c", "concurrency 256, upstream latency 0", 256, 0.0, duration_s=dur),
+        "d": Scenario(
+            "d", "streaming, concurrency 16, 20 chunks, latency 0", 16, 0.0, True, duration_s=dur
+        ),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# processes: the fake upstream and targets
+# --------------------------------------------------------------------------------------------
+
+
+class PinnedFake(FakeUpstream):
+    """The fake upstream, pinned to the load core (taskset execs, so the PID is the server's)."""
+
+    def _command(self, port: int) -> list[str]:
+        return [*pin_prefix(LOAD_CORE), *super()._command(port)]
+
+
+class TargetUnavailable(Exception):
+    pass
+
+
+class Target:
+    """Something the load is sent to. `start` returns (host, port)."""
+
+    name = "target"
+    model = "fake-model"
+    pid: int | None = None
+
+    def start(self, upstream: FakeUpstream) -> tuple[str, int]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        pass
+
+
+class Direct(Target):
+    name = "direct"
+
+    def start(self, upstream: FakeUpstream) -> tuple[str, int]:
+        self.model = "fake-model"
+        return "127.0.0.1", upstream.port
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# Tiers as in config/routing.yaml: (name, tier, router profile, pricing).
+_HW = "{{hardware_usd_per_hour: {}, tokens_per_second: {}}}"
+TIERS = [
+    ("small", "small", "gemma-2b-it", _HW.format(0.35, 120)),
+    ("medium", "medium", "vicuna-13b-v1.5", _HW.format(1.2, 60)),
+    ("large", "large", "humpback-llama2-70b", _HW.format(4.8, 30)),
+    (
+        "gpt-3.5-turbo",
+        "external",
+        "gpt-3.5-turbo-1106",
+        "{input_per_mtok: 1.0, output_per_mtok: 2.0}",
+    ),
+]
+
+
+def routing_yaml(upstream_base: str, store: str, mode: str, tmp: Path) -> str:
+    """Every tier points at the fake upstream; `auto` mode adds router profiles."""
+    lines = [
+        "version: 1",
+        "server:",
+        "  drain_timeout_s: 1",
+        "store:",
+        f"  backend: {store}",
+        f"  sqlite_path: {tmp / 'tollgate.db'}",
+        "models:",
+    ]
+    for name, tier, profile, price in TIERS:
+        lines += [f"  - name: {name}", f"    tier: {tier}"]
+        if mode == "auto":
+            lines.append(f"    profile: {profile}")
+        lines += [
+            f"    pricing: {price}",
+            "    endpoints:",
+            f"      - base_url: {upstream_base}",
+            f"        model: {profile}",
+        ]
+    if mode == "auto":
+        lines += ["router:", "  artifact: default", "  default_policy: balanced"]
+    return "\n".join(lines) + "\n"
+
+
+def tollgate_cmd() -> list[str]:
+    exe = Path(sys.executable).parent / "tollgate"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "gateway.cli"]
+
+
+def chat_body(model: str, stream: bool) -> bytes:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": 32,
+    }
+    if stream:
+        body["stream"] = True
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def probe(host: str, port: int, model: str, timeout: float = 10.0) -> None:
+    """One non-streamed and one streamed request; TargetUnavailable if either fails."""
+    with httpx.Client(trust_env=False, timeout=timeout) as c:
+        for stream in (False, True):
+            r = c.post(
+                f"http://{host}:{port}/v1/chat/completions",
+                content=chat_body(model, stream),
+                headers={"content-type": "application/json", "authorization": f"Bearer {BEARER}"},
+            )
+            if r.status_code != 200 or (stream and b"[DONE]" not in r.content):
+                raise TargetUnavailable(
+                    f"{'streamed' if stream else 'unary'} probe with model={model!r} got HTTP "
+                    f"{r.status_code}: {r.text[:300]}"
+                )
+
+
+class ServerProcess(Target):
+    """A server started as a subprocess, pinned to the gateway core, stopped by its PID."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.tmp: Path | None = None
+        self.logf: Any = None
+
+    @property
+    def pid(self) -> int | None:  # type: ignore[override]
+        return self.proc.pid if self.proc is not None else None
+
+    def command(self, upstream: FakeUpstream, tmp: Path) -> tuple[list[str], dict[str, str]]:
+        raise NotImplementedError
+
+    def health_path(self) -> str:
+        return "/healthz"
+
+    def startup_timeout(self) -> float:
+        return 30.0
+
+    def start(self, upstream: FakeUpstream) -> tuple[str, int]:
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{self.name.replace(' ', '-')}-"))
+        self.port = free_port()
+        cmd, env = self.command(upstream, self.tmp)
+        self.logf = open(self.tmp / "server.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.logf, stderr=subprocess.STDOUT, env=env, cwd=str(self.tmp)
+        )
+        deadline = time.monotonic() + self.startup_timeout()
+        url = f"http://127.0.0.1:{self.port}{self.health_path()}"
+        while True:
+            if self.proc.poll() is not None:
+                raise TargetUnavailable(
+                    f"{self.name} exited at startup (code {self.proc.returncode}): "
+                    + self.log_tail()
+                )
+            try:
+                r = httpx.get(url, timeout=1.0, trust_env=False, headers=self.auth_headers())
+                if r.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TargetUnavailable(f"{self.name} not healthy in time: " + self.log_tail())
+            time.sleep(0.1)
+        try:
+            probe("127.0.0.1", self.port, self.model)
+        except (TargetUnavailable, httpx.HTTPError) as e:
+            self.stop()
+            raise TargetUnavailable(f"{e}; log: {self.log_tail()}") from None
+        return "127.0.0.1", self.port
+
+    def auth_headers(self) -> dict[str, str]:
+        return {}
+
+    def log_tail(self, n: int = 6) -> str:
+        if self.tmp is None:
+            return ""
+        with contextlib.suppress(OSError):
+            lines = (self.tmp / "server.log").read_text(errors="replace").strip().splitlines()
+            return " | ".join(x.strip() for x in lines[-n:])
+        return ""
+
+    def stop(self) -> None:
+        p = self.proc
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        if self.logf is not None:
+            self.logf.close()
+            self.logf = None
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+
+class Tollgate(ServerProcess):
+    def __init__(self, store: str = "none", mode: str = "pinned") -> None:
+        super().__init__()
+        self.store = store
+        self.mode = mode
+        self.name = f"tollgate {mode} store={store}"
+        self.model = "auto" if mode == "auto" else "small"
+
+    def command(self, upstream: FakeUpstream, tmp: Path) -> tuple[list[str], dict[str, str]]:
+        cfg = tmp / "routing.yaml"
+        cfg.write_text(routing_yaml(upstream.base_url, self.store, self.mode, tmp))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO)
+        cmd = [
+            *pin_prefix(GW_CORE),
+            *tollgate_cmd(),
+            "serve",
+            "--config",
+            str(cfg),
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+        ]
+        return cmd, env
+
+
+# --------------------------------------------------------------------------------------------
+# load generators
+# --------------------------------------------------------------------------------------------
+
+WRK_LUA = r"""
+wrk.method = "POST"
+wrk.path = "/v1/chat/completions"
+wrk.body = [==[%(body)s]==]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %(bearer)s"
+local limit = %(limit)d
+if limit > 0 then
+  local count = 0
+  function response(status, headers, body)
+    count = count + 1
+    if count == limit then
+      io.write("BENCH_DONE\n")
+      io.flush()
+      wrk.thread:stop()
+    end
+  end
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests":%%d,"duration_us":%%d,"connect_errors":%%d,"read_errors":%%d,' ..
+    '"write_errors":%%d,"status_errors":%%d,"timeouts":%%d,"p50_us":%%d,"p90_us":%%d,' ..
+    '"p99_us":%%d,"p999_us":%%d,"mean_us":%%.1f,"max_us":%%d}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.mean, latency.max))
+end
+"""
+
+
+def have_wrk() -> bool:
+    return shutil.which("wrk") is not None
+
+
+def run_wrk(
+    host: str,
+    port: int,
+    model: str,
+    concurrency: int,
+    duration_s: float,
+    requests: int = 0,
+    workdir: Path | None = None,
+) -> dict[str, Any]:
+    """wrk -t1 (one thread: it shares a core with the upstream); stops after `requests` if > 0."""
+    workdir = workdir or Path(tempfile.gettempdir())
+    script = workdir / f"bench-{os.getpid()}.lua"
+    script.write_text(
+        WRK_LUA % {"body": chat_body(model, False).decode(), "bearer": BEARER, "limit": requests}
+    )
+    cmd = [
+        *pin_prefix(LOAD_CORE),
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{max(1, round(duration_s))}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(script),
+        f"http://{host}:{port}/v1/chat/completions",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    out: list[str] = []
+    try:
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace")
+            out.append(line)
+            if line.startswith("BENCH_DONE") and proc.poll() is None:
+                proc.send_signal(signal.SIGINT)  # wrk ends its sleep and reports
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        script.unlink(missing_ok=True)
+    js = [ln for ln in out if ln.startswith("BENCH_JSON ")]
+    if not js:
+        raise RuntimeError("wrk printed no result:\n" + "".join(out[-20:]))
+    d = json.loads(js[-1][len("BENCH_JSON ") :])
+    secs = d["duration_us"] / 1e6
+    errors = sum(
+        d[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts")
+    )
+    return {
+        "tool": "wrk",
+        "requests": d["requests"],
+        "errors": errors,
+        "seconds": round(secs, 3),
+        "rps": d["requests"] / secs if secs > 0 else 0.0,
+        "p50_ms": d["p50_us"] / 1000.0,
+        "p90_ms": d["p90_us"] / 1000.0,
+        "p99_ms": d["p99_us"] / 1000.0,
+        "p999_ms": d["p999_us"] / 1000.0,
+        "mean_ms": d["mean_us"] / 1000.0,
+        "max_ms": d["max_us"] / 1000.0,
+    }
+
+
+def _pct(xs: list[float], p: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    k = min(len(xs) - 1, max(0, round(p / 100.0 * (len(xs) - 1))))
+    return xs[k]
+
+
+async def _read_response(
+    reader: asyncio.StreamReader, t0: float
+) -> tuple[int, float | None, bool, bytes]:
+    """Read one HTTP/1.1 response; returns (status, first body byte time, keep-alive, body)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    hdrs: dict[bytes, bytes] = {}
+    for ln in lines[1:]:
+        if b":" in ln:
+            k, v = ln.split(b":", 1)
+            hdrs[k.strip().lower()] = v.strip()
+    first: float | None = None
+    parts: list[bytes] = []
+    if hdrs.get(b"transfer-encoding", b"").lower() == b"chunked":
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+            if size == 0:
+                while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                    pass
+                break
+            data = await reader.readexactly(size + 2)
+            if first is None:
+                first = time.perf_counter() - t0
+            parts.append(data[:-2])
+    elif b"content-length" in hdrs:
+        n = int(hdrs[b"content-length"])
+        parts.append(await reader.readexactly(n))
+        first = time.perf_counter() - t0
+    else:
+        parts.append(await reader.read())
+        first = time.perf_counter() - t0
+        return status, first, False, b"".join(parts)
+    keep = hdrs.get(b"connection", b"").lower() != b"close"
+    return status, first, keep, b"".join(parts)
+
+
+async def _client_run(
+    host: str,
+    port: int,
+    body: bytes,
+    concurrency: int,
+    duration_s: float,
+    requests: int,
+    stream: bool,
+) -> dict[str, Any]:
+    req = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: application/json\r\nAuthorization: Bearer {BEARER}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    totals: list[float] = []
+    ttfbs: list[float] = []
+    errors = 0
+    budget = [requests]
+    start = time.perf_counter()
+    deadline = start + (duration_s if duration_s > 0 else 600.0)
+
+    async def worker() -> None:
+        nonlocal errors
+        reader: asyncio.StreamReader | None = None
+        writer: asyncio.StreamWriter | None = None
+        while time.perf_counter() < deadline:
+            if requests > 0:
+                if budget[0] <= 0:
+                    break
+                budget[0] -= 1
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(host, port)
+                assert reader is not None
+                t0 = time.perf_counter()
+                writer.write(req)
+                status, first, keep, data = await asyncio.wait_for(_read_response(reader, t0), 30.0)
+                total = time.perf_counter() - t0
+                ok = status == 200 and (not stream or b"[DONE]" in data)
+                if ok:
+                    totals.append(total)
+                    if first is not None:
+                        ttfbs.append(first)
+                else:
+                    errors += 1
+                if not keep:
+                    writer.close()
+                    writer = None
+            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+                errors += 1
+                if writer is not None:
+                    writer.close()
+                writer = None
+                await asyncio.sleep(0.01)
+        if writer is not None:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    secs = time.perf_counter() - start
+    ms = 1000.0
+    res: dict[str, Any] = {
+        "tool": "asyncio-client",
+        "requests": len(totals),
+        "errors": errors,
+        "seconds": round(secs, 3),
+        "rps": len(totals) / secs if secs > 0 else 0.0,
+        "p50_ms": _pct(totals, 50) * ms,
+        "p90_ms": _pct(totals, 90) * ms,
+        "p99_ms": _pct(totals, 99) * ms,
+        "mean_ms": (sum(totals) / len(totals) * ms) if totals else float("nan"),
+    }
+    if stream:
+        res["ttfb_p50_ms"] = _pct(ttfbs, 50) * ms
+        res["ttfb_p99_ms"] = _pct(ttfbs, 99) * ms
+    return res
+
+
+def run_client(
+    host: str,
+    port: int,
+    model: str,
+    concurrency: int,
+    duration_s: float,
+    requests: int = 0,
+    stream: bool = False,
+) -> dict[str, Any]:
+    import uvloop
+
+    coro = _client_run(
+        host, port, chat_body(model, stream), concurrency, duration_s, requests, stream
+    )
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+# --------------------------------------------------------------------------------------------
+# the matrix
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    scenarios: list[Scenario]
+    targets: list[Target]
+    quick: bool
+    results: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # scen -> target
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+
+def measure(sc: Scenario, host: str, port: int, model: str, quick: bool) -> dict[str, Any]:
+    warm_s = 0.5 if quick else 2.0
+    if sc.stream:
+        run_client(host, port, model, sc.concurrency, warm_s, stream=True)
+        return run_client(host, port, model, sc.concurrency, sc.duration_s, stream=True)
+    if have_wrk():
+        if sc.requests:
+            run_wrk(host, port, model, 1, 30, requests=max(50, sc.requests // 10))
+            return run_wrk(host, port, model, 1, 300, requests=sc.requests)
+        run_wrk(host, port, model, sc.concurrency, warm_s)
+        return run_wrk(host, port, model, sc.concurrency, sc.duration_s)
+    if sc.requests:
+        run_client(host, port, model, 1, 0, requests=max(50, sc.requests // 10))
+        return run_client(host, port, model, 1, 0, requests=sc.requests)
+    run_client(host, port, model, sc.concurrency, warm_s)
+    return run_client(host, port, model, sc.concurrency, sc.duration_s)
+
+
+def run_matrix(run: Run) -> None:
+    """For each scenario, every target back to back against the same fake upstream process."""
+    fakes: dict[float, FakeUpstream] = {}
+    try:
+        for sc in run.scenarios:
+            if sc.latency_ms not in fakes:
+                fakes[sc.latency_ms] = PinnedFake(
+                    name="bench", latency_ms=sc.latency_ms, chunks=sc.chunks, completion_tokens=32
+                ).start()
+            fu = fakes[sc.latency_ms]
+            run.results.setdefault(sc.key, {})
+            for t in run.targets:
+                if t.name in run.unavailable:
+                    continue
+                log(f"scenario {sc.key} ({sc.title}) -> {t.name}")
+                try:
+                    host, port = t.start(fu)
+                except TargetUnavailable as e:
+                    run.unavailable[t.name] = str(e)
+                    log(f"  {t.name}: NOT AVAILABLE: {e}")
+                    continue
+                try:
+                    cpu0 = proc_cpu_s(t.pid)
+                    res = measure(sc, host, port, t.model, run.quick)
+                    cpu1 = proc_cpu_s(t.pid)
+                    if cpu0 is not None and cpu1 is not None and res["requests"]:
+                        # includes the measured run only (the warm-up ran before cpu0)
+                        res["cpu_us_per_req"] = (cpu1 - cpu0) / res["requests"] * 1e6
+                    if t.pid is not None:
+                        res["rss_mib"] = rss_mib(t.pid)
+                except Exception as e:
+                    res = {"failed": f"{type(e).__name__}: {e}"}
+                finally:
+                    t.stop()
+                run.results[sc.key][t.name] = res
+                log("  " + summarize(res))
+    finally:
+        for fu in fakes.values():
+            fu.close()
+
+
+def summarize(res: dict[str, Any]) -> str:
+    if "failed" in res:
+        return "FAILED " + res["failed"]
+    s = (
+        f"{res['requests']} req, {res['errors']} err, {res['rps']:.0f} req/s, "
+        f"p50 {res['p50_ms']:.3f} ms, p99 {res['p99_ms']:.3f} ms"
+    )
+    if "ttfb_p50_ms" in res:
+        s += f", ttfb p50 {res['ttfb_p50_ms']:.3f} ms"
+    if res.get("cpu_us_per_req"):
+        s += f", cpu {res['cpu_us_per_req']:.0f} us/req"
+    return s
+
+
+# --------------------------------------------------------------------------------------------
+# reporting
+# --------------------------------------------------------------------------------------------
+
+
+def f3(x: Any) -> str:
+    return "-" if x is None or x != x else f"{x:.3f}"
+
+
+def f1(x: Any) -> str:
+    return "-" if x is None or x != x else f"{x:.1f}"
+
+
+def f0(x: Any) -> str:
+    return "-" if x is None or x != x else f"{x:,.0f}"
+
+
+def tables(run: Run, baseline: str = "direct") -> list[str]:
+    """Markdown tables, one per scenario; deltas and ratios are against `baseline`."""
+    out: list[str] = []
+    for sc in run.scenarios:
+        rows = run.results.get(sc.key, {})
+        base = rows.get(baseline, {})
+        what = f"{sc.requests:,} requests" if sc.requests else f"{sc.duration_s:g} s"
+        out.append(f"**({sc.key}) {sc.title}**, {what}\n")
+        if sc.key == "a":
+            out.append(
+                "| target | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | "
+                "gateway CPU µs/req | errors |"
+            )
+            out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        elif sc.stream:
+            out.append(
+                "| target | req/s | ratio to direct | TTFB p50 ms | TTFB p99 ms | total p50 ms | "
+                "total p99 ms | added TTFB p50 ms | gateway CPU µs/req | errors |"
+            )
+            out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        else:
+            out.append(
+                "| target | req/s | ratio to direct | p50 ms | p99 ms | p99 minus direct ms | "
+                "gateway CPU µs/req | errors |"
+            )
+            out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for t in run.targets:
+            if t.name in run.unavailable and t.name not in rows:
+                out.append(f"| {t.name} | not available (see below) |")
+                continue
+            r = rows.get(t.name)
+            if r is None:
+                continue
+            if "failed" in r:
+                out.append(f"| {t.name} | failed: {r['failed'][:120]} |")
+                continue
+            cpu = f0(r.get("cpu_us_per_req"))
+            ratio = r["rps"] / base["rps"] if base.get("rps") else None
+            if sc.key == "a":
+                d50 = r["p50_ms"] - base["p50_ms"] if base else None
+                d99 = r["p99_ms"] - base["p99_ms"] if base else None
+                out.append(
+                    f"| {t.name} | {f0(r['rps'])} | {f3(r['p50_ms'])} | {f3(r['p99_ms'])} | "
+                    f"{f3(d50) if t.name != baseline else '-'} | "
+                    f"{f3(d99) if t.name != baseline else '-'} | {cpu} | {r['errors']} |"
+                )
+            elif sc.stream:
+                dt50 = r["ttfb_p50_ms"] - base["ttfb_p50_ms"] if base else None
+                out.append(
+                    f"| {t.name} | {f0(r['rps'])} | {f3(ratio)} | {f3(r['ttfb_p50_ms'])} | "
+                    f"{f3(r['ttfb_p99_ms'])} | {f3(r['p50_ms'])} | {f3(r['p99_ms'])} | "
+                    f"{f3(dt50) if t.name != baseline else '-'} | {cpu} | {r['errors']} |"
+                )
+            else:
+                d99 = r["p99_ms"] - base["p99_ms"] if base else None
+                out.append(
+                    f"| {t.name} | {f0(r['rps'])} | {f3(ratio)} | {f3(r['p50_ms'])} | "
+                    f"{f3(r['p99_ms'])} | {f3(d99) if t.name != baseline else '-'} | {cpu} | "
+                    f"{r['errors']} |"
+                )
+        out.append("")
+    if run.unavailable:
+        out.append("Not available in this run:\n")
+        for name, why in run.unavailable.items():
+            out.append(f"- `{name}`: {why[:600]}")
+        out.append("")
+    return out
+
+
+def verdicts(run: Run, target: str) -> list[tuple[str, str, str]]:
+    """(target, measured, met/missed) for the issue's targets (a), (b), (d)."""
+    out: list[tuple[str, str, str]] = []
+    R = run.results
+
+    def get(sc: str, name: str) -> dict[str, Any] | None:
+        r = R.get(sc, {}).get(name)
+        return r if r and "failed" not in r else None
+
+    d, g = get("a", "direct"), get("a", target)
+    if d and g:
+        a50, a99 = g["p50_ms"] - d["p50_ms"], g["p99_ms"] - d["p99_ms"]
+        ok = a50 <= 0.5 and a99 <= 2.0
+        out.append(
+            (
+                "(a) added p50 <= 0.5 ms, p99 <= 2 ms",
+                f"added p50 {a50:.3f} ms, p99 {a99:.3f} ms",
+                "met" if ok else "MISSED",
+            )
+        )
+    d, g = get("b", "direct"), get("b", target)
+    if d and g:
+        ratio, dp99 = g["rps"] / d["rps"], g["p99_ms"] - d["p99_ms"]
+        ok = ratio >= 0.95 and dp99 <= 5.0
+        out.append(
+            (
+                ">= 95% of direct req/s, p99 within 5 ms",
+                f"{ratio * 100:.1f}% ({g['rps']:.0f} vs {d['rps']:.0f} req/s), p99 {dp99:+.2f} ms",
+                "met" if ok else "MISSED",
+            )
+        )
+        out[-1] = ("(b) " + out[-1][0], out[-1][1], out[-1][2])
+    d, g = get("d", "direct"), get("d", target)
+    if d and g:
+        dt50, ratio = g["ttfb_p50_ms"] - d["ttfb_p50_ms"], g["rps"] / d["rps"]
+        ok = dt50 <= 1.0 and ratio >= 0.5
+        out.append(
+            (
+                "(d) added TTFB p50 <= 1 ms, streamed req/s >= 50% of direct",
+                f"added TTFB p50 {dt50:.3f} ms, {ratio * 100:.1f}% of direct req/s",
+                "met" if ok else "MISSED",
+            )
+        )
+    return out
+
+
+PROFILE_HEAD = "### Where the time goes (py-spy, scenario c)"
+CLIENT_HEAD = "### Upstream HTTP client cost (bench/client_micro.py)"
+HISTORY_HEAD = "### Earlier runs"
+
+
+def _section_bounds(lines: list[str], head: str) -> tuple[int, int] | None:
+    start = next((i for i, ln in enumerate(lines) if ln.strip() == head), None)
+    if start is None:
+        return None
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return start, end
+
+
+def _write(path: Path, lines: list[str]) -> None:
+    if not any(ln.startswith("# ") for ln in lines):
+        lines = [*INTRO.rstrip("\n").splitlines(), "", *lines]
+    out = "\n".join(lines).rstrip("\n") + "\n"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(out)
+    os.replace(tmp, path)
+
+
+def update_section(
+    title: str,
+    body: str,
+    path: Path = BENCHMARKS,
+    keep: Sequence[str] = (PROFILE_HEAD, CLIENT_HEAD, HISTORY_HEAD),
+) -> None:
+    """Replace `## title` (up to the next `## `) in BENCHMARKS.md, or append it.
+
+    Subsections named in `keep` (written by other scripts) survive the rewrite.
+    """
+    lines = (path.read_text() if path.exists() else INTRO).splitlines()
+    head = f"## {title}"
+    new = [head, "", *body.rstrip("\n").splitlines(), ""]
+    b = _section_bounds(lines, head)
+    if b is None:
+        while lines and not lines[-1].strip():
+            lines.pop()
+        lines += ["", *new]
+    else:
+        start, end = b
+        old = lines[start:end]
+        for sub in keep:
+            if sub in new:
+                continue
+            i = next((k for k, ln in enumerate(old) if ln.strip() == sub), None)
+            if i is not None:
+                j = next((k for k in range(i + 1, len(old)) if old[k].startswith("### ")), len(old))
+                new += old[i:j]
+        lines[start:end] = new
+    _write(path, lines)
+
+
+def update_subsection(section: str, sub: str, body: str, path: Path = BENCHMARKS) -> None:
+    """Replace (or add at the end of `## section`) the subsection headed `sub`."""
+    lines = (path.read_text() if path.exists() else INTRO).splitlines()
+    b = _section_bounds(lines, f"## {section}")
+    if b is None:
+        while lines and not lines[-1].strip():
+            lines.pop()
+        lines += ["", f"## {section}", ""]
+        b = (len(lines) - 3, len(lines))
+    start, end = b
+    new = [sub, "", *body.rstrip("\n").splitlines(), ""]
+    i = next((k for k in range(start, end) if lines[k].strip() == sub), None)
+    if i is None:
+        lines[end:end] = new if end == len(lines) or not lines[end - 1].strip() else ["", *new]
+    else:
+        j = next((k for k in range(i + 1, end) if lines[k].startswith("### ")), end)
+        lines[i:j] = new
+    _write(path, lines)
+
+
+def header_lines(command: str) -> list[str]:
+    pin = (
+        "gateway pinned to core 0 (`taskset -c 0`, one uvicorn worker via `tollgate serve`); "
+        "fake upstream (`gateway/testing/fake_upstream.py`), load generator and harness "
+        "pinned to core 1"
+        if can_pin()
+        else "NOT pinned (fewer than 2 cores or no taskset): numbers mix gateway and load"
+    )
+    return [
+        f"- command: `{command}`",
+        f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- git commit: `{git_commit()}`",
+        f"- machine: {machine_line()} (shared, noisy: expect a few % run-to-run spread)",
+        f"- layout: {pin}",
+        "- load: "
+        + (
+            "Debian `wrk` 4.1 (`-t1 --latency`, Lua `done()` → JSON percentiles) for (a)(b)(c); "
+            if have_wrk()
+            else "asyncio client for all (wrk was not installed); "
+        )
+        + "asyncio client (raw streams, keep-alive, uvloop) for (d); TTFB = first SSE byte",
+        "- request: one-message chat completion, `max_tokens` 32; fake answers 32 tokens; "
+        "`gateway CPU µs/req` = the gateway process's CPU time over the measured window / "
+        "requests",
+    ]
+
+
+def save_json(run: Run, name: str, extra: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(exist_ok=True)
+    p = RESULTS_DIR / f"{name}.json"
+    p.write_text(
+        json.dumps(
+            {
+                "results": run.results,
+                "unavailable": run.unavailable,
+                "scenarios": [s.__dict__ for s in run.scenarios],
+                "quick": run.quick,
+                **extra,
+            },
+            indent=2,
+        )
+    )
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def parse_list(value: str, allowed: Sequence[str], what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise SystemExit(f"--{what}: expected a comma list of {', '.join(allowed)}, got {value!r}")
+    return items
+
+
+def common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="3 s runs and 300 requests (smoke)")
+    p.add_argument("--scenarios", default="a,b,c,d", help="comma list of a,b,c,d")
+    p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+
+
+def setup_pinning() -> None:
+    if not can_pin():
+        log("WARNING: fewer than 2 cores or no taskset: running unpinned")
+        return
+    os.sched_setaffinity(0, {int(LOAD_CORE)})  # the harness and its asyncio client
+    if not have_wrk():
+        log(
+            "wrk not found (Debian: apt-get update && apt-get install -y wrk): "
+            "using the asyncio client for the non-streamed scenarios too"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    common_args(p)
+    p.add_argument("--modes", default="pinned,auto", help="comma list of pinned,auto")
+    p.add_argument("--store", default="none,sqlite", help="none|sqlite (comma list for both)")
+    args = p.parse_args(argv)
+    keys = parse_list(args.scenarios, "abcd", "scenarios")
+    modes = parse_list(args.modes, ("pinned", "auto"), "modes")
+    stores = parse_list(args.store, ("none", "sqlite"), "store")
+    setup_pinning()
+    all_sc = make_scenarios(args.quick)
+    targets: list[Target] = [Direct()]
+    targets += [Tollgate(store=s, mode=m) for m in modes for s in stores]
+    run = Run([all_sc[k] for k in keys], targets, args.quick)
+    t0 = time.monotonic()
+    load0 = loadavg()
+    run_matrix(run)
+    load1 = loadavg()
+    elapsed = time.monotonic() - t0
+    command = "make bench  # = .venv/bin/python bench/overhead.py " + " ".join(
+        a for a in (argv if argv is not None else sys.argv[1:])
+    )
+    lines = header_lines(command.strip())
+    lines.append(
+        f"- wall time of the whole run: {elapsed:.0f} s; load average (1/5/15 min) "
+        f"{load0} at the start, {load1} at the end (other tenants share both cores)"
+    )
+    lines.append("")
+    lines += tables(run)
+    main_target = next(
+        (t.name for t in targets if isinstance(t, Tollgate) and t.name not in run.unavailable),
+        None,
+    )
+    if main_target:
+        lines.append("Targets from the issue, for each Tollgate configuration:\n")
+        lines.append("| target | measured | verdict |")
+        lines.append("| --- | --- | --- |")
+        for tgt in [t for t in targets if isinstance(t, Tollgate)]:
+            for what, got, ok in verdicts(run, tgt.name):
+                lines.append(f"| {what} [{tgt.name}] | {got} | {ok} |")
+        lines.append("| (c) >= 20x LiteLLM's req/s on the same core | see *Peer: LiteLLM* | - |")
+        lines.append("")
+    body = "\n".join(lines)
+    print("\n" + body)
+    save_json(run, "overhead-quick" if args.quick else "overhead", {"command": command})
+    if not args.no_write:
+        update_section("Gateway overhead", body)
+        log(f"updated {BENCHMARKS.name}: section 'Gateway overhead'")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
