@@ -64,6 +64,7 @@ class Gateway:
         self.loaded_at = time.time()
         self._mtime = self._stat()
         self._tasks: list[asyncio.Task[None]] = []
+        self._finished: list[tuple[RequestRecord, Any, str | None]] = []
         self.started_at = time.time()
         for up in self.pool.all():
             self.metrics.set_circuit(up.model_name, up.label, 0)
@@ -166,14 +167,25 @@ class Gateway:
         )
         base = rec.baseline_model or rec.model
         rec.baseline_model = base
-        rec.baseline_cost_usd = pricing.cost_usd(
-            rt.pricing.get(base), rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens
-        )
+        if base == rec.model:
+            rec.baseline_cost_usd = rec.cost_usd
+        else:
+            rec.baseline_cost_usd = pricing.cost_usd(
+                rt.pricing.get(base), rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens
+            )
         if rec.router_scores and rec.model in rec.router_scores:
             rec.quality_predicted = rec.router_scores[rec.model]
 
     def finish(self, rt: Runtime, rec: RequestRecord, messages: Any, answer: str | None) -> None:
-        asyncio.get_running_loop().call_soon(self._after, rec, messages, answer)
+        """Queue the after-response work; one loop callback drains whatever has piled up."""
+        self._finished.append((rec, messages, answer))
+        if len(self._finished) == 1:
+            asyncio.get_running_loop().call_soon(self._drain_finished)
+
+    def _drain_finished(self) -> None:
+        batch, self._finished = self._finished, []
+        for rec, messages, answer in batch:
+            self._after(rec, messages, answer)
 
     def _after(self, rec: RequestRecord, messages: Any, answer: str | None) -> None:
         try:

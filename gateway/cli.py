@@ -24,6 +24,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return 1
     os.environ["TOLLGATE_CONFIG"] = path
+    # The store writer thread must not hold the GIL for the default 5 ms while the event loop
+    # waits: measured p99 at concurrency 1 went from 0.8 to 3.9 ms with SQLite on.
+    sys.setswitchinterval(0.0005)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -57,6 +57,7 @@ HOT_PATHS: dict[str, tuple[str, str, Callable[[Any], None]]] = {
 
 _MODEL_RE = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _CONTENT_RE = re.compile(rb'"(?:content|text|arguments)"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_NULL_USAGE = re.compile(rb'"usage"\s*:\s*null')
 _JSON_CT = (b"application/json", b"application/json; charset=utf-8")
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -102,6 +103,17 @@ async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], ctx: _Ctx
             return
 
 
+def _start_watch(
+    loop: asyncio.AbstractEventLoop,
+    receive: Receive,
+    task: asyncio.Task[Any],
+    ctx: _Ctx,
+    out: list[asyncio.Task[None]],
+) -> None:
+    if not ctx.finished:
+        out.append(loop.create_task(_watch_disconnect(receive, task, ctx)))
+
+
 def _retry_after(resp: h1.H1Response) -> float | None:
     v = resp.header(b"retry-after")
     if not v:
@@ -139,7 +151,8 @@ class Proxy:
         rec = RequestRecord(request_id=rid, ts=time.time(), endpoint=kind)
         ctx = _Ctx()
         task = asyncio.current_task()
-        watcher: asyncio.Task[None] | None = None
+        watchers: list[asyncio.Task[None]] = []
+        watch_later: asyncio.TimerHandle | None = None
         state: dict[str, Any] = {"upstream_s": 0.0, "answer": None, "messages": None}
         try:
             ct = b""
@@ -189,7 +202,10 @@ class Proxy:
             if gw.judge_enabled and kind == "chat":
                 state["messages"] = body.get("messages")
             assert task is not None
-            watcher = asyncio.create_task(_watch_disconnect(receive, task, ctx))
+            # Watch for a client that goes away, but only once the request has lasted 50 ms:
+            # most answers are faster, and then the watcher task is never created.
+            loop = asyncio.get_running_loop()
+            watch_later = loop.call_later(0.05, _start_watch, loop, receive, task, ctx, watchers)
             if stream:
                 await self._stream(rt, plan, body, kind, path, rec, ctx, send, state, explain, t0)
             else:
@@ -218,8 +234,10 @@ class Proxy:
                     rec,
                 )
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            if watch_later is not None:
+                watch_later.cancel()
+            for w in watchers:
+                w.cancel()
             rec.latency_ms = (time.perf_counter() - t0) * 1000.0
             rec.upstream_ms = state["upstream_s"] * 1000.0
             rec.overhead_ms = max(0.0, rec.latency_ms - rec.upstream_ms)
@@ -624,7 +642,7 @@ class Proxy:
                             model_pat = m.group(0)
                     if model_pat is not None and model_pat in ev:
                         ev = ev.replace(model_pat, model_rep, 1)
-                    if b'"usage"' in ev:
+                    if b'"usage"' in ev and not _NULL_USAGE.search(ev):
                         drop = self._stream_usage(rec, ev, client_wants_usage)
                         usage_seen = (
                             usage_seen or rec.prompt_tokens > 0 or rec.completion_tokens > 0

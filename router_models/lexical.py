@@ -111,7 +111,13 @@ class LexicalFeaturizer:
         word_ids = np.zeros(0, np.uint32)
         if n and isw.any():
             pw, pinv = _powers()
-            edges = np.diff(isw.view(np.int8), prepend=np.int8(0), append=np.int8(0))
+            # edges[i] = isw[i] - isw[i-1] with zeros outside (np.diff with prepend/append
+            # allocates three times; this is the same array, several times faster)
+            iv = isw.view(np.int8)
+            edges = np.empty(n + 1, dtype=np.int8)
+            edges[0] = iv[0]
+            np.subtract(iv[1:], iv[:-1], out=edges[1:n])
+            edges[n] = -iv[-1]
             starts = np.flatnonzero(edges == 1)
             ends = np.flatnonzero(edges == -1)
             pref = np.zeros(n + 1, dtype=np.uint32)
