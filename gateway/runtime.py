@@ -105,6 +105,10 @@ class Runtime:
             m.name for m in cfg.models if "chat" in m.kinds and m.profile
         ]
         self.candidates = sorted(names, key=lambda n: self.tier_rank[n])
+        self.auto_baseline = self.most_expensive(self.candidates) if self.candidates else None
+        self.route_baseline = {
+            r.name: r.reference or self.most_expensive(r.models) for r in cfg.routes
+        }
         if router is not None:
             for n in self.candidates:
                 prof = self.models[n].profile
@@ -139,9 +143,7 @@ class Runtime:
             return Plan([name], name, baseline_model=name)
         r = self.routes.get(name)
         if r is not None:
-            return Plan(
-                list(r.models), name, baseline_model=r.reference or self.most_expensive(r.models)
-            )
+            return Plan(list(r.models), name, baseline_model=self.route_baseline[name])
         if kind == "chat" and self.router is not None and self.candidates:
             if name == "auto":
                 pname = self.config.router.default_policy
@@ -193,7 +195,7 @@ class Runtime:
             name,
             policy=pname,
             decision=decision,
-            baseline_model=self.most_expensive(self.candidates),
+            baseline_model=self.auto_baseline,
             decision_s=time.perf_counter() - t0,
         )
 
