@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -240,6 +241,10 @@ def routing_yaml(upstream_base: str, store: str, mode: str, tmp: Path) -> str:
         "store:",
         f"  backend: {store}",
         f"  sqlite_path: {tmp / 'tollgate.db'}",
+        # gateway keys on, as users run it (and as LiteLLM, which needs a master key, is run)
+        "auth:",
+        "  keys:",
+        f"    - {{id: bench, sha256: {hashlib.sha256(BEARER.encode()).hexdigest()}}}",
         "models:",
     ]
     for name, tier, profile, price in TIERS:
@@ -959,6 +964,7 @@ def header_lines(command: str) -> list[str]:
         )
         + "asyncio client (raw streams, keep-alive, uvloop) for (d); TTFB = first SSE byte",
         "- request: one-message chat completion, `max_tokens` 32; fake answers 32 tokens; "
+        "every request carries a gateway key that Tollgate checks (`auth.keys`); "
         "`gateway CPU µs/req` = the gateway process's CPU time over the measured window / "
         "requests",
     ]
