@@ -197,6 +197,13 @@ class Gateway:
             self.metrics.observe(rec)
         except Exception:
             log.exception("metrics failed for %s", rec.request_id)
+        if messages and rec.router_features is None and self.router is not None:
+            # Judging is on: keep the prompt vector of every answered request, so its scores
+            # can train model profiles later (router train --from-store). No text is stored.
+            try:
+                rec.router_features = self.router.featurize(messages).tolist()
+            except Exception:
+                log.exception("featurizing %s for the store failed", rec.request_id)
         self.recorder.submit(rec)
         if self.judge_enabled and rec.status == 200 and answer and messages:
             self.judge.maybe_judge(rec, messages, answer)

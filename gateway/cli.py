@@ -88,6 +88,10 @@ def _keys(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["router"] and "--from-store" in argv:
+        from gateway.learn import main as learn_main
+
+        return learn_main([a for a in argv[1:] if a != "train"])
     if argv and argv[0] == "router":
         from router_models.cli import main as router_main
 

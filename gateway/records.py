@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: router_features
 
 
 @dataclass(slots=True)
@@ -20,6 +20,9 @@ class RequestRecord:
     tier: str | None = None
     router_score: float | None = None  # RouteLLM-style need-for-strong score
     router_scores: dict[str, float] | None = None  # predicted quality per candidate model
+    # the router's prompt vector (32 numbers, no text): what `tollgate router train
+    # --from-store` fits model profiles on, from the judge and feedback scores
+    router_features: list[float] | None = None
     attempts: int = 0
     fallbacks: int = 0
     status: int = 200

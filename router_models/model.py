@@ -103,16 +103,38 @@ class Router:
             raise ValueError(f"add_profile({name!r}) needs at least one scored prompt")
         z = np.stack([self.featurize(m) for m, _ in scored_prompts])
         y = np.array([float(s) for _, s in scored_prompts])
+        v, b = self.fit_profile(z, y, alpha=alpha)
+        self.set_profile(name, v, b)
+
+    def fit_profile(
+        self,
+        z: np.ndarray,
+        y: np.ndarray,
+        alpha: float = 1.0,
+        prior: tuple[np.ndarray, float] | None = None,
+    ) -> tuple[np.ndarray, float]:
+        """(ability, bias) fitting scores `y` on prompt vectors `z`: ridge shrunk to `prior`.
+
+        The prior defaults to the average trained profile, so a handful of prompts moves the
+        profile only as far as they justify.
+        """
+        if len(y) == 0:
+            raise ValueError("fitting a profile needs at least one scored prompt")
         if np.any((y < 0) | (y > 1)) or not np.all(np.isfinite(y)):
             raise ValueError("scores must be numbers in [0, 1]")
-        v0 = self.abilities.mean(axis=0)
-        b0 = float(self.biases.mean())
+        v0, b0 = prior if prior is not None else (self.abilities.mean(axis=0), self.biases.mean())
         resid = y - (z @ v0 + b0)
         zc = z - z.mean(axis=0)
         k = z.shape[1]
         delta = np.linalg.solve(zc.T @ zc + alpha * np.eye(k), zc.T @ (resid - resid.mean()))
-        v = v0 + delta
-        b = b0 + float(resid.mean() - z.mean(axis=0) @ delta)
+        return v0 + delta, float(b0) + float(resid.mean() - z.mean(axis=0) @ delta)
+
+    def profile_vector(self, name: str) -> tuple[np.ndarray, float]:
+        i = self._row(name)
+        return self.abilities[i].copy(), float(self.biases[i])
+
+    def set_profile(self, name: str, v: np.ndarray, b: float) -> None:
+        """Replace a profile's (ability, bias), or add a new profile."""
         if name in self._index:
             i = self._index[name]
             self.abilities[i] = v

@@ -600,3 +600,35 @@ def test_graceful_shutdown_drains_in_flight(fakes: Fakes, gateway: Gw) -> None:
     assert r.status_code == 200
     assert r.json()["choices"][0]["message"]["content"].startswith("[slow]")
     assert "Finished server process" in gw.logs()
+
+
+def test_in_flight_request_finishes_on_the_config_it_started_with(
+    fakes: Fakes, gateway: Gw
+) -> None:
+    slow, other = fakes("slow", latency_ms=1500), fakes("other")
+    gw = gateway(
+        "\n".join(["store: {backend: none}", "models:", model_block("m", "small", slow.base_url)])
+    )
+
+    async def run() -> httpx.Response:
+        async with httpx.AsyncClient(timeout=10) as c:
+            body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+            task = asyncio.create_task(c.post(f"{gw.base_url}/chat/completions", json=body))
+            await asyncio.sleep(0.3)
+            # while it is in flight, "m" is re-pointed at another upstream
+            gw.write_config(
+                "\n".join(
+                    ["store: {backend: none}", "models:", model_block("m", "small", other.base_url)]
+                )
+            )
+            gw.sighup()
+            return await task
+
+    r = asyncio.run(run())
+    assert r.status_code == 200
+    assert r.json()["choices"][0]["message"]["content"].startswith("[slow]")
+    after = httpx.post(
+        f"{gw.base_url}/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert after.json()["choices"][0]["message"]["content"].startswith("[other]")

@@ -40,7 +40,7 @@ T = TypeVar("T")
 
 _FIELDS = [f.name for f in fields(RequestRecord)]
 _BOOL = {"stream", "tokens_estimated", "cache_hit"}
-_JSON = {"router_scores"}
+_JSON = {"router_scores", "router_features"}
 _TYPES = {
     "ts": "REAL NOT NULL",
     "request_id": "TEXT PRIMARY KEY",
