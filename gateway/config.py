@@ -140,7 +140,7 @@ class StoreConfig(_Strict):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_stream_maxlen: int = Field(1_000_000, ge=1000)
     queue_size: int = Field(10_000, ge=10)
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(32, ge=1)
     flush_interval_s: float = Field(0.25, gt=0)
     retry_interval_s: float = Field(1.0, gt=0)
 
