@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import selectors
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO
+
+from gateway.testing.procutil import first_line
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,23 +63,8 @@ class ReplayServer:
         return self
 
     def _first_line(self) -> str:
-        proc = self.proc
-        assert proc is not None and proc.stdout is not None
-        fd = proc.stdout.fileno()
-        deadline = time.monotonic() + self.startup_timeout
-        buf = b""
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while b"\n" not in buf and time.monotonic() < deadline:
-                if not sel.select(timeout=0.1):
-                    if proc.poll() is not None:
-                        break
-                    continue
-                data = os.read(fd, 4096)
-                if not data:
-                    break
-                buf += data
-        return buf.split(b"\n", 1)[0].decode(errors="replace").strip()
+        assert self.proc is not None
+        return first_line(self.proc, self.startup_timeout) or ""
 
     def logs(self) -> str:
         if self._stderr is None:

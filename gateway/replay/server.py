@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import ipaddress
 import secrets
 import socket
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, Final
@@ -48,6 +46,7 @@ from gateway.replay.dataset import (
     prompt_tokens,
     simulated_latency_s,
 )
+from gateway.testing.procutil import exit_on_stdin_eof
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -483,15 +482,7 @@ async def _serve(args: argparse.Namespace) -> int:
     sys.stdout.write(f"READY {ports}\n")
     sys.stdout.flush()
     if args.exit_on_stdin_eof:
-        loop = asyncio.get_running_loop()
-
-        def watch() -> None:
-            with contextlib.suppress(Exception):
-                while sys.stdin.buffer.read(4096):
-                    pass
-            loop.call_soon_threadsafe(setattr, server, "should_exit", True)
-
-        threading.Thread(target=watch, name="stdin-eof", daemon=True).start()
+        exit_on_stdin_eof(server)
     await task
     return 0
 

@@ -50,14 +50,12 @@ import hashlib
 import ipaddress
 import os
 import secrets
-import selectors
 import signal
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
@@ -69,6 +67,8 @@ from typing import IO, Any, Final, Literal
 
 import httpx
 import orjson
+
+from gateway.testing.procutil import exit_on_stdin_eof, first_line
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -947,15 +947,7 @@ async def _serve(args: argparse.Namespace) -> int:
     sys.stdout.flush()
 
     if args.exit_on_stdin_eof:
-        loop = asyncio.get_running_loop()
-
-        def _watch_stdin() -> None:
-            with contextlib.suppress(Exception):
-                while sys.stdin.buffer.read(4096):
-                    pass
-            loop.call_soon_threadsafe(setattr, server, "should_exit", True)
-
-        threading.Thread(target=_watch_stdin, name="stdin-eof", daemon=True).start()
+        exit_on_stdin_eof(server)
 
     await task
     return 0
@@ -1100,28 +1092,13 @@ class FakeUpstream:
 
     def _wait_ready(self) -> int:
         proc = self._proc
-        assert proc is not None and proc.stdout is not None
-        fd = proc.stdout.fileno()
-        deadline = time.monotonic() + self.startup_timeout
-        buf = b""
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while b"\n" not in buf:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise RuntimeError(
-                        f"fake upstream did not become ready within {self.startup_timeout}s; "
-                        f"stderr:\n{self.logs()}"
-                    )
-                if not sel.select(timeout=min(remaining, 0.1)):
-                    if proc.poll() is not None:
-                        break
-                    continue
-                data = os.read(fd, 4096)
-                if not data:
-                    break
-                buf += data
-        line = buf.split(b"\n", 1)[0].decode(errors="replace").strip()
+        assert proc is not None
+        line = first_line(proc, self.startup_timeout)
+        if line is None:
+            raise RuntimeError(
+                f"fake upstream did not become ready within {self.startup_timeout}s; "
+                f"stderr:\n{self.logs()}"
+            )
         if not line.startswith("READY "):
             proc.poll()
             raise RuntimeError(
