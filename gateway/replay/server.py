@@ -28,7 +28,6 @@ import asyncio
 import hashlib
 import ipaddress
 import secrets
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -46,7 +45,7 @@ from gateway.replay.dataset import (
     prompt_tokens,
     simulated_latency_s,
 )
-from gateway.testing.procutil import exit_on_stdin_eof
+from gateway.testing.procutil import bind, serve
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -420,19 +419,6 @@ def _parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    sock.set_inheritable(False)
-    return sock
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m gateway.replay",
@@ -450,41 +436,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     app = ReplayApp(speed=args.speed)
     listen: Sequence[tuple[str, int]] = args.listen or [("127.0.0.1", 0)]
     try:
-        socks = [_bind(h, p) for h, p in listen]
+        socks = [bind(h, p, retry_s=0) for h, p in listen]
     except OSError as e:
         sys.stdout.write(f"ERROR cannot listen: {e}\n")
         sys.stdout.flush()
         return 1
-    config = uvicorn.Config(
-        app,
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-        timeout_keep_alive=300,
-        timeout_graceful_shutdown=1,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.get_running_loop().create_task(server.serve(sockets=socks))
-    while not server.started and not task.done():
-        await asyncio.sleep(0.005)
-    if task.done():
-        task.result()
-        return 1
-    ports = " ".join(str(s.getsockname()[1]) for s in socks)
-    sys.stdout.write(f"READY {ports}\n")
-    sys.stdout.flush()
-    if args.exit_on_stdin_eof:
-        exit_on_stdin_eof(server)
-    await task
-    return 0
+    return await serve(app, socks, args.exit_on_stdin_eof)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -68,7 +68,7 @@ from typing import IO, Any, Final, Literal
 import httpx
 import orjson
 
-from gateway.testing.procutil import exit_on_stdin_eof, first_line
+from gateway.testing.procutil import bind, first_line, serve
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -865,26 +865,6 @@ def _check_loopback(host: str) -> None:
     raise SystemExit(f"fake_upstream: refusing to bind non-loopback host {host!r}")
 
 
-def _bind(host: str, port: int, retry_s: float = 5.0) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    deadline = time.monotonic() + retry_s
-    while True:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            sock.close()
-            # A restart on the same port can race the previous process's exit.
-            if port == 0 or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.05)
-            continue
-        sock.setblocking(False)
-        sock.set_inheritable(False)
-        return sock
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m gateway.testing.fake_upstream",
@@ -908,8 +888,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     app = FakeUpstreamApp(
         name=args.name,
         reply=args.reply,
@@ -921,36 +899,7 @@ async def _serve(args: argparse.Namespace) -> int:
             no_usage=args.no_usage,
         ),
     )
-    sock = _bind(args.host, args.port)
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-        # Keep idle keep-alive connections much longer than client pools do, so that benchmarks
-        # never race the server closing a connection the client is about to reuse.
-        timeout_keep_alive=300,
-        timeout_graceful_shutdown=1,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-    while not server.started and not task.done():
-        await asyncio.sleep(0.005)
-    if task.done():
-        task.result()
-        return 1
-    sys.stdout.write(f"READY {port}\n")
-    sys.stdout.flush()
-
-    if args.exit_on_stdin_eof:
-        exit_on_stdin_eof(server)
-
-    await task
-    return 0
+    return await serve(app, [bind(args.host, args.port)], args.exit_on_stdin_eof)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
