@@ -251,6 +251,62 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_scored_prompts(path: str, key: str) -> list[tuple[list[dict[str, Any]], float]]:
+    """(conversation, score) pairs: lines with "score", or benchmark lines scored for `key`."""
+    import json
+
+    from router_models.messages import parse_bench_messages
+
+    out: list[tuple[list[dict[str, Any]], float]] = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise BenchError(f"{path}: cannot read: {e.strerror or e}") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise ValueError("each line must be a JSON object")
+            score = obj.get("score")
+            if score is None:
+                score = (obj.get("scores") or {}).get(key)
+            if score is None:
+                raise ValueError(f'needs "score" or "scores": {{"{key}": ...}}')
+            fv = float(score)
+            if not 0.0 <= fv <= 1.0:
+                raise ValueError(f"score {score!r} must be in [0, 1]")
+            out.append((parse_bench_messages(obj), fv))
+        except (ValueError, TypeError) as e:
+            raise BenchError(f"{path}:{lineno}: {e}") from None
+    if not out:
+        raise BenchError(f"{path}: no scored prompts")
+    return out
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    router = load_router(args.router)
+    pairs = read_scored_prompts(args.scores, args.key or args.name)
+    existed = router.has_profile(args.name)
+    router.add_profile(args.name, pairs, alpha=args.alpha)
+    router.version = f"{router.version}+{args.name}"
+    card = (
+        f"# Router artifact {router.version}\n\n"
+        f"`{args.router}` with the profile `{args.name}` "
+        f"{'refitted' if existed else 'added'} from {len(pairs)} scored prompts in "
+        f"`{args.scores}` (ridge, alpha {args.alpha}, shrunk towards the average profile).\n"
+    )
+    out = save_router(router, Path(args.out), card)
+    mean = float(np.mean([s for _, s in pairs]))
+    print(
+        f"profile {args.name!r} {'refitted' if existed else 'added'} from {len(pairs)} prompts "
+        f"(mean score {mean:.3f}); wrote {out}. Use it: router.artifact: {out} and "
+        f"profile: {args.name} on the model in the routing file"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tollgate router", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -284,6 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--strong-profile")
     c.add_argument("--weak-profile")
     c.set_defaults(fn=cmd_calibrate)
+
+    pr = sub.add_parser("profile", help="fit a profile for a new model from scored prompts")
+    pr.add_argument("--name", required=True, help="profile name to add (or refit)")
+    pr.add_argument("--scores", required=True, help='JSONL: {"messages"|"prompt", "score"}')
+    pr.add_argument("--key", help='model name to read from "scores" (default: --name)')
+    pr.add_argument("--router", default="default", help="artifact to start from")
+    pr.add_argument("--alpha", type=float, default=1.0, help="ridge strength")
+    pr.add_argument("--out", required=True, help="artifact directory to write")
+    pr.set_defaults(fn=cmd_profile)
 
     s = sub.add_parser("split", help="write a source's held-out (or train) split as a bench file")
     s.add_argument("--source", required=True, choices=SOURCES)
