@@ -210,7 +210,7 @@ class Proxy:
             loop = asyncio.get_running_loop()
             watch_later = loop.call_later(0.05, _start_watch, loop, receive, task, ctx, _WATCHERS)
             if stream:
-                await self._stream(rt, plan, body, kind, path, rec, ctx, send, state, explain, t0)
+                await self._stream(rt, plan, body, path, rec, ctx, send, state, explain, t0)
             else:
                 await self._unary(rt, plan, body, path, rec, ctx, send, state, explain)
         except GatewayError as e:
@@ -504,6 +504,32 @@ class Proxy:
             )
         )
 
+    async def _send(
+        self, up: Upstream, path: str, body: dict[str, Any], stream: bool, max_backoff: float
+    ) -> h1.H1Response:
+        """One attempt on `up`: a 200 response (body read unless streaming), or the exception
+        `_attempts` acts on (retry, next model, or the client's own error)."""
+        payload = self._payload(body, up, stream)
+        try:
+            async with asyncio.timeout(up.total_s):
+                if stream:
+                    resp = await up.client.stream("POST", path, payload)
+                else:
+                    resp = await up.client.request("POST", path, payload)
+        except (h1.H1Error, TimeoutError) as e:
+            raise self._transport_error(up, e) from None
+        if resp.status == 200:
+            return resp
+        content = resp.content
+        if stream:
+            try:
+                content = await resp.aread()
+            except h1.H1Error:
+                content = b""
+            finally:
+                await resp.aclose()
+        raise self._classify(up, resp.status, content, _retry_after(resp), max_backoff)
+
     # -- non-streamed ------------------------------------------------------------------
     async def _unary(
         self,
@@ -520,14 +546,7 @@ class Proxy:
         max_backoff = rt.config.server.max_backoff_s
 
         async def attempt(up: Upstream) -> tuple[bytes, dict[str, Any]]:
-            payload = self._payload(body, up, False)
-            try:
-                async with asyncio.timeout(up.total_s):
-                    resp = await up.client.request("POST", path, payload)
-            except (h1.H1Error, TimeoutError) as e:
-                raise self._transport_error(up, e) from None
-            if resp.status != 200:
-                raise self._classify(up, resp.status, resp.content, _retry_after(resp), max_backoff)
+            resp = await self._send(up, path, body, False, max_backoff)
             try:
                 data = orjson.loads(resp.content)
                 if not isinstance(data, dict):
@@ -583,7 +602,6 @@ class Proxy:
         rt: Runtime,
         plan: Plan,
         body: dict[str, Any],
-        kind: str,
         path: str,
         rec: RequestRecord,
         ctx: _Ctx,
@@ -597,21 +615,7 @@ class Proxy:
         client_wants_usage = isinstance(so, dict) and so.get("include_usage") is True
 
         async def attempt(up: Upstream) -> tuple[h1.H1Response, Upstream]:
-            payload = self._payload(body, up, True)
-            try:
-                async with asyncio.timeout(up.total_s):
-                    resp = await up.client.stream("POST", path, payload)
-            except (h1.H1Error, TimeoutError) as e:
-                raise self._transport_error(up, e) from None
-            if resp.status != 200:
-                try:
-                    content = await resp.aread()
-                except h1.H1Error:
-                    content = b""
-                finally:
-                    await resp.aclose()
-                raise self._classify(up, resp.status, content, _retry_after(resp), max_backoff)
-            return resp, up
+            return await self._send(up, path, body, True, max_backoff), up
 
         # Retries and fallback happen only until the upstream accepts the stream: after
         # the first byte reaches the client the answer is committed to that model.
