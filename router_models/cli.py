@@ -17,7 +17,14 @@ import numpy as np
 from router_models.artifact import WEIGHTS, load_router, save_router
 from router_models.data import HELDOUT_PERCENT, SOURCES, Matrix, load_source, write_bench
 from router_models.errors import ArtifactError, BenchError
-from router_models.evaluate import calibrate, eval_multi, eval_pair, map_profiles, read_bench
+from router_models.evaluate import (
+    calibrate,
+    eval_multi,
+    eval_pair,
+    map_profiles,
+    read_bench,
+    read_jsonl,
+)
 from router_models.featurizers import FEATURIZERS, make_featurizer
 from router_models.metrics import evaluate_pair
 from router_models.model import Router
@@ -253,33 +260,20 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 def read_scored_prompts(path: str, key: str) -> list[tuple[list[dict[str, Any]], float]]:
     """(conversation, score) pairs: lines with "score", or benchmark lines scored for `key`."""
-    import json
-
     from router_models.messages import parse_bench_messages
 
-    out: list[tuple[list[dict[str, Any]], float]] = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise BenchError(f"{path}: cannot read: {e.strerror or e}") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise ValueError("each line must be a JSON object")
-            score = obj.get("score")
-            if score is None:
-                score = (obj.get("scores") or {}).get(key)
-            if score is None:
-                raise ValueError(f'needs "score" or "scores": {{"{key}": ...}}')
-            fv = float(score)
-            if not 0.0 <= fv <= 1.0:
-                raise ValueError(f"score {score!r} must be in [0, 1]")
-            out.append((parse_bench_messages(obj), fv))
-        except (ValueError, TypeError) as e:
-            raise BenchError(f"{path}:{lineno}: {e}") from None
+    def parse(_lineno: int, obj: dict[str, Any]) -> tuple[list[dict[str, Any]], float]:
+        score = obj.get("score")
+        if score is None:
+            score = (obj.get("scores") or {}).get(key)
+        if score is None:
+            raise ValueError(f'needs "score" or "scores": {{"{key}": ...}}')
+        fv = float(score)
+        if not 0.0 <= fv <= 1.0:
+            raise ValueError(f"score {score!r} must be in [0, 1]")
+        return parse_bench_messages(obj), fv
+
+    out = read_jsonl(path, parse)
     if not out:
         raise BenchError(f"{path}: no scored prompts")
     return out

@@ -5,9 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import numpy as np
 
@@ -17,6 +18,8 @@ from router_models.metrics import evaluate_pair
 from router_models.model import Router
 from router_models.png import plot_curves
 
+T = TypeVar("T")
+
 
 @dataclass
 class BenchItem:
@@ -25,11 +28,14 @@ class BenchItem:
     scores: dict[str, float]
 
 
-def read_bench(path: str | Path, need_scores: bool = True) -> list[BenchItem]:
-    """Read a benchmark file: one {"id", "messages"|"prompt", "scores"} JSON object per line."""
+def read_jsonl(path: str | Path, parse: Callable[[int, dict[str, Any]], T]) -> list[T]:
+    """`parse(lineno, obj)` for each JSON-object line of a .jsonl (or .jsonl.gz) file.
+
+    A ValueError or TypeError from a line becomes a BenchError naming the file and line.
+    """
     p = Path(path)
     opener = gzip.open if p.suffix == ".gz" else open
-    items: list[BenchItem] = []
+    out: list[T] = []
     try:
         f = opener(p, "rt", encoding="utf-8")
     except OSError as e:
@@ -42,23 +48,34 @@ def read_bench(path: str | Path, need_scores: bool = True) -> list[BenchItem]:
                 obj = json.loads(line)
                 if not isinstance(obj, dict):
                     raise ValueError("each line must be a JSON object")
-                msgs = parse_bench_messages(obj)
-                scores = obj.get("scores", {})
-                if need_scores and not scores:
-                    raise ValueError('needs "scores": {"model": score in [0, 1], ...}')
-                if not isinstance(scores, dict):
-                    raise ValueError('"scores" must be an object of model -> number')
-                clean: dict[str, float] = {}
-                for k, v in scores.items():
-                    if v is None:
-                        continue
-                    fv = float(v)
-                    if not (0.0 <= fv <= 1.0) or math.isnan(fv):
-                        raise ValueError(f"score of {k!r} is {v!r}; scores must be in [0, 1]")
-                    clean[str(k)] = fv
-                items.append(BenchItem(str(obj.get("id", lineno)), msgs, clean))
+                out.append(parse(lineno, obj))
             except (ValueError, TypeError) as e:
                 raise BenchError(f"{p}:{lineno}: {e}") from None
+    return out
+
+
+def read_bench(path: str | Path, need_scores: bool = True) -> list[BenchItem]:
+    """Read a benchmark file: one {"id", "messages"|"prompt", "scores"} JSON object per line."""
+
+    def parse(lineno: int, obj: dict[str, Any]) -> BenchItem:
+        msgs = parse_bench_messages(obj)
+        scores = obj.get("scores", {})
+        if need_scores and not scores:
+            raise ValueError('needs "scores": {"model": score in [0, 1], ...}')
+        if not isinstance(scores, dict):
+            raise ValueError('"scores" must be an object of model -> number')
+        clean: dict[str, float] = {}
+        for k, v in scores.items():
+            if v is None:
+                continue
+            fv = float(v)
+            if not (0.0 <= fv <= 1.0) or math.isnan(fv):
+                raise ValueError(f"score of {k!r} is {v!r}; scores must be in [0, 1]")
+            clean[str(k)] = fv
+        return BenchItem(str(obj.get("id", lineno)), msgs, clean)
+
+    p = Path(path)
+    items = read_jsonl(p, parse)
     if not items:
         raise BenchError(f"{p}: no benchmark lines")
     return items
