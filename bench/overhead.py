@@ -49,6 +49,7 @@ if str(REPO) not in sys.path:
 import httpx  # noqa: E402
 
 from gateway.testing.fake_upstream import FakeUpstream  # noqa: E402
+from gateway.testing.procutil import stop_process  # noqa: E402
 
 BENCHMARKS = REPO / "BENCHMARKS.md"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -361,14 +362,7 @@ class ServerProcess(Target):
         return ""
 
     def stop(self) -> None:
-        p = self.proc
-        if p is not None and p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop_process(self.proc, grace=15)
         if self.logf is not None:
             self.logf.close()
             self.logf = None

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from gateway.config import DEFAULT_CONFIG_PATH, ModelConfig, load_config
 from gateway.replay import dataset
 from gateway.replay.process import ReplayServer
 from gateway.store.base import percentile
+from gateway.testing.procutil import stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 # tier -> (env var of its endpoint URL, default port of config/routing.yaml)
@@ -279,14 +279,7 @@ class Stack:
         self.gateway_log: Path | None = None
 
     def stop(self) -> None:
-        gw = self.gateway
-        if gw is not None and gw.poll() is None:
-            gw.send_signal(signal.SIGTERM)
-            try:
-                gw.wait(15)
-            except subprocess.TimeoutExpired:
-                gw.kill()
-                gw.wait(5)
+        stop_process(self.gateway, grace=15)
         if self.replay is not None:
             self.replay.stop()
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from gateway.testing.procutil import stop_process
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -103,14 +105,7 @@ class GatewayProcess:
         os.kill(self.proc.pid, signal.SIGHUP)
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
+        return stop_process(self.proc, grace=timeout)
 
     def __enter__(self) -> GatewayProcess:
         return self.start()

@@ -24,6 +24,7 @@ import pytest
 
 from gateway.demo import demo_config
 from gateway.replay import ReplayServer, dataset
+from gateway.testing.procutil import stop_process
 from tests.redis_server import RedisServer, have_redis
 from tests.support import REPO, GatewayProcess
 
@@ -283,13 +284,7 @@ class Chromium:
         try:
             self.ws.close()
         finally:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
+            stop_process(self.proc, grace=10)
 
 
 def usd(v: float) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from gateway.testing.procutil import first_line
+from gateway.testing.procutil import first_line, stop_process
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,13 +76,7 @@ class ReplayServer:
 
     def stop(self, grace: float = 5.0) -> None:
         proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=grace)
+        stop_process(proc, grace)
         if proc is not None:
             for stream in (proc.stdin, proc.stdout):
                 if stream is not None:

@@ -68,7 +68,7 @@ from typing import IO, Any, Final, Literal
 import httpx
 import orjson
 
-from gateway.testing.procutil import bind, first_line, serve
+from gateway.testing.procutil import bind, first_line, serve, stop_process
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -1073,13 +1073,7 @@ class FakeUpstream:
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=grace)
+        stop_process(proc, grace)
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
                 with contextlib.suppress(OSError):

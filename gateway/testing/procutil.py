@@ -101,3 +101,17 @@ async def serve(app: Any, socks: list[socket.socket], exit_on_eof: bool) -> int:
         exit_on_stdin_eof(server)
     await task
     return 0
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, grace: float = 5.0) -> int | None:
+    """SIGTERM `proc` (only this PID), wait `grace` seconds, then SIGKILL; its exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            return proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait(timeout=5)
+    return proc.returncode
