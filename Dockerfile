@@ -1,16 +1,29 @@
 # Tollgate gateway image. Build: docker build -t tollgate .
 # Not built in CI (no Docker engine on the CI machines); kept in step with pyproject.toml.
+
+# Stage 1: build the wheel, compiling the router's C featurizer (router_models/_lexical.c).
+FROM python:3.11-slim AS build
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+COPY router_models ./router_models
+RUN pip wheel --no-cache-dir --no-deps -w /wheels .
+
+# Stage 2: the runtime image, without a compiler.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 
-COPY pyproject.toml README.md ./
-COPY gateway ./gateway
-COPY router_models ./router_models
+COPY --from=build /wheels /wheels
 COPY config ./config
-RUN pip install . && useradd --system --uid 10001 tollgate && mkdir -p /app/var \
-    && chown tollgate /app/var
+# the import check fails the build if the C featurizer did not compile (the numpy fallback
+# works but makes every routing decision ~100 us slower)
+RUN pip install /wheels/*.whl && rm -rf /wheels \
+    && python -c "import router_models.lexical as m; assert m.NATIVE, 'C featurizer missing'" \
+    && useradd --system --uid 10001 tollgate && mkdir -p /app/var && chown tollgate /app/var
 USER tollgate
 
 EXPOSE 8000

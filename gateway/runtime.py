@@ -96,6 +96,8 @@ class Runtime:
             if p is None:
                 p = pricing.default_pricing(m.endpoints[0].model or m.name)
             self.pricing[m.name] = p
+        # per-token rates, so that a routing decision's cost estimates are two multiplications
+        self.rates = {n: pricing.rates(p) for n, p in self.pricing.items()}
         self.tier_rank = {m.name: TIER_ORDER[m.tier] for m in cfg.models}
         self.policies: dict[str, Policy] = {}
         if router is not None:
@@ -172,25 +174,27 @@ class Runtime:
         router = self.router
         assert router is not None  # resolve() routes only when a router is loaded
         messages = body.get("messages") or []
-        feats = router.featurize(messages, body.get("tools"))
+        scored = router.score(messages, body.get("tools"))
         prompt_tokens = pricing.estimate_prompt_tokens(messages)
         out_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         if not isinstance(out_tokens, int):
             out_tokens = DEFAULT_COMPLETION_ESTIMATE
+        out_tokens = max(0, out_tokens)
         cands = []
         for n in self.candidates:
             m = self.models[n]
+            r = self.rates[n]  # == pricing.cost_usd(self.pricing[n], prompt, out), inlined
             cands.append(
                 Candidate(
                     name=n,
                     tier=m.tier,
                     tier_rank=self.tier_rank[n],
                     profile=m.profile or "",
-                    est_cost_usd=pricing.cost_usd(self.pricing[n], prompt_tokens, out_tokens),
+                    est_cost_usd=prompt_tokens * r.input + out_tokens * r.output,
                     available=any(u.can_serve() for u in self.upstreams[n]),
                 )
             )
-        decision = policy.decide(router, feats, cands)
+        decision = policy.decide(router, scored, cands)
         return Plan(
             list(decision.order),
             name,
@@ -198,7 +202,7 @@ class Runtime:
             decision=decision,
             baseline_model=self.auto_baseline,
             decision_s=time.perf_counter() - t0,
-            features=feats,
+            features=scored.z,
         )
 
     def models_listing(self) -> list[dict[str, Any]]:

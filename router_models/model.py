@@ -17,6 +17,16 @@ from router_models.featurizers import Featurizer
 _EPS = 1e-3
 
 
+class Scored:
+    """A conversation's prompt vector `z` and every profile's raw score (`Router.score`)."""
+
+    __slots__ = ("raw", "z")
+
+    def __init__(self, z: np.ndarray, raw: list[float]) -> None:
+        self.z = z
+        self.raw = raw
+
+
 class Router:
     """Scores a conversation for every trained model profile; pure numpy at inference."""
 
@@ -56,8 +66,19 @@ class Router:
         self, messages: list[dict[str, Any]], tools: list[Any] | None = None
     ) -> np.ndarray:
         """The prompt vector z of a whole conversation (all turns, system prompt, tools)."""
-        idx, val = self.featurizer.transform(messages, tools)
-        return np.asarray(val @ self.projection[idx], dtype=np.float64)
+        return self.score(messages, tools).z
+
+    def score(self, messages: list[dict[str, Any]], tools: list[Any] | None = None) -> Scored:
+        """The prompt vector and every profile's raw score, in one pass where the featurizer
+        can (the lexical one's native path: one C call for the whole routing arithmetic)."""
+        project = getattr(self.featurizer, "project", None)
+        raw: list[float] | None = None
+        if project is not None:
+            z, raw = project(messages, tools, self.projection, self.abilities, self.biases)
+        else:
+            idx, val = self.featurizer.transform(messages, tools)
+            z = np.asarray(val @ self.projection[idx], dtype=np.float64)
+        return Scored(z, raw if raw is not None else self._raw(z))
 
     # -- profiles -------------------------------------------------------------------------
     def has_profile(self, name: str) -> bool:
@@ -72,19 +93,28 @@ class Router:
                 f"{', '.join(self.profiles)} (or fit one with add_profile)"
             ) from None
 
-    def quality(self, features: np.ndarray, profiles: list[str]) -> list[float]:
+    def _raw(self, features: np.ndarray | Scored) -> list[float]:
+        """Unclipped z . v_m + b_m of every profile, as plain floats (the gateway asks for a
+        handful of profiles, where numpy's fancy indexing and clip cost more than the
+        arithmetic); already there when `features` comes from `score`."""
+        if isinstance(features, Scored):
+            return features.raw
+        out: list[float] = (self.abilities @ features + self.biases).tolist()
+        return out
+
+    def quality(self, features: np.ndarray | Scored, profiles: list[str]) -> list[float]:
         """Predicted probability of an acceptable answer (expected score) per profile."""
         rows = [self._row(p) for p in profiles]
-        raw = self.abilities[rows] @ features + self.biases[rows]
-        return [float(q) for q in np.clip(raw, _EPS, 1.0 - _EPS)]
+        raw = self._raw(features)
+        return [min(max(raw[i], _EPS), 1.0 - _EPS) for i in rows]
 
-    def gap(self, features: np.ndarray, strong: str, weak: str) -> float:
+    def gap(self, features: np.ndarray | Scored, strong: str, weak: str) -> float:
+        """Predicted score of `strong` minus that of `weak` (unclipped)."""
         s, w = self._row(strong), self._row(weak)
-        return float(
-            (self.abilities[s] - self.abilities[w]) @ features + self.biases[s] - self.biases[w]
-        )
+        raw = self._raw(features)
+        return raw[s] - raw[w]
 
-    def strong_score(self, features: np.ndarray, strong: str, weak: str) -> float:
+    def strong_score(self, features: np.ndarray | Scored, strong: str, weak: str) -> float:
         """Need for the strong model in [0, 1]: (1 + predicted strong - weak score gap) / 2."""
         return float(min(1.0, max(0.0, 0.5 + 0.5 * self.gap(features, strong, weak))))
 

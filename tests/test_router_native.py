@@ -1,0 +1,126 @@
+"""The lexical featurizer's C pass (router_models/_lexical.c) against its numpy path.
+
+The gateway routes with the C pass; training, evaluation and any install without a compiler
+use the numpy path. They must give the same features, or the router serves a model it was not
+trained as.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+import router_models.lexical as lexical
+from router_models import load_router
+from router_models.data import load_source
+from router_models.lexical import LexicalFeaturizer
+
+
+def _texts() -> list[bytes]:
+    """Real prompts from both training sources, plus the edge cases of the byte loops."""
+    out: list[bytes] = []
+    for name in ("alpaca_eval", "dcrouter"):
+        prompts = load_source(name).prompts
+        out += [
+            p.lower().encode("utf-8", "replace") for p in prompts[:: max(1, len(prompts) // 150)]
+        ]
+    out += [b"", b"a", b"ab", b"abc", b"abcd", b"abcde", b" ", b"__", b"!!! ??? ..."]
+    out += ["naïve café 日本語のテキスト 😀 x".encode(), bytes(range(256)) * 4]
+    out += [b"x" * 65536, b"word " * 13000]  # the longest text transform passes on
+    rng = random.Random(7)
+    alphabet = b"abc def_09\n?!$\\=^+{};" + "é語".encode()
+    out += [bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 5000))) for _ in range(60)]
+    return out
+
+
+def test_the_native_module_is_built() -> None:
+    # the install compiles it (pyproject.toml ext-modules); without it every routing decision
+    # costs ~100 us more, so a missing build is a failure here, not a silent fallback
+    assert lexical.NATIVE, (
+        "router_models/_lexical.c was not built: run `pip install -e .` on a machine with a C "
+        "compiler (gcc) and the Python headers"
+    )
+
+
+def test_native_hashing_equals_the_numpy_path() -> None:
+    f = LexicalFeaturizer()
+    for text in _texts():
+        ni, nv = f.hashed(text, native=True)
+        pi, pv = f.hashed(text, native=False)
+        assert ni.dtype == pi.dtype == np.intp and nv.dtype == pv.dtype == np.float32
+        assert np.array_equal(ni, pi), text[:60]
+        # same log1p counts; the L2 norm is summed in another order: float32 rounding only
+        np.testing.assert_allclose(nv, pv, rtol=2e-6, atol=1e-7, err_msg=repr(text[:60]))
+
+
+def test_other_hash_sizes_agree_too() -> None:
+    for bits in (8, 12, 18):
+        f = LexicalFeaturizer(bits=bits)
+        for text in [b"write one short sentence about toll roads", bytes(range(256)) * 8]:
+            ni, nv = f.hashed(text, native=True)
+            pi, pv = f.hashed(text, native=False)
+            assert np.array_equal(ni, pi) and ni.max() < (1 << bits)
+            np.testing.assert_allclose(nv, pv, rtol=2e-6, atol=1e-7)
+
+
+def test_router_scores_equal_with_and_without_the_native_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    router = load_router()
+    convs: list[list[dict[str, object]]] = [
+        [{"role": "user", "content": t.decode("utf-8", "replace")}] for t in _texts()[::3]
+    ]
+    convs.append(
+        [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Solve x^2 = 4, then write def f(): return 1"},
+            {"role": "assistant", "content": "x = 2 or -2"},
+            {"role": "user", "content": "Why? 12 + 30 = 42?"},
+        ]
+    )
+    native = [router.score(c) for c in convs]
+    monkeypatch.setattr(lexical, "_native", None)
+    for conv, got in zip(convs, native, strict=True):
+        want = router.score(conv)
+        assert got.z.dtype == want.z.dtype == np.float64 and got.z.shape == want.z.shape
+        np.testing.assert_allclose(got.z, want.z, rtol=1e-4, atol=2e-6)
+        np.testing.assert_allclose(got.raw, want.raw, rtol=1e-4, atol=2e-6)
+        # the raw scores are those of the prompt vector it returned, to float64 rounding
+        np.testing.assert_allclose(
+            got.raw, router.abilities @ got.z + router.biases, rtol=1e-12, atol=1e-12
+        )
+        profiles = router.profiles
+        assert router.quality(got, profiles) == pytest.approx(
+            router.quality(want, profiles), abs=1e-5
+        )
+
+
+def test_native_errors_are_python_exceptions() -> None:
+    native = lexical._native
+    assert native is not None
+    router = load_router()
+    f = router.featurizer
+    with pytest.raises(ValueError, match="bits"):
+        native.hash_counts(b"abc", 40)
+    struct = (0.0,) * 16
+    with pytest.raises(ValueError, match="projection"):
+        native.project(
+            b"abc", 15, struct, np.zeros((10, 3), np.float32), router.abilities, router.biases
+        )
+    with pytest.raises(ValueError, match="C-contiguous"):  # numpy refuses a strided view
+        native.project(
+            b"abc", 15, struct, router.projection, router.abilities[:, :3], router.biases
+        )
+    with pytest.raises(ValueError, match="abilities"):
+        three = np.ascontiguousarray(router.abilities[:, :3])
+        native.project(b"abc", 15, struct, router.projection, three, router.biases)
+    with pytest.raises(TypeError):
+        native.project(b"abc", 15, ("x",) * 16, router.projection, router.abilities, router.biases)
+    # and nothing is left behind in the scratch tables: the next call is still exact
+    text = b"after the errors"
+    ni, nv = f.hashed(text, native=True)  # type: ignore[attr-defined]
+    pi, pv = f.hashed(text, native=False)  # type: ignore[attr-defined]
+    assert np.array_equal(ni, pi)
+    np.testing.assert_allclose(nv, pv, rtol=2e-6)
