@@ -58,7 +58,7 @@ HOT_PATHS: dict[str, tuple[str, str, Callable[[Any], None]]] = {
 _MODEL_RE = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _CONTENT_RE = re.compile(rb'"(?:content|text|arguments)"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _WATCHERS: set[asyncio.Task[None]] = set()
-_NULL_USAGE = re.compile(rb'"usage"\s*:\s*null')
+_USAGE_OBJ = re.compile(rb'"usage"\s*:\s*\{')  # a usage object (vLLM sends "usage":null too)
 _JSON_CT = (b"application/json", b"application/json; charset=utf-8")
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -66,6 +66,7 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _DONE = b"data: [DONE]\n\n"
+_DONE_EV, _DONE_EV2 = b"data: [DONE]", b"data:[DONE]"
 
 
 class _Ctx:
@@ -635,28 +636,47 @@ class Proxy:
             ctx.started = True
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             async for chunk in resp.aiter_raw():
+                if saw_done:
+                    continue  # the answer is complete; read the rest so the connection is reused
                 buf += chunk
-                if b"\n\n" not in buf:
-                    if b"\r\n\r\n" in buf:
-                        buf = buf.replace(b"\r\n", b"\n")
-                    else:
-                        continue
-                *events, buf = buf.split(b"\n\n")
+                if b"\r" in buf:  # CRLF framing (a raw CR is never inside JSON text)
+                    buf = buf.replace(b"\r\n", b"\n")
+                end = buf.rfind(b"\n\n")
+                if end < 0:
+                    continue
+                # every complete event that has arrived, forwarded as one block
+                block, buf = buf[: end + 2], buf[end + 2 :]
+                if model_pat is None:
+                    m = _MODEL_RE.search(block)
+                    if m:
+                        model_pat = m.group(0)
+                if model_pat is not None:
+                    # every event names the model once; inside JSON text a quote is escaped,
+                    # so the pattern cannot match there
+                    block = block.replace(model_pat, model_rep)
+                if not _USAGE_OBJ.search(block):
+                    # the common block: content deltas, maybe [DONE]; no per-event work
+                    if b"[DONE]" in block and _has_done(block):
+                        saw_done = True
+                    if not usage_seen or keep_text:
+                        kept.append(block)
+                    if rec.ttft_ms is None:
+                        rec.ttft_ms = (time.perf_counter() - t0) * 1000.0
+                    await send({"type": "http.response.body", "body": block, "more_body": True})
+                    if saw_done:
+                        await self._end_stream(ctx, send)
+                    continue
+                # a block with a usage object: event by event, to record it and to drop the
+                # usage-only chunk the client did not ask for
                 out: list[bytes] = []
-                for ev in events:
+                for ev in block.split(b"\n\n"):
                     if not ev:
                         continue
-                    if ev.startswith(b"data: [DONE]") or ev.startswith(b"data:[DONE]"):
+                    if ev.startswith(_DONE_EV) or ev.startswith(_DONE_EV2):
                         saw_done = True
                         out.append(_DONE)
                         continue
-                    if model_pat is None:
-                        m = _MODEL_RE.search(ev)
-                        if m:
-                            model_pat = m.group(0)
-                    if model_pat is not None and model_pat in ev:
-                        ev = ev.replace(model_pat, model_rep, 1)
-                    if b'"usage"' in ev and not _NULL_USAGE.search(ev):
+                    if _USAGE_OBJ.search(ev):
                         drop = self._stream_usage(rec, ev, client_wants_usage)
                         usage_seen = (
                             usage_seen or rec.prompt_tokens > 0 or rec.completion_tokens > 0
@@ -672,12 +692,16 @@ class Proxy:
                     await send(
                         {"type": "http.response.body", "body": b"".join(out), "more_body": True}
                     )
+                if saw_done:
+                    await self._end_stream(ctx, send)
             if not saw_done:
                 failure = "the upstream closed the stream before [DONE]"
         except h1.ReadTimeout:
-            failure = "the upstream stopped sending (read timeout)"
+            if not saw_done:  # after [DONE] the client has its whole answer
+                failure = "the upstream stopped sending (read timeout)"
         except h1.H1Error as e:
-            failure = f"the upstream connection broke mid-stream ({type(e).__name__})"
+            if not saw_done:
+                failure = f"the upstream connection broke mid-stream ({type(e).__name__})"
         finally:
             state["upstream_s"] += time.perf_counter() - t_up
             await resp.aclose()
@@ -696,8 +720,7 @@ class Proxy:
             ctx.finished = True
             await send({"type": "http.response.body", "body": b"data: " + err + b"\n\n"})
         else:
-            ctx.finished = True
-            await send({"type": "http.response.body", "body": b""})
+            await self._end_stream(ctx, send)
         text = None
         if kept and (keep_text or not usage_seen):
             text = _stream_text(kept)
@@ -708,6 +731,14 @@ class Proxy:
         if keep_text:
             state["answer"] = text
         self.gw.price(rt, rec)
+
+    @staticmethod
+    async def _end_stream(ctx: _Ctx, send: Send) -> None:
+        """End the client's response once (at [DONE]: a client that hangs up as soon as it
+        has [DONE] must not turn a complete answer into a cancelled request)."""
+        if not ctx.finished:
+            ctx.finished = True
+            await send({"type": "http.response.body", "body": b""})
 
     @staticmethod
     def _stream_usage(rec: RequestRecord, ev: bytes, client_wants_usage: bool) -> bool:
@@ -722,6 +753,13 @@ class Proxy:
         if isinstance(usage, dict):
             Proxy._usage(rec, usage)
         return not client_wants_usage and isinstance(usage, dict) and not data.get("choices")
+
+
+def _has_done(block: bytes) -> bool:
+    """Whether a block of complete SSE events holds the [DONE] event: at an event's start
+    (the text `data: [DONE]` inside a JSON string is not one)."""
+    b = b"\n\n" + block
+    return b"\n\n" + _DONE_EV in b or b"\n\n" + _DONE_EV2 in b
 
 
 def _estimate_prompt(body: dict[str, Any]) -> int:
