@@ -2,6 +2,7 @@
 
     .venv/bin/pip install py-spy
     .venv/bin/python bench/pyspy_profile.py [--seconds 10] [--concurrency 256] [--store none]
+        [--mode pinned|auto] [--stream]
 
 Starts the fake upstream (core 1) and `tollgate serve` (core 0), drives it with wrk, and
 samples the gateway with `py-spy record --format raw` (collapsed stacks) while the load
@@ -138,6 +139,9 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=256)
     p.add_argument("--store", default="none", choices=["none", "sqlite"])
     p.add_argument("--stream", action="store_true", help="profile scenario (d) instead")
+    p.add_argument(
+        "--mode", default="pinned", choices=["pinned", "auto"], help="model=auto or pinned"
+    )
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = p.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -148,7 +152,7 @@ def main() -> int:
     raw = ov.RESULTS_DIR / "profile-c.raw.txt"
     speedscope = ov.RESULTS_DIR / "profile-c.speedscope.json"
     fu = ov.PinnedFake(name="bench", latency_ms=0, chunks=20, completion_tokens=32).start()
-    gw = ov.Tollgate(store=args.store)
+    gw = ov.Tollgate(store=args.store, mode=args.mode)
     try:
         host, port = gw.start(fu)
         assert gw.pid is not None

@@ -177,17 +177,14 @@ class Gateway:
     def price(self, rt: Runtime, rec: RequestRecord) -> None:
         if rec.model is None:
             return
-        rec.cost_usd = pricing.cost_usd(
-            rt.pricing.get(rec.model), rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens
-        )
+        tokens = (rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens)
+        rec.cost_usd = pricing.cost_at(rt.rates.get(rec.model, pricing.FREE), *tokens)
         base = rec.baseline_model or rec.model
         rec.baseline_model = base
         if base == rec.model:
             rec.baseline_cost_usd = rec.cost_usd
         else:
-            rec.baseline_cost_usd = pricing.cost_usd(
-                rt.pricing.get(base), rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens
-            )
+            rec.baseline_cost_usd = pricing.cost_at(rt.rates.get(base, pricing.FREE), *tokens)
         if rec.router_scores and rec.model in rec.router_scores:
             rec.quality_predicted = rec.router_scores[rec.model]
 

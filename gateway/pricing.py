@@ -54,10 +54,13 @@ class Rates:
     output: float
 
 
+FREE = Rates(0.0, 0.0, 0.0)
+
+
 def rates(pricing: Pricing | None) -> Rates:
     """Per-token USD rates for a pricing block (all zero for None)."""
     if pricing is None:
-        return Rates(0.0, 0.0, 0.0)
+        return FREE
     if pricing.hardware_usd_per_hour is not None and pricing.tokens_per_second is not None:
         out = pricing.hardware_usd_per_hour / 3600.0 / pricing.tokens_per_second
         inp = pricing.input_ratio * out
@@ -86,7 +89,11 @@ def cost_usd(
     """USD cost of one request (0.0 when the model has no price). See the module docstring."""
     if pricing is None:
         return 0.0
-    r = rates(pricing)
+    return cost_at(rates(pricing), prompt_tokens, completion_tokens, cached_tokens)
+
+
+def cost_at(r: Rates, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+    """`cost_usd` from per-token rates computed once (`Runtime.rates`): the hot-path form."""
     prompt = max(0, int(prompt_tokens))
     cached = min(max(0, int(cached_tokens)), prompt)
     completion = max(0, int(completion_tokens))
@@ -180,7 +187,7 @@ def estimate_prompt_tokens(messages: Any) -> int:
         if isinstance(m, str):
             total += estimate_tokens(m)
             continue
-        if not isinstance(m, Mapping):
+        if type(m) is not dict and not isinstance(m, Mapping):  # ABC check only if needed
             continue
         chat = True
         total += _TOKENS_PER_MESSAGE

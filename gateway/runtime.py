@@ -15,10 +15,13 @@ from typing import TYPE_CHECKING, Any
 from gateway import pricing
 from gateway.config import TIER_ORDER, ModelConfig, Pricing, RoutingConfig
 from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.policies import Candidate
 from gateway.upstream import Upstream, UpstreamKey
 
 if TYPE_CHECKING:
     from gateway.policies import Decision, Policy
+
+_can_serve = Upstream.can_serve
 
 log = logging.getLogger("tollgate.runtime")
 
@@ -108,6 +111,18 @@ class Runtime:
             m.name for m in cfg.models if "chat" in m.kinds and m.profile
         ]
         self.candidates = sorted(names, key=lambda n: self.tier_rank[n])
+        # what a routing decision needs of each candidate, looked up once per config
+        self._candidate_rows = [
+            (
+                n,
+                self.models[n].tier,
+                self.tier_rank[n],
+                self.models[n].profile or "",
+                self.rates[n],
+                self.upstreams[n],
+            )
+            for n in self.candidates
+        ]
         self.auto_baseline = self.most_expensive(self.candidates) if self.candidates else None
         self.route_baseline = {
             r.name: r.reference or self.most_expensive(r.models) for r in cfg.routes
@@ -168,8 +183,6 @@ class Runtime:
         )
 
     def _route(self, name: str, pname: str, policy: Policy, body: dict[str, Any]) -> Plan:
-        from gateway.policies import Candidate
-
         t0 = time.perf_counter()
         router = self.router
         assert router is not None  # resolve() routes only when a router is loaded
@@ -181,19 +194,11 @@ class Runtime:
             out_tokens = DEFAULT_COMPLETION_ESTIMATE
         out_tokens = max(0, out_tokens)
         cands = []
-        for n in self.candidates:
-            m = self.models[n]
-            r = self.rates[n]  # == pricing.cost_usd(self.pricing[n], prompt, out), inlined
-            cands.append(
-                Candidate(
-                    name=n,
-                    tier=m.tier,
-                    tier_rank=self.tier_rank[n],
-                    profile=m.profile or "",
-                    est_cost_usd=prompt_tokens * r.input + out_tokens * r.output,
-                    available=any(u.can_serve() for u in self.upstreams[n]),
-                )
-            )
+        for n, tier, rank, profile, r, ups in self._candidate_rows:
+            # est. cost == pricing.cost_usd(self.pricing[n], prompt, out), inlined
+            cost = prompt_tokens * r.input + out_tokens * r.output
+            available = ups[0].can_serve() if len(ups) == 1 else any(map(_can_serve, ups))
+            cands.append(Candidate(n, tier, rank, profile, cost, available))
         decision = policy.decide(router, scored, cands)
         return Plan(
             list(decision.order),

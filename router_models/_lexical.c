@@ -2,6 +2,7 @@
  *
  * hash_counts(text: bytes, bits: int) -> (indices: bytes, values: bytes)
  * project(text, bits, struct, projection, abilities, biases) -> (z: bytearray, scores: list)
+ * text_counts(raw, sample, code_markers, math_markers) -> counts for the structure features
  *
  * `text` is the lower-cased, whitespace-collapsed UTF-8 of a conversation. The result is the
  * same sparse block the numpy path in lexical.py computes: sorted unique bucket ids of the
@@ -14,6 +15,7 @@
  * The GIL is held throughout, so the module's scratch tables need no lock.
  */
 #define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE /* memmem */
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
@@ -260,11 +262,71 @@ done:
     return result;
 }
 
+/* Non-overlapping occurrences of `m` in `s`, as bytes.count. */
+static Py_ssize_t count(const char *s, Py_ssize_t n, const char *m, Py_ssize_t k) {
+    Py_ssize_t c = 0;
+    if (k == 1) {
+        for (Py_ssize_t i = 0; i < n; i++) c += s[i] == m[0];
+        return c;
+    }
+    const char *end = s + n;
+    while (end - s >= k) {
+        const char *hit = memmem(s, (size_t)(end - s), m, (size_t)k);
+        if (hit == NULL) break;
+        c++;
+        s = hit + k;
+    }
+    return c;
+}
+
+static int count_all(const char *s, Py_ssize_t n, PyObject *markers, Py_ssize_t *total) {
+    PyObject *fast = PySequence_Fast(markers, "markers must be a sequence of bytes");
+    if (fast == NULL) return -1;
+    *total = 0;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); i++) {
+        PyObject *m = PySequence_Fast_GET_ITEM(fast, i);
+        if (!PyBytes_Check(m) || PyBytes_GET_SIZE(m) == 0) {
+            Py_DECREF(fast);
+            PyErr_SetString(PyExc_TypeError, "markers must be non-empty bytes");
+            return -1;
+        }
+        *total += count(s, n, PyBytes_AS_STRING(m), PyBytes_GET_SIZE(m));
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+/* text_counts(raw, sample, code_markers, math_markers)
+ *   -> (spaces, newlines, question marks, digits in raw[:8192], code markers, maths markers)
+ *
+ * The counts behind lexical.py's structure features, each exactly as its bytes method
+ * (count, translate) computes it; the markers are counted in `sample`. */
+static PyObject *text_counts(PyObject *Py_UNUSED(self), PyObject *args) {
+    const char *raw, *sample;
+    Py_ssize_t n, ns;
+    PyObject *code_m, *math_m;
+    if (!PyArg_ParseTuple(args, "y#y#OO", &raw, &n, &sample, &ns, &code_m, &math_m)) return NULL;
+    Py_ssize_t spaces = 0, newlines = 0, qmarks = 0, digits = 0, code, maths;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char c = raw[i];
+        spaces += c == ' ';
+        newlines += c == '\n';
+        qmarks += c == '?';
+    }
+    Py_ssize_t head = n < 8192 ? n : 8192;
+    for (Py_ssize_t i = 0; i < head; i++) digits += raw[i] >= '0' && raw[i] <= '9';
+    if (count_all(sample, ns, code_m, &code) < 0 || count_all(sample, ns, math_m, &maths) < 0)
+        return NULL;
+    return Py_BuildValue("(nnnnnn)", spaces, newlines, qmarks, digits, code, maths);
+}
+
 static PyMethodDef methods[] = {
     {"hash_counts", hash_counts, METH_VARARGS,
      "hash_counts(text, bits) -> (intp indices, float32 values) of the hashed n-gram blocks"},
     {"project", project, METH_VARARGS,
      "project(text, bits, struct, projection, abilities, biases) -> (z, raw scores)"},
+    {"text_counts", text_counts, METH_VARARGS,
+     "text_counts(raw, sample, code_markers, math_markers) -> six counts for the structure"},
     {NULL, NULL, 0, NULL},
 };
 

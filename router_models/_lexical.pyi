@@ -13,3 +13,6 @@ def project(
     biases: ndarray,
     /,
 ) -> tuple[bytearray, list[float]]: ...
+def text_counts(
+    raw: bytes, sample: bytes, code_markers: Sequence[bytes], math_markers: Sequence[bytes], /
+) -> tuple[int, int, int, int, int, int]: ...

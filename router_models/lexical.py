@@ -64,6 +64,20 @@ _CODE_MARKERS = (
 _MATH_MARKERS = (b"\\frac", b"\\", b"$", b"=", b"^", b"+", b"solve", b"equation", b"sqrt")
 
 
+def _text_counts(raw: bytes, sample: bytes) -> tuple[int, int, int, int, int, int]:
+    """(spaces, newlines, question marks, digits in the first 8 KiB, code markers, maths
+    markers): the counts behind the structure features; `_native.text_counts` in C."""
+    head = raw[:8192]
+    return (
+        raw.count(b" "),
+        raw.count(b"\n"),
+        raw.count(b"?"),
+        len(head) - len(head.translate(None, b"0123456789")),
+        sum(map(sample.count, _CODE_MARKERS)),
+        sum(map(sample.count, _MATH_MARKERS)),
+    )
+
+
 STRUCT_NAMES = (
     "log_chars",
     "log_words",
@@ -145,20 +159,23 @@ class LexicalFeaturizer:
     def _struct(self, conv: Conversation, raw: bytes) -> np.ndarray:
         return np.array(self._struct_values(conv, raw), dtype=np.float32)
 
-    def _struct_values(self, conv: Conversation, raw: bytes) -> tuple[float, ...]:
+    def _struct_values(
+        self, conv: Conversation, raw: bytes, native: bool = NATIVE
+    ) -> tuple[float, ...]:
         """Structure features as plain floats (numpy's per-scalar calls cost ~1 us each)."""
         n = max(len(raw), 1)
-        head = raw[:8192]
-        digits = len(head) - len(head.translate(None, b"0123456789"))
         # markers are counted on the first and last 4 KiB: enough to see code or maths, and
         # bounded cost on long conversations
         sample = raw if len(raw) <= 8192 else raw[:4096] + raw[-4096:]
-        code = sum(map(sample.count, _CODE_MARKERS))
-        maths = sum(map(sample.count, _MATH_MARKERS))
+        if native and _native is not None:
+            counts = _native.text_counts(raw, sample, _CODE_MARKERS, _MATH_MARKERS)
+        else:
+            counts = _text_counts(raw, sample)
+        spaces, newlines, qmarks, digits, code, maths = counts
         log1p = math.log1p
         return (
             log1p(len(conv.text)) / 10.0,
-            log1p(raw.count(b" ") + 1) / 8.0,
+            log1p(spaces + 1) / 8.0,
             log1p(len(conv.last_user)) / 10.0,
             min(conv.n_user, 20) / 10.0,
             min(conv.n_assistant, 20) / 10.0,
@@ -169,9 +186,9 @@ class LexicalFeaturizer:
             min(conv.n_images, 10) / 5.0,
             log1p(code) / 3.0,
             log1p(maths) / 3.0,
-            digits / max(len(head), 1),
-            raw.count(b"\n") / n * 10.0,
-            min(raw.count(b"?"), 10) / 5.0,
+            digits / max(min(len(raw), 8192), 1),
+            newlines / n * 10.0,
+            min(qmarks, 10) / 5.0,
             (len(raw) - len(conv.text)) / n,
         )
 

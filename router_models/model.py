@@ -15,6 +15,7 @@ import numpy as np
 from router_models.featurizers import Featurizer
 
 _EPS = 1e-3
+_ONE_EPS = 1.0 - _EPS
 
 
 class Scored:
@@ -104,9 +105,14 @@ class Router:
 
     def quality(self, features: np.ndarray | Scored, profiles: list[str]) -> list[float]:
         """Predicted probability of an acceptable answer (expected score) per profile."""
-        rows = [self._row(p) for p in profiles]
         raw = self._raw(features)
-        return [min(max(raw[i], _EPS), 1.0 - _EPS) for i in rows]
+        index = self._index
+        try:
+            return [min(max(raw[index[p]], _EPS), _ONE_EPS) for p in profiles]
+        except KeyError:
+            for p in profiles:
+                self._row(p)  # raises the KeyError that names the missing profile
+            raise
 
     def gap(self, features: np.ndarray | Scored, strong: str, weak: str) -> float:
         """Predicted score of `strong` minus that of `weak` (unclipped)."""

@@ -55,6 +55,19 @@ def test_native_hashing_equals_the_numpy_path() -> None:
         np.testing.assert_allclose(nv, pv, rtol=2e-6, atol=1e-7, err_msg=repr(text[:60]))
 
 
+def test_native_structure_counts_equal_the_bytes_methods() -> None:
+    native = lexical._native
+    assert native is not None
+    extra = [b"``````", b"\\\\frac", b"def def ", b"a" * 9000 + b"```" + b"b" * 9000, b"?" * 20]
+    for raw in _texts() + extra:
+        sample = raw if len(raw) <= 8192 else raw[:4096] + raw[-4096:]
+        got = native.text_counts(raw, sample, lexical._CODE_MARKERS, lexical._MATH_MARKERS)
+        assert got == lexical._text_counts(raw, sample), raw[:60]
+    f = LexicalFeaturizer()
+    conv, raw = f._text([{"role": "user", "content": "2 + 2 = ?\n```x```"}], None)
+    assert f._struct_values(conv, raw, native=True) == f._struct_values(conv, raw, native=False)
+
+
 def test_other_hash_sizes_agree_too() -> None:
     for bits in (8, 12, 18):
         f = LexicalFeaturizer(bits=bits)
