@@ -51,8 +51,11 @@ _cheap_key = operator.attrgetter("est_cost_usd", "tier_rank", "name")
 
 def _extremes(candidates: Sequence[Candidate]) -> tuple[Candidate, Candidate]:
     """(most expensive, cheapest) candidate; ties broken by tier rank then name."""
-    ranked = sorted(candidates, key=_cheap_key)
-    return ranked[-1], ranked[0]
+    return max(candidates, key=_cheap_key), min(candidates, key=_cheap_key)
+
+
+# A routing decision runs on every model="auto" request, so the helpers below are plain loops:
+# in CPython 3.11 each comprehension is a function call of its own.
 
 
 def _finish(
@@ -62,17 +65,15 @@ def _finish(
     quality: dict[str, float],
     candidates: Sequence[Candidate],
 ) -> Decision:
-    up = [c.name for c in preferred if c.available]
-    down = [c.name for c in preferred if not c.available]
-    order = up + down
-    return Decision(
-        order=order,
-        chosen=order[0],
-        score=score,
-        quality=quality,
-        cost={c.name: c.est_cost_usd for c in candidates},
-        policy=policy,
-    )
+    order: list[str] = []
+    down: list[str] = []  # candidates that cannot serve now go last, in preference order
+    for c in preferred:
+        (order if c.available else down).append(c.name)
+    order += down
+    cost: dict[str, float] = {}
+    for c in candidates:
+        cost[c.name] = c.est_cost_usd
+    return Decision(order, order[0], score, quality, cost, policy)
 
 
 def _assess(
@@ -80,8 +81,15 @@ def _assess(
 ) -> tuple[dict[str, float], float]:
     if not candidates:
         raise ValueError("a routing policy needs at least one candidate model")
-    qs = router.quality(features, [c.profile for c in candidates])
-    quality = dict(zip([c.name for c in candidates], map(float, qs), strict=True))
+    profiles: list[str] = []
+    for c in candidates:
+        profiles.append(c.profile)
+    qs = router.quality(features, profiles)
+    if len(qs) != len(candidates):
+        raise ValueError(f"the router scored {len(qs)} of {len(candidates)} candidates")
+    quality: dict[str, float] = {}
+    for c, q in zip(candidates, qs, strict=True):
+        quality[c.name] = float(q)
     strong, weak = _extremes(candidates)
     return quality, float(router.strong_score(features, strong.profile, weak.profile))
 

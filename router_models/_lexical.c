@@ -2,7 +2,7 @@
  *
  * hash_counts(text: bytes, bits: int) -> (indices: bytes, values: bytes)
  * project(text, bits, struct, projection, abilities, biases) -> (z: bytearray, scores: list)
- * text_counts(raw, sample, code_markers, math_markers) -> counts for the structure features
+ * structure(raw, sample, markers..., conversation counts) -> the 16 structure features
  *
  * `text` is the lower-cased, whitespace-collapsed UTF-8 of a conversation. The result is the
  * same sparse block the numpy path in lexical.py computes: sorted unique bucket ids of the
@@ -26,6 +26,8 @@
 #define GOLD 0x9E3779B1u   /* as _GOLD */
 #define BIGRAM 0x2545F491u /* word bigram mixer, as in lexical.py */
 #define ACC 32             /* projection columns accumulated at once */
+
+typedef float v4f __attribute__((vector_size(16)));
 
 static uint32_t *counts = NULL; /* one slot per bucket, all zero between calls */
 static uint64_t *bitmap = NULL; /* one bit per bucket that has a count, all zero between calls */
@@ -216,25 +218,35 @@ static PyObject *project(PyObject *Py_UNUSED(self), PyObject *args) {
     if (z_obj == NULL || scores == NULL) goto done;
     double *z = (double *)PyByteArray_AS_STRING(z_obj);
     const float *pm = (const float *)proj.buf;
-    /* accumulate in float32 blocks of ACC columns kept in registers (the compiler vectorises
-     * the inner loop), then in float64 across blocks: as precise as numpy's float32 matmul */
+    /* accumulate in float32 blocks of ACC columns kept in SIMD registers (4-wide vectors:
+     * SSE2 is all the x86-64 baseline promises), then in float64 across blocks: as precise
+     * as numpy's float32 matmul */
     for (Py_ssize_t j0 = 0; j0 < k; j0 += ACC) {
         Py_ssize_t w = k - j0 < ACC ? k - j0 : ACC;
-        float acc[ACC] = {0};
-        if (w == ACC) { /* a constant trip count, so that the loop is vectorised */
+        if (w == ACC) {
+            v4f acc[ACC / 4];
+            for (int q = 0; q < ACC / 4; q++) acc[q] = (v4f){0, 0, 0, 0};
             for (Py_ssize_t i = 0; i < n; i++) {
                 const float *row = pm + out_idx[i] * k + j0;
-                float v = out_val[i];
-                for (Py_ssize_t j = 0; j < ACC; j++) acc[j] += v * row[j];
+                float s = out_val[i];
+                v4f v = {s, s, s, s};
+                for (int q = 0; q < ACC / 4; q++) {
+                    v4f r;
+                    memcpy(&r, row + 4 * q, sizeof r); /* an unaligned load */
+                    acc[q] += v * r;
+                }
             }
+            for (int q = 0; q < ACC / 4; q++)
+                for (int j = 0; j < 4; j++) z[j0 + 4 * q + j] = acc[q][j];
         } else {
+            float acc[ACC] = {0};
             for (Py_ssize_t i = 0; i < n; i++) {
                 const float *row = pm + out_idx[i] * k + j0;
                 float v = out_val[i];
                 for (Py_ssize_t j = 0; j < w; j++) acc[j] += v * row[j];
             }
+            for (Py_ssize_t j = 0; j < w; j++) z[j0 + j] = acc[j];
         }
-        for (Py_ssize_t j = 0; j < w; j++) z[j0 + j] = acc[j];
     }
     for (Py_ssize_t i = 0; i < n_struct; i++) {
         double v = (float)PyFloat_AsDouble(PySequence_Fast_GET_ITEM(fast, i));
@@ -296,16 +308,23 @@ static int count_all(const char *s, Py_ssize_t n, PyObject *markers, Py_ssize_t 
     return 0;
 }
 
-/* text_counts(raw, sample, code_markers, math_markers)
- *   -> (spaces, newlines, question marks, digits in raw[:8192], code markers, maths markers)
+static double dmin(double a, double b) { return a < b ? a : b; }
+
+/* structure(raw, sample, code_markers, math_markers, len_text, len_last_user, n_user,
+ *           n_assistant, len_system, n_tools, n_tool_msgs, n_images) -> 16 floats
  *
- * The counts behind lexical.py's structure features, each exactly as its bytes method
- * (count, translate) computes it; the markers are counted in `sample`. */
-static PyObject *text_counts(PyObject *Py_UNUSED(self), PyObject *args) {
+ * lexical.py's structure features (STRUCT_NAMES), with the same formulas as its Python
+ * `_struct_values` (each the same IEEE operations, so the same doubles): the counts behind
+ * them are those of the bytes methods (count, translate), the markers counted in `sample`. */
+static PyObject *structure(PyObject *Py_UNUSED(self), PyObject *args) {
     const char *raw, *sample;
-    Py_ssize_t n, ns;
+    Py_ssize_t n, ns, len_text, len_last_user, n_user, n_assistant, len_system, n_tools,
+        n_tool_msgs, n_images;
     PyObject *code_m, *math_m;
-    if (!PyArg_ParseTuple(args, "y#y#OO", &raw, &n, &sample, &ns, &code_m, &math_m)) return NULL;
+    if (!PyArg_ParseTuple(args, "y#y#OOnnnnnnnn", &raw, &n, &sample, &ns, &code_m, &math_m,
+                          &len_text, &len_last_user, &n_user, &n_assistant, &len_system,
+                          &n_tools, &n_tool_msgs, &n_images))
+        return NULL;
     Py_ssize_t spaces = 0, newlines = 0, qmarks = 0, digits = 0, code, maths;
     for (Py_ssize_t i = 0; i < n; i++) {
         char c = raw[i];
@@ -317,7 +336,36 @@ static PyObject *text_counts(PyObject *Py_UNUSED(self), PyObject *args) {
     for (Py_ssize_t i = 0; i < head; i++) digits += raw[i] >= '0' && raw[i] <= '9';
     if (count_all(sample, ns, code_m, &code) < 0 || count_all(sample, ns, math_m, &maths) < 0)
         return NULL;
-    return Py_BuildValue("(nnnnnn)", spaces, newlines, qmarks, digits, code, maths);
+    double nn = (double)(n > 1 ? n : 1);
+    double v[16] = {
+        log1p((double)len_text) / 10.0,
+        log1p((double)(spaces + 1)) / 8.0,
+        log1p((double)len_last_user) / 10.0,
+        dmin((double)n_user, 20.0) / 10.0,
+        dmin((double)n_assistant, 20.0) / 10.0,
+        len_system > 0 ? 1.0 : 0.0,
+        log1p((double)len_system) / 10.0,
+        dmin((double)n_tools, 20.0) / 10.0,
+        dmin((double)n_tool_msgs, 20.0) / 10.0,
+        dmin((double)n_images, 10.0) / 5.0,
+        log1p((double)code) / 3.0,
+        log1p((double)maths) / 3.0,
+        (double)digits / (double)(head > 1 ? head : 1),
+        (double)newlines / nn * 10.0,
+        dmin((double)qmarks, 10.0) / 5.0,
+        (double)(n - len_text) / nn,
+    };
+    PyObject *t = PyTuple_New(16);
+    if (t == NULL) return NULL;
+    for (int i = 0; i < 16; i++) {
+        PyObject *f = PyFloat_FromDouble(v[i]);
+        if (f == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, i, f);
+    }
+    return t;
 }
 
 static PyMethodDef methods[] = {
@@ -325,8 +373,8 @@ static PyMethodDef methods[] = {
      "hash_counts(text, bits) -> (intp indices, float32 values) of the hashed n-gram blocks"},
     {"project", project, METH_VARARGS,
      "project(text, bits, struct, projection, abilities, biases) -> (z, raw scores)"},
-    {"text_counts", text_counts, METH_VARARGS,
-     "text_counts(raw, sample, code_markers, math_markers) -> six counts for the structure"},
+    {"structure", structure, METH_VARARGS,
+     "structure(raw, sample, code_markers, math_markers, <8 conversation counts>) -> 16 floats"},
     {NULL, NULL, 0, NULL},
 };
 

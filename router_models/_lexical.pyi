@@ -13,6 +13,18 @@ def project(
     biases: ndarray,
     /,
 ) -> tuple[bytearray, list[float]]: ...
-def text_counts(
-    raw: bytes, sample: bytes, code_markers: Sequence[bytes], math_markers: Sequence[bytes], /
-) -> tuple[int, int, int, int, int, int]: ...
+def structure(
+    raw: bytes,
+    sample: bytes,
+    code_markers: Sequence[bytes],
+    math_markers: Sequence[bytes],
+    len_text: int,
+    len_last_user: int,
+    n_user: int,
+    n_assistant: int,
+    len_system: int,
+    n_tools: int,
+    n_tool_msgs: int,
+    n_images: int,
+    /,
+) -> tuple[float, ...]: ...

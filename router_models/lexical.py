@@ -66,7 +66,7 @@ _MATH_MARKERS = (b"\\frac", b"\\", b"$", b"=", b"^", b"+", b"solve", b"equation"
 
 def _text_counts(raw: bytes, sample: bytes) -> tuple[int, int, int, int, int, int]:
     """(spaces, newlines, question marks, digits in the first 8 KiB, code markers, maths
-    markers): the counts behind the structure features; `_native.text_counts` in C."""
+    markers): the counts behind the structure features (`_native.structure` in C)."""
     head = raw[:8192]
     return (
         raw.count(b" "),
@@ -163,15 +163,26 @@ class LexicalFeaturizer:
         self, conv: Conversation, raw: bytes, native: bool = NATIVE
     ) -> tuple[float, ...]:
         """Structure features as plain floats (numpy's per-scalar calls cost ~1 us each)."""
-        n = max(len(raw), 1)
         # markers are counted on the first and last 4 KiB: enough to see code or maths, and
         # bounded cost on long conversations
         sample = raw if len(raw) <= 8192 else raw[:4096] + raw[-4096:]
-        if native and _native is not None:
-            counts = _native.text_counts(raw, sample, _CODE_MARKERS, _MATH_MARKERS)
-        else:
-            counts = _text_counts(raw, sample)
-        spaces, newlines, qmarks, digits, code, maths = counts
+        if native and _native is not None:  # the same formulas in C (_lexical.c: structure)
+            return _native.structure(
+                raw,
+                sample,
+                _CODE_MARKERS,
+                _MATH_MARKERS,
+                len(conv.text),
+                len(conv.last_user),
+                conv.n_user,
+                conv.n_assistant,
+                len(conv.system),
+                conv.n_tools,
+                conv.n_tool_msgs,
+                conv.n_images,
+            )
+        n = max(len(raw), 1)
+        spaces, newlines, qmarks, digits, code, maths = _text_counts(raw, sample)
         log1p = math.log1p
         return (
             log1p(len(conv.text)) / 10.0,
@@ -179,7 +190,7 @@ class LexicalFeaturizer:
             log1p(len(conv.last_user)) / 10.0,
             min(conv.n_user, 20) / 10.0,
             min(conv.n_assistant, 20) / 10.0,
-            1.0 if conv.system else 0.0,
+            1.0 if len(conv.system) > 0 else 0.0,
             log1p(len(conv.system)) / 10.0,
             min(conv.n_tools, 20) / 10.0,
             min(conv.n_tool_msgs, 20) / 10.0,

@@ -55,17 +55,26 @@ def test_native_hashing_equals_the_numpy_path() -> None:
         np.testing.assert_allclose(nv, pv, rtol=2e-6, atol=1e-7, err_msg=repr(text[:60]))
 
 
-def test_native_structure_counts_equal_the_bytes_methods() -> None:
-    native = lexical._native
-    assert native is not None
-    extra = [b"``````", b"\\\\frac", b"def def ", b"a" * 9000 + b"```" + b"b" * 9000, b"?" * 20]
-    for raw in _texts() + extra:
-        sample = raw if len(raw) <= 8192 else raw[:4096] + raw[-4096:]
-        got = native.text_counts(raw, sample, lexical._CODE_MARKERS, lexical._MATH_MARKERS)
-        assert got == lexical._text_counts(raw, sample), raw[:60]
+def test_native_structure_features_equal_the_python_ones() -> None:
     f = LexicalFeaturizer()
-    conv, raw = f._text([{"role": "user", "content": "2 + 2 = ?\n```x```"}], None)
-    assert f._struct_values(conv, raw, native=True) == f._struct_values(conv, raw, native=False)
+    extra = ["``````", "\\\\frac $x$", "def def ", "a" * 9000 + "```" + "b" * 9000, "?" * 20]
+    texts = [t.decode("utf-8", "replace") for t in _texts()] + extra
+    convs: list[list[dict[str, object]]] = [[{"role": "user", "content": t}] for t in texts]
+    convs += [
+        [{"role": "system", "content": ""}, {"role": "user", "content": "x"}],
+        [{"role": "system", "content": ""}, {"role": "system", "content": ""}],
+        [
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "2+2?"}, {"type": "image_url"}]},
+            {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f"}}]},
+            {"role": "tool", "content": "4"},
+        ],
+    ]
+    for conv in convs:
+        c, raw = f._text(conv, [{"type": "function", "function": {"name": "calc"}}])  # type: ignore[arg-type]
+        got = f._struct_values(c, raw, native=True)
+        want = f._struct_values(c, raw, native=False)
+        assert got == want, conv  # the same doubles, not merely close ones
 
 
 def test_other_hash_sizes_agree_too() -> None:
