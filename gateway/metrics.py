@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import (
@@ -60,9 +61,30 @@ class _Bounded:
         return v
 
 
+_CHILD_CACHE_MAX = 4096
+
+
+@dataclass(slots=True)
+class _Children:
+    requests: Any
+    tokens_in: Any
+    tokens_cached: Any
+    tokens_out: Any
+    tokens_estimated: Any
+    cost: Any
+    baseline_cost: Any
+    savings: Any
+    latency: Any
+    ttft: Any
+    retries: Any
+    fallbacks: Any
+    quality_predicted: Any
+
+
 class Metrics:
     def __init__(self, max_label_values: int = 200) -> None:
         self._inflight_children: dict[tuple[str, str], Any] = {}
+        self._child_cache: dict[tuple[Any, ...], _Children] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self._mp_dir = multiprocess_dir()
         self._label = _Bounded(max_label_values)
@@ -195,36 +217,64 @@ class Metrics:
         with contextlib.suppress(Exception):  # metrics must never fail a request
             self._observe(record)
 
-    def _observe(self, r: RequestRecord) -> None:
+    def _children(self, r: RequestRecord) -> _Children:
+        """The labelled series one request touches, looked up once per label combination
+        (prometheus_client's labels() costs microseconds, and every request calls it ~10x)."""
+        key = (r.route, r.model, r.tier, r.status)
+        ch = self._child_cache.get(key)
+        if ch is not None:
+            return ch
         lab = self._label
         route, model, tier = lab("route", r.route), lab("model", r.model), lab("tier", r.tier)
-        self.requests.labels(route, model, tier, lab("status", r.status)).inc()
+        ch = _Children(
+            requests=self.requests.labels(route, model, tier, lab("status", r.status)),
+            tokens_in=self.tokens.labels(model, "input"),
+            tokens_cached=self.tokens.labels(model, "cached_input"),
+            tokens_out=self.tokens.labels(model, "output"),
+            tokens_estimated=self.tokens_estimated.labels(model),
+            cost=self.cost.labels(route, model, tier),
+            baseline_cost=self.baseline_cost.labels(route),
+            savings=self.savings.labels(route),
+            latency=self.latency.labels(route, model),
+            ttft=self.ttft.labels(model),
+            retries=self.retries.labels(model),
+            fallbacks=self.fallbacks.labels(route),
+            quality_predicted=self.quality_h.labels(model, "predicted"),
+        )
+        # the raw values are not bounded (a client can name any model); their labels are
+        if len(self._child_cache) < _CHILD_CACHE_MAX:
+            self._child_cache[key] = ch
+        return ch
+
+    def _observe(self, r: RequestRecord) -> None:
+        ch = self._children(r)
+        ch.requests.inc()
         if r.prompt_tokens:
-            self.tokens.labels(model, "input").inc(r.prompt_tokens)
+            ch.tokens_in.inc(r.prompt_tokens)
         if r.cached_tokens:
-            self.tokens.labels(model, "cached_input").inc(r.cached_tokens)
+            ch.tokens_cached.inc(r.cached_tokens)
         if r.completion_tokens:
-            self.tokens.labels(model, "output").inc(r.completion_tokens)
+            ch.tokens_out.inc(r.completion_tokens)
         if r.tokens_estimated:
-            self.tokens_estimated.labels(model).inc()
+            ch.tokens_estimated.inc()
         if r.cost_usd > 0:
-            self.cost.labels(route, model, tier).inc(r.cost_usd)
+            ch.cost.inc(r.cost_usd)
         if r.baseline_cost_usd > 0:
-            self.baseline_cost.labels(route).inc(r.baseline_cost_usd)
-        self.savings.labels(route).inc(r.baseline_cost_usd - r.cost_usd)
-        self.latency.labels(route, model).observe(r.latency_ms / 1000.0)
+            ch.baseline_cost.inc(r.baseline_cost_usd)
+        ch.savings.inc(r.baseline_cost_usd - r.cost_usd)
+        ch.latency.observe(r.latency_ms / 1000.0)
         if r.ttft_ms is not None:
-            self.ttft.labels(model).observe(r.ttft_ms / 1000.0)
+            ch.ttft.observe(r.ttft_ms / 1000.0)
         self.overhead.observe(max(0.0, r.overhead_ms) / 1000.0)
         if r.router_score is not None:
             self.router_score.observe(r.router_score)
         retries = r.attempts - 1 - r.fallbacks
         if retries > 0:
-            self.retries.labels(model).inc(retries)
+            ch.retries.inc(retries)
         if r.fallbacks > 0:
-            self.fallbacks.labels(route).inc(r.fallbacks)
+            ch.fallbacks.inc(r.fallbacks)
         if r.quality_predicted is not None:
-            self.quality_h.labels(model, "predicted").observe(r.quality_predicted)
+            ch.quality_predicted.observe(r.quality_predicted)
 
     # -- events -----------------------------------------------------------------------------
     def router_decision(self, seconds: float) -> None:
