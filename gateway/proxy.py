@@ -654,22 +654,23 @@ class Proxy:
                     # every event names the model once; inside JSON text a quote is escaped,
                     # so the pattern cannot match there
                     block = block.replace(model_pat, model_rep)
-                if not _USAGE_OBJ.search(block):
-                    # the common block: content deltas, maybe [DONE]; no per-event work
-                    if b"[DONE]" in block and _has_done(block):
+                m = _USAGE_OBJ.search(block)
+                if m is None:
+                    head, tail = block, b""
+                else:  # events before the one holding the usage object take the fast path
+                    i = block.rfind(b"\n\n", 0, m.start())
+                    head, tail = block[: i + 2 if i >= 0 else 0], block[i + 2 if i >= 0 else 0 :]
+                out: list[bytes] = []
+                if head:
+                    # content deltas, maybe [DONE]: forwarded as they are, no per-event work
+                    if b"[DONE]" in head and _has_done(head):
                         saw_done = True
                     if not usage_seen or keep_text:
-                        kept.append(block)
-                    if rec.ttft_ms is None:
-                        rec.ttft_ms = (time.perf_counter() - t0) * 1000.0
-                    await send({"type": "http.response.body", "body": block, "more_body": True})
-                    if saw_done:
-                        await self._end_stream(ctx, send)
-                    continue
-                # a block with a usage object: event by event, to record it and to drop the
+                        kept.append(head)
+                    out.append(head)
+                # from the usage object on, event by event: to record it and to drop the
                 # usage-only chunk the client did not ask for
-                out: list[bytes] = []
-                for ev in block.split(b"\n\n"):
+                for ev in tail.split(b"\n\n") if tail else ():
                     if not ev:
                         continue
                     if ev.startswith(_DONE_EV) or ev.startswith(_DONE_EV2):
@@ -685,13 +686,12 @@ class Proxy:
                             continue
                     if not usage_seen or keep_text:
                         kept.append(ev)
-                    if rec.ttft_ms is None:
-                        rec.ttft_ms = (time.perf_counter() - t0) * 1000.0
                     out.append(ev + b"\n\n")
                 if out:
-                    await send(
-                        {"type": "http.response.body", "body": b"".join(out), "more_body": True}
-                    )
+                    if rec.ttft_ms is None:
+                        rec.ttft_ms = (time.perf_counter() - t0) * 1000.0
+                    body_out = out[0] if len(out) == 1 else b"".join(out)
+                    await send({"type": "http.response.body", "body": body_out, "more_body": True})
                 if saw_done:
                     await self._end_stream(ctx, send)
             if not saw_done:
