@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if exe is not None:
         targets.append(LiteLLM(exe))
     all_sc = ov.make_scenarios(args.quick)
-    run = ov.Run([all_sc[k] for k in keys], targets, args.quick)
+    run = ov.Run([all_sc[k] for k in keys], targets, args.quick, ov.rounds_of(args))
     if exe is None:
         run.unavailable["litellm"] = f"install failed: {note}"
     t0 = time.monotonic()
@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load1 = ov.loadavg()
     argv_s = " ".join(argv if argv is not None else sys.argv[1:])
     command = f".venv/bin/python bench/litellm_peer.py {argv_s}".strip()
-    lines = ov.header_lines(command)
+    lines = ov.header_lines(command, run.rounds)
     lines.append(
         "- LiteLLM: `litellm --config F --port P --num_workers 1` under `taskset -c 0`, "
         "one model `openai/` → the fake upstream, master key, no database, "

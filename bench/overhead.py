@@ -33,12 +33,13 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -653,30 +654,68 @@ class Run:
     scenarios: list[Scenario]
     targets: list[Target]
     quick: bool
+    rounds: int = 1
     results: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # scen -> target
     unavailable: dict[str, str] = field(default_factory=dict)
 
 
-def measure(sc: Scenario, host: str, port: int, model: str, quick: bool) -> dict[str, Any]:
-    warm_s = 0.5 if quick else 2.0
+def measure(
+    sc: Scenario, host: str, port: int, model: str, quick: bool, warm_s: float | None = None
+) -> dict[str, Any]:
+    warm_s = (0.5 if quick else 2.0) if warm_s is None else warm_s
     if sc.stream:
-        run_client(host, port, model, sc.concurrency, warm_s, stream=True)
+        if warm_s > 0:
+            run_client(host, port, model, sc.concurrency, warm_s, stream=True)
         return run_client(host, port, model, sc.concurrency, sc.duration_s, stream=True)
     if have_wrk():
         if sc.requests:
-            run_wrk(host, port, model, 1, 30, requests=max(50, sc.requests // 10))
+            if warm_s > 0:
+                run_wrk(host, port, model, 1, 30, requests=max(50, sc.requests // 10))
             return run_wrk(host, port, model, 1, 300, requests=sc.requests)
-        run_wrk(host, port, model, sc.concurrency, warm_s)
+        if warm_s > 0:
+            run_wrk(host, port, model, sc.concurrency, warm_s)
         return run_wrk(host, port, model, sc.concurrency, sc.duration_s)
     if sc.requests:
-        run_client(host, port, model, 1, 0, requests=max(50, sc.requests // 10))
+        if warm_s > 0:
+            run_client(host, port, model, 1, 0, requests=max(50, sc.requests // 10))
         return run_client(host, port, model, 1, 0, requests=sc.requests)
-    run_client(host, port, model, sc.concurrency, warm_s)
+    if warm_s > 0:
+        run_client(host, port, model, sc.concurrency, warm_s)
     return run_client(host, port, model, sc.concurrency, sc.duration_s)
 
 
+_MEDIAN_KEYS = (
+    "p50_ms", "p90_ms", "p99_ms", "p999_ms", "mean_ms", "ttfb_p50_ms", "ttfb_p99_ms"
+)  # fmt: skip
+
+
+def combine_rounds(rounds: list[dict[str, Any]], cpu_s: float | None) -> dict[str, Any]:
+    """One result from a target's interleaved rounds: totals for counts and req/s, the
+    median round for each percentile (robust to a round that a noisy neighbour hit)."""
+    if len(rounds) == 1:
+        res = dict(rounds[0])
+    else:
+        res = {"tool": rounds[0]["tool"], "rounds": len(rounds)}
+        res["requests"] = sum(r["requests"] for r in rounds)
+        res["errors"] = sum(r["errors"] for r in rounds)
+        res["seconds"] = round(sum(r["seconds"] for r in rounds), 3)
+        res["rps"] = res["requests"] / res["seconds"] if res["seconds"] > 0 else 0.0
+        for k in _MEDIAN_KEYS:
+            if all(k in r for r in rounds):
+                res[k] = statistics.median(r[k] for r in rounds)
+        res["per_round"] = [
+            {k: r[k] for k in ("rps", "p50_ms", "p99_ms", "ttfb_p50_ms") if k in r} for r in rounds
+        ]
+    if cpu_s is not None and res["requests"]:
+        # measured runs only (the warm-ups ran outside the CPU readings)
+        res["cpu_us_per_req"] = cpu_s / res["requests"] * 1e6
+    return res
+
+
 def run_matrix(run: Run) -> None:
-    """For each scenario, every target back to back against the same fake upstream process."""
+    """For each scenario, every target against the same fake upstream process, in
+    `run.rounds` interleaved rounds (direct, tollgate..., then again in a rotated order), so
+    that a burst from another tenant of this shared machine lands on all of them alike."""
     fakes: dict[float, FakeUpstream] = {}
     try:
         for sc in run.scenarios:
@@ -686,31 +725,58 @@ def run_matrix(run: Run) -> None:
                 ).start()
             fu = fakes[sc.latency_ms]
             run.results.setdefault(sc.key, {})
-            for t in run.targets:
-                if t.name in run.unavailable:
-                    continue
-                log(f"scenario {sc.key} ({sc.title}) -> {t.name}")
-                try:
-                    host, port = t.start(fu)
-                except TargetUnavailable as e:
-                    run.unavailable[t.name] = str(e)
-                    log(f"  {t.name}: NOT AVAILABLE: {e}")
-                    continue
-                try:
-                    cpu0 = proc_cpu_s(t.pid)
-                    res = measure(sc, host, port, t.model, run.quick)
-                    cpu1 = proc_cpu_s(t.pid)
-                    if cpu0 is not None and cpu1 is not None and res["requests"]:
-                        # includes the measured run only (the warm-up ran before cpu0)
-                        res["cpu_us_per_req"] = (cpu1 - cpu0) / res["requests"] * 1e6
+            live: list[tuple[Target, str, int]] = []
+            try:
+                for t in run.targets:
+                    if t.name in run.unavailable:
+                        continue
+                    try:
+                        host, port = t.start(fu)
+                    except TargetUnavailable as e:
+                        run.unavailable[t.name] = str(e)
+                        log(f"  {t.name}: NOT AVAILABLE: {e}")
+                        continue
+                    live.append((t, host, port))
+                n = max(1, run.rounds)
+                part = replace(
+                    sc,
+                    requests=sc.requests // n if sc.requests else None,
+                    duration_s=sc.duration_s / n,
+                )
+                rounds: dict[str, list[dict[str, Any]]] = {t.name: [] for t, _, _ in live}
+                cpu: dict[str, float | None] = {t.name: 0.0 for t, _, _ in live}
+                failed: dict[str, str] = {}
+                for i in range(n):
+                    order = live[i % len(live) :] + live[: i % len(live)] if live else []
+                    for t, host, port in order:
+                        if t.name in failed:
+                            continue
+                        log(f"scenario {sc.key} ({sc.title}) -> {t.name}, round {i + 1}/{n}")
+                        try:
+                            warm = None if i == 0 else (0.1 if run.quick else 0.5)
+                            c0 = proc_cpu_s(t.pid)
+                            res = measure(part, host, port, t.model, run.quick, warm_s=warm)
+                            c1 = proc_cpu_s(t.pid)
+                        except Exception as e:
+                            failed[t.name] = f"{type(e).__name__}: {e}"
+                            continue
+                        rounds[t.name].append(res)
+                        prev = cpu[t.name]
+                        cpu[t.name] = (
+                            None if prev is None or c0 is None or c1 is None else prev + c1 - c0
+                        )
+                        log("  " + summarize(res))
+                for t, _, _ in live:
+                    if t.name in failed:
+                        run.results[sc.key][t.name] = {"failed": failed[t.name]}
+                        continue
+                    res = combine_rounds(rounds[t.name], cpu[t.name])
                     if t.pid is not None:
                         res["rss_mib"] = rss_mib(t.pid)
-                except Exception as e:
-                    res = {"failed": f"{type(e).__name__}: {e}"}
-                finally:
+                    run.results[sc.key][t.name] = res
+            finally:
+                for t, _, _ in live:
                     t.stop()
-                run.results[sc.key][t.name] = res
-                log("  " + summarize(res))
     finally:
         for fu in fakes.values():
             fu.close()
@@ -936,7 +1002,7 @@ def update_subsection(section: str, sub: str, body: str, path: Path = BENCHMARKS
     _write(path, lines)
 
 
-def header_lines(command: str) -> list[str]:
+def header_lines(command: str, rounds: int = 1) -> list[str]:
     pin = (
         "gateway pinned to core 0 (`taskset -c 0`, one uvicorn worker via `tollgate serve`); "
         "fake upstream (`gateway/testing/fake_upstream.py`), load generator and harness "
@@ -961,6 +1027,13 @@ def header_lines(command: str) -> list[str]:
         "every request carries a gateway key that Tollgate checks (`auth.keys`); "
         "`gateway CPU µs/req` = the gateway process's CPU time over the measured window / "
         "requests",
+        (
+            f"- rounds: each scenario runs in {rounds} interleaved rounds (every target for "
+            "1/{n} of the requests or time, then again in a rotated order); req/s and CPU are "
+            "totals, latencies the median round's".replace("{n}", str(rounds))
+            if rounds > 1
+            else "- rounds: 1 (every target once, back to back)"
+        ),
     ]
 
 
@@ -999,6 +1072,17 @@ def common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="3 s runs and 300 requests (smoke)")
     p.add_argument("--scenarios", default="a,b,c,d", help="comma list of a,b,c,d")
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="interleaved rounds per scenario (default 4, 1 with --quick); each round runs "
+        "every target for 1/rounds of the requests or time",
+    )
+
+
+def rounds_of(args: argparse.Namespace) -> int:
+    return args.rounds if args.rounds is not None else (1 if args.quick else 4)
 
 
 def setup_pinning() -> None:
@@ -1026,7 +1110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     all_sc = make_scenarios(args.quick)
     targets: list[Target] = [Direct()]
     targets += [Tollgate(store=s, mode=m) for m in modes for s in stores]
-    run = Run([all_sc[k] for k in keys], targets, args.quick)
+    run = Run([all_sc[k] for k in keys], targets, args.quick, rounds_of(args))
     t0 = time.monotonic()
     load0 = loadavg()
     run_matrix(run)
@@ -1035,7 +1119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "make bench  # = .venv/bin/python bench/overhead.py " + " ".join(
         a for a in (argv if argv is not None else sys.argv[1:])
     )
-    lines = header_lines(command.strip())
+    lines = header_lines(command.strip(), run.rounds)
     lines.append(
         f"- wall time of the whole run: {elapsed:.0f} s; load average (1/5/15 min) "
         f"{load0} at the start, {load1} at the end (other tenants share both cores)"
