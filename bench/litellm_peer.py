@@ -1,6 +1,7 @@
 """Peer comparison: Tollgate vs the LiteLLM proxy on the same core, against the same fake upstream.
 
     .venv/bin/python bench/litellm_peer.py [--quick] [--scenarios a,b,c,d] [--no-write]
+        [--mode auto|pinned] [--rounds N]
 
 LiteLLM is never a Tollgate dependency: this script makes a throwaway venv under
 bench/.litellm-venv (gitignored) and installs `litellm[proxy]==1.108.7` there. It writes a
@@ -174,11 +175,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ov.common_args(p)
     p.add_argument("--store", default="none", choices=["none", "sqlite"])
+    p.add_argument(
+        "--mode",
+        default="auto",
+        choices=["pinned", "auto"],
+        help='Tollgate with model="auto" (the router on, as users run it) or a pinned model',
+    )
     args = p.parse_args(argv)
     keys = ov.parse_list(args.scenarios, "abcd", "scenarios")
     exe, note = ensure_litellm()
     ov.setup_pinning()
-    tg = ov.Tollgate(store=args.store, mode="pinned")
+    tg = ov.Tollgate(store=args.store, mode=args.mode)
     targets: list[ov.Target] = [ov.Direct(), tg]
     if exe is not None:
         targets.append(LiteLLM(exe))

@@ -1,6 +1,7 @@
 """Memory: 100,000 requests through the gateway on loopback, the gateway's RSS every 10,000.
 
     .venv/bin/python bench/memory.py [--requests 100000] [--every 10000] [--store sqlite]
+        [--mode auto|pinned]
 
 Same layout as bench/overhead.py (gateway on core 0, fake upstream and wrk on core 1).
 The load is wrk at concurrency 32, in batches of `--every` requests; after each batch the
@@ -27,11 +28,17 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--store", default="sqlite", choices=["none", "sqlite"])
     p.add_argument("--stream", action="store_true", help="streamed requests (asyncio client)")
+    p.add_argument(
+        "--mode",
+        default="auto",
+        choices=["pinned", "auto"],
+        help='model="auto" (router on: its C scratch tables, metric series) or a pinned model',
+    )
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     ov.setup_pinning()
     fu = ov.PinnedFake(name="bench", latency_ms=0, chunks=20, completion_tokens=32).start()
-    gw = ov.Tollgate(store=args.store)
+    gw = ov.Tollgate(store=args.store, mode=args.mode)
     rows: list[tuple[int, float | None, float, float]] = []
     errors = 0
     t_start = time.monotonic()
@@ -68,7 +75,8 @@ def main() -> int:
         f"- machine: {ov.machine_line()}",
         f"- load: {args.requests:,} {'streamed' if args.stream else 'non-streamed'} chat "
         f"requests at concurrency {args.concurrency} through `tollgate serve` "
-        f"(store={args.store}, pinned model) to the fake upstream on loopback, "
+        f"(store={args.store}, {'model=auto' if args.mode == 'auto' else 'pinned model'}) "
+        "to the fake upstream on loopback, "
         f"in batches of {args.every:,}; {errors} errors; {elapsed:.0f} s in all",
         "- RSS = VmRSS of the gateway process from /proc/PID/status after each batch",
         "",
