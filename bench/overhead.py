@@ -663,25 +663,18 @@ def measure(
     sc: Scenario, host: str, port: int, model: str, quick: bool, warm_s: float | None = None
 ) -> dict[str, Any]:
     warm_s = (0.5 if quick else 2.0) if warm_s is None else warm_s
-    if sc.stream:
-        if warm_s > 0:
-            run_client(host, port, model, sc.concurrency, warm_s, stream=True)
-        return run_client(host, port, model, sc.concurrency, sc.duration_s, stream=True)
-    if have_wrk():
-        if sc.requests:
-            if warm_s > 0:
-                run_wrk(host, port, model, 1, 30, requests=max(50, sc.requests // 10))
-            return run_wrk(host, port, model, 1, 300, requests=sc.requests)
-        if warm_s > 0:
-            run_wrk(host, port, model, sc.concurrency, warm_s)
-        return run_wrk(host, port, model, sc.concurrency, sc.duration_s)
-    if sc.requests:
-        if warm_s > 0:
-            run_client(host, port, model, 1, 0, requests=max(50, sc.requests // 10))
-        return run_client(host, port, model, 1, 0, requests=sc.requests)
+
+    def load(seconds: float, requests: int) -> dict[str, Any]:
+        """`requests` one at a time (capped at 300 s), or `seconds` at the concurrency."""
+        conc = 1 if requests else sc.concurrency
+        if have_wrk() and not sc.stream:
+            return run_wrk(host, port, model, conc, 300 if requests else seconds, requests)
+        return run_client(host, port, model, conc, 0 if requests else seconds, requests, sc.stream)
+
+    n = sc.requests or 0
     if warm_s > 0:
-        run_client(host, port, model, sc.concurrency, warm_s)
-    return run_client(host, port, model, sc.concurrency, sc.duration_s)
+        load(warm_s, max(50, n // 10) if n else 0)
+    return load(sc.duration_s, n)
 
 
 _MEDIAN_KEYS = (

@@ -122,12 +122,7 @@ class Router:
 
     def strong_score(self, features: np.ndarray | Scored, strong: str, weak: str) -> float:
         """Need for the strong model in [0, 1]: (1 + predicted strong - weak score gap) / 2."""
-        raw = self._raw(features)
-        index = self._index
-        if strong not in index or weak not in index:
-            self._row(strong if strong not in index else weak)  # raises, naming the profile
-        gap = raw[index[strong]] - raw[index[weak]]  # self.gap(), inlined: it is on every request
-        return min(1.0, max(0.0, 0.5 + 0.5 * gap))
+        return min(1.0, max(0.0, 0.5 + 0.5 * self.gap(features, strong, weak)))
 
     def add_profile(
         self,
