@@ -147,7 +147,7 @@ class Runtime:
         return max(names, key=lambda n: (self.tier_rank[n], self._unit_price(n)))
 
     def _unit_price(self, name: str) -> float:
-        return pricing.cost_usd(self.pricing[name], 1000, 1000)
+        return pricing.cost_at(self.rates[name], 1000, 1000)
 
     def resolve(self, name: str, kind: str, body: dict[str, Any]) -> Plan:
         m = self.models.get(name)
@@ -197,8 +197,7 @@ class Runtime:
         for n, tier, rank, profile, r, ups in self._candidate_rows:
             # est. cost == pricing.cost_usd(self.pricing[n], prompt, out), inlined
             cost = prompt_tokens * r.input + out_tokens * r.output
-            available = ups[0].can_serve() if len(ups) == 1 else any(map(_can_serve, ups))
-            cands.append(Candidate(n, tier, rank, profile, cost, available))
+            cands.append(Candidate(n, tier, rank, profile, cost, any(map(_can_serve, ups))))
         decision = policy.decide(router, scored, cands)
         return Plan(
             list(decision.order),

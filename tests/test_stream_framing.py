@@ -63,14 +63,11 @@ def cut_points(script: bytes) -> list[int]:
     """Offsets to cut at: every 29 bytes, plus between each CR and LF and inside each
     event separator."""
     cuts = set(range(29, len(script), 29))
-    i = script.find(b"\r\n")
-    while i >= 0:
-        cuts.add(i + 1)
-        i = script.find(b"\r\n", i + 1)
-    i = script.find(b"\n\n")
-    while i >= 0:
-        cuts.add(i + 1)
-        i = script.find(b"\n\n", i + 1)
+    for pair in (b"\r\n", b"\n\n"):
+        i = script.find(pair)
+        while i >= 0:
+            cuts.add(i + 1)
+            i = script.find(pair, i + 1)
     return sorted(c for c in cuts if 0 < c < len(script))
 
 
