@@ -162,3 +162,54 @@ def test_multiprocess_mode_merges_workers(tmp_path: Path) -> None:
     assert total(smp, "tollgate_cost_usd_total") == pytest.approx(3.0)
     assert total(smp, "tollgate_store_dropped_records_total") == 4
     assert total(smp, "tollgate_savings_usd") == pytest.approx(-3.0)
+
+
+def test_deferred_histograms_bucket_like_prometheus() -> None:
+    """Pending observations land in the buckets Histogram.observe would pick, bounds included,
+    and a scrape folds them in exactly once."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from gateway.metrics import LATENCY_BUCKETS
+
+    values = [0.0, 0.001, 0.025, 0.0250001, 0.05, 0.3, 1.0, 2.5, 59.9, 60.0, 120.0, 121.0, 1e6]
+    ref_reg = CollectorRegistry()
+    ref = Histogram("tollgate_request_latency_seconds", "ref", ["route", "model"],
+                    buckets=LATENCY_BUCKETS, registry=ref_reg)  # fmt: skip
+    m = Metrics()
+    for i, v in enumerate(values):
+        ref.labels("chat", "small").observe(v)
+        m.observe(rec(i, latency_ms=v * 1000.0))
+
+    def buckets(smp: dict) -> dict:
+        return {
+            dict(lab)["le"]: val
+            for (n, lab), val in smp.items()
+            if n == "tollgate_request_latency_seconds_bucket"
+        }
+
+    from prometheus_client import generate_latest
+
+    want: dict = {}
+    for fam in text_string_to_metric_families(generate_latest(ref_reg).decode()):
+        for smp in fam.samples:
+            want[(smp.name, tuple(sorted(smp.labels.items())))] = smp.value
+    first = samples(m)
+    assert buckets(first) == buckets(want)
+    assert total(first, "tollgate_request_latency_seconds_sum") == pytest.approx(
+        total(want, "tollgate_request_latency_seconds_sum")
+    )
+    # a second scrape with nothing new shows the same totals (nothing folded twice)
+    again = samples(m)
+    assert buckets(again) == buckets(want)
+    assert total(again, "tollgate_requests_total") == len(values)
+    m.observe(rec(99, latency_ms=3.0))
+    assert total(samples(m), "tollgate_requests_total") == len(values) + 1
+
+
+def test_negative_token_counts_are_not_counted() -> None:
+    m = Metrics()
+    m.observe(rec(1, prompt_tokens=-5, completion_tokens=7))
+    s = samples(m)
+    assert total(s, "tollgate_tokens_total", direction="input") == 0
+    assert total(s, "tollgate_tokens_total", direction="output") == 7
+    assert total(s, "tollgate_requests_total") == 1
