@@ -69,6 +69,10 @@ class ReadTimeout(H1Error):
     """No bytes arrived from the upstream for ``read_timeout`` seconds."""
 
 
+class DeadlineExceeded(H1Error):
+    """The exchange was not done by the caller's ``deadline`` (loop time)."""
+
+
 class RemoteProtocolError(H1Error):
     """The peer closed/reset the connection before the response was complete, or sent junk."""
 
@@ -85,7 +89,7 @@ class _Conn(asyncio.Protocol):
     """One upstream connection; holds the state of the exchange in progress."""
 
     __slots__ = (
-        "active", "buffered", "chunks", "complete", "exc", "got_bytes", "head",
+        "active", "buffered", "chunks", "complete", "deadline", "exc", "got_bytes", "head",
         "headers", "headers_done", "idle_since", "keep_alive", "last", "loop", "lost",
         "parser", "read_paused", "read_timeout", "status", "timer", "transport", "until_close",
         "waiter", "write_paused",
@@ -98,6 +102,7 @@ class _Conn(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.lost = self.active = self.write_paused = self.read_paused = False
         self.idle_since = self.last = 0.0
+        self.deadline: float | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.exc: H1Error | None = None
@@ -190,13 +195,17 @@ class _Conn(asyncio.Protocol):
 
     # ---- exchange helpers ---------------------------------------------------------------------
 
-    def begin(self, head: bool) -> None:
+    def begin(self, head: bool, deadline: float | None) -> None:
         self.active, self.head, self.status, self.exc = True, head, 0, None
         self.headers, self.chunks, self.buffered = [], [], 0
         self.headers_done = self.complete = self.got_bytes = self.until_close = False
         self.keep_alive = True
-        self.last = self.loop.time()
-        self.timer = self.loop.call_later(self.read_timeout, self.on_timer)
+        self.deadline = deadline
+        self.last = now = self.loop.time()
+        delay = self.read_timeout
+        if deadline is not None and deadline - now < delay:
+            delay = max(0.0, deadline - now)
+        self.timer = self.loop.call_later(delay, self.on_timer)
 
     def end(self) -> None:
         self.active = False
@@ -235,9 +244,16 @@ class _Conn(asyncio.Protocol):
         self.timer = None
         if not self.active or self.complete:
             return
-        remaining = self.last + self.read_timeout - self.loop.time()
+        now = self.loop.time()
+        deadline = self.deadline
+        if deadline is not None and now >= deadline:
+            self.fail(DeadlineExceeded("the upstream did not finish before the deadline"))
+            return
+        remaining = self.last + self.read_timeout - now
         if remaining > 0 or self.waiter is None or self.read_paused:
             delay = remaining if remaining > 0 else self.read_timeout
+            if deadline is not None and deadline - now < delay:
+                delay = deadline - now
             self.timer = self.loop.call_later(delay, self.on_timer)
             return
         self.fail(ReadTimeout(f"no data from upstream for {self.read_timeout:g}s"))
@@ -414,9 +430,16 @@ class H1Pool:
         path: str,
         body: bytes = b"",
         headers: list[tuple[bytes, bytes]] | None = None,
+        timeout: float | None = None,
     ) -> H1Response:
-        """Send a request and read the whole response body (``response.content``)."""
-        response = await self.stream(method, path, body, headers)
+        """Send a request and read the whole response body (``response.content``).
+
+        ``timeout``: seconds for the whole exchange (waiting for a connection, connecting,
+        sending, the status line and the whole body), else DeadlineExceeded (or
+        ConnectTimeout while connecting). One timer per exchange, no extra task or
+        cancellation: the connection's own read timer also watches the deadline."""
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        response = await self._stream(method, path, body, headers, deadline)
         await response.aread()
         return response
 
@@ -426,16 +449,34 @@ class H1Pool:
         path: str,
         body: bytes = b"",
         headers: list[tuple[bytes, bytes]] | None = None,
+        timeout: float | None = None,
     ) -> H1Response:
         """Send a request; return once status and headers arrived (body not read yet).
 
         ``headers`` must not repeat Host or Content-Length (the pool writes them).
+        ``timeout``: seconds until the status line and headers have arrived, as in request();
+        the body is then bounded by ``read_timeout`` between reads only.
         """
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        response = await self._stream(method, path, body, headers, deadline)
+        conn = response._conn
+        if conn is not None:
+            conn.deadline = None
+        return response
+
+    async def _stream(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]] | None,
+        deadline: float | None,
+    ) -> H1Response:
         data, big_body = self._serialise(method, path, body, headers)
         head = method == "HEAD"
         for attempt in (0, 1):
-            conn, reused = await self._acquire()
-            conn.begin(head)
+            conn, reused = await self._acquire(deadline)
+            conn.begin(head, deadline)
             try:
                 await conn.send(data, big_body)
             except RemoteProtocolError:
@@ -496,8 +537,9 @@ class H1Pool:
         parts.append(body)
         return b"".join(parts), b""
 
-    async def _acquire(self) -> tuple[_Conn, bool]:
-        """Return (connection, reused): newest live idle one, else a new one, else wait."""
+    async def _acquire(self, deadline: float | None = None) -> tuple[_Conn, bool]:
+        """Return (connection, reused): newest live idle one, else a new one, else wait
+        (until ``deadline``, loop time, if given)."""
         loop = asyncio.get_running_loop()
         while True:
             if self._closed:
@@ -516,14 +558,22 @@ class H1Pool:
             waiter: asyncio.Future[_Conn | None] = loop.create_future()
             self._waiters.append(waiter)
             try:
-                got = await waiter
-            except BaseException:
+                if deadline is None:
+                    got = await waiter
+                else:
+                    async with asyncio.timeout_at(deadline):
+                        got = await waiter
+            except BaseException as exc:
                 if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                     handed = waiter.result()  # handed over just as we were cancelled
                     if handed is None:
                         self._free_slot()
                     else:
                         self._put(handed)
+                if isinstance(exc, TimeoutError):
+                    raise DeadlineExceeded(
+                        "no upstream connection became free before the deadline"
+                    ) from None
                 raise
             if got is None:
                 break  # a slot was handed over to us
@@ -531,7 +581,7 @@ class H1Pool:
                 return got, True
             self._discard(got)
         try:
-            conn = await self._connect(loop)
+            conn = await self._connect(loop, deadline)
         except BaseException:
             self._free_slot()
             raise
@@ -541,10 +591,13 @@ class H1Pool:
     def _usable(self, conn: _Conn, now: float) -> bool:
         return not conn.lost and conn.keep_alive and now - conn.idle_since <= self._expiry
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Conn:
+    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float | None) -> _Conn:
         where = f"{self._host}:{self._port}"
+        timeout = self._connect_timeout
+        if deadline is not None:
+            timeout = max(0.0, min(timeout, deadline - loop.time()))
         try:
-            async with asyncio.timeout(self._connect_timeout):
+            async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
                     lambda: _Conn(loop, self._read_timeout),
                     self._host,
@@ -553,6 +606,10 @@ class H1Pool:
                     server_hostname=self._host if self._ssl else None,
                 )
         except TimeoutError as exc:
+            if deadline is not None and loop.time() >= deadline:
+                raise DeadlineExceeded(
+                    f"connect to {where} was not done before the deadline"
+                ) from exc
             raise ConnectTimeout(f"connect to {where} timed out") from exc
         except OSError as exc:
             raise ConnectError(f"connect to {where} failed: {exc}") from exc

@@ -491,7 +491,7 @@ class Proxy:
             return _Retry(
                 UpstreamTimeout(f"model {name!r}: connecting to the upstream timed out", model=name)
             )
-        if isinstance(e, h1.ReadTimeout | TimeoutError):
+        if isinstance(e, h1.ReadTimeout | h1.DeadlineExceeded):
             return _NextModel(
                 UpstreamTimeout(f"model {name!r}: the upstream did not answer in time", model=name)
             )
@@ -512,12 +512,12 @@ class Proxy:
         `_attempts` acts on (retry, next model, or the client's own error)."""
         payload = self._payload(body, up, stream)
         try:
-            async with asyncio.timeout(up.total_s):
-                if stream:
-                    resp = await up.client.stream("POST", path, payload)
-                else:
-                    resp = await up.client.request("POST", path, payload)
-        except (h1.H1Error, TimeoutError) as e:
+            # total_s bounds the attempt until the headers (streams) or the whole body
+            if stream:
+                resp = await up.client.stream("POST", path, payload, timeout=up.total_s)
+            else:
+                resp = await up.client.request("POST", path, payload, timeout=up.total_s)
+        except h1.H1Error as e:
             raise self._transport_error(up, e) from None
         if resp.status == 200:
             return resp

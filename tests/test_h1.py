@@ -25,6 +25,7 @@ import uvloop
 from gateway.h1 import (
     ConnectError,
     ConnectTimeout,
+    DeadlineExceeded,
     H1Pool,
     PoolClosed,
     ReadTimeout,
@@ -540,6 +541,69 @@ async def test_read_timeout_between_body_chunks() -> None:
                 async for p in r.aiter_raw():
                     parts.append(p)
         assert parts == [b"abc", b"def"]
+
+
+async def test_timeout_bounds_the_whole_unary_exchange() -> None:
+    """Headers at once, then a body trickled inside read_timeout: the whole-exchange timeout
+    still ends it, and the connection is not reused."""
+
+    async def handler(c: Conn) -> None:
+        await c.read_request()
+        await c.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(40):
+            await c.send(b"1\r\na\r\n")
+            await asyncio.sleep(0.05)
+
+    async with RawServer(handler) as srv, H1Pool(srv.url, read_timeout=1.0) as pool:
+        t0 = time.perf_counter()
+        with pytest.raises(DeadlineExceeded):
+            await pool.request("GET", "/", timeout=0.4)
+        assert 0.35 < time.perf_counter() - t0 < 1.0
+        assert pool._open == 0
+
+
+async def test_stream_timeout_stops_at_the_headers() -> None:
+    """stream(timeout=...) bounds the wait for the headers only: a body that takes longer than
+    the timeout (each read inside read_timeout) arrives whole."""
+
+    async def handler(c: Conn) -> None:
+        await c.read_request()
+        await c.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(8):
+            await asyncio.sleep(0.1)
+            await c.send(b"1\r\na\r\n")
+        await c.send(b"0\r\n\r\n")
+
+    async with RawServer(handler) as srv, H1Pool(srv.url, read_timeout=1.0) as pool:
+        async with await pool.stream("GET", "/", timeout=0.3) as r:
+            got = b"".join([p async for p in r.aiter_raw()])
+        assert got == b"a" * 8
+
+
+async def test_timeout_before_the_headers(fu: FakeUpstream) -> None:
+    fu.script([{"kind": "delay", "ms": 3000}])
+    async with H1Pool(fu.base_url, read_timeout=10.0) as pool:
+        for call in (pool.request, pool.stream):
+            t0 = time.perf_counter()
+            with pytest.raises(DeadlineExceeded):
+                await call("POST", "/chat/completions", CHAT, None, 0.3)
+            assert 0.25 < time.perf_counter() - t0 < 1.5
+            fu.script([{"kind": "delay", "ms": 3000}])
+        assert pool._open == 0
+
+
+async def test_timeout_while_waiting_for_a_free_connection(fu: FakeUpstream) -> None:
+    fu.script([{"kind": "delay", "ms": 600}])
+    async with H1Pool(fu.base_url, max_connections=1) as pool:
+        first = asyncio.create_task(pool.request("POST", "/chat/completions", CHAT))
+        await asyncio.sleep(0.05)
+        t0 = time.perf_counter()
+        with pytest.raises(DeadlineExceeded):
+            await pool.request("POST", "/chat/completions", CHAT, timeout=0.2)
+        assert time.perf_counter() - t0 < 0.5
+        assert (await first).status == 200
+        assert not pool._waiters and pool._open == 1
+        assert (await pool.request("POST", "/chat/completions", CHAT, timeout=5)).status == 200
 
 
 async def test_large_request_body_flow_control() -> None:
