@@ -121,6 +121,11 @@ class _Hist:
         self.n = 0
 
 
+# the _Pending fields folded into the _Children series of the same name with inc()
+_COUNTED = ("requests", "tokens_in", "tokens_cached", "tokens_out", "tokens_estimated", "cost",
+            "baseline_cost", "savings", "retries", "fallbacks")  # fmt: skip
+
+
 @dataclass(slots=True)
 class _Pending:
     """What the requests of one label combination added since the last fold."""
@@ -142,36 +147,11 @@ class _Pending:
 
     def fold(self) -> None:
         ch = self.ch
-        if self.requests:
-            ch.requests.inc(self.requests)
-            self.requests = 0
-        if self.tokens_in:
-            ch.tokens_in.inc(self.tokens_in)
-            self.tokens_in = 0
-        if self.tokens_cached:
-            ch.tokens_cached.inc(self.tokens_cached)
-            self.tokens_cached = 0
-        if self.tokens_out:
-            ch.tokens_out.inc(self.tokens_out)
-            self.tokens_out = 0
-        if self.tokens_estimated:
-            ch.tokens_estimated.inc(self.tokens_estimated)
-            self.tokens_estimated = 0
-        if self.cost:
-            ch.cost.inc(self.cost)
-            self.cost = 0.0
-        if self.baseline_cost:
-            ch.baseline_cost.inc(self.baseline_cost)
-            self.baseline_cost = 0.0
-        if self.savings:
-            ch.savings.inc(self.savings)
-            self.savings = 0.0
-        if self.retries:
-            ch.retries.inc(self.retries)
-            self.retries = 0
-        if self.fallbacks:
-            ch.fallbacks.inc(self.fallbacks)
-            self.fallbacks = 0
+        for name in _COUNTED:  # at scrape time only: getattr is cheap enough here
+            v = getattr(self, name)
+            if v:
+                getattr(ch, name).inc(v)
+                setattr(self, name, 0)
         self.latency.fold(ch.latency)
         self.ttft.fold(ch.ttft)
         self.quality_predicted.fold(ch.quality_predicted)
