@@ -288,8 +288,10 @@ class Proxy:
         self, send: Send, e: GatewayError, rid: str, rec: RequestRecord, ctx: _Ctx
     ) -> None:
         ctx.started = ctx.finished = True
+        body = e.body()
         headers = [
             (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
             (b"x-tollgate-request-id", rid.encode()),
             *e.headers(),
         ]
@@ -298,7 +300,7 @@ class Proxy:
         if rec.attempts:
             headers.append((b"x-tollgate-attempts", str(rec.attempts).encode()))
         await send({"type": "http.response.start", "status": e.status, "headers": headers})
-        await send({"type": "http.response.body", "body": e.body()})
+        await send({"type": "http.response.body", "body": body})
 
     def _headers(
         self, rt: Runtime, plan: Plan, rec: RequestRecord, explain: bool
@@ -577,6 +579,7 @@ class Proxy:
         self.gw.price(rt, rec)
         headers = [
             (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(out)),
             (b"x-tollgate-cost-usd", pricing.format_usd(rec.cost_usd).encode()),
             *self._headers(rt, plan, rec, explain),
         ]

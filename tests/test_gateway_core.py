@@ -68,6 +68,9 @@ def test_chat_sync_returns_upstream_answer_with_public_name_and_headers(pair: An
     assert raw.headers["x-tollgate-tier"] == "small"
     assert raw.headers["x-tollgate-attempts"] == "1"
     assert raw.headers["x-tollgate-request-id"].startswith("tg-")
+    # a JSON answer is sent with its length, not chunked
+    assert raw.headers["content-length"] == str(len(raw.http_response.content))
+    assert "transfer-encoding" not in raw.headers
     sent = primary.stats()["last_request"]
     # unknown fields pass through untouched; the upstream gets its own model name
     assert sent["model"] == "upstream-primary"
@@ -513,6 +516,7 @@ def test_bad_input_matrix(
     assert err["param"] == param
     assert needle in err["message"]
     assert "Traceback" not in r.text
+    assert r.headers["content-length"] == str(len(r.content))
 
 
 @pytest.fixture(scope="module")
