@@ -41,8 +41,15 @@ def model_block(name: str, tier: str, base_url: str, **extra: Any) -> str:
 class GatewayProcess:
     """`tollgate serve --config FILE` in a subprocess; stopped by its PID only."""
 
-    def __init__(self, config_text: str, tmp: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config_text: str,
+        tmp: Path,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> None:
         self.tmp = tmp
+        self.args = list(args or [])
         self.config_path = tmp / "routing.yaml"
         self.config_path.write_text(config_text)
         self.port = free_port()
@@ -74,6 +81,7 @@ class GatewayProcess:
                 str(self.port),
                 "--log-level",
                 "info",
+                *self.args,
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
