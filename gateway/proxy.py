@@ -69,6 +69,16 @@ _DONE = b"data: [DONE]\n\n"
 _DONE_EV, _DONE_EV2 = b"data: [DONE]", b"data:[DONE]"
 
 
+def new_request_id() -> str:
+    """`tg-`, the Unix time in milliseconds (11 hex digits), 64 random bits (16 hex digits).
+
+    Unguessable, and in time order: the store's primary-key index then grows at its end.
+    With fully random ids every insert lands on a random page of that index: the SQLite
+    store spent 43-44 us of CPU per record that way, 33-36 us with these
+    (bench/store_write.py)."""
+    return f"tg-{int(time.time() * 1000):011x}{os.urandom(8).hex()}"
+
+
 class _Ctx:
     """Per-request state shared with the disconnect watcher."""
 
@@ -151,7 +161,7 @@ class Proxy:
         t0 = time.perf_counter()
         gw = self.gw
         rt = gw.runtime
-        rid = "tg-" + os.urandom(12).hex()
+        rid = new_request_id()
         rec = RequestRecord(request_id=rid, ts=time.time(), endpoint=kind)
         ctx = _Ctx()
         task = asyncio.current_task()

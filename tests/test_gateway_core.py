@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -67,7 +68,10 @@ def test_chat_sync_returns_upstream_answer_with_public_name_and_headers(pair: An
     assert raw.headers["x-tollgate-model"] == "primary"
     assert raw.headers["x-tollgate-tier"] == "small"
     assert raw.headers["x-tollgate-attempts"] == "1"
-    assert raw.headers["x-tollgate-request-id"].startswith("tg-")
+    rid = raw.headers["x-tollgate-request-id"]
+    # tg-, 11 hex digits of Unix milliseconds (time order), 16 random hex digits
+    assert re.fullmatch(r"tg-[0-9a-f]{27}", rid), rid
+    assert abs(int(rid[3:14], 16) / 1000 - time.time()) < 60
     # a JSON answer is sent with its length, not chunked
     assert raw.headers["content-length"] == str(len(raw.http_response.content))
     assert "transfer-encoding" not in raw.headers
@@ -75,6 +79,11 @@ def test_chat_sync_returns_upstream_answer_with_public_name_and_headers(pair: An
     # unknown fields pass through untouched; the upstream gets its own model name
     assert sent["model"] == "upstream-primary"
     assert sent["seed"] == 7 and sent["user"] == "u1"
+    again = client(gw).chat.completions.with_raw_response.create(
+        model="primary", messages=[{"role": "user", "content": "hello again"}]
+    )
+    later = again.headers["x-tollgate-request-id"]
+    assert later[3:14] >= rid[3:14] and later[14:] != rid[14:]
 
 
 def test_chat_stream_sync_forwards_chunks_and_hides_injected_usage(pair: Any) -> None:
