@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-SCHEMA_VERSION = 2  # 2: router_features
+SCHEMA_VERSION = 3  # 2: router_features; 3: SQLite keeps them as float32 bytes
 
 
 @dataclass(slots=True)

@@ -72,6 +72,7 @@ async def test_write_get_roundtrip_every_field(store: Store) -> None:
         quality_predicted=0.7,
         baseline_model="large",
         cache_hit=True,
+        router_features=[0.5, -0.25, 1.0, 0.125, 0.0],  # exact in float32 (SQLite's format)
     )
     await store.write_batch([r])
     got = await store.get("req-1")
@@ -245,3 +246,41 @@ async def test_redis_stream_is_capped(redis_server: RedisServer) -> None:
     assert await s.get("req-0") is None  # trimmed
     assert await s.get("req-2999") is not None
     await s.close()
+
+
+async def test_sqlite_prompt_vector_is_float32_bytes(tmp_path: Path) -> None:
+    """The router's vector is stored as 4 bytes per number and reads back within float32
+    rounding; a row written by schema 2 (JSON text) still reads, and opening that database
+    moves it to the current schema."""
+    import sqlite3
+
+    import orjson
+
+    path = tmp_path / "t.db"
+    vec = [0.1 * i - 1.3 for i in range(32)]
+    s = SQLiteStore(str(path))
+    await s.open()
+    await s.write_batch([rec(1, router_features=vec), rec(2)])
+    got = await s.get("req-1")
+    assert got is not None and got.router_features is not None
+    assert got.router_features == pytest.approx(vec, rel=1e-6, abs=1e-7)
+    none = await s.get("req-2")
+    assert none is not None and none.router_features is None
+    await s.close()
+    c = sqlite3.connect(path)
+    stored = c.execute("SELECT router_features FROM requests WHERE request_id = 'req-1'")
+    assert len(stored.fetchone()[0]) == 4 * 32
+    # what a schema-2 gateway left behind: JSON text in the column, version 2
+    c.execute("UPDATE requests SET router_features = ? WHERE request_id = 'req-1'",
+              (orjson.dumps(vec).decode(),))  # fmt: skip
+    c.execute("UPDATE tollgate_schema SET version = 2")
+    c.commit()
+    c.close()
+    again = SQLiteStore(str(path))
+    await again.open()
+    old = await again.get("req-1")
+    assert old is not None and old.router_features == vec
+    await again.close()
+    c = sqlite3.connect(path)
+    assert c.execute("SELECT version FROM tollgate_schema").fetchone()[0] == SCHEMA_VERSION
+    c.close()

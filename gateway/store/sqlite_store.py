@@ -1,9 +1,12 @@
 """SQLite record store: the embedded default. One WAL database file, stdlib sqlite3 in threads.
 
 Layout: table `requests` (one row per record, one column per RequestRecord field, primary key
-request_id, so `INSERT OR IGNORE` makes a retried batch harmless) and table `tollgate_schema`
-(one row: the schema version). Columns for RequestRecord fields added later are created on
-open (additive migration); a database written by a newer schema is refused.
+request_id, so `INSERT OR IGNORE` makes a retried batch harmless; the router's prompt vector
+is little-endian float32 bytes, 128 bytes for 32 numbers, where JSON text took ~780; rows
+written before schema 3 hold JSON text there, and both read back as a list of floats) and
+table `tollgate_schema` (one row: the schema version). Columns for RequestRecord fields added
+later are created on open (additive migration); a database written by a newer schema is
+refused.
 synchronous=NORMAL: a committed batch survives a gateway crash; a power cut may lose the last
 few batches (WAL default trade-off).
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import fields
@@ -40,7 +44,8 @@ T = TypeVar("T")
 
 _FIELDS = [f.name for f in fields(RequestRecord)]
 _BOOL = {"stream", "tokens_estimated", "cache_hit"}
-_JSON = {"router_scores", "router_features"}
+_JSON = {"router_scores"}
+_VECTOR = "router_features"  # list[float] <-> little-endian float32 bytes
 _TYPES = {
     "ts": "REAL NOT NULL",
     "request_id": "TEXT PRIMARY KEY",
@@ -52,6 +57,8 @@ def _sql_type(name: str) -> str:
         return _TYPES[name]
     # Annotations are strings here (records.py uses `from __future__ import annotations`).
     hint = str(RequestRecord.__dataclass_fields__[name].type)
+    if name == _VECTOR:
+        return "BLOB"
     if name in _JSON or "dict" in hint or "str" in hint:
         return "TEXT"
     if "float" in hint:
@@ -67,10 +74,21 @@ def _row(rec: RequestRecord) -> tuple[Any, ...]:
         v = getattr(rec, name)
         if name in _JSON:
             v = orjson.dumps(v).decode() if v is not None else None
+        elif name == _VECTOR:
+            v = struct.pack(f"<{len(v)}f", *v) if v is not None else None
         elif name in _BOOL:
             v = int(bool(v))
         out.append(v)
     return tuple(out)
+
+
+def _vector(v: bytes | str | None) -> list[float] | None:
+    if v is None:
+        return None
+    if isinstance(v, bytes):
+        return list(struct.unpack(f"<{len(v) // 4}f", v))
+    out: list[float] = orjson.loads(v)  # a row written before schema 3: JSON text
+    return out
 
 
 def _record(row: sqlite3.Row) -> RequestRecord:
@@ -79,6 +97,8 @@ def _record(row: sqlite3.Row) -> RequestRecord:
         v = row[name]
         if name in _JSON:
             v = orjson.loads(v) if v is not None else None
+        elif name == _VECTOR:
+            v = _vector(v)
         elif name in _BOOL:
             v = bool(v)
         data[name] = v
