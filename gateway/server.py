@@ -57,7 +57,9 @@ def _status_line(code: int) -> bytes:
 
 
 _STATUS = {code: _status_line(code) for code in range(100, 600)}
+_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 _PLAIN_URL = re.compile(rb"/[^%?#]*")
+_DEFAULT_HEAD: list[Any] = [None, b""]  # (uvicorn's default header list, rendered)
 
 
 class _Exchange:
@@ -162,27 +164,33 @@ class _Exchange:
 
     def _start(self, status: int, headers: Any) -> None:
         conn = self.conn
-        all_headers = [*conn.server_state.default_headers, *headers]
-        # one search over all names and one over all values (a tab is allowed in a value)
-        if _BAD_NAME.search(b"".join([n for n, _ in all_headers])):
+        out = [_STATUS.get(status) or _status_line(status), conn.default_head()]
+        names: list[bytes] = []
+        values: list[bytes] = []
+        length = -1
+        says_close = False
+        for name, value in headers:
+            name = name.lower()
+            if name in _FRAMING:
+                if name == b"content-length":
+                    if length < 0 and not self.chunked:
+                        length = int(value)
+                elif name == b"transfer-encoding":
+                    self.chunked = self.chunked or value.lower() == b"chunked"
+                elif b"close" in value.lower():  # connection
+                    self.keep_alive = False
+                    says_close = True
+            out += (name, b": ", value, b"\r\n")
+            names.append(name)
+            values.append(value)
+        # the app's headers, checked before anything is written: one search over all names
+        # and one over all values (a tab is allowed in a value, so it can join them)
+        if _BAD_NAME.search(b"".join(names)):
             raise RuntimeError("Invalid HTTP header name.")
-        if _BAD_VALUE.search(b"\t".join([v for _, v in all_headers])):
+        if _BAD_VALUE.search(b"\t".join(values)):
             raise RuntimeError("Invalid HTTP header value.")
         self.started = True
         self.expect_100 = False
-        out = [_STATUS.get(status) or _status_line(status)]
-        length = -1
-        says_close = False
-        for name, value in all_headers:
-            name = name.lower()
-            if name == b"content-length" and length < 0 and not self.chunked:
-                length = int(value)
-            elif name == b"transfer-encoding" and value.lower() == b"chunked":
-                self.chunked = True
-            elif name == b"connection" and b"close" in value.lower():
-                self.keep_alive = False
-                says_close = True
-            out += (name, b": ", value, b"\r\n")
         if not self.keep_alive and not says_close:
             out.append(b"connection: close\r\n")
         if length >= 0:
@@ -425,6 +433,20 @@ class H1Server(asyncio.Protocol):
         self.resume_reading()
         if self.current is None:
             self._idle()
+
+    def default_head(self) -> bytes:
+        """uvicorn's default headers (date, server) as header lines. uvicorn replaces the list
+        once a second (the date); it is rendered once per list, not once per response."""
+        headers = self.server_state.default_headers
+        cached = _DEFAULT_HEAD
+        if cached[0] is not headers:
+            block = b"".join(b"%s: %s\r\n" % (n.lower(), v) for n, v in headers)
+            if _BAD_NAME.search(b"".join(n for n, _ in headers)) or _BAD_VALUE.search(
+                b"\t".join(v for _, v in headers)
+            ):
+                raise RuntimeError("Invalid default HTTP header (uvicorn --header).")
+            cached[:] = [headers, block]
+        return cached[1]  # type: ignore[no-any-return]
 
     # -- timers, flow control -------------------------------------------------------------------
     def _idle(self) -> None:
