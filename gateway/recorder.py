@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal
@@ -68,6 +69,7 @@ class Recorder:
         self.cfg = cfg
         self.metrics = metrics
         self._buf: deque[_Item] = deque()
+        self._since = 0.0  # monotonic time the oldest buffered item arrived (about)
         self._inflight: list[_Item] = []
         self._pending: dict[str, RequestRecord] = {}  # request_id -> record in _buf
         self._writing: set[str] = set()  # request_ids in the batch being written
@@ -140,6 +142,8 @@ class Recorder:
         if self._closed or len(self._buf) + len(self._inflight) >= self.cfg.queue_size:
             self._drop(1)
             return False
+        if not self._buf:
+            self._since = time.monotonic()
         self._buf.append(item)
         if len(self._buf) >= self.cfg.batch_size:
             self._wake.set()
@@ -200,16 +204,35 @@ class Recorder:
             log.warning("store %s unavailable, buffering: %s", self.store.name, e)
             return False
 
+    def _due_in(self) -> float:
+        """Seconds until the buffer should be written: 0 for a full batch, a quality update,
+        a batch being retried or close(); else when the oldest record has waited
+        flush_interval_s. (Writing whatever arrived during the last write, at once, made a
+        trickle of 1-3 record transactions under light load, each paying the thread handoff
+        and the commit.)"""
+        cfg = self.cfg
+        buf = self._buf
+        if self._inflight or self._closing or self._updates_waiting:
+            return 0.0
+        if len(buf) >= cfg.batch_size:
+            return 0.0
+        if not buf:
+            return cfg.flush_interval_s
+        return max(0.0, cfg.flush_interval_s - (time.monotonic() - self._since))
+
     async def _run(self) -> None:
         cfg = self.cfg
         while True:
-            if not self._buf and not self._inflight:
-                if self._closing:
+            delay = self._due_in()
+            if delay > 0 or (not self._buf and not self._inflight):
+                if self._closing and not self._buf and not self._inflight:
                     return
                 self._wake.clear()
                 # Woken early by a full batch, a quality update or close().
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), cfg.flush_interval_s)
+                    await asyncio.wait_for(self._wake.wait(), delay or cfg.flush_interval_s)
+                if self._due_in() > 0:
+                    continue
             self.metrics.store_queue_depth(self.queue_depth)
             if not self._buf and not self._inflight:
                 continue
@@ -239,6 +262,8 @@ class Recorder:
             self._writing.add(rec.request_id)
             batch.append(rec)
         self._inflight = batch
+        if self._buf:  # what is left waits a flush interval from now, at most
+            self._since = time.monotonic()
 
     async def _write_some(self) -> bool:
         assert self.store is not None

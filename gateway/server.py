@@ -44,8 +44,6 @@ _HIGH_WATER = 65536  # request body bytes buffered before reading pauses (as uvi
 _BAD_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
 _BAD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
 _NO_BODY = (204, 304)
-_ASGI = {"version": "3.0", "spec_version": "2.3"}
-_DISCONNECT = {"type": "http.disconnect"}
 
 
 def _status_line(code: int) -> bytes:
@@ -109,7 +107,7 @@ class _Exchange:
                 conn.resume_reading()
                 await self._wait()
             if self.disconnected:
-                return _DISCONNECT
+                return {"type": "http.disconnect"}
             parts = self.parts
             body = parts[0] if len(parts) == 1 else b"".join(parts)
             self.parts, self.size = [], 0
@@ -119,7 +117,7 @@ class _Exchange:
         # the body has been read: the next event is the client leaving (or the response end)
         while not self.disconnected and not self.complete:
             await self._wait()
-        return _DISCONNECT
+        return {"type": "http.disconnect"}
 
     async def send(self, message: dict[str, Any]) -> None:
         conn = self.conn
@@ -326,7 +324,7 @@ class H1Server(asyncio.Protocol):
         root = self.root_path
         scope = {
             "type": "http",
-            "asgi": _ASGI,
+            "asgi": {"version": "3.0", "spec_version": "2.3"},  # fresh: the app may keep it
             "http_version": version,
             "server": self.server,
             "client": self.client,

@@ -242,3 +242,29 @@ async def test_submit_after_close_is_counted(tmp_path: Path) -> None:
     await r.close(timeout=5)
     r.submit(rec(2))  # a straggler after shutdown: not written, so counted
     assert r.dropped == 1 and dropped_metric(m) == 1
+
+
+async def test_trickle_is_written_in_full_batches(tmp_path: Path) -> None:
+    """Records that trickle in go out in batches of batch_size (the rest once the oldest has
+    waited flush_interval_s), not in one small transaction per write cycle."""
+    store = SQLiteStore(str(tmp_path / "t.db"))
+    sizes: list[int] = []
+    write = store.write_batch
+
+    async def counted(records: list[RequestRecord]) -> None:
+        sizes.append(len(records))
+        await write(records)
+
+    store.write_batch = counted  # type: ignore[method-assign]  # observe the real writes
+    r = Recorder(store, cfg(batch_size=32, flush_interval_s=0.5), Metrics())
+    await r.start()
+    for i in range(100):
+        r.submit(rec(i))
+        await asyncio.sleep(0.002)
+
+    async def all_written() -> bool:
+        return r.written == 100
+
+    await until(all_written)
+    assert sizes == [32, 32, 32, 4]
+    await r.close()
