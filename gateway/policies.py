@@ -28,7 +28,7 @@ class Candidate:
     available: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class Decision:
     order: list[str]
     chosen: str
@@ -50,8 +50,18 @@ _cheap_key = operator.attrgetter("est_cost_usd", "tier_rank", "name")
 
 
 def _extremes(candidates: Sequence[Candidate]) -> tuple[Candidate, Candidate]:
-    """(most expensive, cheapest) candidate; ties broken by tier rank then name."""
-    return max(candidates, key=_cheap_key), min(candidates, key=_cheap_key)
+    """(most expensive, cheapest) candidate; ties broken by tier rank then name (what max()
+    and min() with `_cheap_key` give, in one pass and without their per-item key calls)."""
+    it = iter(candidates)
+    hi = lo = next(it)
+    hk = lk = (hi.est_cost_usd, hi.tier_rank, hi.name)
+    for c in it:
+        k = (c.est_cost_usd, c.tier_rank, c.name)
+        if k > hk:
+            hi, hk = c, k
+        elif k < lk:
+            lo, lk = c, k
+    return hi, lo
 
 
 # A routing decision runs on every model="auto" request, so the helpers below are plain loops:
@@ -88,8 +98,8 @@ def _assess(
     if len(qs) != len(candidates):
         raise ValueError(f"the router scored {len(qs)} of {len(candidates)} candidates")
     quality: dict[str, float] = {}
-    for c, q in zip(candidates, qs, strict=True):
-        quality[c.name] = float(q)
+    for c, q in zip(candidates, qs, strict=False):  # same length: checked above
+        quality[c.name] = q if type(q) is float else float(q)
     strong, weak = _extremes(candidates)
     return quality, float(router.strong_score(features, strong.profile, weak.profile))
 
@@ -106,16 +116,21 @@ class CheapestAbove:
     def decide(self, router: Any, features: Any, candidates: list[Candidate]) -> Decision:
         quality, score = _assess(router, features, candidates)
         target = self.target
-        good = sorted((c for c in candidates if quality[c.name] >= target), key=_cheap_key)
-        rest = [
-            t[-1]
-            for t in sorted(
-                (-quality[c.name], c.est_cost_usd, c.tier_rank, c.name, c)
-                for c in candidates
-                if quality[c.name] < target
-            )
-        ]  # best predicted quality first, then cheapest (names are unique: c is never compared)
-        return _finish(self.name, good + rest, score, quality, candidates)
+        good: list[Candidate] = []
+        short: list[tuple[float, float, int, str, Candidate]] = []
+        for c in candidates:
+            q = quality[c.name]
+            if q >= target:
+                good.append(c)
+            else:
+                short.append((-q, c.est_cost_usd, c.tier_rank, c.name, c))
+        good.sort(key=_cheap_key)
+        # below the target: best predicted quality first, then cheapest (names are unique,
+        # so c is never compared)
+        short.sort()
+        for t in short:
+            good.append(t[-1])
+        return _finish(self.name, good, score, quality, candidates)
 
 
 class MaxUtility:

@@ -123,3 +123,47 @@ def test_policies_run_on_the_real_router() -> None:
             c.name for c in real
         )
         assert 0.0 <= d.score <= 1.0 and set(d.quality) == {c.name for c in real}
+
+
+def test_one_pass_extremes_equal_max_and_min() -> None:
+    """_extremes (one loop, no key calls) picks what max()/min() by (cost, tier rank, name)
+    pick, ties in cost and in rank included, in every candidate order."""
+    import itertools
+    import random
+
+    from gateway.policies import _cheap_key, _extremes
+
+    rng = random.Random(7)
+    for n in range(1, 7):
+        for _ in range(200):
+            cs = [
+                Candidate(f"m{i}", "t", rng.choice([0, 1, 2]), "p", rng.choice([0.0, 1e-6, 2e-6]))
+                for i in range(n)
+            ]
+            for order in itertools.islice(itertools.permutations(cs), 6):
+                assert _extremes(order) == (max(order, key=_cheap_key), min(order, key=_cheap_key))
+
+
+def test_real_router_clips_and_scores_like_min_max() -> None:
+    """Router.quality and strong_score clip with comparisons; same values as min()/max(),
+    NaN included."""
+    import math
+
+    from router_models.artifact import load_router
+    from router_models.model import _EPS, _ONE_EPS, Router, Scored
+
+    router = load_router("default")
+    assert isinstance(router, Router)
+    names = router.profiles[:6]
+    raws = [-3.0, 0.0, 0.0005, 0.5, 0.9995, 7.0, math.nan]
+    for r0 in raws:
+        for r1 in raws:
+            raw = [0.0] * len(router.profiles)
+            raw[router._index[names[0]]] = r0
+            raw[router._index[names[1]]] = r1
+            s = Scored(None, raw)  # type: ignore[arg-type]
+            got = router.quality(s, names[:2])
+            want = [min(max(v, _EPS), _ONE_EPS) for v in (r0, r1)]
+            assert [repr(x) for x in got] == [repr(x) for x in want]
+            gap = 0.5 + 0.5 * (r0 - r1)
+            assert repr(router.strong_score(s, names[0], names[1])) == repr(min(1.0, max(0.0, gap)))
