@@ -95,6 +95,12 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif path == "/short":
         await send({**start, "headers": [(b"content-length", b"100")]})
         await send({"type": "http.response.body", "body": b"only this"})
+    elif path == "/big":  # 8 MiB in 64 KiB messages: the transport pauses the app's writes
+        part = bytes(range(256)) * 256
+        await send({**start, "headers": [(b"content-length", b"%d" % (len(part) * 128))]})
+        for _ in range(128):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
     elif path == "/fail":
         raise ValueError("the app failed")
     elif path == "/close":
@@ -358,3 +364,31 @@ def test_tollgate_serve_with_two_workers(tmp_path: Path) -> None:
                     break
                 time.sleep(0.2)
             assert total == 40
+
+
+def test_large_response_to_a_slow_reader(port: int) -> None:
+    """8 MiB to a client that reads slowly: the writes pause and resume (flow control), and
+    every byte arrives in order."""
+    part = bytes(range(256)) * 256
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.settimeout(10)
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = b""
+        t0 = time.monotonic()
+        while len(data) < 1_000_000:  # the first MiB slowly, so the server's buffer fills
+            data += sock.recv(65536)
+            time.sleep(0.01)
+        while True:
+            end = data.find(b"\r\n\r\n")
+            length = int(data[:end].lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            if len(data) >= end + 4 + length:
+                break
+            chunk = sock.recv(1 << 20)
+            assert chunk, "connection closed early"
+            data += chunk
+        assert time.monotonic() - t0 < 30
+        assert data[end + 4 :] == part * 128
+        # the connection is still good for the next request
+        sock.sendall(b"GET /len HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert _read_responses(sock, 1)[0].endswith(BODY)
