@@ -65,7 +65,7 @@ class _Exchange:
 
     __slots__ = (
         "chunked", "complete", "conn", "disconnected", "expect_100", "head", "head_only",
-        "keep_alive", "left", "more", "parts", "read_all", "scope", "size", "started", "waiter",
+        "keep_alive", "left", "more", "parts", "read_all", "scope", "size", "started", "waiters",
     )  # fmt: skip
 
     def __init__(self, conn: H1Server, scope: dict[str, Any], keep_alive: bool) -> None:
@@ -82,19 +82,19 @@ class _Exchange:
         self.started = self.complete = self.chunked = False
         self.left = 0  # Content-Length bytes still to send
         self.head: bytes | None = None  # held until the first body bytes
-        self.waiter: asyncio.Future[None] | None = None
+        self.waiters: list[asyncio.Future[None]] = []  # receive() calls asleep (any number)
 
     def wake(self) -> None:
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        if self.waiters:
+            waiters, self.waiters = self.waiters, []
+            for w in waiters:
+                if not w.done():  # a cancelled receive() leaves a done future behind
+                    w.set_result(None)
 
     async def _wait(self) -> None:
-        self.waiter = self.conn.loop.create_future()
-        try:
-            await self.waiter
-        finally:
-            self.waiter = None
+        w = self.conn.loop.create_future()
+        self.waiters.append(w)
+        await w
 
     # -- ASGI ---------------------------------------------------------------------------------
     async def receive(self) -> dict[str, Any]:

@@ -65,6 +65,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         msg = await receive()
         EVENTS.append(msg["type"])
         return
+    if path == "/two-watchers":  # two receive() calls asleep at once: both see the client go
+        await receive()
+        got = await asyncio.gather(receive(), receive())
+        EVENTS.append("+".join(m["type"] for m in got))
+        return
     if path == "/events":
         out = json.dumps(EVENTS).encode()
         await send({**start, "headers": [(b"content-length", b"%d" % len(out))]})
@@ -295,11 +300,12 @@ def test_malformed_request_gets_400(port: int) -> None:
 
 
 def test_client_leaving_is_seen_by_the_app(port: int) -> None:
+    before = json.loads(get(port, "/events").read())
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(b"GET /wait-disconnect HTTP/1.1\r\nHost: t\r\n\r\n")
         time.sleep(0.2)
     deadline = time.monotonic() + 5
-    while json.loads(get(port, "/events").read()) != ["http.disconnect"]:
+    while json.loads(get(port, "/events").read())[len(before) :] != ["http.disconnect"]:
         assert time.monotonic() < deadline
         time.sleep(0.05)
 
@@ -392,3 +398,16 @@ def test_large_response_to_a_slow_reader(port: int) -> None:
         # the connection is still good for the next request
         sock.sendall(b"GET /len HTTP/1.1\r\nHost: t\r\n\r\n")
         assert _read_responses(sock, 1)[0].endswith(BODY)
+
+
+def test_concurrent_receive_calls_all_see_the_disconnect(port: int) -> None:
+    before = json.loads(get(port, "/events").read())
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET /two-watchers HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.2)
+    deadline = time.monotonic() + 5
+    while json.loads(get(port, "/events").read())[len(before) :] != [
+        "http.disconnect+http.disconnect"
+    ]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
