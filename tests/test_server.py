@@ -299,15 +299,20 @@ def test_malformed_request_gets_400(port: int) -> None:
         assert data.startswith(b"HTTP/1.1 400 ") and b"Invalid HTTP request" in data
 
 
-def test_client_leaving_is_seen_by_the_app(port: int) -> None:
+def _leave_and_expect(port: int, path: bytes, event: str) -> None:
+    """Send GET `path`, hang up, and wait until the app has logged `event`."""
     before = json.loads(get(port, "/events").read())
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"GET /wait-disconnect HTTP/1.1\r\nHost: t\r\n\r\n")
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path)
         time.sleep(0.2)
     deadline = time.monotonic() + 5
-    while json.loads(get(port, "/events").read())[len(before) :] != ["http.disconnect"]:
-        assert time.monotonic() < deadline
+    while json.loads(get(port, "/events").read())[len(before) :] != [event]:
+        assert time.monotonic() < deadline, f"the app never logged {event!r}"
         time.sleep(0.05)
+
+
+def test_client_leaving_is_seen_by_the_app(port: int) -> None:
+    _leave_and_expect(port, b"/wait-disconnect", "http.disconnect")
 
 
 def test_idle_connection_closed_after_keep_alive_timeout(port: int) -> None:
@@ -401,13 +406,4 @@ def test_large_response_to_a_slow_reader(port: int) -> None:
 
 
 def test_concurrent_receive_calls_all_see_the_disconnect(port: int) -> None:
-    before = json.loads(get(port, "/events").read())
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"GET /two-watchers HTTP/1.1\r\nHost: t\r\n\r\n")
-        time.sleep(0.2)
-    deadline = time.monotonic() + 5
-    while json.loads(get(port, "/events").read())[len(before) :] != [
-        "http.disconnect+http.disconnect"
-    ]:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    _leave_and_expect(port, b"/two-watchers", "http.disconnect+http.disconnect")
