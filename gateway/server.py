@@ -10,10 +10,12 @@ system calls. What is leaner here:
 - `receive()` returns the body at once when it has arrived with the headers (the usual case):
   no Event to set, wait on and clear;
 - a response of known length goes out in one write (head and body together; uvicorn writes
-  the head as soon as the app sends it), header names and values are checked with one
-  regular-expression search each instead of two per header;
+  the head as soon as the app sends it), the app's header names and values are checked
+  with one regular-expression search each instead of two per header, and uvicorn's default
+  headers (date, server) are rendered once per second, not per response;
 - the keep-alive timeout is one timer per connection that re-arms itself when it fires,
-  instead of a timer created and cancelled for every request;
+  instead of a timer created and cancelled for every request (it also closes a connection
+  whose request headers stall for two timeouts, where uvicorn would wait forever);
 - a path without `%`, `?` or `#` is taken as it is (no URL parser call).
 
 Behaviour follows uvicorn's protocol: pipelined requests are answered in order, a paused

@@ -407,3 +407,12 @@ def test_large_response_to_a_slow_reader(port: int) -> None:
 
 def test_concurrent_receive_calls_all_see_the_disconnect(port: int) -> None:
     _leave_and_expect(port, b"/two-watchers", "http.disconnect+http.disconnect")
+
+
+def test_stalled_request_headers_are_closed_after_two_timeouts(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET /len HTTP/1.1\r\nHost: t\r\n")  # no blank line: headers unfinished
+        t0 = time.monotonic()
+        sock.settimeout(KEEP_ALIVE_S * 6)
+        assert sock.recv(10) == b""
+        assert KEEP_ALIVE_S * 0.8 < time.monotonic() - t0 < KEEP_ALIVE_S * 4
