@@ -223,19 +223,17 @@ class Recorder:
     async def _run(self) -> None:
         cfg = self.cfg
         while True:
+            empty = not self._buf and not self._inflight
+            if empty and self._closing:
+                return
             delay = self._due_in()
-            if delay > 0 or (not self._buf and not self._inflight):
-                if self._closing and not self._buf and not self._inflight:
-                    return
+            if delay > 0 or empty:
                 self._wake.clear()
                 # Woken early by a full batch, a quality update or close().
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay or cfg.flush_interval_s)
-                if self._due_in() > 0:
-                    continue
-            self.metrics.store_queue_depth(self.queue_depth)
-            if not self._buf and not self._inflight:
                 continue
+            self.metrics.store_queue_depth(self.queue_depth)
             ok = await self._write_some()
             self.metrics.store_queue_depth(self.queue_depth)
             if not ok:
