@@ -406,18 +406,7 @@ class H1Server(asyncio.Protocol):
     async def _send_500(ex: _Exchange) -> None:
         ex.started = ex.chunked = False
         ex.head = None
-        await ex.send(
-            {
-                "type": "http.response.start",
-                "status": 500,
-                "headers": [
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", b"21"),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await ex.send({"type": "http.response.body", "body": b"Internal Server Error"})
+        await _plain(ex.send, 500, b"Internal Server Error")
 
     def done(self, ex: _Exchange) -> None:
         """The response of `ex` is complete: next pipelined request, or wait for one."""
@@ -509,12 +498,12 @@ class H1Server(asyncio.Protocol):
             ex.keep_alive = False  # finish this response, then close
 
 
-async def _service_unavailable(scope: Any, receive: Any, send: Any) -> None:
-    body = b"Service Unavailable"
+async def _plain(send: Any, status: int, body: bytes) -> None:
+    """A short text/plain response that closes the connection (as uvicorn's own)."""
     await send(
         {
             "type": "http.response.start",
-            "status": 503,
+            "status": status,
             "headers": [
                 (b"content-type", b"text/plain; charset=utf-8"),
                 (b"content-length", b"%d" % len(body)),
@@ -523,3 +512,7 @@ async def _service_unavailable(scope: Any, receive: Any, send: Any) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _service_unavailable(scope: Any, receive: Any, send: Any) -> None:
+    await _plain(send, 503, b"Service Unavailable")
