@@ -243,6 +243,7 @@ class H1Server(asyncio.Protocol):
         self.parsing: _Exchange | None = None  # the exchange whose request is being parsed
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.expect_100 = False  # the request being parsed asked for 100-continue
         self.idle_since = 0.0
         self.timer: asyncio.TimerHandle | None = None
 
@@ -303,12 +304,16 @@ class H1Server(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = []
+        self.expect_100 = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100 = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -340,9 +345,7 @@ class H1Server(asyncio.Protocol):
             "state": self.app_state.copy(),
         }
         ex = _Exchange(self, scope, version != "1.0" and parser.should_keep_alive())
-        for name, value in self.headers:
-            if name == b"expect" and value.lower() == b"100-continue":
-                ex.expect_100 = True
+        ex.expect_100 = self.expect_100
         self.parsing = ex
         if self.current is None:
             self._run(ex)
