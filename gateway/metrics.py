@@ -170,7 +170,6 @@ class _Globals:
 class Metrics:
     def __init__(self, max_label_values: int = 200) -> None:
         self._inflight_children: dict[tuple[str, str], Any] = {}
-        self._child_cache: dict[tuple[Any, ...], _Children] = {}
         self._pending: dict[tuple[Any, ...], _Pending] = {}
         self._g = _Globals()
         self.registry = CollectorRegistry(auto_describe=True)
@@ -307,12 +306,8 @@ class Metrics:
             self._observe(record)
 
     def _children(self, r: RequestRecord) -> _Children:
-        """The labelled series one request touches, looked up once per label combination
-        (prometheus_client's labels() costs microseconds, and every request calls it ~10x)."""
-        key = (r.route, r.model, r.tier, r.status)
-        ch = self._child_cache.get(key)
-        if ch is not None:
-            return ch
+        """The labelled series one request touches (prometheus_client's labels() costs
+        microseconds; `_pending_for` keeps the result per label combination)."""
         lab = self._label
         route, model, tier = lab("route", r.route), lab("model", r.model), lab("tier", r.tier)
         ch = _Children(
@@ -330,9 +325,6 @@ class Metrics:
             fallbacks=self.fallbacks.labels(route),
             quality_predicted=self.quality_h.labels(model, "predicted"),
         )
-        # the raw values are not bounded (a client can name any model); their labels are
-        if len(self._child_cache) < _CHILD_CACHE_MAX:
-            self._child_cache[key] = ch
         return ch
 
     def _pending_for(self, r: RequestRecord) -> tuple[_Pending, bool]:
@@ -344,7 +336,8 @@ class Metrics:
         p = _Pending(
             self._children(r), _Hist(LATENCY_BUCKETS), _Hist(TTFT_BUCKETS), _Hist(UNIT_BUCKETS)
         )
-        # past the bound (clients naming endless models) a combination is folded at once
+        # the raw values are not bounded (a client can name any model; their labels are):
+        # past the bound a combination is looked up and folded at once
         if len(self._pending) < _CHILD_CACHE_MAX:
             self._pending[key] = p
             return p, self._defer
