@@ -202,7 +202,11 @@ class _Conn(asyncio.Protocol):
         self.keep_alive = True
         self.deadline = deadline
         self.last = now = self.loop.time()
-        delay = self.read_timeout
+        self._arm(self.read_timeout, now)
+
+    def _arm(self, delay: float, now: float) -> None:
+        """Fire on_timer after `delay` s, or at the deadline if that comes first."""
+        deadline = self.deadline
         if deadline is not None and deadline - now < delay:
             delay = max(0.0, deadline - now)
         self.timer = self.loop.call_later(delay, self.on_timer)
@@ -251,10 +255,7 @@ class _Conn(asyncio.Protocol):
             return
         remaining = self.last + self.read_timeout - now
         if remaining > 0 or self.waiter is None or self.read_paused:
-            delay = remaining if remaining > 0 else self.read_timeout
-            if deadline is not None and deadline - now < delay:
-                delay = deadline - now
-            self.timer = self.loop.call_later(delay, self.on_timer)
+            self._arm(remaining if remaining > 0 else self.read_timeout, now)
             return
         self.fail(ReadTimeout(f"no data from upstream for {self.read_timeout:g}s"))
 
