@@ -105,7 +105,7 @@ class Router:
 
     def quality(self, features: np.ndarray | Scored, profiles: list[str]) -> list[float]:
         """Predicted probability of an acceptable answer (expected score) per profile."""
-        raw = features.raw if type(features) is Scored else self._raw(features)
+        raw = self._raw(features)
         index = self._index
         out: list[float] = []
         try:
@@ -126,7 +126,7 @@ class Router:
         s, w = index.get(strong), index.get(weak)
         if s is None or w is None:
             s, w = self._row(strong), self._row(weak)  # raises, naming the profile
-        raw = features.raw if type(features) is Scored else self._raw(features)
+        raw = self._raw(features)
         return raw[s] - raw[w]
 
     def strong_score(self, features: np.ndarray | Scored, strong: str, weak: str) -> float:
