@@ -218,7 +218,6 @@ class H1Server(asyncio.Protocol):
     ) -> None:
         if not config.loaded:
             config.load()
-        self.config = config
         self.app = config.loaded_app
         self.loop = _loop or asyncio.get_event_loop()
         self.server_state = server_state
