@@ -6,7 +6,8 @@ Writes `--records` records shaped like a routed request's (`model="auto"`: the r
 and its 32-number prompt vector included) through `SQLiteStore.write_batch` in batches of 32,
 as the recorder does, into a fresh database in a temporary directory, and prints the process
 CPU time (user + system, the writer thread included) per record, the wall time per record and
-the database bytes per record. Two kinds of request id are compared in the same run:
+the database bytes per record. It also times `Recorder.submit` (what the request path itself
+pays to hand a record over). Two kinds of request id are compared in the same run:
 `random` (`tg-` + 24 random hex digits, the gateway's ids before) and `time-ordered` (what
 `gateway.proxy.new_request_id` makes now). The gateway pins its writer thread to the same core
 as the event loop, so every microsecond here is one the request path does not get.
@@ -27,7 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gateway.config import StoreConfig
+from gateway.metrics import Metrics
 from gateway.proxy import new_request_id
+from gateway.recorder import Recorder
 from gateway.records import RequestRecord
 from gateway.store.sqlite_store import SQLiteStore
 
@@ -67,6 +71,23 @@ async def _write(n: int, make_id: Callable[[], str]) -> tuple[float, float, floa
     return cpu / n * 1e6, wall / n * 1e6, size / n
 
 
+async def _submit_us(n: int) -> float:
+    """Wall µs per Recorder.submit, with nothing written meanwhile (flush interval 1 h)."""
+    rng = random.Random(2)
+    features = [rng.uniform(-1, 1) for _ in range(32)]
+    records = [_record(new_request_id, features) for _ in range(n)]
+    with tempfile.TemporaryDirectory() as d:
+        cfg = StoreConfig(queue_size=n + 10, batch_size=n + 10, flush_interval_s=3600)
+        rec = Recorder(SQLiteStore(os.path.join(d, "bench.db")), cfg, Metrics())
+        await rec.start()
+        t0 = time.perf_counter()
+        for r in records:
+            rec.submit(r)
+        took = time.perf_counter() - t0
+        await rec.close()
+    return took / n * 1e6
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--records", type=int, default=60000)
@@ -78,6 +99,8 @@ def main() -> None:
         for name, make_id in (("random", _random_id), ("time-ordered", new_request_id)):
             cpu, wall, size = asyncio.run(_write(args.records, make_id))
             print(f"| {name} | {cpu:.1f} | {wall:.1f} | {size:,.0f} |")
+    subs = [asyncio.run(_submit_us(min(args.records, 10_000))) for _ in range(args.repeat)]
+    print(f"\nRecorder.submit: {', '.join(f'{u:.2f}' for u in subs)} µs per record (wall)")
 
 
 if __name__ == "__main__":

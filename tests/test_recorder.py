@@ -69,11 +69,9 @@ async def test_sqlite_batches_and_shutdown_flush(tmp_path: Path) -> None:
     # a flush interval far beyond the test: only close() can write these
     r = Recorder(store, cfg(flush_interval_s=60, batch_size=5000), m)
     await r.start()
-    t0 = time.perf_counter()
     for i in range(3000):
         r.submit(rec(i))
-    submit_us = (time.perf_counter() - t0) / 3000 * 1e6
-    assert submit_us < 50, f"submit took {submit_us:.1f} us"
+    # submit() only buffers (its cost is measured by bench/store_write.py, not here)
     assert r.queue_depth == 3000
     await r.close(timeout=10)
     assert r.queue_depth == 0 and r.dropped == 0
