@@ -2,7 +2,8 @@
 
 `submit()` is synchronous and O(1); it never blocks and never raises. A background task
 writes batches of up to `batch_size` records every `flush_interval_s` (sooner when a full
-batch is waiting). When the store fails, the batch stays buffered and is retried every
+batch is waiting); once three batches wait it is behind, and takes up to CATCH_UP_BATCHES
+batches per write. When the store fails, the batch stays buffered and is retried every
 `retry_interval_s`; stores skip request_ids they already hold, so a retried batch whose first
 attempt did land is not counted twice.
 
@@ -37,6 +38,11 @@ from gateway.store.base import QualitySource, Store, StoreError, check_source
 log = logging.getLogger("tollgate.recorder")
 
 AttachStatus = Literal["attached", "queued", "unknown", "disabled"]
+
+# A writer that has fallen behind takes this many batches in one write. On a saturated core
+# each write waits several event-loop turns of tens of ms, so a batch-sized write capped the
+# writer at a few hundred records/s while 2,000 requests/s arrived, and the buffer overflowed.
+CATCH_UP_BATCHES = 32
 
 
 @dataclass(slots=True)
@@ -244,14 +250,16 @@ class Recorder:
         await asyncio.sleep(min(seconds, 0.05) if self._closing else seconds)
 
     def _take(self) -> None:
-        """Move the next batch into _inflight: a run of records, or one quality update."""
+        """Move the next batch into _inflight: a run of records, or one quality update. A
+        writer that is behind takes up to CATCH_UP_BATCHES batches at once."""
         if self._inflight or not self._buf:
             return
         if isinstance(self._buf[0], QualityUpdate):
             self._inflight = [self._buf.popleft()]
             return
+        size = self.cfg.batch_size * (CATCH_UP_BATCHES if self._behind() else 1)
         batch: list[_Item] = []
-        while self._buf and len(batch) < self.cfg.batch_size:
+        while self._buf and len(batch) < size:
             if isinstance(self._buf[0], QualityUpdate):
                 break
             rec = self._buf.popleft()
@@ -262,6 +270,11 @@ class Recorder:
         self._inflight = batch
         if self._buf:  # what is left waits a flush interval from now, at most
             self._since = time.monotonic()
+
+    def _behind(self) -> bool:
+        """True when the writer is not keeping up (three full batches wait) or the gateway is
+        closing: write more at once."""
+        return self._closing or len(self._buf) >= 3 * self.cfg.batch_size
 
     async def _write_some(self) -> bool:
         assert self.store is not None

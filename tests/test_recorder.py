@@ -242,10 +242,8 @@ async def test_submit_after_close_is_counted(tmp_path: Path) -> None:
     assert r.dropped == 1 and dropped_metric(m) == 1
 
 
-async def test_trickle_is_written_in_full_batches(tmp_path: Path) -> None:
-    """Records that trickle in go out in batches of batch_size (the rest once the oldest has
-    waited flush_interval_s), not in one small transaction per write cycle."""
-    store = SQLiteStore(str(tmp_path / "t.db"))
+def write_sizes(store: SQLiteStore) -> list[int]:
+    """The sizes of the batches the store is asked to write, in order (the writes still happen)."""
     sizes: list[int] = []
     write = store.write_batch
 
@@ -254,6 +252,14 @@ async def test_trickle_is_written_in_full_batches(tmp_path: Path) -> None:
         await write(records)
 
     store.write_batch = counted  # type: ignore[method-assign]  # observe the real writes
+    return sizes
+
+
+async def test_trickle_is_written_in_full_batches(tmp_path: Path) -> None:
+    """Records that trickle in go out in batches of batch_size (the rest once the oldest has
+    waited flush_interval_s), not in one small transaction per write cycle."""
+    store = SQLiteStore(str(tmp_path / "t.db"))
+    sizes = write_sizes(store)
     r = Recorder(store, cfg(batch_size=32, flush_interval_s=0.5), Metrics())
     await r.start()
     for i in range(100):
@@ -266,3 +272,57 @@ async def test_trickle_is_written_in_full_batches(tmp_path: Path) -> None:
     await until(all_written)
     assert sizes == [32, 32, 32, 4]
     await r.close()
+
+
+async def test_backlog_is_written_in_catch_up_batches(tmp_path: Path) -> None:
+    """While the writer keeps up it writes batch_size records at a time. Once three batches
+    wait, or while the gateway closes, it takes many batches in one write."""
+    store = SQLiteStore(str(tmp_path / "t.db"))
+    sizes = write_sizes(store)
+    r = Recorder(store, cfg(batch_size=32, flush_interval_s=0.2), Metrics())
+    await r.start()
+    for i in range(160):  # five batches at once: behind, so written in one go
+        r.submit(rec(i))
+
+    async def all_written() -> bool:
+        return r.written == 160
+
+    await until(all_written)
+    for i in range(160, 230):  # two batches and 6: not behind, so batch by batch
+        r.submit(rec(i))
+
+    async def rest_written() -> bool:
+        return r.written == 230
+
+    await until(rest_written)
+    for i in range(230, 330):  # closing: whatever is left, at once
+        r.submit(rec(i))
+    await r.close()
+    assert sizes == [160, 32, 32, 6, 100]
+    check = SQLiteStore(str(tmp_path / "t.db"))
+    await check.open()
+    assert await check.count() == 330
+    await check.close()
+
+
+async def test_writer_keeps_up_with_a_saturated_event_loop(tmp_path: Path) -> None:
+    """A saturated gateway gives the recorder one event-loop turn in many milliseconds. The
+    writer must still keep up with 100 records per turn: none dropped, all stored. (Writing
+    one batch_size batch per write dropped most of them: a write needs a few turns.)"""
+    store = SQLiteStore(str(tmp_path / "t.db"))
+    m = Metrics()
+    r = Recorder(store, cfg(batch_size=32, queue_size=2000, flush_interval_s=0.25), m)
+    await r.start()
+    n = 0
+    for _turn in range(60):
+        for _ in range(100):
+            r.submit(rec(n))
+            n += 1
+        time.sleep(0.02)  # the loop is busy with requests for 20 ms, no await in between
+        await asyncio.sleep(0)  # one turn of the loop for everything else
+    assert (r.dropped, dropped_metric(m)) == (0, 0)
+    await r.close()
+    check = SQLiteStore(str(tmp_path / "t.db"))
+    await check.open()
+    assert await check.count() == 6000
+    await check.close()
