@@ -57,6 +57,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GW_CORE = "0"
 LOAD_CORE = "1"
 BEARER = "sk-bench-0000"
+AUTH = {"Authorization": f"Bearer {BEARER}"}
 PROMPT = "Write one short sentence about toll roads for a benchmark."
 INTRO = "# Benchmarks\n\nMeasured numbers for Tollgate; each section says how to reproduce it.\n"
 
@@ -132,6 +133,44 @@ def proc_cpu_s(pid: int | None) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def steal_ms() -> dict[str, float]:
+    """Milliseconds each core has lost to the hypervisor since boot (/proc/stat `steal`), by
+    core number as a string. Ticks are 10 ms, so this is coarse, but summed over a scenario it
+    shows which cores other tenants took time from while the latencies were measured."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError):
+        tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *vals = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and len(vals) > 7:
+                out[name[3:]] = int(vals[7]) * tick_ms
+    return out
+
+
+def store_counts(addr: tuple[str, int], settle_s: float = 10.0) -> dict[str, int] | None:
+    """Requests answered, records dropped by the store's buffer, and records still buffered,
+    from the gateway's /metrics once its writer has caught up (or `settle_s` has passed)."""
+    url = f"http://{addr[0]}:{addr[1]}/metrics"
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            text = httpx.get(url, timeout=5.0, trust_env=False, headers=AUTH).text
+        except httpx.HTTPError:
+            return None
+        got = {"requests": 0, "dropped": 0, "buffered": 0}
+        for line in text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name.startswith("tollgate_requests_total{"):
+                got["requests"] += int(float(value))
+            elif name == "tollgate_store_dropped_records_total":
+                got["dropped"] = int(float(value))
+            elif name == "tollgate_store_queue_depth":
+                got["buffered"] = int(float(value))
+        if got["buffered"] == 0 or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
 
 
 def rss_mib(pid: int) -> float | None:
@@ -657,6 +696,7 @@ class Run:
     rounds: int = 1
     results: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # scen -> target
     unavailable: dict[str, str] = field(default_factory=dict)
+    steal: dict[str, dict[str, float]] = field(default_factory=dict)  # scen -> target -> ms
 
 
 def measure(
@@ -737,6 +777,7 @@ def run_matrix(run: Run) -> None:
                     duration_s=sc.duration_s / n,
                 )
                 rounds: dict[str, list[dict[str, Any]]] = {t.name: [] for t, _, _ in live}
+                host_port = {t.name: (host, port) for t, host, port in live}
                 cpu: dict[str, float | None] = {t.name: 0.0 for t, _, _ in live}
                 failed: dict[str, str] = {}
                 for i in range(n):
@@ -747,13 +788,17 @@ def run_matrix(run: Run) -> None:
                         log(f"scenario {sc.key} ({sc.title}) -> {t.name}, round {i + 1}/{n}")
                         try:
                             warm = None if i == 0 else (0.1 if run.quick else 0.5)
-                            c0 = proc_cpu_s(t.pid)
+                            c0, st0 = proc_cpu_s(t.pid), steal_ms()
                             res = measure(part, host, port, t.model, run.quick, warm_s=warm)
-                            c1 = proc_cpu_s(t.pid)
+                            c1, st1 = proc_cpu_s(t.pid), steal_ms()
                         except Exception as e:
                             failed[t.name] = f"{type(e).__name__}: {e}"
                             continue
                         rounds[t.name].append(res)
+                        stolen = run.steal.setdefault(sc.key, {}).setdefault(t.name, 0.0)
+                        run.steal[sc.key][t.name] = stolen + sum(
+                            st1.get(c, 0.0) - st0.get(c, 0.0) for c in (GW_CORE, LOAD_CORE)
+                        )
                         prev = cpu[t.name]
                         cpu[t.name] = (
                             None if prev is None or c0 is None or c1 is None else prev + c1 - c0
@@ -766,6 +811,8 @@ def run_matrix(run: Run) -> None:
                     res = combine_rounds(rounds[t.name], cpu[t.name])
                     if t.pid is not None:
                         res["rss_mib"] = rss_mib(t.pid)
+                    if isinstance(t, Tollgate) and t.store != "none":
+                        res["records"] = store_counts(host_port[t.name])
                     run.results[sc.key][t.name] = res
             finally:
                 for t, _, _ in live:
@@ -866,6 +913,24 @@ def tables(run: Run, baseline: str = "direct") -> list[str]:
                     f"{f3(r['p99_ms'])} | {f3(d99) if t.name != baseline else '-'} | {cpu} | "
                     f"{r['errors']} |"
                 )
+        kept = [(name, r["records"]) for name, r in rows.items() if r.get("records")]
+        if kept:
+            out.append(
+                "\nRecords the store's buffer dropped (from each gateway's /metrics after its "
+                "last round; warm-ups and probes included): "
+                + ", ".join(
+                    f"{name} {c['dropped']:,} of {c['requests']:,}"
+                    + (f" ({c['buffered']:,} still buffered)" if c["buffered"] else "")
+                    for name, c in kept
+                )
+            )
+        stolen = run.steal.get(sc.key)
+        if stolen:
+            out.append(
+                "\nTime the hypervisor took from the two cores while each target was measured "
+                "(/proc/stat steal, 10 ms ticks, warm-ups included): "
+                + ", ".join(f"{name} {ms:.0f} ms" for name, ms in stolen.items())
+            )
         out.append("")
     if run.unavailable:
         out.append("Not available in this run:\n")
