@@ -138,6 +138,9 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--concurrency", type=int, default=256)
     p.add_argument("--store", default="none", choices=["none", "sqlite"])
+    p.add_argument(
+        "--latency-ms", type=float, default=0.0, help="upstream latency (50 for scenario b)"
+    )
     p.add_argument("--stream", action="store_true", help="profile scenario (d) instead")
     p.add_argument(
         "--mode", default="pinned", choices=["pinned", "auto"], help="model=auto or pinned"
@@ -151,7 +154,9 @@ def main() -> int:
     ov.RESULTS_DIR.mkdir(exist_ok=True)
     raw = ov.RESULTS_DIR / "profile-c.raw.txt"
     speedscope = ov.RESULTS_DIR / "profile-c.speedscope.json"
-    fu = ov.PinnedFake(name="bench", latency_ms=0, chunks=20, completion_tokens=32).start()
+    fu = ov.PinnedFake(
+        name="bench", latency_ms=args.latency_ms, chunks=20, completion_tokens=32
+    ).start()
     gw = ov.Tollgate(store=args.store, mode=args.mode)
     try:
         host, port = gw.start(fu)
