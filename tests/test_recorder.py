@@ -305,24 +305,33 @@ async def test_backlog_is_written_in_catch_up_batches(tmp_path: Path) -> None:
     await check.close()
 
 
-async def test_writer_keeps_up_with_a_saturated_event_loop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("redis", marks=needs_redis)])
+async def test_writer_keeps_up_with_a_saturated_event_loop(tmp_path: Path, backend: str) -> None:
     """A saturated gateway gives the recorder one event-loop turn in many milliseconds. The
     writer must still keep up with 100 records per turn: none dropped, all stored. (Writing
     one batch_size batch per write dropped most of them: a write needs a few turns.)"""
-    store = SQLiteStore(str(tmp_path / "t.db"))
-    m = Metrics()
-    r = Recorder(store, cfg(batch_size=32, queue_size=2000, flush_interval_s=0.25), m)
-    await r.start()
-    n = 0
-    for _turn in range(60):
-        for _ in range(100):
-            r.submit(rec(n))
-            n += 1
-        time.sleep(0.02)  # the loop is busy with requests for 20 ms, no await in between
-        await asyncio.sleep(0)  # one turn of the loop for everything else
-    assert (r.dropped, dropped_metric(m)) == (0, 0)
-    await r.close()
-    check = SQLiteStore(str(tmp_path / "t.db"))
-    await check.open()
-    assert await check.count() == 6000
-    await check.close()
+    srv = RedisServer(tmp_path / "redis").start() if backend == "redis" else None
+    try:
+
+        def make() -> SQLiteStore | RedisStore:
+            return RedisStore(srv.url) if srv is not None else SQLiteStore(str(tmp_path / "t.db"))
+
+        m = Metrics()
+        r = Recorder(make(), cfg(batch_size=32, queue_size=2000, flush_interval_s=0.25), m)
+        await r.start()
+        n = 0
+        for _turn in range(60):
+            for _ in range(100):
+                r.submit(rec(n))
+                n += 1
+            time.sleep(0.02)  # the loop is busy with requests for 20 ms, no await in between
+            await asyncio.sleep(0)  # one turn of the loop for everything else
+        assert (r.dropped, dropped_metric(m)) == (0, 0)
+        await r.close()  # closes its store
+        check = make()
+        await check.open()
+        assert await check.count() == 6000
+        await check.close()
+    finally:
+        if srv is not None:
+            srv.stop()
