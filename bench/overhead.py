@@ -149,9 +149,10 @@ def steal_ms() -> dict[str, float]:
     return out
 
 
-def store_counts(addr: tuple[str, int], settle_s: float = 10.0) -> dict[str, int] | None:
-    """Requests answered, records dropped by the store's buffer, and records still buffered,
-    from the gateway's /metrics once its writer has caught up (or `settle_s` has passed)."""
+def gateway_counts(addr: tuple[str, int], settle_s: float = 10.0) -> dict[str, Any] | None:
+    """From the gateway's /metrics, once its writer has caught up (or `settle_s` has passed):
+    requests answered, records the store's buffer dropped and still holds, and the gateway's
+    own measure of its overhead (latency minus upstream time) as cumulative bucket counts."""
     url = f"http://{addr[0]}:{addr[1]}/metrics"
     deadline = time.monotonic() + settle_s
     while True:
@@ -159,7 +160,7 @@ def store_counts(addr: tuple[str, int], settle_s: float = 10.0) -> dict[str, int
             text = httpx.get(url, timeout=5.0, trust_env=False, headers=AUTH).text
         except httpx.HTTPError:
             return None
-        got = {"requests": 0, "dropped": 0, "buffered": 0}
+        got: dict[str, Any] = {"requests": 0, "dropped": 0, "buffered": 0, "overhead_le": {}}
         for line in text.splitlines():
             name, _, value = line.rpartition(" ")
             if name.startswith("tollgate_requests_total{"):
@@ -168,9 +169,21 @@ def store_counts(addr: tuple[str, int], settle_s: float = 10.0) -> dict[str, int
                 got["dropped"] = int(float(value))
             elif name == "tollgate_store_queue_depth":
                 got["buffered"] = int(float(value))
+            elif name.startswith('tollgate_gateway_overhead_seconds_bucket{le="'):
+                got["overhead_le"][name.split('"')[1]] = int(float(value))
         if got["buffered"] == 0 or time.monotonic() > deadline:
             return got
         time.sleep(0.2)
+
+
+def overhead_shares(le: dict[str, int], bounds: Sequence[str] = ("0.001", "0.002")) -> str:
+    """'99.1% <= 1 ms, 99.8% <= 2 ms' from cumulative bucket counts."""
+    total = le.get("+Inf", 0)
+    if not total:
+        return "-"
+    return ", ".join(
+        f"{le.get(b, 0) / total * 100:.1f}% <= {float(b) * 1000:g} ms" for b in bounds if b in le
+    )
 
 
 def rss_mib(pid: int) -> float | None:
@@ -811,8 +824,10 @@ def run_matrix(run: Run) -> None:
                     res = combine_rounds(rounds[t.name], cpu[t.name])
                     if t.pid is not None:
                         res["rss_mib"] = rss_mib(t.pid)
-                    if isinstance(t, Tollgate) and t.store != "none":
-                        res["records"] = store_counts(host_port[t.name])
+                    if isinstance(t, Tollgate):
+                        res["gateway"] = gateway_counts(host_port[t.name])
+                        if res["gateway"] is not None:
+                            res["gateway"]["store"] = t.store
                     run.results[sc.key][t.name] = res
             finally:
                 for t, _, _ in live:
@@ -913,7 +928,14 @@ def tables(run: Run, baseline: str = "direct") -> list[str]:
                     f"{f3(r['p99_ms'])} | {f3(d99) if t.name != baseline else '-'} | {cpu} | "
                     f"{r['errors']} |"
                 )
-        kept = [(name, r["records"]) for name, r in rows.items() if r.get("records")]
+        seen = [(name, r["gateway"]) for name, r in rows.items() if r.get("gateway")]
+        if seen:
+            out.append(
+                "\nThe gateway's own measure of what it added (latency minus upstream time, "
+                "`tollgate_gateway_overhead_seconds`, all its requests): "
+                + "; ".join(f"{name} {overhead_shares(c['overhead_le'])}" for name, c in seen)
+            )
+        kept = [(name, c) for name, c in seen if c["store"] != "none"]
         if kept:
             out.append(
                 "\nRecords the store's buffer dropped (from each gateway's /metrics after its "
