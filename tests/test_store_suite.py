@@ -12,7 +12,7 @@ from gateway.config import StoreConfig
 from gateway.records import SCHEMA_VERSION, RequestRecord
 from gateway.store import Store, make_store
 from gateway.store.redis_store import RedisStore
-from gateway.store.sqlite_store import SQLiteStore
+from gateway.store.sqlite_store import SQLiteStore, _statement_sizes
 from tests.redis_server import RedisServer, have_redis
 
 T0 = 1_699_999_980.0  # a minute boundary (28_333_333 * 60), 180 s into a 300 s bucket
@@ -208,6 +208,31 @@ async def test_many_records_in_batches(store: Store) -> None:
     assert await store.count() == 1500
     [row] = await store.usage(None, None, "tier")
     assert row["requests"] == 1500
+
+
+async def test_every_batch_size_is_written_whole(store: Store) -> None:
+    """Batches of every size from 1 to 70 (SQLite splits them into INSERTs of 32, 16, ... 1
+    rows), one of 1,024 as a recorder catching up writes, and a retried one: each record
+    once."""
+    n = 0
+    for size in [*range(1, 71), 1024]:
+        await store.write_batch([rec(i) for i in range(n, n + size)])
+        n += size
+    await store.write_batch([rec(i) for i in range(n - 100, n + 5)])  # 100 already stored
+    assert await store.count() == n + 5
+    [row] = await store.usage(None, None, "tier")
+    assert row["requests"] == n + 5
+
+
+def test_sqlite_statement_sizes_are_few() -> None:
+    """A batch of n records is written by INSERTs of powers of two rows, at most `most`, so
+    that the connection compiles and caches a handful of statements, not one per size."""
+    for n in range(0, 2100):
+        sizes = _statement_sizes(n, 32)
+        assert sum(sizes) == n
+        assert set(sizes) <= {1, 2, 4, 8, 16, 32}
+        assert len(sizes) <= n // 32 + 5
+    assert _statement_sizes(1000, 32)[-2:] == [32, 8]
 
 
 def test_make_store_picks_backend(tmp_path: Path) -> None:

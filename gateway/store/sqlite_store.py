@@ -82,7 +82,23 @@ _BOOL_AT = [_FIELDS.index(n) for n in sorted(_BOOL)]
 _ROW_MARKS = f"({', '.join('?' * len(_FIELDS))})"
 
 
-@functools.lru_cache(maxsize=64)
+def _statement_sizes(n: int, most: int) -> list[int]:
+    """Rows per INSERT for n records: `most` (a power of two) as often as it fits, then the
+    powers of two of the rest. Each size is one statement SQLite compiles and sqlite3 caches
+    per connection; sizes from 1 to 256 made up to 128 cached statements of up to 8,000
+    parameters each, and the writer thread's memory grew with every new batch size."""
+    sizes = [most] * (n // most)
+    rest = n % most
+    bit = most >> 1
+    while rest:
+        if rest & bit:
+            sizes.append(bit)
+            rest -= bit
+        bit >>= 1
+    return sizes
+
+
+@functools.lru_cache(maxsize=16)
 def _insert_sql(rows: int) -> str:
     """INSERT of `rows` records at once; OR IGNORE skips (row by row) ids already stored."""
     return f"INSERT OR IGNORE INTO requests ({', '.join(_FIELDS)}) VALUES " + ", ".join(
@@ -135,7 +151,7 @@ class SQLiteStore(Store):
         self._r: sqlite3.Connection | None = None  # reads, so reports never wait on writes
         self._wlock = threading.Lock()
         self._rlock = threading.Lock()
-        self._rows_per_insert = 32  # raised at open() to what SQLite's `?` limit allows
+        self._rows_per_insert = 32  # set at open() to what SQLite's `?` limit allows
 
     # -- plumbing ---------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -172,7 +188,8 @@ class SQLiteStore(Store):
                     w.execute(f"ALTER TABLE requests ADD COLUMN {n} {_sql_type(n)}")
             w.execute("CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)")
         marks = w.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # 999 before SQLite 3.32
-        self._rows_per_insert = max(1, min(256, marks // len(_FIELDS)))
+        fit = max(1, min(32, marks // len(_FIELDS)))
+        self._rows_per_insert = 1 << (fit.bit_length() - 1)  # a power of two
         self._w = w
         self._r = w if self.path == ":memory:" else self._connect()
         if self._r is w:
@@ -236,14 +253,16 @@ class SQLiteStore(Store):
             # for milliseconds. (The recorder no longer changes a record once it is taken.)
             # One INSERT of many rows, not executemany: the thread releases and retakes the
             # GIL around every sqlite3_step, and on the gateway's busy core each retake can
-            # wait out the switch interval; one statement per `per` rows does that a few
-            # times, not once a row, and costs ~15% less CPU per record
+            # wait out the switch interval; one statement per up to `per` rows does that a
+            # few times, not once a row, and costs ~15% less CPU per record
             # (bench/store_write.py).
             c = self._wc()
             with c:
-                for i in range(0, len(records), per):
-                    part = records[i : i + per]
-                    c.execute(_insert_sql(len(part)), list(chain.from_iterable(map(_row, part))))
+                i = 0
+                for n in _statement_sizes(len(records), per):
+                    part = records[i : i + n]
+                    i += n
+                    c.execute(_insert_sql(n), list(chain.from_iterable(map(_row, part))))
 
         await self._run(self._wlock, write)
 
