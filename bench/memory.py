@@ -41,6 +41,7 @@ def main() -> int:
     gw = ov.Tollgate(store=args.store, mode=args.mode)
     rows: list[tuple[int, float | None, float, float]] = []
     errors = 0
+    counts: dict[str, object] | None = None
     t_start = time.monotonic()
     try:
         host, port = gw.start(fu)
@@ -63,6 +64,7 @@ def main() -> int:
             rss = ov.rss_mib(gw.pid)
             rows.append((done, rss, res["rps"], res["p99_ms"]))
             ov.log(f"{done:>7,} requests: RSS {rss:.1f} MiB ({ov.summarize(res)})")
+        counts = ov.gateway_counts((host, port))
     finally:
         gw.stop()
         fu.close()
@@ -96,6 +98,19 @@ def main() -> int:
             f"After the first batch (warm caches, full pools) RSS grew "
             f"{rows[-1][1] - rows[1][1]:.1f} MiB over {rows[-1][0] - rows[1][0]:,} requests "
             f"(~{per:.0f} bytes/request)."
+        )
+    if len(rows) >= 3 and rows[1][1] and rows[-1][1]:
+        growth_pct = (rows[-1][1] - rows[1][1]) / rows[1][1] * 100
+        verdict = "met" if growth_pct <= 10 else "MISSED"
+        lines.append(
+            f"\nTarget (RSS after {rows[-1][0]:,} within 10% of RSS after {rows[1][0]:,}): "
+            f"{rows[-1][1]:.1f} vs {rows[1][1]:.1f} MiB, {growth_pct:+.1f}%: {verdict}."
+        )
+    if counts is not None and args.store != "none":
+        # A store that drops records under load also keeps less: say how many were kept.
+        lines.append(
+            f"\nRecords the store's buffer dropped (the gateway's /metrics at the end): "
+            f"{counts['dropped']:,} of {counts['requests']:,} requests."
         )
     body = "\n".join(lines)
     print("\n" + body)
