@@ -790,7 +790,6 @@ def run_matrix(run: Run) -> None:
                     duration_s=sc.duration_s / n,
                 )
                 rounds: dict[str, list[dict[str, Any]]] = {t.name: [] for t, _, _ in live}
-                host_port = {t.name: (host, port) for t, host, port in live}
                 cpu: dict[str, float | None] = {t.name: 0.0 for t, _, _ in live}
                 failed: dict[str, str] = {}
                 for i in range(n):
@@ -808,8 +807,8 @@ def run_matrix(run: Run) -> None:
                             failed[t.name] = f"{type(e).__name__}: {e}"
                             continue
                         rounds[t.name].append(res)
-                        stolen = run.steal.setdefault(sc.key, {}).setdefault(t.name, 0.0)
-                        run.steal[sc.key][t.name] = stolen + sum(
+                        stolen = run.steal.setdefault(sc.key, {})
+                        stolen[t.name] = stolen.get(t.name, 0.0) + sum(
                             st1.get(c, 0.0) - st0.get(c, 0.0) for c in (GW_CORE, LOAD_CORE)
                         )
                         prev = cpu[t.name]
@@ -817,7 +816,7 @@ def run_matrix(run: Run) -> None:
                             None if prev is None or c0 is None or c1 is None else prev + c1 - c0
                         )
                         log("  " + summarize(res))
-                for t, _, _ in live:
+                for t, host, port in live:
                     if t.name in failed:
                         run.results[sc.key][t.name] = {"failed": failed[t.name]}
                         continue
@@ -825,7 +824,7 @@ def run_matrix(run: Run) -> None:
                     if t.pid is not None:
                         res["rss_mib"] = rss_mib(t.pid)
                     if isinstance(t, Tollgate):
-                        res["gateway"] = gateway_counts(host_port[t.name])
+                        res["gateway"] = gateway_counts((host, port))
                         if res["gateway"] is not None:
                             res["gateway"]["store"] = t.store
                     run.results[sc.key][t.name] = res
