@@ -127,13 +127,17 @@ class LiteLLM(ov.ServerProcess):
         return cmd, env
 
 
-def ratio_text(t: dict[str, Any], ll: dict[str, Any]) -> str:
+def ratio(t: dict[str, Any], ll: dict[str, Any]) -> float:
     """Tollgate's req/s over LiteLLM's. When LiteLLM finished no request in its measured
     seconds its rate was under 1/seconds, so the ratio is at least Tollgate's rate times them
     (at c256 it can take longer than a round to finish any of its 256 requests)."""
+    return t["rps"] / ll["rps"] if ll["rps"] else t["rps"] * ll["seconds"]
+
+
+def ratio_text(t: dict[str, Any], ll: dict[str, Any]) -> str:
     if ll["rps"]:
-        return f"{t['rps'] / ll['rps']:.1f}x"
-    return f"> {t['rps'] * ll['seconds']:,.0f}x (LiteLLM finished none in {ll['seconds']:.0f} s)"
+        return f"{ratio(t, ll):.1f}x"
+    return f"> {ratio(t, ll):,.0f}x (LiteLLM finished none in {ll['seconds']:.0f} s)"
 
 
 def peer_lines(run: ov.Run, tg: str, note: str) -> list[str]:
@@ -169,10 +173,9 @@ def peer_lines(run: ov.Run, tg: str, note: str) -> list[str]:
     c = run.results.get("c", {})
     if c.get(tg) and c.get("litellm") and "failed" not in c["litellm"]:
         t, ll = c[tg], c["litellm"]
-        ratio = t["rps"] / ll["rps"] if ll["rps"] else t["rps"] * ll["seconds"]  # a lower bound
         tc, lc = t.get("cpu_us_per_req"), ll.get("cpu_us_per_req")
         cpu = f", {lc / tc:.1f}x by CPU per request" if tc and lc else ""
-        verdict = "met" if ratio >= 20 else "MISSED"
+        verdict = "met" if ratio(t, ll) >= 20 else "MISSED"
         out.append(
             f"Target (c) >= 20x LiteLLM's req/s on the same core: **{ratio_text(t, ll)}** "
             f"({t['rps']:.0f} vs {ll['rps']:.1f} req/s{cpu}): **{verdict}**.\n"
