@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.testing.procutil import stop_process
 
@@ -121,3 +122,21 @@ class GatewayProcess:
     def __exit__(self, *exc: object) -> None:
         self.stop()
         self.log.close()
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A /metrics page as {(sample name, sorted labels): value}."""
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def metric_total(samples: dict[Any, float], name: str, **match: str) -> float:
+    """The sum of `name`'s samples whose labels include `match`."""
+    return sum(
+        v
+        for (n, labels), v in samples.items()
+        if n == name and all(dict(labels).get(k) == val for k, val in match.items())
+    )

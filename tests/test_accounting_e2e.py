@@ -13,11 +13,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.testing.fake_upstream import FakeUpstream
 from tests.redis_server import RedisServer
-from tests.support import GatewayProcess
+from tests.support import GatewayProcess, metric_samples, metric_total
 
 Fakes = Callable[..., FakeUpstream]
 Gw = Callable[..., GatewayProcess]
@@ -57,22 +56,6 @@ def config(
 ) -> str:
     return PRICED.format(
         store=store, judge=judge, small=small.base_url, large=large.base_url, extra=extra
-    )
-
-
-def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def metric_total(samples: dict[Any, float], name: str, **match: str) -> float:
-    return sum(
-        v
-        for (n, labels), v in samples.items()
-        if n == name and all(dict(labels).get(k) == val for k, val in match.items())
     )
 
 

@@ -9,29 +9,22 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import Metrics
 from gateway.records import RequestRecord
+from tests.support import metric_samples, metric_total
 
 
 def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     body, ctype = m.render()
     assert ctype.startswith("text/plain")
-    out = {}
-    for fam in text_string_to_metric_families(body.decode()):
-        assert fam.name.startswith("tollgate_"), fam.name
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    out = metric_samples(body.decode())
+    for name, _ in out:
+        assert name.startswith("tollgate_"), name
     return out
 
 
-def total(smp: dict, name: str, **labels: str) -> float:
-    return sum(
-        v
-        for (n, lab), v in smp.items()
-        if n == name and all(dict(lab).get(k) == want for k, want in labels.items())
-    )
+total = metric_total
 
 
 def rec(i: int, **kw: object) -> RequestRecord:
@@ -136,6 +129,7 @@ def test_multiprocess_mode_merges_workers(tmp_path: Path) -> None:
         """
         from gateway.metrics import Metrics
         from gateway.records import RequestRecord
+from tests.support import metric_samples, metric_total
         m = Metrics()
         for i in range(3):
             m.observe(RequestRecord(request_id=str(i), ts=1.0, route="chat", model="small",
@@ -154,10 +148,7 @@ def test_multiprocess_mode_merges_workers(tmp_path: Path) -> None:
         [sys.executable, "-c", render], env=env, check=True, capture_output=True, text=True,
         timeout=60,
     ).stdout  # fmt: skip
-    smp: dict = {}
-    for fam in text_string_to_metric_families(out):
-        for s in fam.samples:
-            smp[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    smp = metric_samples(out)
     assert total(smp, "tollgate_requests_total") == 6
     assert total(smp, "tollgate_cost_usd_total") == pytest.approx(3.0)
     assert total(smp, "tollgate_store_dropped_records_total") == 4
@@ -189,10 +180,7 @@ def test_deferred_histograms_bucket_like_prometheus() -> None:
 
     from prometheus_client import generate_latest
 
-    want: dict = {}
-    for fam in text_string_to_metric_families(generate_latest(ref_reg).decode()):
-        for smp in fam.samples:
-            want[(smp.name, tuple(sorted(smp.labels.items())))] = smp.value
+    want = metric_samples(generate_latest(ref_reg).decode())
     first = samples(m)
     assert buckets(first) == buckets(want)
     assert total(first, "tollgate_request_latency_seconds_sum") == pytest.approx(
