@@ -129,7 +129,6 @@ def test_multiprocess_mode_merges_workers(tmp_path: Path) -> None:
         """
         from gateway.metrics import Metrics
         from gateway.records import RequestRecord
-from tests.support import metric_samples, metric_total
         m = Metrics()
         for i in range(3):
             m.observe(RequestRecord(request_id=str(i), ts=1.0, route="chat", model="small",
