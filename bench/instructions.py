@@ -1,7 +1,7 @@
 """Instructions the gateway executes per request, counted by valgrind (callgrind).
 
     .venv/bin/python bench/instructions.py [--requests 300] [--modes pinned,auto]
-        [--kinds unary,stream]
+        [--kinds unary,stream] [--latency-ms 0]
 
 Timings on this shared 2-core machine swing by 2x between runs as other tenants come and go;
 an instruction count does not (the same binary, inputs and environment give the same total,
@@ -53,8 +53,10 @@ def _post(c: httpx.Client, url: str, model: str, stream: bool) -> None:
         raise SystemExit(f"request failed: HTTP {r.status_code}: {r.text[:300]}")
 
 
-def measure(mode: str, stream: bool, requests: int, tmp: Path) -> tuple[int, list[str]]:
-    fu = ov.PinnedFake(name="bench", latency_ms=0, chunks=20, completion_tokens=32).start()
+def measure(
+    mode: str, stream: bool, requests: int, tmp: Path, latency_ms: float = 0.0
+) -> tuple[int, list[str]]:
+    fu = ov.PinnedFake(name="bench", latency_ms=latency_ms, chunks=20, completion_tokens=32).start()
     out = tmp / f"callgrind-{mode}-{'stream' if stream else 'unary'}.out"
     cfg = tmp / f"routing-{mode}.yaml"
     cfg.write_text(ov.routing_yaml(fu.base_url, "none", mode, tmp))
@@ -128,6 +130,12 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--modes", default="pinned,auto")
     p.add_argument("--kinds", default="unary,stream")
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="the fake upstream's latency: 60 counts what a request that outlasts 50 ms costs",
+    )
     args = p.parse_args()
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind not found: apt-get install -y valgrind")
@@ -135,7 +143,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tollgate-ir-") as d:
         for mode in args.modes.split(","):
             for kind in args.kinds.split(","):
-                total, top = measure(mode, kind == "stream", args.requests, Path(d))
+                total, top = measure(
+                    mode, kind == "stream", args.requests, Path(d), args.latency_ms
+                )
                 per = total / args.requests
                 rows.append((mode, kind, per))
                 print(f"\n== {mode} {kind}: {per:,.0f} instructions per request")

@@ -41,7 +41,9 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         loop="uvloop",
-        http=H1Server,  # httptools parsing, leaner per request than uvicorn's (gateway/server.py)
+        # httptools parsing, leaner per request than uvicorn's (gateway/server.py); uvicorn's
+        # own protocols stay one flag away
+        http=H1Server if args.http == "tollgate" else args.http,
         access_log=False,
         proxy_headers=False,  # loopback service; the middleware costs time on every request
         log_level=args.log_level,
@@ -118,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument(
+        "--http",
+        default="tollgate",
+        choices=["tollgate", "httptools", "h11"],
+        help="HTTP/1.1 protocol: tollgate's own (default, gateway/server.py) or uvicorn's",
+    )
     c = sub.add_parser("check-config", help="validate a routing YAML and print it resolved")
     c.add_argument("file")
     k = sub.add_parser("keys", help="make a gateway key and the hash to put in the config")

@@ -36,6 +36,7 @@ from gateway.errors import (
     error_body,
 )
 from gateway.records import RequestRecord
+from gateway.server import ON_DISCONNECT
 from gateway.upstream import QueueFull, Upstream
 from gateway.validation import validate_chat, validate_completion, validate_embeddings
 
@@ -106,12 +107,19 @@ os.register_at_fork(after_in_child=_fresh_entropy)
 class _Ctx:
     """Per-request state shared with the disconnect watcher."""
 
-    __slots__ = ("client_gone", "finished", "started")
+    __slots__ = ("client_gone", "finished", "started", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.task = task
         self.client_gone = False
         self.finished = False  # the last byte is being sent: a disconnect now is normal
         self.started = False  # response headers sent
+
+    def client_left(self) -> None:
+        """The client went away: stop the request (it is still recorded, as a 499)."""
+        if not self.finished and self.task is not None:
+            self.client_gone = True
+            self.task.cancel()
 
 
 class _Retry(Exception):
@@ -129,25 +137,22 @@ class _NextModel(Exception):
         self.err = err
 
 
-async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], ctx: _Ctx) -> None:
+async def _watch_disconnect(receive: Receive, ctx: _Ctx) -> None:
     while True:
         msg = await receive()
         if msg["type"] == "http.disconnect":
-            if not ctx.finished:
-                ctx.client_gone = True
-                task.cancel()
+            ctx.client_left()
             return
 
 
 def _start_watch(
     loop: asyncio.AbstractEventLoop,
     receive: Receive,
-    task: asyncio.Task[Any],
     ctx: _Ctx,
     out: set[asyncio.Task[None]],
 ) -> None:
     if not ctx.finished:
-        w = loop.create_task(_watch_disconnect(receive, task, ctx))
+        w = loop.create_task(_watch_disconnect(receive, ctx))
         out.add(w)  # asyncio keeps only weak references to tasks
         w.add_done_callback(out.discard)
 
@@ -187,8 +192,8 @@ class Proxy:
         rt = gw.runtime
         rid = new_request_id()
         rec = RequestRecord(request_id=rid, ts=time.time(), endpoint=kind)
-        ctx = _Ctx()
         task = asyncio.current_task()
+        ctx = _Ctx(task)
         watch_later: asyncio.TimerHandle | None = None
         state: dict[str, Any] = {"upstream_s": 0.0, "answer": None, "messages": None}
         try:
@@ -239,11 +244,17 @@ class Proxy:
                 gw.metrics.router_decision(plan.decision_s)
             if gw.judge_enabled and kind == "chat":
                 state["messages"] = body.get("messages")
-            assert task is not None
-            # Watch for a client that goes away, but only once the request has lasted 50 ms:
-            # most answers are faster, and then the watcher task is never created.
-            loop = asyncio.get_running_loop()
-            watch_later = loop.call_later(0.05, _start_watch, loop, receive, task, ctx, _WATCHERS)
+            # Watch for a client that goes away. Our own server (gateway/server.py) calls back
+            # from its connection_lost; under another server a task blocked on receive() does
+            # it, started only once the request has lasted 50 ms (most answers are faster, and
+            # then that task is never created).
+            ext = scope.get("extensions")
+            on_disconnect = ext.get(ON_DISCONNECT) if ext else None
+            if on_disconnect is not None:
+                on_disconnect(ctx.client_left)
+            else:
+                loop = asyncio.get_running_loop()
+                watch_later = loop.call_later(0.05, _start_watch, loop, receive, ctx, _WATCHERS)
             if stream:
                 await self._stream(rt, plan, body, path, rec, ctx, send, state, explain, t0)
             else:

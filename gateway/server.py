@@ -16,7 +16,10 @@ hello-world app on one core (bench/server_micro.py) took 35.1 us per request beh
 - the keep-alive timeout is one timer per connection that re-arms itself when it fires,
   instead of a timer created and cancelled for every request (it also closes a connection
   whose request headers stall for two timeouts, where uvicorn would wait forever);
-- a path without `%`, `?` or `#` is taken as it is (no URL parser call).
+- a path without `%`, `?` or `#` is taken as it is (no URL parser call);
+- an app learns that the client went away through the `tollgate.on_disconnect` scope
+  extension, a callback called from `connection_lost`, instead of keeping a task asleep
+  on `receive()` for every request in flight.
 
 Behaviour follows uvicorn's protocol: pipelined requests are answered in order, a paused
 transport pauses the app's writes, a request body past 64 KiB pauses reading until the app
@@ -34,6 +37,7 @@ import logging
 import re
 import urllib.parse
 from collections import deque
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -46,6 +50,9 @@ _HIGH_WATER = 65536  # request body bytes buffered before reading pauses (as uvi
 _BAD_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
 _BAD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
 _NO_BODY = (204, 304)
+# the ASGI scope extension through which an app learns, without a task of its own, that the
+# client went away: scope["extensions"][ON_DISCONNECT](callback)
+ON_DISCONNECT = "tollgate.on_disconnect"
 
 
 def _status_line(code: int) -> bytes:
@@ -67,12 +74,15 @@ class _Exchange:
 
     __slots__ = (
         "chunked", "complete", "conn", "disconnected", "expect_100", "head", "head_only",
-        "keep_alive", "left", "more", "parts", "read_all", "scope", "size", "started", "waiters",
+        "keep_alive", "left", "more", "on_gone", "parts", "read_all", "scope", "size", "started",
+        "waiters",
     )  # fmt: skip
 
     def __init__(self, conn: H1Server, scope: dict[str, Any], keep_alive: bool) -> None:
         self.conn = conn
-        self.scope = scope
+        # handed to the app when it starts; not kept: the scope's on_disconnect extension
+        # refers to this exchange, and a reference cycle would leave each one to the GC
+        self.scope: dict[str, Any] | None = scope
         self.keep_alive = keep_alive
         self.expect_100 = False
         self.head_only = scope["method"] == "HEAD"
@@ -85,6 +95,13 @@ class _Exchange:
         self.left = 0  # Content-Length bytes still to send
         self.head: bytes | None = None  # held until the first body bytes
         self.waiters: list[asyncio.Future[None]] = []  # receive() calls asleep (any number)
+        self.on_gone: Callable[[], object] | None = None
+
+    def on_disconnect(self, callback: Callable[[], object] | None) -> None:
+        """The `tollgate.on_disconnect` extension: call `callback` (once, from the protocol)
+        if the client goes away before the response is complete; None unregisters it. A task
+        blocked on `receive()` does the same job at the cost of a task per request."""
+        self.on_gone = callback
 
     def wake(self) -> None:
         if self.waiters:
@@ -271,6 +288,12 @@ class H1Server(asyncio.Protocol):
             if ex is not None and not ex.complete:
                 ex.disconnected = True
                 ex.wake()
+                gone, ex.on_gone = ex.on_gone, None
+                if gone is not None:
+                    try:
+                        gone()
+                    except Exception:  # the app's callback must not break the protocol
+                        log.exception("tollgate.on_disconnect callback failed")
         self.queue.clear()
         self._wake_writers()
 
@@ -344,6 +367,7 @@ class H1Server(asyncio.Protocol):
             "state": self.app_state.copy(),
         }
         ex = _Exchange(self, scope, version != "1.0" and parser.should_keep_alive())
+        scope["extensions"] = {ON_DISCONNECT: ex.on_disconnect}
         ex.expect_100 = self.expect_100
         self.parsing = ex
         if self.current is None:
@@ -386,7 +410,8 @@ class H1Server(asyncio.Protocol):
 
     async def _call(self, app: Any, ex: _Exchange) -> None:
         try:
-            result = await app(ex.scope, ex.receive, ex.send)
+            scope, ex.scope = ex.scope, None
+            result = await app(scope, ex.receive, ex.send)
         except BaseException as exc:  # as uvicorn: logged, never raised into the loop
             log.error("Exception in ASGI application\n", exc_info=exc)
             if (not ex.started or ex.head is not None) and not ex.disconnected:

@@ -30,10 +30,12 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     """Factory: start the real gateway on a config text; stopped at the end of the test."""
     started: list[GatewayProcess] = []
 
-    def make(config_text: str, env: dict[str, str] | None = None) -> GatewayProcess:
+    def make(
+        config_text: str, env: dict[str, str] | None = None, args: list[str] | None = None
+    ) -> GatewayProcess:
         sub = tmp_path / f"gw{len(started)}"
         sub.mkdir()
-        gp = GatewayProcess(config_text, sub, env).start()
+        gp = GatewayProcess(config_text, sub, env, args).start()
         started.append(gp)
         return gp
 

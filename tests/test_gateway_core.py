@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from gateway.testing.fake_upstream import FakeUpstream
-from tests.support import GatewayProcess, model_block
+from tests.support import GatewayProcess, metric_samples, metric_total, model_block
 
 Fakes = Callable[..., FakeUpstream]
 Gw = Callable[..., GatewayProcess]
@@ -320,8 +320,31 @@ def test_mid_stream_cut_reaches_client_as_error_event(pair: Any) -> None:
     assert last["error"]["code"] == "stream_interrupted"
 
 
-def test_client_disconnect_cancels_upstream_request(pair: Any) -> None:
-    primary, _, gw = pair
+# The gateway's own protocol calls back from connection_lost (the tollgate.on_disconnect
+# scope extension); under uvicorn's httptools protocol a watcher task on receive() does it.
+PROTOCOLS = pytest.mark.parametrize("http", ["tollgate", "httptools"])
+
+
+def _wait_cancelled_and_recorded(primary: FakeUpstream, gw: GatewayProcess) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and primary.stats()["cancelled"] < 1:
+        time.sleep(0.05)
+    assert primary.stats()["cancelled"] == 1
+    # the request is still recorded, as a 499 (the client closed the request)
+    while True:
+        seen = metric_samples(httpx.get(f"{gw.url}/metrics").text)
+        if metric_total(seen, "tollgate_requests_total", status="499"):
+            break
+        assert time.monotonic() < deadline, "no 499 in /metrics"
+        time.sleep(0.05)
+    assert metric_total(seen, "tollgate_requests_total", status="499", model="primary") == 1
+    assert metric_total(seen, "tollgate_requests_total") == 1
+
+
+@PROTOCOLS
+def test_client_disconnect_cancels_upstream_request(fakes: Fakes, gateway: Gw, http: str) -> None:
+    primary, backup = fakes("primary"), fakes("backup")
+    gw = gateway(two_tier_config(primary, backup), args=["--http", http])
     primary.script([{"kind": "delay", "ms": 5000}])
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
@@ -329,14 +352,15 @@ def test_client_disconnect_cancels_upstream_request(pair: Any) -> None:
             timeout=0.5,
             json={"model": "primary", "messages": [{"role": "user", "content": "x"}]},
         )
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and primary.stats()["cancelled"] < 1:
-        time.sleep(0.05)
-    assert primary.stats()["cancelled"] == 1
+    _wait_cancelled_and_recorded(primary, gw)
 
 
-def test_client_disconnect_mid_stream_cancels_upstream(pair: Any) -> None:
-    primary, _, gw = pair
+@PROTOCOLS
+def test_client_disconnect_mid_stream_cancels_upstream(
+    fakes: Fakes, gateway: Gw, http: str
+) -> None:
+    primary, backup = fakes("primary"), fakes("backup")
+    gw = gateway(two_tier_config(primary, backup), args=["--http", http])
     primary.script([{"kind": "trickle", "ms": 300}])
     with httpx.stream(
         "POST",
@@ -349,10 +373,7 @@ def test_client_disconnect_mid_stream_cancels_upstream(pair: Any) -> None:
     ) as r:
         for _ in r.iter_lines():
             break
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and primary.stats()["cancelled"] < 1:
-        time.sleep(0.05)
-    assert primary.stats()["cancelled"] == 1
+    _wait_cancelled_and_recorded(primary, gw)
 
 
 def test_concurrency_cap_queue_then_503(fakes: Fakes, gateway: Gw) -> None:

@@ -12,6 +12,8 @@ a malformed request, a client that leaves mid-request, and the keep-alive timeou
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import http.client
 import json
 import socket
@@ -26,7 +28,7 @@ import httpx
 import pytest
 import uvicorn
 
-from gateway.server import H1Server
+from gateway.server import ON_DISCONNECT, H1Server
 from gateway.testing.fake_upstream import FakeUpstream
 from gateway.testing.procutil import stop_process
 from tests.support import GatewayProcess, free_port, model_block
@@ -65,6 +67,35 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         msg = await receive()
         EVENTS.append(msg["type"])
         return
+    if path == "/on-disconnect":  # no task on receive(): the server calls back when it goes
+        task = asyncio.current_task()
+        assert task is not None
+
+        def gone() -> None:
+            EVENTS.append("on_disconnect")
+            task.cancel()
+
+        scope["extensions"][ON_DISCONNECT](gone)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(30)
+        return
+    if path == "/on-disconnect-answered":  # a complete answer: the callback is not called
+        scope["extensions"][ON_DISCONNECT](lambda: EVENTS.append("on_disconnect"))
+        await send({**start, "headers": length})
+        await send({"type": "http.response.body", "body": BODY})
+        EVENTS.append("answered")
+        return
+    if path == "/gc-pause":  # collect now, then no automatic collections until /gc-resume
+        gc.collect()
+        gc.disable()
+    elif path == "/gc-resume":  # how many unreachable objects the requests since left behind
+        out = b"%d" % gc.collect()
+        gc.enable()
+        await send({**start, "headers": [(b"content-length", b"%d" % len(out))]})
+        await send({"type": "http.response.body", "body": out})
+        return
+    elif path == "/registered":  # an app that registers for the client leaving, then answers
+        scope["extensions"][ON_DISCONNECT](lambda: None)
     if path == "/two-watchers":  # two receive() calls asleep at once: both see the client go
         await receive()
         got = await asyncio.gather(receive(), receive())
@@ -77,7 +108,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     while (await receive()).get("more_body"):
         pass
-    if path == "/len":
+    if path in ("/len", "/registered", "/gc-pause"):
         await send({**start, "headers": [(b"content-type", b"application/json"), *length]})
         await send({"type": "http.response.body", "body": BODY})
     elif path == "/len-parts":
@@ -313,6 +344,32 @@ def _leave_and_expect(port: int, path: bytes, event: str) -> None:
 
 def test_client_leaving_is_seen_by_the_app(port: int) -> None:
     _leave_and_expect(port, b"/wait-disconnect", "http.disconnect")
+
+
+def test_on_disconnect_extension_calls_back_when_the_client_leaves(port: int) -> None:
+    _leave_and_expect(port, b"/on-disconnect", "on_disconnect")
+
+
+def test_on_disconnect_extension_is_quiet_after_a_complete_answer(port: int) -> None:
+    before = json.loads(get(port, "/events").read())
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET /on-disconnect-answered HTTP/1.1\r\nHost: t\r\n\r\n")
+        _read_responses(sock, 1)
+    time.sleep(0.3)  # the hang-up has reached the server; a wrong call back would show now
+    assert json.loads(get(port, "/events").read())[len(before) :] == ["answered"]
+
+
+def test_requests_leave_no_reference_cycles(port: int) -> None:
+    """An exchange, its scope and the on_disconnect extension are freed by reference counting
+    when the request ends; a cycle among them left every request to the cyclic GC (+1.5% of
+    the gateway's instructions per request)."""
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
+        assert c.get("/gc-pause").status_code == 200
+        for _ in range(300):
+            assert c.get("/registered").content == BODY
+            assert c.post("/echo", content=b"x" * 100).status_code == 200
+        left = int(c.get("/gc-resume").text)
+    assert left < 100, f"{left} objects in reference cycles after 600 requests"
 
 
 def test_idle_connection_closed_after_keep_alive_timeout(port: int) -> None:
