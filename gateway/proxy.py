@@ -240,7 +240,7 @@ class Proxy:
             if plan.decision is not None:
                 rec.router_score = plan.decision.score
                 rec.router_scores = dict(plan.decision.quality)
-                rec.router_features = plan.features.tolist()
+                rec.router_features = plan.features
                 gw.metrics.router_decision(plan.decision_s)
             if gw.judge_enabled and kind == "chat":
                 state["messages"] = body.get("messages")

@@ -38,7 +38,7 @@ class Plan:
     decision: Decision | None = None
     baseline_model: str | None = None
     decision_s: float = 0.0
-    features: Any = None  # the router's prompt vector, when the router ran
+    features: list[float] | None = None  # the router's prompt vector, when it ran
 
 
 class UpstreamPool:
@@ -206,7 +206,7 @@ class Runtime:
             decision=decision,
             baseline_model=self.auto_baseline,
             decision_s=time.perf_counter() - t0,
-            features=scored.z,
+            features=scored.values,
         )
 
     def models_listing(self) -> list[dict[str, Any]]:

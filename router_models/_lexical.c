@@ -3,6 +3,8 @@
  * hash_counts(text: bytes, bits: int) -> (indices: bytes, values: bytes)
  * project(text, bits, struct, projection, abilities, biases) -> (z: bytearray, scores: list)
  * structure(raw, sample, markers..., conversation counts) -> the 16 structure features
+ * route(raw, bits, markers..., conversation counts, projection, abilities, biases)
+ *     -> (z: list, scores: list): what the gateway calls, the three above in one pass
  *
  * `text` is the lower-cased, whitespace-collapsed UTF-8 of a conversation. The result is the
  * same sparse block the numpy path in lexical.py computes: sorted unique bucket ids of the
@@ -181,43 +183,38 @@ static PyObject *hash_counts(PyObject *Py_UNUSED(self), PyObject *args) {
                          (const char *)out_val, n * (Py_ssize_t)sizeof(float));
 }
 
-/* project(text, bits, struct, projection, abilities, biases) -> (z, scores)
- *
- * The router's prompt vector and every profile's raw score in one call: z is the hashed
- * blocks of `text` and the float32-cast `struct` values (the last len(struct) rows) times the
- * float32 (2^bits + len(struct), k) C-contiguous `projection` (`val @ projection[idx]` of
- * lexical.py's transform), as a bytearray of k float64; scores is the list
- * `abilities @ z + biases` (float64 (m, k) and (m,), C-contiguous) of model.py's Router. */
-static PyObject *project(PyObject *Py_UNUSED(self), PyObject *args) {
-    Py_buffer buf, proj, ab, bs;
-    int bits;
-    PyObject *st;
-    if (!PyArg_ParseTuple(args, "y*iOy*y*y*", &buf, &bits, &st, &proj, &ab, &bs)) return NULL;
-    PyObject *z_obj = NULL, *scores = NULL, *result = NULL;
-    PyObject *fast = NULL;
-    if (check_bits(bits) < 0) goto done;
-    fast = PySequence_Fast(st, "struct must be a sequence of floats");
-    if (fast == NULL) goto done;
-    Py_ssize_t n_struct = PySequence_Fast_GET_SIZE(fast);
-    Py_ssize_t n_hash = (Py_ssize_t)1 << bits;
-    Py_ssize_t rows = n_hash + n_struct;
-    if (proj.len == 0 || proj.len % ((Py_ssize_t)sizeof(float) * rows) != 0) {
+#define MAX_RANK 256 /* projection columns (the prompt vector's length) */
+
+/* Check the shapes of projection (float32, (2^bits + n_struct, k)), abilities (float64,
+ * (m, k)) and biases (float64, (m,)); set *k and *m. */
+static int check_shapes(int bits, Py_ssize_t n_struct, const Py_buffer *proj, const Py_buffer *ab,
+                        const Py_buffer *bs, Py_ssize_t *k, Py_ssize_t *m) {
+    if (check_bits(bits) < 0) return -1;
+    Py_ssize_t rows = ((Py_ssize_t)1 << bits) + n_struct;
+    if (proj->len == 0 || proj->len % ((Py_ssize_t)sizeof(float) * rows) != 0) {
         PyErr_Format(PyExc_ValueError, "projection must be float32 with %zd rows", rows);
-        goto done;
+        return -1;
     }
-    Py_ssize_t k = proj.len / ((Py_ssize_t)sizeof(float) * rows);
-    Py_ssize_t m = bs.len / (Py_ssize_t)sizeof(double);
-    if (bs.len % (Py_ssize_t)sizeof(double) != 0 || ab.len != m * k * (Py_ssize_t)sizeof(double)) {
-        PyErr_Format(PyExc_ValueError, "abilities must be float64 (%zd, %zd) like biases", m, k);
-        goto done;
+    *k = proj->len / ((Py_ssize_t)sizeof(float) * rows);
+    if (*k > MAX_RANK) {
+        PyErr_Format(PyExc_ValueError, "the projection has more than %d columns", MAX_RANK);
+        return -1;
     }
-    Py_ssize_t n = featurize(buf.buf, buf.len, bits);
-    if (n < 0) goto done;
-    z_obj = PyByteArray_FromStringAndSize(NULL, k * (Py_ssize_t)sizeof(double));
-    scores = PyList_New(m);
-    if (z_obj == NULL || scores == NULL) goto done;
-    double *z = (double *)PyByteArray_AS_STRING(z_obj);
-    const float *pm = (const float *)proj.buf;
+    *m = bs->len / (Py_ssize_t)sizeof(double);
+    if (bs->len % (Py_ssize_t)sizeof(double) != 0 ||
+        ab->len != *m * *k * (Py_ssize_t)sizeof(double)) {
+        PyErr_Format(PyExc_ValueError, "abilities must be float64 (%zd, %zd) like biases", *m,
+                     *k);
+        return -1;
+    }
+    return 0;
+}
+
+/* z[0:k] = the n hashed (out_idx, out_val) pairs and the n_struct structure values (cast to
+ * float32) times the float32 (2^bits + n_struct, k) projection `pm`. */
+static void project_into(Py_ssize_t n, int bits, const double *st, Py_ssize_t n_struct,
+                         const float *pm, Py_ssize_t k, double *z) {
+    Py_ssize_t n_hash = (Py_ssize_t)1 << bits;
     /* accumulate in float32 blocks of ACC columns kept in SIMD registers (4-wide vectors:
      * SSE2 is all the x86-64 baseline promises), then in float64 across blocks: as precise
      * as numpy's float32 matmul */
@@ -249,28 +246,105 @@ static PyObject *project(PyObject *Py_UNUSED(self), PyObject *args) {
         }
     }
     for (Py_ssize_t i = 0; i < n_struct; i++) {
-        double v = (float)PyFloat_AsDouble(PySequence_Fast_GET_ITEM(fast, i));
-        if (v == -1.0 && PyErr_Occurred()) goto done;
+        double v = (float)st[i];
         const float *row = pm + (n_hash + i) * k;
         for (Py_ssize_t j = 0; j < k; j++) z[j] += v * row[j];
     }
-    const double *a = (const double *)ab.buf, *b = (const double *)bs.buf;
-    for (Py_ssize_t p = 0; p < m; p++) {
-        double q = 0.0;
-        for (Py_ssize_t j = 0; j < k; j++) q += a[p * k + j] * z[j];
-        PyObject *f = PyFloat_FromDouble(q + b[p]);
-        if (f == NULL) goto done;
-        PyList_SET_ITEM(scores, p, f);
+}
+
+static void release4(Py_buffer *a, Py_buffer *b, Py_buffer *c, Py_buffer *d) {
+    PyBuffer_Release(a);
+    PyBuffer_Release(b);
+    PyBuffer_Release(c);
+    PyBuffer_Release(d);
+}
+
+/* A new list (or tuple) of the n doubles at v. */
+static PyObject *floats(const double *v, Py_ssize_t n, int as_list) {
+    PyObject *out = as_list ? PyList_New(n) : PyTuple_New(n);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = PyFloat_FromDouble(v[i]);
+        if (f == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        if (as_list)
+            PyList_SET_ITEM(out, i, f);
+        else
+            PyTuple_SET_ITEM(out, i, f);
     }
-    result = PyTuple_Pack(2, z_obj, scores);
-done:
+    return out;
+}
+
+/* The list abilities @ z + biases (float64 (m, k) and (m,)). */
+static PyObject *scores_of(const double *z, Py_ssize_t k, const Py_buffer *ab,
+                           const Py_buffer *bs, Py_ssize_t m) {
+    double *q = PyMem_Malloc((size_t)(m > 0 ? m : 1) * sizeof(double));
+    if (q == NULL) return PyErr_NoMemory();
+    const double *a = (const double *)ab->buf, *b = (const double *)bs->buf;
+    for (Py_ssize_t p = 0; p < m; p++) {
+        double acc = 0.0;
+        for (Py_ssize_t j = 0; j < k; j++) acc += a[p * k + j] * z[j];
+        q[p] = acc + b[p];
+    }
+    PyObject *scores = floats(q, m, 1);
+    PyMem_Free(q);
+    return scores;
+}
+
+/* (z, scores) of the n hashed pairs and the structure values: z as a list of floats, or as
+ * a bytearray of float64. */
+static PyObject *pack(Py_ssize_t n, int bits, const double *st, Py_ssize_t n_struct,
+                      const Py_buffer *proj, Py_ssize_t k, const Py_buffer *ab,
+                      const Py_buffer *bs, Py_ssize_t m, int z_as_list) {
+    double z[MAX_RANK]; /* k <= MAX_RANK: check_shapes */
+    project_into(n, bits, st, n_struct, (const float *)proj->buf, k, z);
+    PyObject *z_obj = z_as_list ? floats(z, k, 1)
+                                : PyByteArray_FromStringAndSize((const char *)z,
+                                                                k * (Py_ssize_t)sizeof(double));
+    PyObject *scores = z_obj == NULL ? NULL : scores_of(z, k, ab, bs, m);
+    PyObject *result = scores == NULL ? NULL : PyTuple_Pack(2, z_obj, scores);
     Py_XDECREF(z_obj);
     Py_XDECREF(scores);
+    return result;
+}
+
+#define MAX_STRUCT 64
+
+/* project(text, bits, struct, projection, abilities, biases) -> (z, scores)
+ *
+ * The router's prompt vector and every profile's raw score in one call: z is the hashed
+ * blocks of `text` and the float32-cast `struct` values (the last len(struct) rows) times the
+ * float32 (2^bits + len(struct), k) C-contiguous `projection` (`val @ projection[idx]` of
+ * lexical.py's transform), as a bytearray of k float64; scores is the list
+ * `abilities @ z + biases` (float64 (m, k) and (m,), C-contiguous) of model.py's Router. */
+static PyObject *project(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer buf, proj, ab, bs;
+    int bits;
+    PyObject *st;
+    if (!PyArg_ParseTuple(args, "y*iOy*y*y*", &buf, &bits, &st, &proj, &ab, &bs)) return NULL;
+    PyObject *result = NULL, *fast = NULL;
+    double sv[MAX_STRUCT];
+    Py_ssize_t k, m;
+    fast = PySequence_Fast(st, "struct must be a sequence of floats");
+    if (fast == NULL) goto done;
+    Py_ssize_t n_struct = PySequence_Fast_GET_SIZE(fast);
+    if (n_struct > MAX_STRUCT) {
+        PyErr_Format(PyExc_ValueError, "at most %d structure values", MAX_STRUCT);
+        goto done;
+    }
+    if (check_shapes(bits, n_struct, &proj, &ab, &bs, &k, &m) < 0) goto done;
+    for (Py_ssize_t i = 0; i < n_struct; i++) {
+        sv[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(fast, i));
+        if (sv[i] == -1.0 && PyErr_Occurred()) goto done;
+    }
+    Py_ssize_t n = featurize(buf.buf, buf.len, bits);
+    if (n < 0) goto done;
+    result = pack(n, bits, sv, n_struct, &proj, k, &ab, &bs, m, 0);
+done:
     Py_XDECREF(fast);
-    PyBuffer_Release(&buf);
-    PyBuffer_Release(&proj);
-    PyBuffer_Release(&ab);
-    PyBuffer_Release(&bs);
+    release4(&buf, &proj, &ab, &bs);
     return result;
 }
 
@@ -310,62 +384,126 @@ static int count_all(const char *s, Py_ssize_t n, PyObject *markers, Py_ssize_t 
 
 static double dmin(double a, double b) { return a < b ? a : b; }
 
-/* structure(raw, sample, code_markers, math_markers, len_text, len_last_user, n_user,
- *           n_assistant, len_system, n_tools, n_tool_msgs, n_images) -> 16 floats
- *
- * lexical.py's structure features (STRUCT_NAMES), with the same formulas as its Python
- * `_struct_values` (each the same IEEE operations, so the same doubles): the counts behind
- * them are those of the bytes methods (count, translate), the markers counted in `sample`. */
-static PyObject *structure(PyObject *Py_UNUSED(self), PyObject *args) {
-    const char *raw, *sample;
-    Py_ssize_t n, ns, len_text, len_last_user, n_user, n_assistant, len_system, n_tools,
-        n_tool_msgs, n_images;
-    PyObject *code_m, *math_m;
-    if (!PyArg_ParseTuple(args, "y#y#OOnnnnnnnn", &raw, &n, &sample, &ns, &code_m, &math_m,
-                          &len_text, &len_last_user, &n_user, &n_assistant, &len_system,
-                          &n_tools, &n_tool_msgs, &n_images))
-        return NULL;
+#define N_STRUCT 16
+#define SAMPLE_HALF 4096
+
+/* lexical.py's structure features (STRUCT_NAMES) into v[16], with the same formulas as its
+ * Python `_struct_values` (each the same IEEE operations, so the same doubles): the counts
+ * behind them are those of the bytes methods (count, translate), the markers counted in
+ * `sample`. `c` holds the conversation's len_text, len_last_user, n_user, n_assistant,
+ * len_system, n_tools, n_tool_msgs, n_images. */
+static int struct_values(const char *raw, Py_ssize_t n, const char *sample, Py_ssize_t ns,
+                         PyObject *code_m, PyObject *math_m, const Py_ssize_t c[8],
+                         double v[N_STRUCT]) {
     Py_ssize_t spaces = 0, newlines = 0, qmarks = 0, digits = 0, code, maths;
     for (Py_ssize_t i = 0; i < n; i++) {
-        char c = raw[i];
-        spaces += c == ' ';
-        newlines += c == '\n';
-        qmarks += c == '?';
+        char ch = raw[i];
+        spaces += ch == ' ';
+        newlines += ch == '\n';
+        qmarks += ch == '?';
     }
     Py_ssize_t head = n < 8192 ? n : 8192;
     for (Py_ssize_t i = 0; i < head; i++) digits += raw[i] >= '0' && raw[i] <= '9';
     if (count_all(sample, ns, code_m, &code) < 0 || count_all(sample, ns, math_m, &maths) < 0)
-        return NULL;
+        return -1;
     double nn = (double)(n > 1 ? n : 1);
-    double v[16] = {
-        log1p((double)len_text) / 10.0,
+    double out[N_STRUCT] = {
+        log1p((double)c[0]) / 10.0,
         log1p((double)(spaces + 1)) / 8.0,
-        log1p((double)len_last_user) / 10.0,
-        dmin((double)n_user, 20.0) / 10.0,
-        dmin((double)n_assistant, 20.0) / 10.0,
-        len_system > 0 ? 1.0 : 0.0,
-        log1p((double)len_system) / 10.0,
-        dmin((double)n_tools, 20.0) / 10.0,
-        dmin((double)n_tool_msgs, 20.0) / 10.0,
-        dmin((double)n_images, 10.0) / 5.0,
+        log1p((double)c[1]) / 10.0,
+        dmin((double)c[2], 20.0) / 10.0,
+        dmin((double)c[3], 20.0) / 10.0,
+        c[4] > 0 ? 1.0 : 0.0,
+        log1p((double)c[4]) / 10.0,
+        dmin((double)c[5], 20.0) / 10.0,
+        dmin((double)c[6], 20.0) / 10.0,
+        dmin((double)c[7], 10.0) / 5.0,
         log1p((double)code) / 3.0,
         log1p((double)maths) / 3.0,
         (double)digits / (double)(head > 1 ? head : 1),
         (double)newlines / nn * 10.0,
         dmin((double)qmarks, 10.0) / 5.0,
-        (double)(n - len_text) / nn,
+        (double)(n - c[0]) / nn,
     };
-    PyObject *t = PyTuple_New(16);
-    if (t == NULL) return NULL;
-    for (int i = 0; i < 16; i++) {
-        PyObject *f = PyFloat_FromDouble(v[i]);
-        if (f == NULL) {
-            Py_DECREF(t);
-            return NULL;
+    memcpy(v, out, sizeof out);
+    return 0;
+}
+
+/* structure(raw, sample, code_markers, math_markers, len_text, len_last_user, n_user,
+ *           n_assistant, len_system, n_tools, n_tool_msgs, n_images) -> 16 floats */
+static PyObject *structure(PyObject *Py_UNUSED(self), PyObject *args) {
+    const char *raw, *sample;
+    Py_ssize_t n, ns, c[8];
+    PyObject *code_m, *math_m;
+    double v[N_STRUCT];
+    if (!PyArg_ParseTuple(args, "y#y#OOnnnnnnnn", &raw, &n, &sample, &ns, &code_m, &math_m,
+                          &c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6], &c[7]))
+        return NULL;
+    if (struct_values(raw, n, sample, ns, code_m, math_m, c, v) < 0) return NULL;
+    return floats(v, N_STRUCT, 0);
+}
+
+static unsigned char *scratch = NULL; /* the collapsed text (route) */
+static Py_ssize_t scratch_cap = 0;
+
+/* route(raw, bits, code_markers, math_markers, len_text, len_last_user, n_user, n_assistant,
+ *       len_system, n_tools, n_tool_msgs, n_images, projection, abilities, biases)
+ *     -> (z: list of k floats, scores: list of m floats)
+ *
+ * The gateway's whole routing arithmetic in one call, the same numbers as lexical.py's
+ * composition of the three functions above: `raw` is the lower-cased UTF-8 conversation;
+ * its whitespace runs are collapsed to single spaces as b" ".join(raw.split()) does (ASCII
+ * whitespace, none at either end) before hashing; the structure features are those of
+ * structure(raw, sample, ...) with sample = raw, or its first and last 4 KiB when it is
+ * longer than 8 KiB; z and the scores are those of project(). */
+static PyObject *route(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer buf, proj, ab, bs;
+    int bits;
+    Py_ssize_t c[8], k, m;
+    PyObject *code_m, *math_m;
+    if (!PyArg_ParseTuple(args, "y*iOOnnnnnnnny*y*y*", &buf, &bits, &code_m, &math_m, &c[0],
+                          &c[1], &c[2], &c[3], &c[4], &c[5], &c[6], &c[7], &proj, &ab, &bs))
+        return NULL;
+    PyObject *result = NULL;
+    const char *raw = buf.buf;
+    Py_ssize_t n = buf.len;
+    double sv[N_STRUCT];
+    if (check_shapes(bits, N_STRUCT, &proj, &ab, &bs, &k, &m) < 0) goto done;
+    if (n + 2 * SAMPLE_HALF > scratch_cap) {
+        Py_ssize_t cap2 = n + 2 * SAMPLE_HALF;
+        unsigned char *p = realloc(scratch, (size_t)cap2);
+        if (p == NULL) {
+            PyErr_NoMemory();
+            goto done;
         }
-        PyTuple_SET_ITEM(t, i, f);
+        scratch = p;
+        scratch_cap = cap2;
     }
-    return t;
+    /* the marker sample, in the scratch buffer's tail half when it must be a copy */
+    const char *sample = raw;
+    Py_ssize_t ns = n;
+    if (n > 2 * SAMPLE_HALF) {
+        char *tail = (char *)scratch + n;
+        memcpy(tail, raw, SAMPLE_HALF);
+        memcpy(tail + SAMPLE_HALF, raw + n - SAMPLE_HALF, SAMPLE_HALF);
+        sample = tail;
+        ns = 2 * SAMPLE_HALF;
+    }
+    if (struct_values(raw, n, sample, ns, code_m, math_m, c, sv) < 0) goto done;
+    /* b" ".join(raw.split()): bytes.split() splits on the ASCII whitespace of Py_ISSPACE */
+    Py_ssize_t t = 0;
+    for (Py_ssize_t i = 0; i < n;) {
+        while (i < n && Py_ISSPACE(raw[i])) i++;
+        if (i == n) break;
+        if (t > 0) scratch[t++] = ' ';
+        while (i < n && !Py_ISSPACE(raw[i])) scratch[t++] = (unsigned char)raw[i++];
+    }
+    Py_ssize_t nf = featurize(scratch, t, bits);
+    if (nf < 0) goto done;
+    result = pack(nf, bits, sv, N_STRUCT, &proj, k, &ab, &bs, m, 1);
+done:
+    release4(&buf, &proj, &ab, &bs);
+    return result;
 }
 
 static PyMethodDef methods[] = {
@@ -375,6 +513,9 @@ static PyMethodDef methods[] = {
      "project(text, bits, struct, projection, abilities, biases) -> (z, raw scores)"},
     {"structure", structure, METH_VARARGS,
      "structure(raw, sample, code_markers, math_markers, <8 conversation counts>) -> 16 floats"},
+    {"route", route, METH_VARARGS,
+     "route(raw, bits, code_markers, math_markers, <8 conversation counts>, projection, "
+     "abilities, biases) -> (z list, raw scores): collapse, structure and project in one"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -78,6 +78,20 @@ def _text_counts(raw: bytes, sample: bytes) -> tuple[int, int, int, int, int, in
     )
 
 
+def _counts(conv: Conversation) -> tuple[int, int, int, int, int, int, int, int]:
+    """The conversation's counts the structure features need, in the C functions' order."""
+    return (
+        len(conv.text),
+        len(conv.last_user),
+        conv.n_user,
+        conv.n_assistant,
+        len(conv.system),
+        conv.n_tools,
+        conv.n_tool_msgs,
+        conv.n_images,
+    )
+
+
 STRUCT_NAMES = (
     "log_chars",
     "log_words",
@@ -167,20 +181,7 @@ class LexicalFeaturizer:
         # bounded cost on long conversations
         sample = raw if len(raw) <= 8192 else raw[:4096] + raw[-4096:]
         if native and _native is not None:  # the same formulas in C (_lexical.c: structure)
-            return _native.structure(
-                raw,
-                sample,
-                _CODE_MARKERS,
-                _MATH_MARKERS,
-                len(conv.text),
-                len(conv.last_user),
-                conv.n_user,
-                conv.n_assistant,
-                len(conv.system),
-                conv.n_tools,
-                conv.n_tool_msgs,
-                conv.n_images,
-            )
+            return _native.structure(raw, sample, _CODE_MARKERS, _MATH_MARKERS, *_counts(conv))
         n = max(len(raw), 1)
         spaces, newlines, qmarks, digits, code, maths = _text_counts(raw, sample)
         log1p = math.log1p
@@ -255,24 +256,21 @@ class LexicalFeaturizer:
         projection: np.ndarray,
         abilities: np.ndarray,
         biases: np.ndarray,
-    ) -> tuple[np.ndarray, list[float] | None]:
+    ) -> tuple[np.ndarray | list[float], list[float] | None]:
         """(z, raw scores): z = `val @ projection[idx]` of `transform` as float64, the router's
         prompt vector, and `abilities @ z + biases`.
 
-        With the native module it is one C call (no index or value arrays are built); without
-        it, z is the numpy product and the scores are None (the router computes them). Both
-        agree to float32 rounding (tests/test_router_native.py).
+        With the native module it is one C call (`route`: whitespace collapsing, structure
+        features, hashing, projection and scores; no index or value arrays are built) and z
+        is a list of floats; without it, z is the numpy product and the scores are None (the
+        router computes them). Both agree to float32 rounding (tests/test_router_native.py).
         """
         if _native is None:
             idx, val = self.transform(messages, tools)
             return np.asarray(val @ projection[idx], dtype=np.float64), None
         conv, raw = self._text(messages, tools)
-        z, scores = _native.project(
-            b" ".join(raw.split()),
-            self.bits,
-            self._struct_values(conv, raw),
-            projection,
-            abilities,
-            biases,
-        )
-        return np.frombuffer(z, dtype=np.float64), scores
+        z, scores = _native.route(
+            raw, self.bits, _CODE_MARKERS, _MATH_MARKERS, *_counts(conv),
+            projection, abilities, biases,
+        )  # fmt: skip
+        return z, scores

@@ -19,13 +19,29 @@ _ONE_EPS = 1.0 - _EPS
 
 
 class Scored:
-    """A conversation's prompt vector `z` and every profile's raw score (`Router.score`)."""
+    """A conversation's prompt vector and every profile's raw score (`Router.score`).
 
-    __slots__ = ("raw", "z")
+    `values` is the prompt vector as plain floats (what a request record keeps); `z` the same
+    as a float64 array, built on first use: the gateway's hot path never needs it, and a
+    numpy call or two costs more than the whole C pass that computed the numbers.
+    """
 
-    def __init__(self, z: np.ndarray, raw: list[float]) -> None:
-        self.z = z
+    __slots__ = ("_z", "raw", "values")
+
+    def __init__(self, z: np.ndarray | list[float], raw: list[float]) -> None:
+        if isinstance(z, list):
+            self.values = z
+            self._z: np.ndarray | None = None
+        else:
+            self._z = np.asarray(z, dtype=np.float64)
+            self.values = self._z.tolist()
         self.raw = raw
+
+    @property
+    def z(self) -> np.ndarray:
+        if self._z is None:
+            self._z = np.array(self.values, dtype=np.float64)
+        return self._z
 
 
 class Router:
@@ -74,12 +90,15 @@ class Router:
         can (the lexical one's native path: one C call for the whole routing arithmetic)."""
         project = getattr(self.featurizer, "project", None)
         raw: list[float] | None = None
+        z: np.ndarray | list[float]
         if project is not None:
             z, raw = project(messages, tools, self.projection, self.abilities, self.biases)
         else:
             idx, val = self.featurizer.transform(messages, tools)
             z = np.asarray(val @ self.projection[idx], dtype=np.float64)
-        return Scored(z, raw if raw is not None else self._raw(z))
+        if raw is None:
+            raw = self._raw(np.asarray(z, dtype=np.float64))
+        return Scored(z, raw)
 
     # -- profiles -------------------------------------------------------------------------
     def has_profile(self, name: str) -> bool:

@@ -146,3 +146,58 @@ def test_native_errors_are_python_exceptions() -> None:
     pi, pv = f.hashed(text, native=False)  # type: ignore[attr-defined]
     assert np.array_equal(ni, pi)
     np.testing.assert_allclose(nv, pv, rtol=2e-6)
+
+
+def _route_args(f: LexicalFeaturizer, conv: list[dict[str, object]]) -> tuple[bytes, tuple]:
+    c, raw = f._text(conv, None)  # type: ignore[arg-type]
+    return raw, lexical._counts(c)
+
+
+def test_route_is_the_three_native_calls_in_one() -> None:
+    """`route` (what the gateway calls) gives exactly the numbers of collapsing in Python,
+    then `structure` and `project`: the same doubles, long texts (sampled markers) included."""
+    native = lexical._native
+    assert native is not None
+    router = load_router()
+    f = router.featurizer
+    texts = [t.decode("utf-8", "replace") for t in _texts()]
+    texts += ["  lead and trail  ", "\t\x0b\x0cx\r\n y \x1c z", "```" + "a b " * 5000 + "$x$"]
+    for text in texts:
+        raw, counts = _route_args(f, [{"role": "user", "content": text}])
+        sample = raw if len(raw) <= 8192 else raw[:4096] + raw[-4096:]
+        st = native.structure(raw, sample, lexical._CODE_MARKERS, lexical._MATH_MARKERS, *counts)
+        zb, want_scores = native.project(
+            b" ".join(raw.split()), f.bits, st, router.projection, router.abilities,
+            router.biases,
+        )  # fmt: skip
+        z, scores = native.route(
+            raw, f.bits, lexical._CODE_MARKERS, lexical._MATH_MARKERS, *counts,
+            router.projection, router.abilities, router.biases,
+        )  # fmt: skip
+        assert type(z) is list and len(z) == router.projection.shape[1]
+        assert z == np.frombuffer(zb, dtype=np.float64).tolist(), text[:60]
+        assert scores == want_scores, text[:60]
+    # what Router.score hands the gateway: the list, and the same numbers as an array
+    scored = router.score([{"role": "user", "content": "Prove that sqrt(2) is irrational."}])
+    assert type(scored.values) is list
+    assert scored.z.dtype == np.float64 and scored.z.tolist() == scored.values
+
+
+def test_route_errors_are_python_exceptions() -> None:
+    native = lexical._native
+    assert native is not None
+    router = load_router()
+    counts = (3, 3, 1, 0, 0, 0, 0, 0)
+    marks = (lexical._CODE_MARKERS, lexical._MATH_MARKERS)
+    with pytest.raises(ValueError, match="bits"):
+        native.route(b"abc", 40, *marks, *counts, router.projection, router.abilities,
+                     router.biases)  # fmt: skip
+    with pytest.raises(ValueError, match="projection"):
+        native.route(b"abc", 15, *marks, *counts, np.zeros((10, 3), np.float32),
+                     router.abilities, router.biases)  # fmt: skip
+    with pytest.raises(TypeError, match="markers"):
+        native.route(b"abc", 15, ("x",), marks[1], *counts, router.projection,
+                     router.abilities, router.biases)  # fmt: skip
+    z, _ = native.route(b"after the errors", 15, *marks, 16, 16, 1, 0, 0, 0, 0, 0,
+                        router.projection, router.abilities, router.biases)  # fmt: skip
+    assert len(z) == router.projection.shape[1]
