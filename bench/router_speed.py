@@ -1,9 +1,13 @@
 """Latency of one routing decision (featurize + predict + policy) at 200, 2,000 and 20,000 chars.
 
     OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python bench/router_speed.py [--router DIR] [--n 2000]
+        [--cold]
 
 Conversations are multi-turn, built from real prompts of the copied training data. Prints
 p50/p99 per size and the artifact load time; timings are wall-clock on one core, GC paused.
+With --cold every decision runs after 64 MiB of other memory has been written, so nothing of
+the router (its 4 MiB projection, its code) is left in the CPU caches: a gateway under
+moderate load (scenario (b)) sees something between the two.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--router", default="default")
     ap.add_argument("--n", type=int, default=2000, help="decisions per size")
+    ap.add_argument("--cold", action="store_true", help="evict the CPU caches before each")
     args = ap.parse_args()
     t0 = time.perf_counter()
     router = load_router(args.router)
@@ -65,16 +70,21 @@ def main() -> int:
         f"router {router.version}: load {load_ms:.0f} ms, {len(cands)} candidates, "
         "policy cheapest_above"
     )
+    evict = np.zeros(64 << 20 if args.cold else 0, dtype=np.uint8)
     print(f"{'chars':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>8}")
     for size in SIZES:
         convs = [conversation(prompts, size, 37 * j) for j in range(50)]
         for c in convs[:10]:  # warm-up
             policy.decide(router, router.featurize(c), cands)
         n = args.n if size < 20_000 else max(args.n // 4, 200)
+        if args.cold:
+            n = min(n, 500)
         times = np.empty(n)
         gc.disable()
         for j in range(n):
             c = convs[j % len(convs)]
+            if args.cold:
+                evict[::64] += 1  # one write per cache line
             t = time.perf_counter()
             policy.decide(router, router.featurize(c), cands)
             times[j] = time.perf_counter() - t

@@ -58,6 +58,10 @@ def test_native_hashing_equals_the_numpy_path() -> None:
 def test_native_structure_features_equal_the_python_ones() -> None:
     f = LexicalFeaturizer()
     extra = ["``````", "\\\\frac $x$", "def def ", "a" * 9000 + "```" + "b" * 9000, "?" * 20]
+    # overlapping and nested markers: each counted as bytes.count counts it
+    extra += ["```````", "def def def", "\\\\\\frac", "$$$", "==>=>", "sqrtsqrt sqrt(",
+              "import imports importimport ", "#include#include", "{\n;\n{\n", "x" * 4094 + "```"
+              + "y" * 8000 + "``" + "`" * 4097]  # fmt: skip
     texts = [t.decode("utf-8", "replace") for t in _texts()] + extra
     convs: list[list[dict[str, object]]] = [[{"role": "user", "content": t}] for t in texts]
     convs += [
