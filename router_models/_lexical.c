@@ -3,6 +3,7 @@
  * hash_counts(text: bytes, bits: int) -> (indices: bytes, values: bytes)
  * project(text, bits, struct, projection, abilities, biases) -> (z: bytearray, scores: list)
  * structure(raw, sample, markers..., conversation counts) -> the 16 structure features
+ * conversation(messages, tools) -> (raw, 8 counts) of a plain ASCII conversation, or None
  * route(raw, bits, markers..., conversation counts, projection, abilities, biases)
  *     -> (z: list, scores: list): what the gateway calls, the three above in one pass
  *
@@ -525,6 +526,88 @@ done:
     return result;
 }
 
+
+static PyObject *key_role, *key_content, *key_tool_calls; /* interned dict keys */
+
+/* conversation(messages, tools) -> (raw, (len_text, len_last_user, n_user, n_assistant,
+ *                                    len_system, n_tools, n_tool_msgs, n_images)) | None
+ *
+ * messages.py's Conversation and lexical.py's _text for the common request, in one pass:
+ * `messages` a list of dicts whose "role" is a str and whose "content" is an ASCII str or
+ * None or missing, none with "tool_calls", and no `tools`. `raw` is the lower-cased text
+ * (the turns joined by newlines), not yet cut to _MAX_BYTES; the counts are those of
+ * Conversation (n_tools and n_images are 0). Anything else (content parts, non-ASCII text,
+ * tool calls or definitions) returns None: the Python path handles it. */
+static PyObject *conversation(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *messages, *tools;
+    if (!PyArg_ParseTuple(args, "OO", &messages, &tools)) return NULL;
+    if (!PyList_CheckExact(messages)) Py_RETURN_NONE;
+    if (tools != Py_None) {
+        int t = PyObject_IsTrue(tools);
+        if (t < 0) return NULL;
+        if (t) Py_RETURN_NONE;
+    }
+    Py_ssize_t nm = PyList_GET_SIZE(messages), total = 0;
+    for (Py_ssize_t i = 0; i < nm; i++) { /* check everything and size the text first */
+        PyObject *msg = PyList_GET_ITEM(messages, i);
+        if (!PyDict_CheckExact(msg)) Py_RETURN_NONE;
+        PyObject *role = PyDict_GetItemWithError(msg, key_role);
+        PyObject *content = PyDict_GetItemWithError(msg, key_content);
+        PyObject *calls = PyDict_GetItemWithError(msg, key_tool_calls);
+        if (PyErr_Occurred()) return NULL;
+        if (role != NULL && !PyUnicode_CheckExact(role)) Py_RETURN_NONE;
+        if (calls != NULL) {
+            int t = PyObject_IsTrue(calls);
+            if (t < 0) return NULL;
+            if (t) Py_RETURN_NONE;
+        }
+        if (content != NULL && content != Py_None) {
+            if (!PyUnicode_CheckExact(content) || !PyUnicode_IS_ASCII(content)) Py_RETURN_NONE;
+            total += PyUnicode_GET_LENGTH(content);
+        }
+        total += i > 0; /* the newline before each turn but the first */
+    }
+    PyObject *raw = PyBytes_FromStringAndSize(NULL, total);
+    if (raw == NULL) return NULL;
+    char *out = PyBytes_AS_STRING(raw);
+    Py_ssize_t at = 0, last_user = 0, n_user = 0, n_assistant = 0, n_other = 0;
+    Py_ssize_t len_system = 0, n_system = 0;
+    for (Py_ssize_t i = 0; i < nm; i++) {
+        PyObject *msg = PyList_GET_ITEM(messages, i);
+        PyObject *role = PyDict_GetItemWithError(msg, key_role);
+        PyObject *content = PyDict_GetItemWithError(msg, key_content);
+        if (PyErr_Occurred()) {
+            Py_DECREF(raw);
+            return NULL;
+        }
+        Py_ssize_t len = 0;
+        if (i > 0) out[at++] = '\n';
+        if (content != NULL && content != Py_None) {
+            const char *src = (const char *)PyUnicode_1BYTE_DATA(content);
+            len = PyUnicode_GET_LENGTH(content);
+            for (Py_ssize_t j = 0; j < len; j++) {
+                char c = src[j];
+                out[at++] = (char)(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
+            }
+        }
+        /* role: str(msg.get("role", "user")) */
+        if (role == NULL || PyUnicode_CompareWithASCIIString(role, "user") == 0) {
+            n_user++;
+            last_user = len;
+        } else if (PyUnicode_CompareWithASCIIString(role, "system") == 0 ||
+                   PyUnicode_CompareWithASCIIString(role, "developer") == 0) {
+            len_system += len + (n_system > 0);
+            n_system++;
+        } else if (PyUnicode_CompareWithASCIIString(role, "assistant") == 0) {
+            n_assistant++;
+        } else {
+            n_other++;
+        }
+    }
+    return Py_BuildValue("(N(nnnnnnnn))", raw, total, last_user, n_user, n_assistant,
+                         len_system, (Py_ssize_t)0, n_other, (Py_ssize_t)0);
+}
+
 static PyMethodDef methods[] = {
     {"hash_counts", hash_counts, METH_VARARGS,
      "hash_counts(text, bits) -> (intp indices, float32 values) of the hashed n-gram blocks"},
@@ -535,6 +618,8 @@ static PyMethodDef methods[] = {
     {"route", route, METH_VARARGS,
      "route(raw, bits, code_markers, math_markers, <8 conversation counts>, projection, "
      "abilities, biases) -> (z list, raw scores): collapse, structure and project in one"},
+    {"conversation", conversation, METH_VARARGS,
+     "conversation(messages, tools) -> (raw, 8 counts) of a plain ASCII conversation, or None"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -545,5 +630,9 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__lexical(void) {
     for (int c = 0; c < 256; c++) log1p_small[c] = log1pf((float)c);
+    key_role = PyUnicode_InternFromString("role");
+    key_content = PyUnicode_InternFromString("content");
+    key_tool_calls = PyUnicode_InternFromString("tool_calls");
+    if (key_role == NULL || key_content == NULL || key_tool_calls == NULL) return NULL;
     return PyModule_Create(&module);
 }

@@ -78,6 +78,11 @@ def _text_counts(raw: bytes, sample: bytes) -> tuple[int, int, int, int, int, in
     )
 
 
+def _cut(raw: bytes) -> bytes:
+    """A conversation longer than _MAX_BYTES keeps its first 48 KiB and its last 16 KiB."""
+    return raw[: _MAX_BYTES - 16384] + raw[-16384:]
+
+
 def _counts(conv: Conversation) -> tuple[int, int, int, int, int, int, int, int]:
     """The conversation's counts the structure features need, in the C functions' order."""
     return (
@@ -235,7 +240,7 @@ class LexicalFeaturizer:
         conv = Conversation(messages, tools)
         raw = conv.text.lower().encode("utf-8", "replace")
         if len(raw) > _MAX_BYTES:
-            raw = raw[: _MAX_BYTES - 16384] + raw[-16384:]
+            raw = _cut(raw)
         return conv, raw
 
     def transform(
@@ -260,17 +265,25 @@ class LexicalFeaturizer:
         """(z, raw scores): z = `val @ projection[idx]` of `transform` as float64, the router's
         prompt vector, and `abilities @ z + biases`.
 
-        With the native module it is one C call (`route`: whitespace collapsing, structure
-        features, hashing, projection and scores; no index or value arrays are built) and z
-        is a list of floats; without it, z is the numpy product and the scores are None (the
-        router computes them). Both agree to float32 rounding (tests/test_router_native.py).
+        With the native module it is two C calls, `conversation` (the text and counts of a
+        conversation of plain ASCII turns; others go through Conversation) and `route`
+        (whitespace collapsing, structure features, hashing, projection and scores; no index
+        or value arrays are built), and z is a list of floats; without it, z is the numpy
+        product and the scores are None (the router computes them). Both agree to float32
+        rounding (tests/test_router_native.py).
         """
         if _native is None:
             idx, val = self.transform(messages, tools)
             return np.asarray(val @ projection[idx], dtype=np.float64), None
-        conv, raw = self._text(messages, tools)
+        plain = _native.conversation(messages, tools)  # None unless plain ASCII turns
+        if plain is not None:
+            raw, counts = plain
+            if len(raw) > _MAX_BYTES:
+                raw = _cut(raw)
+        else:
+            conv, raw = self._text(messages, tools)
+            counts = _counts(conv)
         z, scores = _native.route(
-            raw, self.bits, _CODE_MARKERS, _MATH_MARKERS, *_counts(conv),
-            projection, abilities, biases,
-        )  # fmt: skip
+            raw, self.bits, _CODE_MARKERS, _MATH_MARKERS, *counts, projection, abilities, biases
+        )
         return z, scores

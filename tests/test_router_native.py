@@ -16,6 +16,7 @@ import router_models.lexical as lexical
 from router_models import load_router
 from router_models.data import load_source
 from router_models.lexical import LexicalFeaturizer
+from router_models.messages import Conversation
 
 
 def _texts() -> list[bytes]:
@@ -205,3 +206,73 @@ def test_route_errors_are_python_exceptions() -> None:
     z, _ = native.route(b"after the errors", 15, *marks, 16, 16, 1, 0, 0, 0, 0, 0,
                         router.projection, router.abilities, router.biases)  # fmt: skip
     assert len(z) == router.projection.shape[1]
+
+
+def _conversations() -> list[tuple[object, object]]:
+    """(messages, tools): plain ASCII ones the C reader takes, and each kind it hands back."""
+    plain: list[list[dict[str, object]]] = [
+        [],
+        [{"role": "user", "content": "Hello THERE, World!"}],
+        [{"content": "no role: a user turn"}],
+        [{"role": "user"}, {"role": "user", "content": None}],
+        [
+            {"role": "system", "content": "Be BRIEF."},
+            {"role": "developer", "content": "Use SI units."},
+            {"role": "user", "content": "How far is 1 AU?\n\tIn km."},
+            {"role": "assistant", "content": "About 1.5e8 km.", "tool_calls": []},
+            {"role": "tool", "content": '{"x": 1}'},
+            {"role": "function", "content": ""},
+            {"role": "user", "content": "And in MILES?", "name": "bob"},
+        ],
+        [{"role": "system", "content": ""}, {"role": "system", "content": ""}],
+        [{"role": "user", "content": "A" * 70000}],  # past _MAX_BYTES: cut after reading
+    ]
+    out: list[tuple[object, object]] = [(m, None) for m in plain]
+    out += [(plain[1], []), (plain[4], ())]
+    handed_back: list[tuple[object, object]] = [
+        ([{"role": "user", "content": "naïve"}], None),
+        ([{"role": "user", "content": [{"type": "text", "text": "parts"}]}], None),
+        ([{"role": "user", "content": "x"}], [{"type": "function", "function": {"name": "f"}}]),
+        ([{"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f"}}]}],
+         None),
+        ([{"role": None, "content": "x"}], None),
+        ([{"role": 7, "content": "x"}], None),
+        ([{"role": "user", "content": 7}], None),
+        (({"role": "user", "content": "a tuple of turns"},), None),
+        ([["role", "user"]], None),
+    ]  # fmt: skip
+    return out + handed_back
+
+
+def test_native_conversation_reader_equals_the_python_one() -> None:
+    native = lexical._native
+    assert native is not None
+    taken = 0
+    for messages, tools in _conversations():
+        got = native.conversation(messages, tools)
+        if got is None:
+            continue
+        taken += 1
+        conv = Conversation(messages, tools)  # type: ignore[arg-type]
+        want_raw = conv.text.lower().encode("utf-8", "replace")  # before the _MAX_BYTES cut
+        assert got == (want_raw, lexical._counts(conv)), messages
+    assert taken == 9, "every plain ASCII conversation is read in C"
+    for messages, tools in _conversations()[9:]:
+        assert native.conversation(messages, tools) is None, messages
+
+
+def test_router_scores_are_the_same_with_and_without_the_c_reader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    router = load_router()
+    convs = [  # what request validation lets through: a list of message objects
+        (m, t)
+        for m, t in _conversations()
+        if isinstance(m, list) and all(isinstance(x, dict) for x in m)
+    ]
+    fast = [router.score(m, t) for m, t in convs]  # type: ignore[arg-type]
+    assert lexical._native is not None
+    monkeypatch.setattr(lexical._native, "conversation", lambda messages, tools: None)
+    for (m, t), got in zip(convs, fast, strict=True):
+        want = router.score(m, t)  # type: ignore[arg-type]
+        assert got.values == want.values and got.raw == want.raw, m
