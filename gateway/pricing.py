@@ -191,8 +191,13 @@ def estimate_prompt_tokens(messages: Any) -> int:
             continue
         chat = True
         total += _TOKENS_PER_MESSAGE
-        for text in _content_text(m.get("content")):
-            total += estimate_tokens(text)
-        if isinstance(m.get("name"), str):
-            total += estimate_tokens(m["name"])
+        content = m.get("content")
+        if type(content) is str:  # the usual turn: no generator for it (runs per request)
+            total += (len(content) + 3) // 4
+        else:
+            for text in _content_text(content):
+                total += estimate_tokens(text)
+        name = m.get("name")
+        if isinstance(name, str):
+            total += estimate_tokens(name)
     return total + (_REPLY_PRIMER_TOKENS if chat else 0)

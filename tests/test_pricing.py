@@ -137,3 +137,7 @@ def test_token_estimates() -> None:
     assert estimate_prompt_tokens("z" * 12) == 3  # a completions prompt
     assert estimate_prompt_tokens(["z" * 4, "z" * 8]) == 3
     assert estimate_prompt_tokens(None) == 0
+    # an empty turn, a named one, a null content (an assistant's tool call turn)
+    named = [{"role": "user", "content": "", "name": "abcdefgh"}, {"role": "assistant"}]
+    assert estimate_prompt_tokens(named) == (4 + 0 + 2) + 4 + 3
+    assert estimate_prompt_tokens([{"role": "assistant", "content": None}]) == 4 + 3
