@@ -1,7 +1,6 @@
 /* The lexical featurizer's hashing and counting in one pass (router_models/lexical.py).
  *
  * hash_counts(text: bytes, bits: int) -> (indices: bytes, values: bytes)
- * project(text, bits, struct, projection, abilities, biases) -> (z: bytearray, scores: list)
  * structure(raw, sample, markers..., conversation counts) -> the 16 structure features
  * conversation(messages, tools) -> (raw, 8 counts) of a plain ASCII conversation, or None
  * route(raw, bits, markers..., conversation counts, projection, abilities, biases)
@@ -299,61 +298,6 @@ static PyObject *scores_of(const double *z, Py_ssize_t k, const Py_buffer *ab,
     return scores;
 }
 
-/* (z, scores) of the n hashed pairs and the structure values: z as a list of floats, or as
- * a bytearray of float64. */
-static PyObject *pack(Py_ssize_t n, int bits, const double *st, Py_ssize_t n_struct,
-                      const Py_buffer *proj, Py_ssize_t k, const Py_buffer *ab,
-                      const Py_buffer *bs, Py_ssize_t m, int z_as_list) {
-    double z[MAX_RANK]; /* k <= MAX_RANK: check_shapes */
-    project_into(n, bits, st, n_struct, (const float *)proj->buf, k, z);
-    PyObject *z_obj = z_as_list ? floats(z, k, 1)
-                                : PyByteArray_FromStringAndSize((const char *)z,
-                                                                k * (Py_ssize_t)sizeof(double));
-    PyObject *scores = z_obj == NULL ? NULL : scores_of(z, k, ab, bs, m);
-    PyObject *result = scores == NULL ? NULL : PyTuple_Pack(2, z_obj, scores);
-    Py_XDECREF(z_obj);
-    Py_XDECREF(scores);
-    return result;
-}
-
-#define MAX_STRUCT 64
-
-/* project(text, bits, struct, projection, abilities, biases) -> (z, scores)
- *
- * The router's prompt vector and every profile's raw score in one call: z is the hashed
- * blocks of `text` and the float32-cast `struct` values (the last len(struct) rows) times the
- * float32 (2^bits + len(struct), k) C-contiguous `projection` (`val @ projection[idx]` of
- * lexical.py's transform), as a bytearray of k float64; scores is the list
- * `abilities @ z + biases` (float64 (m, k) and (m,), C-contiguous) of model.py's Router. */
-static PyObject *project(PyObject *Py_UNUSED(self), PyObject *args) {
-    Py_buffer buf, proj, ab, bs;
-    int bits;
-    PyObject *st;
-    if (!PyArg_ParseTuple(args, "y*iOy*y*y*", &buf, &bits, &st, &proj, &ab, &bs)) return NULL;
-    PyObject *result = NULL, *fast = NULL;
-    double sv[MAX_STRUCT];
-    Py_ssize_t k, m;
-    fast = PySequence_Fast(st, "struct must be a sequence of floats");
-    if (fast == NULL) goto done;
-    Py_ssize_t n_struct = PySequence_Fast_GET_SIZE(fast);
-    if (n_struct > MAX_STRUCT) {
-        PyErr_Format(PyExc_ValueError, "at most %d structure values", MAX_STRUCT);
-        goto done;
-    }
-    if (check_shapes(bits, n_struct, &proj, &ab, &bs, &k, &m) < 0) goto done;
-    for (Py_ssize_t i = 0; i < n_struct; i++) {
-        sv[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(fast, i));
-        if (sv[i] == -1.0 && PyErr_Occurred()) goto done;
-    }
-    Py_ssize_t n = featurize(buf.buf, buf.len, bits);
-    if (n < 0) goto done;
-    result = pack(n, bits, sv, n_struct, &proj, k, &ab, &bs, m, 0);
-done:
-    Py_XDECREF(fast);
-    release4(&buf, &proj, &ab, &bs);
-    return result;
-}
-
 #define MAX_MARKERS 64
 
 /* The sum over `markers` (non-empty bytes) of each one's non-overlapping occurrences in `s`,
@@ -470,12 +414,15 @@ static Py_ssize_t scratch_cap = 0;
  *       len_system, n_tools, n_tool_msgs, n_images, projection, abilities, biases)
  *     -> (z: list of k floats, scores: list of m floats)
  *
- * The gateway's whole routing arithmetic in one call, the same numbers as lexical.py's
- * composition of the three functions above: `raw` is the lower-cased UTF-8 conversation;
- * its whitespace runs are collapsed to single spaces as b" ".join(raw.split()) does (ASCII
- * whitespace, none at either end) before hashing; the structure features are those of
+ * The router's prompt vector and every profile's raw score in one call, the gateway's
+ * whole routing arithmetic. `raw` is the lower-cased UTF-8 conversation; its whitespace
+ * runs are collapsed to single spaces as b" ".join(raw.split()) does (ASCII whitespace,
+ * none at either end) before hashing (hash_counts); the structure features are those of
  * structure(raw, sample, ...) with sample = raw, or its first and last 4 KiB when it is
- * longer than 8 KiB; z and the scores are those of project(). */
+ * longer than 8 KiB. z is the hashed blocks and the float32-cast structure values (the last
+ * 16 rows) times the float32 (2^bits + 16, k) C-contiguous `projection` (`val @
+ * projection[idx]` of lexical.py's transform); scores is `abilities @ z + biases` (float64
+ * (m, k) and (m,), C-contiguous) of model.py's Router. */
 static PyObject *route(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_buffer buf, proj, ab, bs;
     int bits;
@@ -520,7 +467,13 @@ static PyObject *route(PyObject *Py_UNUSED(self), PyObject *args) {
     }
     Py_ssize_t nf = featurize(scratch, t, bits);
     if (nf < 0) goto done;
-    result = pack(nf, bits, sv, N_STRUCT, &proj, k, &ab, &bs, m, 1);
+    double z[MAX_RANK]; /* k <= MAX_RANK: check_shapes */
+    project_into(nf, bits, sv, N_STRUCT, (const float *)proj.buf, k, z);
+    PyObject *z_list = floats(z, k, 1);
+    PyObject *scores = z_list == NULL ? NULL : scores_of(z, k, &ab, &bs, m);
+    result = scores == NULL ? NULL : PyTuple_Pack(2, z_list, scores);
+    Py_XDECREF(z_list);
+    Py_XDECREF(scores);
 done:
     release4(&buf, &proj, &ab, &bs);
     return result;
@@ -611,13 +564,11 @@ static PyObject *conversation(PyObject *Py_UNUSED(self), PyObject *args) {
 static PyMethodDef methods[] = {
     {"hash_counts", hash_counts, METH_VARARGS,
      "hash_counts(text, bits) -> (intp indices, float32 values) of the hashed n-gram blocks"},
-    {"project", project, METH_VARARGS,
-     "project(text, bits, struct, projection, abilities, biases) -> (z, raw scores)"},
     {"structure", structure, METH_VARARGS,
      "structure(raw, sample, code_markers, math_markers, <8 conversation counts>) -> 16 floats"},
     {"route", route, METH_VARARGS,
      "route(raw, bits, code_markers, math_markers, <8 conversation counts>, projection, "
-     "abilities, biases) -> (z list, raw scores): collapse, structure and project in one"},
+     "abilities, biases) -> (z list, raw scores): the routing arithmetic in one call"},
     {"conversation", conversation, METH_VARARGS,
      "conversation(messages, tools) -> (raw, 8 counts) of a plain ASCII conversation, or None"},
     {NULL, NULL, 0, NULL},

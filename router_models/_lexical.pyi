@@ -4,15 +4,6 @@ from collections.abc import Sequence
 from numpy import ndarray
 
 def hash_counts(text: bytes, bits: int, /) -> tuple[bytes, bytes]: ...
-def project(
-    text: bytes,
-    bits: int,
-    struct: Sequence[float],
-    projection: ndarray,
-    abilities: ndarray,
-    biases: ndarray,
-    /,
-) -> tuple[bytearray, list[float]]: ...
 def structure(
     raw: bytes,
     sample: bytes,

@@ -87,7 +87,7 @@ class Router:
 
     def score(self, messages: list[dict[str, Any]], tools: list[Any] | None = None) -> Scored:
         """The prompt vector and every profile's raw score, in one pass where the featurizer
-        can (the lexical one's native path: one C call for the whole routing arithmetic)."""
+        can (the lexical one's native path: the C pass computes both at once)."""
         project = getattr(self.featurizer, "project", None)
         raw: list[float] | None = None
         z: np.ndarray | list[float]

@@ -131,26 +131,27 @@ def test_native_errors_are_python_exceptions() -> None:
     f = router.featurizer
     with pytest.raises(ValueError, match="bits"):
         native.hash_counts(b"abc", 40)
-    struct = (0.0,) * 16
+    marks = (lexical._CODE_MARKERS, lexical._MATH_MARKERS)
+    counts = (3, 3, 1, 0, 0, 0, 0, 0)
+    proj, ab, bs = router.projection, router.abilities, router.biases
+    with pytest.raises(ValueError, match="bits"):
+        native.route(b"abc", 40, *marks, *counts, proj, ab, bs)
     with pytest.raises(ValueError, match="projection"):
-        native.project(
-            b"abc", 15, struct, np.zeros((10, 3), np.float32), router.abilities, router.biases
-        )
+        native.route(b"abc", 15, *marks, *counts, np.zeros((10, 3), np.float32), ab, bs)
     with pytest.raises(ValueError, match="C-contiguous"):  # numpy refuses a strided view
-        native.project(
-            b"abc", 15, struct, router.projection, router.abilities[:, :3], router.biases
-        )
+        native.route(b"abc", 15, *marks, *counts, proj, ab[:, :3], bs)
     with pytest.raises(ValueError, match="abilities"):
-        three = np.ascontiguousarray(router.abilities[:, :3])
-        native.project(b"abc", 15, struct, router.projection, three, router.biases)
-    with pytest.raises(TypeError):
-        native.project(b"abc", 15, ("x",) * 16, router.projection, router.abilities, router.biases)
-    # and nothing is left behind in the scratch tables: the next call is still exact
+        native.route(b"abc", 15, *marks, *counts, proj, np.ascontiguousarray(ab[:, :3]), bs)
+    with pytest.raises(TypeError, match="markers"):
+        native.route(b"abc", 15, ("x",), marks[1], *counts, proj, ab, bs)
+    # and nothing is left behind in the scratch tables: the next calls are still exact
     text = b"after the errors"
     ni, nv = f.hashed(text, native=True)  # type: ignore[attr-defined]
     pi, pv = f.hashed(text, native=False)  # type: ignore[attr-defined]
     assert np.array_equal(ni, pi)
     np.testing.assert_allclose(nv, pv, rtol=2e-6)
+    z, _ = native.route(text, 15, *marks, 16, 16, 1, 0, 0, 0, 0, 0, proj, ab, bs)
+    assert len(z) == proj.shape[1]
 
 
 def _route_args(f: LexicalFeaturizer, conv: list[dict[str, object]]) -> tuple[bytes, tuple]:
@@ -158,54 +159,43 @@ def _route_args(f: LexicalFeaturizer, conv: list[dict[str, object]]) -> tuple[by
     return raw, lexical._counts(c)
 
 
-def test_route_is_the_three_native_calls_in_one() -> None:
-    """`route` (what the gateway calls) gives exactly the numbers of collapsing in Python,
-    then `structure` and `project`: the same doubles, long texts (sampled markers) included."""
+def test_route_is_collapse_structure_hash_and_projection() -> None:
+    """`route` (what the gateway calls) gives the prompt vector of the parts it replaces,
+    computed here one by one: whitespace collapsed in Python, the C hashing and structure
+    features (each checked against numpy and Python above), the projection in float64.
+    Long texts (sampled markers) and every kind of ASCII whitespace included."""
     native = lexical._native
     assert native is not None
     router = load_router()
     f = router.featurizer
+    proj = router.projection
+    n_hash = 1 << f.bits
     texts = [t.decode("utf-8", "replace") for t in _texts()]
     texts += ["  lead and trail  ", "\t\x0b\x0cx\r\n y \x1c z", "```" + "a b " * 5000 + "$x$"]
     for text in texts:
         raw, counts = _route_args(f, [{"role": "user", "content": text}])
         sample = raw if len(raw) <= 8192 else raw[:4096] + raw[-4096:]
         st = native.structure(raw, sample, lexical._CODE_MARKERS, lexical._MATH_MARKERS, *counts)
-        zb, want_scores = native.project(
-            b" ".join(raw.split()), f.bits, st, router.projection, router.abilities,
-            router.biases,
-        )  # fmt: skip
+        idx, val = f.hashed(b" ".join(raw.split()), native=True)  # type: ignore[attr-defined]
+        want = val.astype(np.float64) @ proj[idx].astype(np.float64)
+        want += np.asarray(st, dtype=np.float32).astype(np.float64) @ proj[n_hash:].astype(
+            np.float64
+        )
         z, scores = native.route(
             raw, f.bits, lexical._CODE_MARKERS, lexical._MATH_MARKERS, *counts,
-            router.projection, router.abilities, router.biases,
+            proj, router.abilities, router.biases,
         )  # fmt: skip
-        assert type(z) is list and len(z) == router.projection.shape[1]
-        assert z == np.frombuffer(zb, dtype=np.float64).tolist(), text[:60]
-        assert scores == want_scores, text[:60]
+        assert type(z) is list and len(z) == proj.shape[1]
+        # float32 sums in another order: rounding only
+        np.testing.assert_allclose(z, want, rtol=1e-5, atol=1e-6, err_msg=repr(text[:60]))
+        # the scores are those of the vector it returned, to float64 rounding
+        np.testing.assert_allclose(
+            scores, router.abilities @ np.asarray(z) + router.biases, rtol=1e-12, atol=1e-12
+        )
     # what Router.score hands the gateway: the list, and the same numbers as an array
     scored = router.score([{"role": "user", "content": "Prove that sqrt(2) is irrational."}])
     assert type(scored.values) is list
     assert scored.z.dtype == np.float64 and scored.z.tolist() == scored.values
-
-
-def test_route_errors_are_python_exceptions() -> None:
-    native = lexical._native
-    assert native is not None
-    router = load_router()
-    counts = (3, 3, 1, 0, 0, 0, 0, 0)
-    marks = (lexical._CODE_MARKERS, lexical._MATH_MARKERS)
-    with pytest.raises(ValueError, match="bits"):
-        native.route(b"abc", 40, *marks, *counts, router.projection, router.abilities,
-                     router.biases)  # fmt: skip
-    with pytest.raises(ValueError, match="projection"):
-        native.route(b"abc", 15, *marks, *counts, np.zeros((10, 3), np.float32),
-                     router.abilities, router.biases)  # fmt: skip
-    with pytest.raises(TypeError, match="markers"):
-        native.route(b"abc", 15, ("x",), marks[1], *counts, router.projection,
-                     router.abilities, router.biases)  # fmt: skip
-    z, _ = native.route(b"after the errors", 15, *marks, 16, 16, 1, 0, 0, 0, 0, 0,
-                        router.projection, router.abilities, router.biases)  # fmt: skip
-    assert len(z) == router.projection.shape[1]
 
 
 def _conversations() -> list[tuple[object, object]]:
