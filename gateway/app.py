@@ -37,6 +37,8 @@ from gateway.runtime import Runtime, UpstreamPool
 from gateway.store import make_store
 from gateway.upstream import STATE_NAMES, Upstream
 
+LOOP_LAG_INTERVAL_S = 0.1  # tollgate_event_loop_lag_seconds: ten samples a second
+
 log = logging.getLogger("tollgate")
 
 
@@ -154,6 +156,15 @@ class Gateway:
             except Exception:  # the watcher must never die
                 log.exception("config watcher error")
 
+    async def _watch_loop_lag(self) -> None:
+        """How late a LOOP_LAG_INTERVAL_S sleep wakes: the time the event loop spent on other
+        work (bursts of requests, a slow callback) while this timer was due."""
+        clock = time.perf_counter
+        while True:
+            t0 = clock()
+            await asyncio.sleep(LOOP_LAG_INTERVAL_S)
+            self.metrics.event_loop_lag(max(0.0, clock() - t0 - LOOP_LAG_INTERVAL_S))
+
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         # Everything loaded so far (config, router weights, modules) lives until shutdown:
@@ -162,6 +173,7 @@ class Gateway:
         gc.freeze()
         await self.recorder.start()
         self._tasks.append(asyncio.create_task(self._watch_config()))
+        self._tasks.append(asyncio.create_task(self._watch_loop_lag()))
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")

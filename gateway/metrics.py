@@ -42,6 +42,7 @@ LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 UNIT_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
@@ -238,6 +239,14 @@ class Metrics:
             buckets=DECISION_BUCKETS,
             registry=reg,
         )
+        self.loop_lag = Histogram(
+            "tollgate_event_loop_lag_seconds",
+            "How late a timer the gateway sets every 100 ms fired, to the millisecond: how "
+            "long its event loop was busy with other work; a request that arrived then waited "
+            "as long before the gateway read it (not in tollgate_gateway_overhead_seconds)",
+            buckets=LAG_BUCKETS,
+            registry=reg,
+        )
         self.router_score = Histogram(
             "tollgate_router_score",
             "Router need-for-strong score of routed requests",
@@ -396,6 +405,9 @@ class Metrics:
         self._fold_globals()
 
     # -- events -----------------------------------------------------------------------------
+    def event_loop_lag(self, seconds: float) -> None:
+        self.loop_lag.observe(seconds)  # 10 times a second: not worth deferring
+
     def router_decision(self, seconds: float) -> None:
         self._g.decision.add(seconds)
         if not self._defer:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -666,3 +668,29 @@ def test_in_flight_request_finishes_on_the_config_it_started_with(
         json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
     )
     assert after.json()["choices"][0]["message"]["content"].startswith("[other]")
+
+
+def test_event_loop_lag_is_measured(pair: Any) -> None:
+    """tollgate_event_loop_lag_seconds samples the loop ten times a second; a gateway that
+    could not run for 0.4 s (stopped here with SIGSTOP) shows it as a late sample."""
+    _, _, gw = pair
+    assert gw.proc is not None
+
+    def lag() -> tuple[float, float]:
+        seen = metric_samples(httpx.get(f"{gw.url}/metrics").text)
+        count = metric_total(seen, "tollgate_event_loop_lag_seconds_count")
+        return count, metric_total(seen, "tollgate_event_loop_lag_seconds_bucket", le="0.25")
+
+    n0, on_time0 = lag()
+    os.kill(gw.proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(0.4)
+    finally:
+        os.kill(gw.proc.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 5
+    while (got := lag())[0] < n0 + 3:
+        assert time.monotonic() < deadline, "the loop-lag samples stopped"
+        time.sleep(0.1)
+    count, on_time = got
+    late_before, late_after = n0 - on_time0, count - on_time
+    assert late_after - late_before >= 1, "no sample later than 0.25 s after a 0.4 s stop"
