@@ -151,8 +151,9 @@ def steal_ms() -> dict[str, float]:
 
 def gateway_counts(addr: tuple[str, int], settle_s: float = 10.0) -> dict[str, Any] | None:
     """From the gateway's /metrics, once its writer has caught up (or `settle_s` has passed):
-    requests answered, records the store's buffer dropped and still holds, and the gateway's
-    own measure of its overhead (latency minus upstream time) as cumulative bucket counts."""
+    requests answered, records the store's buffer dropped and still holds, and as cumulative
+    bucket counts the gateway's own measure of its overhead (latency minus upstream time)
+    and of its event loop's lag (a 100 ms timer's lateness)."""
     url = f"http://{addr[0]}:{addr[1]}/metrics"
     deadline = time.monotonic() + settle_s
     while True:
@@ -160,7 +161,9 @@ def gateway_counts(addr: tuple[str, int], settle_s: float = 10.0) -> dict[str, A
             text = httpx.get(url, timeout=5.0, trust_env=False, headers=AUTH).text
         except httpx.HTTPError:
             return None
-        got: dict[str, Any] = {"requests": 0, "dropped": 0, "buffered": 0, "overhead_le": {}}
+        got: dict[str, Any] = {
+            "requests": 0, "dropped": 0, "buffered": 0, "overhead_le": {}, "lag_le": {}
+        }  # fmt: skip
         for line in text.splitlines():
             name, _, value = line.rpartition(" ")
             if name.startswith("tollgate_requests_total{"):
@@ -171,6 +174,8 @@ def gateway_counts(addr: tuple[str, int], settle_s: float = 10.0) -> dict[str, A
                 got["buffered"] = int(float(value))
             elif name.startswith('tollgate_gateway_overhead_seconds_bucket{le="'):
                 got["overhead_le"][name.split('"')[1]] = int(float(value))
+            elif name.startswith('tollgate_event_loop_lag_seconds_bucket{le="'):
+                got["lag_le"][name.split('"')[1]] = int(float(value))
         if got["buffered"] == 0 or time.monotonic() > deadline:
             return got
         time.sleep(0.2)
@@ -184,6 +189,13 @@ def overhead_shares(le: dict[str, int], bounds: Sequence[str] = ("0.001", "0.002
     return ", ".join(
         f"{le.get(b, 0) / total * 100:.1f}% <= {float(b) * 1000:g} ms" for b in bounds if b in le
     )
+
+
+def late_counts(le: dict[str, int], bounds: Sequence[str] = ("0.002", "0.005", "0.01")) -> str:
+    """'12 samples > 2 ms, 3 > 5 ms, 0 > 10 ms of 240' from cumulative bucket counts."""
+    total = le.get("+Inf", 0)
+    parts = [f"{total - le.get(b, 0):,} > {float(b) * 1000:g} ms" for b in bounds if b in le]
+    return ", ".join(parts) + f" of {total:,} samples"
 
 
 def rss_mib(pid: int) -> float | None:
@@ -933,6 +945,14 @@ def tables(run: Run, baseline: str = "direct") -> list[str]:
                 "\nThe gateway's own measure of what it added (latency minus upstream time, "
                 "`tollgate_gateway_overhead_seconds`, all its requests): "
                 + "; ".join(f"{name} {overhead_shares(c['overhead_le'])}" for name, c in seen)
+            )
+        lagged = [(name, c) for name, c in seen if c["lag_le"].get("+Inf")]
+        if lagged:
+            out.append(
+                "\nHow late the gateway's event loop ran (`tollgate_event_loop_lag_seconds`: a "
+                "100 ms timer's lateness, sampled ten times a second over the gateway's whole "
+                "life in this scenario, idle time between its rounds included): "
+                + "; ".join(f"{name} {late_counts(c['lag_le'])}" for name, c in lagged)
             )
         kept = [(name, c) for name, c in seen if c["store"] != "none"]
         if kept:
