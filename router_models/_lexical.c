@@ -4,7 +4,8 @@
  * structure(raw, sample, markers..., conversation counts) -> the 16 structure features
  * conversation(messages, tools) -> (raw, 8 counts) of a plain ASCII conversation, or None
  * route(raw, bits, markers..., conversation counts, projection, abilities, biases)
- *     -> (z: list, scores: list): what the gateway calls, the three above in one pass
+ *     -> (z: list, scores: list): what the gateway calls, whitespace collapsing, structure,
+ *        hashing and projection in one pass
  *
  * `text` is the lower-cased, whitespace-collapsed UTF-8 of a conversation. The result is the
  * same sparse block the numpy path in lexical.py computes: sorted unique bucket ids of the
@@ -257,13 +258,6 @@ static void project_into(Py_ssize_t n, int bits, const double *st, Py_ssize_t n_
     }
 }
 
-static void release4(Py_buffer *a, Py_buffer *b, Py_buffer *c, Py_buffer *d) {
-    PyBuffer_Release(a);
-    PyBuffer_Release(b);
-    PyBuffer_Release(c);
-    PyBuffer_Release(d);
-}
-
 /* A new list (or tuple) of the n doubles at v. */
 static PyObject *floats(const double *v, Py_ssize_t n, int as_list) {
     PyObject *out = as_list ? PyList_New(n) : PyTuple_New(n);
@@ -475,7 +469,10 @@ static PyObject *route(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_XDECREF(z_list);
     Py_XDECREF(scores);
 done:
-    release4(&buf, &proj, &ab, &bs);
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&proj);
+    PyBuffer_Release(&ab);
+    PyBuffer_Release(&bs);
     return result;
 }
 
