@@ -270,9 +270,17 @@ class Target:
 class Direct(Target):
     name = "direct"
 
+    def __init__(self, name: str = "direct") -> None:
+        self.name = name
+
     def start(self, upstream: FakeUpstream) -> tuple[str, int]:
         self.model = "fake-model"
         return "127.0.0.1", upstream.port
+
+
+# The same upstream measured a second time, as a target of its own: its distance from
+# "direct" is the measure's own noise (an A/A test), printed beside the gateways' distances.
+CONTROL = "direct again (A/A control)"
 
 
 def free_port() -> int:
@@ -494,6 +502,13 @@ function done(summary, latency, requests)
     summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
     latency:percentile(99.9), latency.mean, latency.max))
+  -- every distinct latency (us) and how many requests had it, so that rounds pool exactly
+  local parts = {}
+  for i = 1, #latency do
+    local v, c = latency(i)
+    parts[#parts + 1] = string.format("%%d:%%d", v, c)
+  end
+  io.write("BENCH_HIST " .. table.concat(parts, ",") .. "\n")
 end
 """
 
@@ -510,12 +525,16 @@ def run_wrk(
     duration_s: float,
     requests: int = 0,
     workdir: Path | None = None,
+    lua: str | None = None,
 ) -> dict[str, Any]:
-    """wrk -t1 (one thread: it shares a core with the upstream); stops after `requests` if > 0."""
+    """wrk -t1 (one thread: it shares a core with the upstream); stops after `requests` if > 0.
+
+    `lua` replaces the request script (it must print BENCH_JSON as WRK_LUA's done() does)."""
     workdir = workdir or Path(tempfile.gettempdir())
     script = workdir / f"bench-{os.getpid()}.lua"
     script.write_text(
-        WRK_LUA % {"body": chat_body(model, False).decode(), "bearer": BEARER, "limit": requests}
+        lua
+        or WRK_LUA % {"body": chat_body(model, False).decode(), "bearer": BEARER, "limit": requests}
     )
     cmd = [
         *pin_prefix(LOAD_CORE),
@@ -553,8 +572,15 @@ def run_wrk(
     errors = sum(
         d[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts")
     )
+    hist: list[tuple[int, int]] = []
+    hl = [ln for ln in out if ln.startswith("BENCH_HIST ")]
+    if hl and hl[-1].strip() != "BENCH_HIST":
+        for pair in hl[-1][len("BENCH_HIST ") :].strip().split(","):
+            v, _, c = pair.partition(":")
+            hist.append((int(v), int(c)))
     return {
         "tool": "wrk",
+        "hist_us": hist,
         "requests": d["requests"],
         "errors": errors,
         "seconds": round(secs, 3),
@@ -683,10 +709,12 @@ async def _client_run(
         "p90_ms": _pct(totals, 90) * ms,
         "p99_ms": _pct(totals, 99) * ms,
         "mean_ms": (sum(totals) / len(totals) * ms) if totals else float("nan"),
+        "samples_ms": [t * ms for t in totals],
     }
     if stream:
         res["ttfb_p50_ms"] = _pct(ttfbs, 50) * ms
         res["ttfb_p99_ms"] = _pct(ttfbs, 99) * ms
+        res["ttfb_samples_ms"] = [t * ms for t in ttfbs]
     return res
 
 
@@ -745,22 +773,69 @@ def measure(
 _MEDIAN_KEYS = (
     "p50_ms", "p90_ms", "p99_ms", "p999_ms", "mean_ms", "ttfb_p50_ms", "ttfb_p99_ms"
 )  # fmt: skip
+_RAW_KEYS = ("hist_us", "samples_ms", "ttfb_samples_ms")
+
+
+def hist_percentile(hist: Sequence[tuple[int, int]], p: float) -> int:
+    """wrk's own percentile (stats_percentile) over a histogram of (value, count) pairs."""
+    total = sum(c for _, c in hist)
+    rank = round(p / 100.0 * total + 0.5)
+    seen = 0
+    for v, c in hist:
+        seen += c
+        if seen >= rank:
+            return v
+    return hist[-1][0] if hist else 0
+
+
+def pooled_latencies(rounds: list[dict[str, Any]]) -> dict[str, float]:
+    """Percentiles of all the rounds' requests together: what one run of the whole duration
+    would report (the issue's "20 s ... p99"), from wrk's exact histograms or the asyncio
+    client's samples. Empty if a round lacks its raw latencies."""
+    out: dict[str, float] = {}
+    if all(r.get("hist_us") for r in rounds):
+        merged: dict[int, int] = {}
+        for r in rounds:
+            for v, c in r["hist_us"]:
+                merged[v] = merged.get(v, 0) + c
+        hist = sorted(merged.items())
+        n = sum(c for _, c in hist)
+        for key, p in (("p50_ms", 50), ("p90_ms", 90), ("p99_ms", 99), ("p999_ms", 99.9)):
+            out[key] = hist_percentile(hist, p) / 1000.0
+        out["mean_ms"] = sum(v * c for v, c in hist) / n / 1000.0
+        out["max_ms"] = hist[-1][0] / 1000.0
+    elif all(r.get("samples_ms") for r in rounds):
+        xs = [x for r in rounds for x in r["samples_ms"]]
+        for key, p in (("p50_ms", 50), ("p90_ms", 90), ("p99_ms", 99)):
+            out[key] = _pct(xs, p)
+        out["mean_ms"] = statistics.fmean(xs)
+        if all(r.get("ttfb_samples_ms") for r in rounds):
+            ts = [x for r in rounds for x in r["ttfb_samples_ms"]]
+            out["ttfb_p50_ms"], out["ttfb_p99_ms"] = _pct(ts, 50), _pct(ts, 99)
+    return out
 
 
 def combine_rounds(rounds: list[dict[str, Any]], cpu_s: float | None) -> dict[str, Any]:
-    """One result from a target's interleaved rounds: totals for counts and req/s, the
-    median round for each percentile (robust to a round that a noisy neighbour hit)."""
+    """One result from a target's interleaved rounds: totals for counts and req/s, and the
+    latency percentiles of all its requests pooled (the median round's where a round has no
+    raw latencies). `per_round` keeps each round's own rate and percentiles."""
     if len(rounds) == 1:
-        res = dict(rounds[0])
+        res = {k: v for k, v in rounds[0].items() if k not in _RAW_KEYS}
     else:
         res = {"tool": rounds[0]["tool"], "rounds": len(rounds)}
         res["requests"] = sum(r["requests"] for r in rounds)
         res["errors"] = sum(r["errors"] for r in rounds)
         res["seconds"] = round(sum(r["seconds"] for r in rounds), 3)
         res["rps"] = res["requests"] / res["seconds"] if res["seconds"] > 0 else 0.0
+        pooled = pooled_latencies(rounds)
+        res["latency_from"] = "pooled" if pooled else "median round"
         for k in _MEDIAN_KEYS:
-            if all(k in r for r in rounds):
+            if k in pooled:
+                res[k] = pooled[k]
+            elif all(k in r for r in rounds):
                 res[k] = statistics.median(r[k] for r in rounds)
+        if "max_ms" in pooled:
+            res["max_ms"] = pooled["max_ms"]
         res["per_round"] = [
             {k: r[k] for k in ("rps", "p50_ms", "p99_ms", "ttfb_p50_ms") if k in r} for r in rounds
         ]
@@ -939,6 +1014,16 @@ def tables(run: Run, baseline: str = "direct") -> list[str]:
                     f"{f3(r['p99_ms'])} | {f3(d99) if t.name != baseline else '-'} | {cpu} | "
                     f"{r['errors']} |"
                 )
+        per_round = [
+            (name, [x["p99_ms"] for x in r["per_round"]])
+            for name, r in rows.items()
+            if len(r.get("per_round", ())) > 1
+        ]
+        if per_round:
+            out.append(
+                "\nEach round's own p99 (ms), in the order run (the table pools them): "
+                + "; ".join(f"{name} {' / '.join(f1(x) for x in xs)}" for name, xs in per_round)
+            )
         seen = [(name, r["gateway"]) for name, r in rows.items() if r.get("gateway")]
         if seen:
             out.append(
@@ -1129,7 +1214,11 @@ def header_lines(command: str, rounds: int = 1) -> list[str]:
         (
             f"- rounds: each scenario runs in {rounds} interleaved rounds (every target for "
             "1/{n} of the requests or time, then again in a rotated order); req/s and CPU are "
-            "totals, latencies the median round's".replace("{n}", str(rounds))
+            "totals; latency percentiles are over all of a target's requests, its rounds "
+            "pooled (wrk's exact histograms); `direct again` is the upstream measured a "
+            "second time, so its distance from `direct` is the measure's own noise".replace(
+                "{n}", str(rounds)
+            )
             if rounds > 1
             else "- rounds: 1 (every target once, back to back)"
         ),
@@ -1201,6 +1290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     common_args(p)
     p.add_argument("--modes", default="pinned,auto", help="comma list of pinned,auto")
     p.add_argument("--store", default="none,sqlite", help="none|sqlite (comma list for both)")
+    p.add_argument(
+        "--no-control",
+        action="store_true",
+        help=f"leave out the target {CONTROL!r} (the upstream measured twice)",
+    )
     args = p.parse_args(argv)
     keys = parse_list(args.scenarios, "abcd", "scenarios")
     modes = parse_list(args.modes, ("pinned", "auto"), "modes")
@@ -1208,6 +1302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_pinning()
     all_sc = make_scenarios(args.quick)
     targets: list[Target] = [Direct()]
+    if not args.no_control:
+        targets.append(Direct(CONTROL))
     targets += [Tollgate(store=s, mode=m) for m in modes for s in stores]
     run = Run([all_sc[k] for k in keys], targets, args.quick, rounds_of(args))
     t0 = time.monotonic()
@@ -1236,6 +1332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for tgt in [t for t in targets if isinstance(t, Tollgate)]:
             for what, got, ok in verdicts(run, tgt.name):
                 lines.append(f"| {what} [{tgt.name}] | {got} | {ok} |")
+        if any(t.name == CONTROL for t in targets):
+            for what, got, _ in verdicts(run, CONTROL):
+                lines.append(f"| {what} [{CONTROL}: the measure's own noise] | {got} | - |")
         lines.append("| (c) >= 20x LiteLLM's req/s on the same core | see *Peer: LiteLLM* | - |")
         lines.append("")
     body = "\n".join(lines)
