@@ -13,9 +13,13 @@ core 1. Scenarios (each DIRECT and THROUGH every target, back to back):
   d  streaming, concurrency 16, 20 chunks, 20 s               TTFB and total p50, req/s
 
 Non-streamed load comes from Debian's `wrk` (`--latency`, a Lua `done()` printing the
-percentiles as JSON); without wrk the harness says so and uses its asyncio client. Streams
-are measured by the asyncio client (raw asyncio streams, one keep-alive connection per
-worker), which records the time to the first SSE byte.
+percentiles as JSON and its exact latency histogram); without wrk the harness says so and
+uses its asyncio client. Streams are measured by the asyncio client (raw asyncio streams,
+one keep-alive connection per worker), which records the time to the first SSE byte.
+
+Each scenario runs in interleaved rounds (--rounds, default 4); a target's latency
+percentiles are over all its requests, the rounds pooled. `direct again (A/A control)`
+measures the upstream a second time: its distance from `direct` is the measure's own noise.
 
 Every run is bounded in requests and time and ends by itself; only processes this script
 started are ever signalled, by PID.
