@@ -124,23 +124,15 @@ def follow(packets: list[Packet], front: int, upstream: int, direct: bool) -> Tr
     return tr
 
 
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q / 100 * len(s)))] if s else float("nan")
-
-
 def describe(name: str, tr: Trace, direct: bool) -> list[str]:
     ms = 1000.0
     if direct:
-        keys = [n for n in tr.a if n in tr.c]
-        tot = {n: (tr.c[n] - tr.a[n]) * ms for n in keys}
-        out = [f"{name}: {len(keys)} requests"]
-        out.append(
-            f"  wire latency C-A: p50 {pct(list(tot.values()), 50):.2f}  p90 "
-            f"{pct(list(tot.values()), 90):.2f}  p99 {pct(list(tot.values()), 99):.2f}  "
-            f"max {max(tot.values()):.2f} ms"
-        )
-        return out
+        wire = [(tr.c[n] - tr.a[n]) * ms for n in tr.a if n in tr.c]
+        return [
+            f"{name}: {len(wire)} requests",
+            f"  wire latency C-A: p50 {ov._pct(wire, 50):.2f}  p90 {ov._pct(wire, 90):.2f}  "
+            f"p99 {ov._pct(wire, 99):.2f}  max {max(wire):.2f} ms",
+        ]
     keys = [n for n in tr.a if n in tr.b and n in tr.c and n in tr.d]
     parts = {
         "D-A total": {n: (tr.d[n] - tr.a[n]) * ms for n in keys},
@@ -152,8 +144,8 @@ def describe(name: str, tr: Trace, direct: bool) -> list[str]:
     for label, v in parts.items():
         xs = list(v.values())
         out.append(
-            f"  {label:16s} p50 {pct(xs, 50):7.3f}  p90 {pct(xs, 90):7.3f}  p99 "
-            f"{pct(xs, 99):7.3f}  max {max(xs):7.3f} ms"
+            f"  {label:16s} p50 {ov._pct(xs, 50):7.3f}  p90 {ov._pct(xs, 90):7.3f}  p99 "
+            f"{ov._pct(xs, 99):7.3f}  max {max(xs):7.3f} ms"
         )
     tot = parts["D-A total"]
     slow = sorted(keys, key=lambda n: tot[n])[-max(1, len(keys) // 100) :]

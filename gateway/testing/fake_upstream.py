@@ -337,9 +337,8 @@ class _Exchange:
             message = await self.receive()
             if message["type"] == "http.disconnect":
                 gone.set()
-                sleeper = self._sleeper
-                if sleeper is not None and not sleeper.done():
-                    sleeper.set_result(True)
+                if self._sleeper is not None:
+                    _settle(self._sleeper, True)
                 return
 
     @property
