@@ -1,4 +1,5 @@
-"""Upstream HTTP client cost per request: httpx (as gateway/upstream.py sets it up) vs aiohttp.
+"""Upstream HTTP client cost per request: httpx (as gateway/upstreams/pool.py sets it up)
+vs aiohttp.
 
     bench/.litellm-venv/bin/python bench/client_micro.py [--seconds 8] [--concurrency 1,64,256]
 
@@ -174,7 +175,7 @@ def main() -> int:
                 f"git commit `{ov.git_commit()}`",
                 "- the upstream client alone (no gateway), in one process pinned to core 0, "
                 "closed loop at the given concurrency against the fake upstream on core 1; "
-                f"httpx {httpx.__version__} configured as gateway/upstream.py does "
+                f"httpx {httpx.__version__} configured as gateway/upstreams/pool.py does "
                 "(one AsyncClient, 256 connections); `httpx x8` = 8 AsyncClients of 32 "
                 "connections, round robin; "
                 f"aiohttp {aiohttp.__version__} = one ClientSession, TCPConnector(limit=256)",

@@ -1,4 +1,4 @@
-"""Client CPU per upstream request: gateway.h1.H1Pool vs a pooled httpx.AsyncClient.
+"""Client CPU per upstream request: gateway.http.h1.H1Pool vs a pooled httpx.AsyncClient.
 
     .venv/bin/python bench/h1_micro.py [--requests 5000] [--concurrency 16] [--rounds 3]
                                        [--loop uvloop|asyncio]
@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx
 import uvloop
 
-from gateway.h1 import H1Pool
-from gateway.testing.fake_upstream import FakeUpstream
+from gateway.http.h1 import H1Pool
+from tests.fake_upstream import FakeUpstream
 
 BODY = b'{"model":"m","messages":[{"role":"user","content":"Write one short sentence."}]}'
 STREAM_BODY = (

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import overhead as ov
 
-from gateway.testing.procutil import stop_process
+from gateway.demo.procutil import stop_process
 
 
 def _control(pid: int, *args: str) -> None:

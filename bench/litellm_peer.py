@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import overhead as ov
 
-from gateway.testing.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream
 
 LITELLM_VERSION = "1.108.7"
 VENV = Path(__file__).resolve().parent / ".litellm-venv"

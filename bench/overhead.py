@@ -53,8 +53,8 @@ if str(REPO) not in sys.path:
 
 import httpx  # noqa: E402
 
-from gateway.testing.fake_upstream import FakeUpstream  # noqa: E402
-from gateway.testing.procutil import stop_process  # noqa: E402
+from gateway.demo.procutil import stop_process  # noqa: E402
+from tests.fake_upstream import FakeUpstream  # noqa: E402
 
 BENCHMARKS = REPO / "BENCHMARKS.md"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -1193,7 +1193,7 @@ def update_subsection(section: str, sub: str, body: str, path: Path = BENCHMARKS
 def header_lines(command: str, rounds: int = 1) -> list[str]:
     pin = (
         "gateway pinned to core 0 (`taskset -c 0`, one uvicorn worker via `tollgate serve`); "
-        "fake upstream (`gateway/testing/fake_upstream.py`), load generator and harness "
+        "fake upstream (`tests/fake_upstream.py`), load generator and harness "
         "pinned to core 1"
         if can_pin()
         else "NOT pinned (fewer than 2 cores or no taskset): numbers mix gateway and load"

@@ -60,7 +60,7 @@ def classify(frame: str) -> str:
 
 # Named hot-path items (inclusive share of samples whose stack contains the pattern).
 ITEMS = [
-    ("upstream client: gateway/h1.py H1Pool", ("H1Pool", "gateway/h1.py")),
+    ("upstream client: gateway/http/h1.py H1Pool", ("H1Pool", "gateway/http/h1.py")),
     ("upstream client: httpx/httpcore", ("httpx/", "httpcore/")),
     ("uvicorn: parse request, start ASGI task", ("HttpToolsProtocol.", "_start_asgi_task")),
     ("uvicorn: write response (send)", ("RequestResponseCycle.send",)),

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from gateway.config import PolicyConfig
-from gateway.policies import Candidate, make_policy
+from gateway.routing.policies import Candidate, make_policy
 from router_models import load_router
 from router_models.data import load_source
 

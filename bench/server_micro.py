@@ -1,4 +1,4 @@
-"""The HTTP server protocol alone: uvicorn's httptools protocol against gateway/server.py.
+"""The HTTP server protocol alone: uvicorn's httptools protocol against gateway/http/server.py.
 
     .venv/bin/python bench/server_micro.py [--seconds 4] [--rounds 3] [--connections 64]
 
@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.testing.procutil import stop_process
+from gateway.demo.procutil import stop_process
 from tests.support import free_port
 
 BODY = b'{"id":"x","object":"chat.completion","choices":[]}'
@@ -57,7 +57,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def serve(port: int, protocol: str) -> None:
     import uvicorn
 
-    from gateway.server import H1Server
+    from gateway.http.server import H1Server
 
     http: Any = H1Server if protocol == "H1Server" else "httptools"
     uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http=http, lifespan="off",

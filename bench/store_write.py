@@ -28,12 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gateway.accounting.metrics import Metrics
+from gateway.accounting.recorder import Recorder
+from gateway.accounting.records import RequestRecord
+from gateway.accounting.store.sqlite_store import SQLiteStore
 from gateway.config import StoreConfig
-from gateway.metrics import Metrics
 from gateway.proxy import new_request_id
-from gateway.recorder import Recorder
-from gateway.records import RequestRecord
-from gateway.store.sqlite_store import SQLiteStore
 
 
 def _random_id() -> str:

@@ -25,17 +25,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway import pricing
+from gateway.accounting import pricing
+from gateway.accounting.metrics import Metrics
+from gateway.accounting.quality import Judge
+from gateway.accounting.recorder import Recorder
+from gateway.accounting.records import RequestRecord
+from gateway.accounting.store import make_store
 from gateway.config import ConfigError, RoutingConfig, load_config
 from gateway.errors import GatewayError, InvalidRequest, error_body
-from gateway.metrics import Metrics
 from gateway.proxy import HOT_PATHS, Proxy, Receive, Scope, Send
-from gateway.quality import Judge
-from gateway.recorder import Recorder
-from gateway.records import RequestRecord
-from gateway.runtime import Runtime, UpstreamPool
-from gateway.store import make_store
-from gateway.upstream import STATE_NAMES, Upstream
+from gateway.routing.runtime import Runtime, UpstreamPool
+from gateway.upstreams.pool import STATE_NAMES, Upstream
 
 LOOP_LAG_INTERVAL_S = 0.1  # tollgate_event_loop_lag_seconds: ten samples a second
 
@@ -378,7 +378,7 @@ def build_fastapi(gw: Gateway) -> FastAPI:
         body, ctype = gw.metrics.render()
         return Response(body, media_type=ctype)
 
-    from gateway.usage import feedback_endpoint, usage_endpoint
+    from gateway.accounting.usage import feedback_endpoint, usage_endpoint
 
     app.add_route("/v1/usage", usage_endpoint, methods=["GET"])
     app.add_route("/v1/feedback", feedback_endpoint, methods=["POST"])
@@ -389,7 +389,7 @@ def build_fastapi(gw: Gateway) -> FastAPI:
 def _mount_extras(app: FastAPI) -> None:
     """Optional pages (the dashboard) live in their own module."""
     try:
-        from gateway.dashboard import mount
+        from gateway.views.dashboard import mount
     except ImportError:
         return
     mount(app)

@@ -17,7 +17,7 @@ from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, masked
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from gateway.server import H1Server
+    from gateway.http.server import H1Server
 
     path = args.config or os.environ.get("TOLLGATE_CONFIG") or str(DEFAULT_CONFIG_PATH)
     try:
@@ -41,7 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         loop="uvloop",
-        # httptools parsing, leaner per request than uvicorn's (gateway/server.py); uvicorn's
+        # httptools parsing, leaner per request than uvicorn's (gateway/http/server.py); uvicorn's
         # own protocols stay one flag away
         http=H1Server if args.http == "tollgate" else args.http,
         access_log=False,
@@ -97,7 +97,7 @@ def _keys(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["router"] and "--from-store" in argv:
-        from gateway.learn import main as learn_main
+        from gateway.accounting.learn import main as learn_main
 
         return learn_main([a for a in argv[1:] if a != "train"])
     if argv and argv[0] == "router":
@@ -105,11 +105,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return router_main(argv[1:])
     if argv and argv[0] == "report":
-        from gateway.report import main as report_main
+        from gateway.views.report import main as report_main
 
         return report_main(argv[1:])
     if argv and argv[0] == "demo":
-        from gateway.demo import main as demo_main
+        from gateway.demo.demo import main as demo_main
 
         return demo_main(argv[1:])
     p = argparse.ArgumentParser(prog="tollgate", description="Cost-aware LLM routing gateway")
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "--http",
         default="tollgate",
         choices=["tollgate", "httptools", "h11"],
-        help="HTTP/1.1 protocol: tollgate's own (default, gateway/server.py) or uvicorn's",
+        help="HTTP/1.1 protocol: tollgate's own (default, gateway/http/server.py) or uvicorn's",
     )
     c = sub.add_parser("check-config", help="validate a routing YAML and print it resolved")
     c.add_argument("file")

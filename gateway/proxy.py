@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway import h1, pricing
+from gateway.accounting import pricing
+from gateway.accounting.records import RequestRecord
+from gateway.api.validation import validate_chat, validate_completion, validate_embeddings
 from gateway.errors import (
     AuthenticationFailed,
     BodyTooLarge,
@@ -35,14 +37,13 @@ from gateway.errors import (
     UpstreamTimeout,
     error_body,
 )
-from gateway.records import RequestRecord
-from gateway.server import ON_DISCONNECT
-from gateway.upstream import QueueFull, Upstream
-from gateway.validation import validate_chat, validate_completion, validate_embeddings
+from gateway.http import h1
+from gateway.http.server import ON_DISCONNECT
+from gateway.upstreams.pool import QueueFull, Upstream
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
-    from gateway.runtime import Plan, Runtime
+    from gateway.routing.runtime import Plan, Runtime
 
 log = logging.getLogger("tollgate.proxy")
 
@@ -244,7 +245,7 @@ class Proxy:
                 gw.metrics.router_decision(plan.decision_s)
             if gw.judge_enabled and kind == "chat":
                 state["messages"] = body.get("messages")
-            # Watch for a client that goes away. Our own server (gateway/server.py) calls back
+            # Watch for a client that goes away. Our own server (gateway/http/server.py) calls back
             # from its connection_lost; under another server a task blocked on receive() does
             # it, started only once the request has lasted 50 ms (most answers are faster, and
             # then that task is never created).

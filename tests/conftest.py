@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.testing.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream
 from tests.support import GatewayProcess
 
 

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from gateway.testing.procutil import stop_process
+from gateway.demo.procutil import stop_process
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 

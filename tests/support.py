@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.testing.procutil import stop_process
+from gateway.demo.procutil import stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 

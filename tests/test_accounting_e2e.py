@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.testing.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream
 from tests.redis_server import RedisServer
 from tests.support import GatewayProcess, metric_samples, metric_total
 
@@ -140,7 +140,8 @@ def test_no_usage_from_upstream_is_estimated_and_marked(fakes: Fakes, gateway: G
         )
         .fetchall()
     )
-    # estimate: ceil(chars / 4) per text, +4 per message +3 for the reply (gateway/pricing.py)
+    # estimate: ceil(chars / 4) per text, +4 per message +3 for the reply
+    # (gateway/accounting/pricing.py)
     answer = "[small] " + " ".join(f"tok{i}" for i in range(20))
     completion = -(-len(answer) // 4)
     for _stream, estimated, pt, ct, cost in rows:

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from gateway.config import ConfigError, parse_config
-from gateway.testing.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream
 from tests.support import REPO, GatewayProcess, model_block
 
 

@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.demo import demo_config
-from gateway.replay import ReplayServer, dataset
-from gateway.testing.procutil import stop_process
+from gateway.demo.demo import demo_config
+from gateway.demo.procutil import stop_process
+from gateway.demo.replay import ReplayServer, dataset
 from tests.redis_server import RedisServer, have_redis
 from tests.support import REPO, GatewayProcess
 

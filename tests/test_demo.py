@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway import demo
-from gateway.plot import FONT, plot_quality_cost, report_plotter
+from gateway.demo import demo
+from gateway.views.plot import FONT, plot_quality_cost, report_plotter
 from tests.support import REPO
 
 

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.testing.fake_upstream import FakeUpstream, answer_pieces
+from tests.fake_upstream import FakeUpstream, answer_pieces
 
 MESSAGES: list[Any] = [
     {"role": "system", "content": "be brief"},

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.testing.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream
 from tests.support import GatewayProcess, metric_samples, metric_total, model_block
 
 Fakes = Callable[..., FakeUpstream]

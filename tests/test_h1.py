@@ -1,4 +1,4 @@
-"""Tests for gateway/h1.py (the lean upstream HTTP/1.1 client) against real local servers.
+"""Tests for gateway/http/h1.py (the lean upstream HTTP/1.1 client) against real local servers.
 
 Two kinds of servers, both on 127.0.0.1: the repo's fake OpenAI upstream (a uvicorn subprocess)
 and :class:`RawServer`, a tiny asyncio server in this process whose handler writes raw bytes, for
@@ -22,7 +22,7 @@ import orjson
 import pytest
 import uvloop
 
-from gateway.h1 import (
+from gateway.http.h1 import (
     ConnectError,
     ConnectTimeout,
     DeadlineExceeded,
@@ -31,7 +31,7 @@ from gateway.h1 import (
     ReadTimeout,
     RemoteProtocolError,
 )
-from gateway.testing.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream
 
 CHAT = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hello there"}]})
 CHAT_STREAM = orjson.dumps(

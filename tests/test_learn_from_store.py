@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from gateway.testing.fake_upstream import FakeUpstream
 from router_models import load_router
 from router_models.data import load_source
+from tests.fake_upstream import FakeUpstream
 from tests.support import REPO, GatewayProcess
 
 

@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.testing.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream
 from tests.support import REPO, GatewayProcess, free_port
 
 pytestmark = pytest.mark.llamacpp

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.metrics import Metrics
-from gateway.records import RequestRecord
+from gateway.accounting.metrics import Metrics
+from gateway.accounting.records import RequestRecord
 from tests.support import metric_samples, metric_total
 
 
@@ -127,8 +127,8 @@ def test_multiprocess_mode_merges_workers(tmp_path: Path) -> None:
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     worker = textwrap.dedent(
         """
-        from gateway.metrics import Metrics
-        from gateway.records import RequestRecord
+        from gateway.accounting.metrics import Metrics
+        from gateway.accounting.records import RequestRecord
         m = Metrics()
         for i in range(3):
             m.observe(RequestRecord(request_id=str(i), ts=1.0, route="chat", model="small",
@@ -140,7 +140,7 @@ def test_multiprocess_mode_merges_workers(tmp_path: Path) -> None:
     for _ in range(2):
         subprocess.run([sys.executable, "-c", worker], env=env, check=True, timeout=60)
     render = (
-        "import sys; from gateway.metrics import Metrics; "
+        "import sys; from gateway.accounting.metrics import Metrics; "
         "sys.stdout.write(Metrics().render()[0].decode())"
     )
     out = subprocess.run(
@@ -159,7 +159,7 @@ def test_deferred_histograms_bucket_like_prometheus() -> None:
     and a scrape folds them in exactly once."""
     from prometheus_client import CollectorRegistry, Histogram
 
-    from gateway.metrics import LATENCY_BUCKETS
+    from gateway.accounting.metrics import LATENCY_BUCKETS
 
     values = [0.0, 0.001, 0.025, 0.0250001, 0.05, 0.3, 1.0, 2.5, 59.9, 60.0, 120.0, 121.0, 1e6]
     ref_reg = CollectorRegistry()

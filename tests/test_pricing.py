@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from gateway.config import ModelConfig, Pricing
-from gateway.pricing import (
+from gateway.accounting.pricing import (
     PRICE_TABLE_PATH,
     cost_usd,
     default_pricing,
@@ -18,6 +17,7 @@ from gateway.pricing import (
     rates,
     resolve_pricing,
 )
+from gateway.config import ModelConfig, Pricing
 
 EXACT = 1e-9
 

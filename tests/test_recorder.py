@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.accounting.metrics import Metrics
+from gateway.accounting.recorder import Recorder
+from gateway.accounting.records import RequestRecord
+from gateway.accounting.store.redis_store import RedisStore
+from gateway.accounting.store.sqlite_store import SQLiteStore
 from gateway.config import StoreConfig
-from gateway.metrics import Metrics
-from gateway.recorder import Recorder
-from gateway.records import RequestRecord
-from gateway.store.redis_store import RedisStore
-from gateway.store.sqlite_store import SQLiteStore
 from tests.redis_server import RedisServer, free_port, have_redis
 
 needs_redis = pytest.mark.skipif(not have_redis(), reason="redis-server not installed")

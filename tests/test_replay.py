@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gateway.quality import parse_score, rubric_messages
-from gateway.replay import REPLAY_MODELS, ReplayServer, dataset
-from gateway.replay.server import Judgments
+from gateway.accounting.quality import parse_score, rubric_messages
+from gateway.demo.replay import REPLAY_MODELS, ReplayServer, dataset
+from gateway.demo.replay.server import Judgments
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import numpy as np
 import openai
 import pytest
 
-from gateway.testing.fake_upstream import FakeUpstream
 from router_models.data import load_source
+from tests.fake_upstream import FakeUpstream
 from tests.support import GatewayProcess
 
 TIERS = [

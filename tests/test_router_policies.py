@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import PolicyConfig
-from gateway.policies import (
+from gateway.routing.policies import (
     POLICIES,
     Candidate,
     make_policy,
@@ -131,7 +131,7 @@ def test_one_pass_extremes_equal_max_and_min() -> None:
     import itertools
     import random
 
-    from gateway.policies import _cheap_key, _extremes
+    from gateway.routing.policies import _cheap_key, _extremes
 
     rng = random.Random(7)
     for n in range(1, 7):

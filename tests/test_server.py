@@ -1,4 +1,4 @@
-"""gateway/server.py (H1Server, the HTTP/1.1 protocol `tollgate serve` runs uvicorn with), on a
+"""gateway/http/server.py (H1Server, the HTTP/1.1 protocol `tollgate serve` runs uvicorn with), on a
 real uvicorn server in its own process on 127.0.0.1, read by stdlib HTTP clients and raw
 sockets.
 
@@ -28,9 +28,9 @@ import httpx
 import pytest
 import uvicorn
 
-from gateway.server import ON_DISCONNECT, H1Server
-from gateway.testing.fake_upstream import FakeUpstream
-from gateway.testing.procutil import stop_process
+from gateway.demo.procutil import stop_process
+from gateway.http.server import ON_DISCONNECT, H1Server
+from tests.fake_upstream import FakeUpstream
 from tests.support import GatewayProcess, free_port, model_block
 
 BODY = b'{"id":"x","object":"chat.completion"}'

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway.accounting.records import SCHEMA_VERSION, RequestRecord
+from gateway.accounting.store import Store, make_store
+from gateway.accounting.store.redis_store import RedisStore
+from gateway.accounting.store.sqlite_store import SQLiteStore, _statement_sizes
 from gateway.config import StoreConfig
-from gateway.records import SCHEMA_VERSION, RequestRecord
-from gateway.store import Store, make_store
-from gateway.store.redis_store import RedisStore
-from gateway.store.sqlite_store import SQLiteStore, _statement_sizes
 from tests.redis_server import RedisServer, have_redis
 
 T0 = 1_699_999_980.0  # a minute boundary (28_333_333 * 60), 180 s into a 300 s bucket

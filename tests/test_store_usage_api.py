@@ -18,14 +18,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from gateway import report
+from gateway.accounting.metrics import Metrics
+from gateway.accounting.quality import Judge, parse_score
+from gateway.accounting.recorder import Recorder
+from gateway.accounting.records import RequestRecord
+from gateway.accounting.store.sqlite_store import SQLiteStore
+from gateway.accounting.usage import feedback_endpoint, parse_time, usage_endpoint
 from gateway.config import JudgeConfig, StoreConfig
-from gateway.metrics import Metrics
-from gateway.quality import Judge, parse_score
-from gateway.recorder import Recorder
-from gateway.records import RequestRecord
-from gateway.store.sqlite_store import SQLiteStore
-from gateway.usage import feedback_endpoint, parse_time, usage_endpoint
+from gateway.views import report
 from tests.redis_server import free_port
 
 NOW = time.time()

@@ -1,0 +1,1 @@
+"""Accounting: prices, request records, the recorder and stores, usage, metrics and quality."""

@@ -1,0 +1,218 @@
+"""The Store interface every record backend implements, its errors, and the shared aggregation.
+
+Both backends compute `usage()` rows with `aggregate()` so that their answers are identical
+for the same records (the store test suite runs unchanged against each).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import fields
+from typing import Any, Literal
+
+from gateway.accounting.records import RequestRecord
+
+GROUP_BY: dict[str, str] = {"model": "model", "tier": "tier", "key": "key_id", "route": "route"}
+QualitySource = Literal["feedback", "judge"]
+QUALITY_SOURCES: tuple[str, ...] = ("feedback", "judge")
+NONE_GROUP = "(none)"
+
+
+_RECORD_FIELDS = frozenset(f.name for f in fields(RequestRecord))
+
+
+def record_from_dict(data: dict[str, Any]) -> RequestRecord:
+    """RequestRecord.from_dict without recomputing the field set per call (hot in reports)."""
+    if data.keys() <= _RECORD_FIELDS:
+        return RequestRecord(**data)
+    return RequestRecord(**{k: v for k, v in data.items() if k in _RECORD_FIELDS})
+
+
+class StoreError(Exception):
+    """A store operation failed; the recorder keeps the data and retries."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached (connection refused, timed out, disk unavailable)."""
+
+
+class Store(ABC):
+    """Durable home of RequestRecords. Writes are idempotent on request_id."""
+
+    name: str = "store"
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect / create the schema. Raises StoreUnavailable when it cannot."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def write_batch(self, records: list[RequestRecord]) -> None:
+        """Write records; a request_id already stored is skipped (a retried batch is safe)."""
+
+    @abstractmethod
+    async def set_quality(self, request_id: str, source: QualitySource, score: float) -> bool:
+        """Attach a quality score; False when no record has that request_id."""
+
+    @abstractmethod
+    async def get(self, request_id: str) -> RequestRecord | None: ...
+
+    @abstractmethod
+    async def usage(
+        self, since: float | None, until: float | None, group_by: str
+    ) -> list[dict[str, Any]]:
+        """One row per group over records with since <= ts < until; see `aggregate()`."""
+
+    @abstractmethod
+    async def recent(self, limit: int) -> list[RequestRecord]:
+        """The newest records by ts, newest first."""
+
+    @abstractmethod
+    async def timeseries(self, since: float | None, bucket_s: int) -> list[dict[str, Any]]:
+        """Per bucket and tier: requests, cost_usd, baseline_cost_usd; see `bucket_rows()`."""
+
+    @abstractmethod
+    async def count(self) -> int: ...
+
+
+def check_group_by(group_by: str) -> str:
+    """The RequestRecord attribute for a group_by name; ValueError naming the allowed values."""
+    try:
+        return GROUP_BY[group_by]
+    except KeyError:
+        raise ValueError(
+            f"group_by must be one of {', '.join(GROUP_BY)}; got {group_by!r}"
+        ) from None
+
+
+def check_source(source: str) -> None:
+    if source not in QUALITY_SOURCES:
+        raise ValueError(f"quality source must be one of {QUALITY_SOURCES}; got {source!r}")
+
+
+def group_value(value: Any) -> str:
+    return NONE_GROUP if value is None or value == "" else str(value)
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default), q in [0, 100]."""
+    if not sorted_values:
+        return None
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    frac = pos - lo
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac
+
+
+def record_quality(rec: RequestRecord) -> float | None:
+    """The quality of one answer: user feedback when given, else the judge's score."""
+    if rec.quality_feedback is not None:
+        return rec.quality_feedback
+    return rec.quality_judge
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def aggregate(records: Iterable[RequestRecord], group_by: str) -> list[dict[str, Any]]:
+    """Usage rows, sorted by cost descending then group name.
+
+    Keys: group, requests, errors (status >= 400), prompt_tokens, cached_tokens,
+    completion_tokens, estimated (records whose tokens were estimated), cost_usd,
+    baseline_cost_usd, savings_usd, savings_pct (100 * savings / baseline, None when the
+    baseline is 0), latency_p50_ms, latency_p95_ms, quality_mean (mean over records of
+    feedback-else-judge, records with neither left out), quality_n (records in that mean),
+    quality_feedback_mean, quality_judge_mean, quality_predicted_mean.
+    """
+    attr = check_group_by(group_by)
+    acc: dict[str, dict[str, Any]] = {}
+    for r in records:
+        g = group_value(getattr(r, attr))
+        a = acc.get(g)
+        if a is None:
+            a = acc[g] = {
+                "requests": 0,
+                "errors": 0,
+                "prompt_tokens": 0,
+                "cached_tokens": 0,
+                "completion_tokens": 0,
+                "estimated": 0,
+                "cost_usd": 0.0,
+                "baseline_cost_usd": 0.0,
+                "lat": [],
+                "q": [],
+                "qf": [],
+                "qj": [],
+                "qp": [],
+            }
+        a["requests"] += 1
+        a["errors"] += 1 if r.status >= 400 else 0
+        a["prompt_tokens"] += r.prompt_tokens
+        a["cached_tokens"] += r.cached_tokens
+        a["completion_tokens"] += r.completion_tokens
+        a["estimated"] += 1 if r.tokens_estimated else 0
+        a["cost_usd"] += r.cost_usd
+        a["baseline_cost_usd"] += r.baseline_cost_usd
+        a["lat"].append(r.latency_ms)
+        q = record_quality(r)
+        if q is not None:
+            a["q"].append(q)
+        if r.quality_feedback is not None:
+            a["qf"].append(r.quality_feedback)
+        if r.quality_judge is not None:
+            a["qj"].append(r.quality_judge)
+        if r.quality_predicted is not None:
+            a["qp"].append(r.quality_predicted)
+    rows = []
+    for g, a in acc.items():
+        lat = sorted(a.pop("lat"))
+        savings = a["baseline_cost_usd"] - a["cost_usd"]
+        rows.append(
+            {
+                "group": g,
+                **{k: v for k, v in a.items() if k not in ("q", "qf", "qj", "qp")},
+                "savings_usd": savings,
+                "savings_pct": (
+                    100.0 * savings / a["baseline_cost_usd"] if a["baseline_cost_usd"] > 0 else None
+                ),
+                "latency_p50_ms": percentile(lat, 50),
+                "latency_p95_ms": percentile(lat, 95),
+                "quality_mean": _mean(a["q"]),
+                "quality_n": len(a["q"]),
+                "quality_feedback_mean": _mean(a["qf"]),
+                "quality_judge_mean": _mean(a["qj"]),
+                "quality_predicted_mean": _mean(a["qp"]),
+            }
+        )
+    rows.sort(key=lambda row: (-row["cost_usd"], row["group"]))
+    return rows
+
+
+def bucket_start(ts: float, bucket_s: int) -> float:
+    return float(math.floor(ts / bucket_s) * bucket_s)
+
+
+def bucket_rows(acc: dict[tuple[float, str], list[float]]) -> list[dict[str, Any]]:
+    """Timeseries rows from {(bucket, tier): [requests, cost, baseline]}, oldest first."""
+    return [
+        {
+            "bucket": b,
+            "tier": tier,
+            "requests": int(v[0]),
+            "cost_usd": v[1],
+            "baseline_cost_usd": v[2],
+        }
+        for (b, tier), v in sorted(acc.items())
+    ]
+
+
+def check_bucket(bucket_s: int) -> int:
+    if int(bucket_s) < 1:
+        raise ValueError(f"bucket_s must be a positive number of seconds; got {bucket_s!r}")
+    return int(bucket_s)

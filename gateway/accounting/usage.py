@@ -1,0 +1,204 @@
+"""GET /v1/usage (cost, savings, latency and quality per group) and POST /v1/feedback.
+
+Plain Starlette handlers; they find the live gateway at ``request.app.state.gw`` (attributes
+``store``, ``recorder``, ``metrics``, ``config``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.accounting.store.base import GROUP_BY, StoreError
+
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_REQUEST_ID = 256
+
+
+class BadParam(ValueError):
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def parse_time(value: str, param: str = "since", now: float | None = None) -> float:
+    """Unix seconds from unix seconds ("1700000000"), ISO-8601 ("2024-05-01T12:00:00Z";
+    no zone means UTC) or a span back from now ("15m", "24h", "7d"; units s m h d w)."""
+    v = value.strip()
+    now = time.time() if now is None else now
+    m = _RELATIVE.match(v)
+    if m:
+        return now - float(m.group(1)) * _UNIT_S[m.group(2).lower()]
+    try:
+        f = float(v)
+        if math.isfinite(f):
+            return f
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise BadParam(
+            param,
+            f"{param}={value!r} is not a time; give unix seconds (1700000000), ISO-8601 "
+            f"(2024-05-01T12:00:00Z) or a span back from now (15m, 24h, 7d)",
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _error(
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    type_: str = "invalid_request_error",
+) -> Response:
+    return _json(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}, status
+    )
+
+
+def _unavailable(message: str) -> Response:
+    return _error(503, message, code="store_unavailable", type_="service_unavailable")
+
+
+def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sums over groups; quality_mean weighted by the records it covers."""
+    keys = ("requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens",
+            "estimated", "cost_usd", "baseline_cost_usd", "savings_usd")  # fmt: skip
+    out: dict[str, Any] = {k: sum(r[k] for r in rows) for k in keys}
+    base = out["baseline_cost_usd"]
+    out["savings_pct"] = 100.0 * out["savings_usd"] / base if base > 0 else None
+    qn = sum(r["quality_n"] for r in rows)
+    out["quality_n"] = qn
+    out["quality_mean"] = (
+        sum(r["quality_mean"] * r["quality_n"] for r in rows if r["quality_n"]) / qn if qn else None
+    )
+    return out
+
+
+async def usage_endpoint(request: Request) -> Response:
+    """GET /v1/usage?since=24h&until=...&group_by=model|tier|key|route"""
+    gw = request.app.state.gw
+    q = request.query_params
+    group_by = q.get("group_by", "model")
+    if group_by not in GROUP_BY:
+        return _error(
+            400,
+            f"group_by={group_by!r} is not supported; use one of: {', '.join(GROUP_BY)}",
+            param="group_by",
+            code="invalid_group_by",
+        )
+    now = time.time()
+    try:
+        since = parse_time(q["since"], "since", now) if q.get("since") else now - 86400.0
+        until = parse_time(q["until"], "until", now) if q.get("until") else None
+    except BadParam as e:
+        return _error(400, str(e), param=e.param, code="invalid_time")
+    if gw.store is None:
+        return _unavailable(
+            "usage needs a record store; this gateway runs with store.backend: none "
+            "(set it to sqlite or redis in the routing file)"
+        )
+    try:
+        rows = await gw.store.usage(since, until, group_by)
+    except StoreError as e:
+        return _unavailable(f"the {gw.store.name} store is unavailable: {e}")
+    return _json(
+        {
+            "object": "usage",
+            "since": since,
+            "until": until,
+            "group_by": group_by,
+            "data": rows,
+            "totals": totals(rows),
+            "pending_records": gw.recorder.queue_depth,
+        }
+    )
+
+
+async def feedback_endpoint(request: Request) -> Response:
+    """POST /v1/feedback {"request_id": "...", "score": 0..1}
+    or {"request_id": "...", "thumbs": "up" | "down"}."""
+    gw = request.app.state.gw
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return _error(400, "the body must be a JSON object", code="invalid_json")
+    if not isinstance(body, dict):
+        return _error(400, "the body must be a JSON object", code="invalid_json")
+    rid = body.get("request_id")
+    if not isinstance(rid, str) or not rid or len(rid) > MAX_REQUEST_ID:
+        return _error(
+            400,
+            "request_id must be the id of a response (the `id` field or the x-request-id "
+            "header), a non-empty string",
+            param="request_id",
+            code="invalid_request_id",
+        )
+    has_score, has_thumbs = "score" in body, "thumbs" in body
+    if has_score == has_thumbs:
+        return _error(
+            400,
+            'give exactly one of "score" (a number from 0 to 1) or "thumbs" ("up" or "down")',
+            param="score",
+            code="invalid_feedback",
+        )
+    if has_thumbs:
+        thumbs = body["thumbs"]
+        if thumbs not in ("up", "down"):
+            return _error(
+                400,
+                f'thumbs must be "up" or "down"; got {thumbs!r}',
+                param="thumbs",
+                code="invalid_feedback",
+            )
+        score = 1.0 if thumbs == "up" else 0.0
+    else:
+        raw = body["score"]
+        ok = isinstance(raw, int | float) and not isinstance(raw, bool)
+        if not ok or not (0.0 <= float(raw) <= 1.0) or math.isnan(float(raw)):
+            return _error(
+                400,
+                f"score must be a number from 0 to 1; got {raw!r}",
+                param="score",
+                code="invalid_feedback",
+            )
+        score = float(raw)
+    if gw.store is None:
+        return _unavailable(
+            "feedback needs a record store; this gateway runs with store.backend: none "
+            "(set it to sqlite or redis in the routing file)"
+        )
+    try:
+        got = await gw.recorder.attach_quality(rid, "feedback", score)
+    except StoreError as e:
+        return _unavailable(f"feedback not recorded: {e}")
+    if got.status == "unknown":
+        return _error(
+            404,
+            f"no request with id {rid!r} is recorded",
+            param="request_id",
+            code="request_not_found",
+        )
+    if got.status == "disabled":
+        return _unavailable("feedback needs a record store; store.backend is none")
+    gw.metrics.quality(got.model or "unknown", "feedback", score)
+    return _json(
+        {"object": "feedback", "request_id": rid, "score": score, "status": got.status},
+        200 if got.status == "attached" else 202,
+    )

@@ -1,0 +1,1 @@
+"""The API faces: request checks and the translation of each client API to one request form."""

@@ -1,0 +1,5 @@
+import sys
+
+from gateway.demo.replay.server import main
+
+sys.exit(main())

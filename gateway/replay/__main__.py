@@ -1,5 +1,0 @@
-import sys
-
-from gateway.replay.server import main
-
-sys.exit(main())

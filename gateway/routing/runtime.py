@@ -1,0 +1,252 @@
+"""A loaded config at run time: models, their live upstreams, routes, router policies.
+
+A `Runtime` is immutable once built. Hot reload builds a new one and swaps the
+reference; a request keeps the `Runtime` it started with until it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gateway.accounting import pricing
+from gateway.config import TIER_ORDER, ModelConfig, Pricing, RoutingConfig
+from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.routing.policies import Candidate
+from gateway.upstreams.pool import Upstream, UpstreamKey
+
+if TYPE_CHECKING:
+    from gateway.routing.policies import Decision, Policy
+
+_can_serve = Upstream.can_serve
+
+log = logging.getLogger("tollgate.runtime")
+
+DEFAULT_COMPLETION_ESTIMATE = 256  # tokens assumed for a cost estimate when max_tokens is unset
+
+
+@dataclass(slots=True)
+class Plan:
+    """What to try, in order, for one request."""
+
+    models: list[str]
+    route: str
+    policy: str | None = None
+    decision: Decision | None = None
+    baseline_model: str | None = None
+    decision_s: float = 0.0
+    features: list[float] | None = None  # the router's prompt vector, when it ran
+
+
+class UpstreamPool:
+    """Keeps `Upstream`s alive across reloads when their settings are unchanged."""
+
+    def __init__(self, on_circuit: Callable[[Upstream, int], None] | None = None) -> None:
+        self._live: dict[UpstreamKey, Upstream] = {}
+        self._retired: list[Upstream] = []
+        self.on_circuit = on_circuit
+
+    def build(self, cfg: RoutingConfig) -> dict[str, list[Upstream]]:
+        used: dict[UpstreamKey, Upstream] = {}
+        out: dict[str, list[Upstream]] = {}
+        for m in cfg.models:
+            ups = []
+            for i, ep in enumerate(m.endpoints):
+                key = Upstream.key(m, ep, cfg.circuit_breaker)
+                up = used.get(key) or self._live.get(key)
+                if up is None:
+                    up = Upstream(m, ep, i, cfg.circuit_breaker, self.on_circuit)
+                used[key] = up
+                ups.append(up)
+            out[m.name] = ups
+        self._retired.extend(u for k, u in self._live.items() if k not in used)
+        self._live = used
+        return out
+
+    async def reap(self) -> None:
+        """Close retired upstreams once their last request has finished."""
+        keep = []
+        for up in self._retired:
+            if up.outstanding == 0:
+                await up.aclose()
+            else:
+                keep.append(up)
+        self._retired = keep
+
+    async def aclose(self) -> None:
+        for up in [*self._live.values(), *self._retired]:
+            await up.aclose()
+        self._live.clear()
+        self._retired.clear()
+
+    def all(self) -> list[Upstream]:
+        return list(self._live.values())
+
+
+class Runtime:
+    def __init__(self, cfg: RoutingConfig, pool: UpstreamPool, router: Any | None) -> None:
+        self.config = cfg
+        self.router = router
+        self.models: dict[str, ModelConfig] = {m.name: m for m in cfg.models}
+        self.upstreams = pool.build(cfg)
+        self.routes = {r.name: r for r in cfg.routes}
+        self.pricing: dict[str, Pricing | None] = {}
+        for m in cfg.models:
+            p = m.pricing
+            if p is None:
+                p = pricing.default_pricing(m.endpoints[0].model or m.name)
+            self.pricing[m.name] = p
+        # per-token rates, so that a routing decision's cost estimates are two multiplications
+        self.rates = {n: pricing.rates(p) for n, p in self.pricing.items()}
+        self.tier_rank = {m.name: TIER_ORDER[m.tier] for m in cfg.models}
+        self.policies: dict[str, Policy] = {}
+        if router is not None:
+            from gateway.routing.policies import make_policy
+
+            self.policies = {n: make_policy(n, pc) for n, pc in cfg.router.policies.items()}
+        names = cfg.router.candidates or [
+            m.name for m in cfg.models if "chat" in m.kinds and m.profile
+        ]
+        self.candidates = sorted(names, key=lambda n: self.tier_rank[n])
+        # what a routing decision needs of each candidate, looked up once per config
+        self._candidate_rows = [
+            (
+                n,
+                self.models[n].tier,
+                self.tier_rank[n],
+                self.models[n].profile or "",
+                self.rates[n],
+                self.upstreams[n],
+            )
+            for n in self.candidates
+        ]
+        self.auto_baseline = self.most_expensive(self.candidates) if self.candidates else None
+        self.route_baseline = {
+            r.name: r.reference or self.most_expensive(r.models) for r in cfg.routes
+        }
+        if router is not None:
+            for n in self.candidates:
+                prof = self.models[n].profile
+                if prof and not router.has_profile(prof):
+                    raise InvalidRequest(
+                        f"model {n!r} names router profile {prof!r}, which the router artifact "
+                        f"does not have; known profiles: {', '.join(router.profiles)}"
+                    )
+
+    # -- model lookup -------------------------------------------------------------------
+    def public_names(self) -> list[str]:
+        names = [*self.models, *self.routes]
+        if self.router is not None and self.candidates:
+            names.append("auto")
+        return names
+
+    def most_expensive(self, names: list[str]) -> str:
+        return max(names, key=lambda n: (self.tier_rank[n], self._unit_price(n)))
+
+    def _unit_price(self, name: str) -> float:
+        return pricing.cost_at(self.rates[name], 1000, 1000)
+
+    def resolve(self, name: str, kind: str, body: dict[str, Any]) -> Plan:
+        m = self.models.get(name)
+        if m is not None:
+            if kind not in m.kinds:
+                raise InvalidRequest(
+                    f"model {name!r} does not serve /v1/{_path(kind)}; it serves "
+                    f"{', '.join(_path(k) for k in m.kinds)}",
+                    param="model",
+                )
+            return Plan([name], name, baseline_model=name)
+        r = self.routes.get(name)
+        if r is not None:
+            return Plan(list(r.models), name, baseline_model=self.route_baseline[name])
+        if kind == "chat" and self.router is not None and self.candidates:
+            if name == "auto":
+                pname = self.config.router.default_policy
+                return self._route(name, pname, self.policies[pname], body)
+            from gateway.routing.policies import parse_virtual_model, policy_from_virtual
+
+            virtual = parse_virtual_model(name)
+            if virtual is not None:
+                try:
+                    pol = policy_from_virtual(virtual[0], virtual[1], None, None)
+                except ValueError as e:
+                    raise ModelNotFound(f"{name!r}: {e}", param="model") from None
+                return self._route(name, name, pol, body)
+        raise ModelNotFound(
+            f"the model {name!r} does not exist on this gateway; use one of "
+            f"{', '.join(self.public_names())} (GET /v1/models lists them), or "
+            "router-<policy>-<threshold> such as router-cheapest_above-0.7",
+            param="model",
+        )
+
+    def _route(self, name: str, pname: str, policy: Policy, body: dict[str, Any]) -> Plan:
+        t0 = time.perf_counter()
+        router = self.router
+        assert router is not None  # resolve() routes only when a router is loaded
+        messages = body.get("messages") or []
+        scored = router.score(messages, body.get("tools"))
+        prompt_tokens = pricing.estimate_prompt_tokens(messages)
+        out_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        if not isinstance(out_tokens, int):
+            out_tokens = DEFAULT_COMPLETION_ESTIMATE
+        out_tokens = max(0, out_tokens)
+        cands = []
+        for n, tier, rank, profile, r, ups in self._candidate_rows:
+            # est. cost == pricing.cost_usd(self.pricing[n], prompt, out), inlined
+            cost = prompt_tokens * r.input + out_tokens * r.output
+            cands.append(Candidate(n, tier, rank, profile, cost, any(map(_can_serve, ups))))
+        decision = policy.decide(router, scored, cands)
+        return Plan(
+            list(decision.order),
+            name,
+            policy=pname,
+            decision=decision,
+            baseline_model=self.auto_baseline,
+            decision_s=time.perf_counter() - t0,
+            features=scored.values,
+        )
+
+    def models_listing(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for m in self.config.models:
+            out.append(
+                {
+                    "id": m.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "tollgate",
+                    "tier": m.tier,
+                    "kind": "model",
+                }
+            )
+        for r in self.config.routes:
+            out.append(
+                {
+                    "id": r.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "tollgate",
+                    "kind": "route",
+                    "models": list(r.models),
+                }
+            )
+        if "auto" in self.public_names():
+            out.append(
+                {
+                    "id": "auto",
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "tollgate",
+                    "kind": "router",
+                    "policy": self.config.router.default_policy,
+                    "models": list(self.candidates),
+                }
+            )
+        return out
+
+
+def _path(kind: str) -> str:
+    return {"chat": "chat/completions", "completions": "completions"}.get(kind, kind)

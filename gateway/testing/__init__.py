@@ -1,1 +1,0 @@
-"""Test tooling for Tollgate (fake upstreams and helpers); not used by the gateway at runtime."""

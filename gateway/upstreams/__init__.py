@@ -1,0 +1,1 @@
+"""Upstreams: the endpoint pool, circuit breaker and slot limiter per upstream endpoint."""

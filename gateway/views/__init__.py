@@ -1,0 +1,1 @@
+"""The operator's views: `tollgate report`, the live dashboard and the charts."""

@@ -1,0 +1,143 @@
+"""The JSON behind the dashboard: one snapshot of usage, series, backends and recent requests.
+
+Built only from the Store interface (`usage`, `timeseries`, `recent`) and
+`Gateway.readiness()`, so it works the same with SQLite and Redis. `totals` is computed by
+`gateway.accounting.usage.totals` over the same rows as `GET /v1/usage`, so the two always agree.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from gateway.accounting.records import RequestRecord
+from gateway.accounting.store.base import percentile, record_quality
+from gateway.accounting.usage import totals
+
+TARGET_BUCKETS = 60  # points per chart
+RECENT_ROWS = 25
+LATENCY_SAMPLE = 2000  # newest records used for the latency-over-time chart
+_NICE_BUCKETS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
+
+
+def nice_bucket(span_s: float) -> int:
+    """The smallest 'round' bucket that fits `span_s` into at most TARGET_BUCKETS buckets."""
+    want = max(1.0, span_s / TARGET_BUCKETS)
+    for b in _NICE_BUCKETS:
+        if b >= want:
+            return b
+    return math.ceil(want / 86400.0) * 86400
+
+
+def recent_row(r: RequestRecord) -> dict[str, Any]:
+    return {
+        "request_id": r.request_id,
+        "ts": r.ts,
+        "route": r.route,
+        "policy": r.policy,
+        "model": r.model,
+        "tier": r.tier,
+        "router_score": r.router_score,
+        "status": r.status,
+        "stream": r.stream,
+        "attempts": r.attempts,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "cost_usd": r.cost_usd,
+        "baseline_cost_usd": r.baseline_cost_usd,
+        "baseline_model": r.baseline_model,
+        "latency_ms": r.latency_ms,
+        "quality": record_quality(r),
+        "quality_predicted": r.quality_predicted,
+    }
+
+
+def latency_series(
+    records: list[RequestRecord], since: float, bucket_s: int
+) -> list[dict[str, Any]]:
+    by: dict[float, list[float]] = {}
+    for r in records:
+        if r.ts >= since:
+            start = float(math.floor(r.ts / bucket_s) * bucket_s)
+            by.setdefault(start, []).append(r.latency_ms)
+    out = []
+    for b in sorted(by):
+        lat = sorted(by[b])
+        out.append(
+            {
+                "bucket": b,
+                "n": len(lat),
+                "p50_ms": percentile(lat, 50),
+                "p95_ms": percentile(lat, 95),
+            }
+        )
+    return out
+
+
+async def snapshot(
+    gw: Any, since: float, until: float | None, now: float | None = None
+) -> dict[str, Any]:
+    """Everything the page shows, as of now. Raises StoreError when the store is down."""
+    now = time.time() if now is None else now
+    _ready, health = gw.readiness()
+    body: dict[str, Any] = {
+        "object": "dashboard",
+        "generated_at": now,
+        "since": since,
+        "until": until,
+        "store": gw.config.store.backend,
+        "status": health.get("status"),
+        "router": health.get("router"),
+        "config_error": health.get("config_error"),
+        "backends": health.get("models", {}),
+        "pending_records": gw.recorder.queue_depth,
+    }
+    store = gw.store
+    if store is None:
+        body.update(
+            totals=totals([]),
+            latency_all={"p50_ms": None, "p95_ms": None, "n": 0},
+            by_model=[],
+            by_tier=[],
+            timeseries=[],
+            latency_series=[],
+            recent=[],
+            bucket_s=nice_bucket(now - since),
+            recorded=0,
+        )
+        return body
+    by_model = await store.usage(since, until, "model")
+    by_tier = await store.usage(since, until, "tier")
+    # Bucket over the span that has data, so a short demo still fills the chart.
+    coarse = nice_bucket(now - since)
+    series = await store.timeseries(since, coarse)
+    if series:
+        first = min(row["bucket"] for row in series)
+        fine = nice_bucket(now - max(since, first))
+        if fine < coarse:
+            lo = max(since, first)
+            series = await store.timeseries(lo, fine)
+            coarse = fine
+    if until is not None:
+        series = [row for row in series if row["bucket"] < until]
+    newest = await store.recent(LATENCY_SAMPLE)
+    in_window = [r for r in newest if r.ts >= since and (until is None or r.ts < until)]
+    lat = sorted(r.latency_ms for r in in_window)
+    body.update(
+        totals=totals(by_model),
+        latency_all={
+            "p50_ms": percentile(lat, 50),
+            "p95_ms": percentile(lat, 95),
+            "n": len(lat),
+            "sampled": len(newest) >= LATENCY_SAMPLE,
+        },
+        by_model=by_model,
+        by_tier=by_tier,
+        bucket_s=coarse,
+        timeseries=series,
+        latency_series=latency_series(in_window, since, coarse),
+        recent=[recent_row(r) for r in in_window[:RECENT_ROWS]],
+        recorded=await store.count(),
+    )
+    return body

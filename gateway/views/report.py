@@ -1,0 +1,156 @@
+"""`tollgate report`: the /v1/usage numbers as a table, from a running gateway or the store.
+
+`--plot FILE.png` draws the quality-cost picture of the same rows (gateway/views/plot.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+from gateway.accounting.store.base import GROUP_BY
+
+COLUMNS: list[tuple[str, str, str]] = [
+    # (key, header, format)
+    ("group", "GROUP", "s"),
+    ("requests", "REQS", "d"),
+    ("errors", "ERR", "d"),
+    ("prompt_tokens", "IN TOK", "d"),
+    ("completion_tokens", "OUT TOK", "d"),
+    ("cost_usd", "COST $", "usd"),
+    ("baseline_cost_usd", "BASELINE $", "usd"),
+    ("savings_pct", "SAVED %", "pct"),
+    ("latency_p50_ms", "P50 ms", "ms"),
+    ("latency_p95_ms", "P95 ms", "ms"),
+    ("quality_mean", "QUALITY", "q"),
+]
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None:
+        return "-"
+    if fmt == "d":
+        return f"{int(value):,}"
+    if fmt == "usd":
+        return f"{value:.6f}" if abs(value) < 1 else f"{value:,.4f}"
+    if fmt == "pct":
+        return f"{value:.1f}"
+    if fmt == "ms":
+        return f"{value:,.0f}"
+    if fmt == "q":
+        return f"{value:.3f}"
+    return str(value)
+
+
+def format_table(rows: list[dict[str, Any]], totals: dict[str, Any] | None = None) -> str:
+    """Rows aligned in columns: text left, numbers right; a TOTAL line when totals are given."""
+    body = [[_cell(r.get(k), f) for k, _, f in COLUMNS] for r in rows]
+    if totals is not None:
+        body.append([_cell({**totals, "group": "TOTAL"}.get(k), f) for k, _, f in COLUMNS])
+    header = [h for _, h, _ in COLUMNS]
+    widths = [max(len(x) for x in col) for col in zip(header, *body, strict=False)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    out = [line(header)]
+    out += [line(r) for r in body[: len(rows)]]
+    if totals is not None:
+        out.append("  ".join("-" * w for w in widths))
+        out.append(line(body[-1]))
+    return "\n".join(out)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tollgate report",
+        description="Requests, tokens, cost, savings, latency and quality per group.",
+    )
+    p.add_argument("--since", default="24h", help="15m, 24h, 7d, unix seconds or ISO-8601")
+    p.add_argument("--until", default=None, help="same forms as --since (default: now)")
+    p.add_argument("--group-by", default="model", choices=list(GROUP_BY))
+    p.add_argument("--config", default=None, help="routing file whose store to read")
+    p.add_argument("--url", default=None, help="read GET /v1/usage of a running gateway")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("TOLLGATE_API_KEY"),
+        help="gateway key for --url (default: $TOLLGATE_API_KEY)",
+    )
+    p.add_argument("--json", action="store_true", help="print the raw rows as JSON")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="also draw a chart")
+    return p
+
+
+def _fetch_http(args: argparse.Namespace) -> dict[str, Any]:
+    import httpx
+
+    params = {"since": args.since, "group_by": args.group_by}
+    if args.until:
+        params["until"] = args.until
+    headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    resp = httpx.get(args.url.rstrip("/") + "/v1/usage", params=params, headers=headers, timeout=30)
+    if resp.status_code != 200:
+        try:
+            msg = resp.json()["error"]["message"]
+        except Exception:
+            msg = resp.text[:300]
+        raise RuntimeError(f"{args.url} answered {resp.status_code}: {msg}")
+    data: dict[str, Any] = resp.json()
+    return data
+
+
+async def _read_store(args: argparse.Namespace) -> dict[str, Any]:
+    from gateway.accounting.store import make_store
+    from gateway.accounting.usage import parse_time, totals
+    from gateway.config import load_config
+
+    cfg = load_config(args.config)
+    store = make_store(cfg.store)
+    if store is None:
+        raise RuntimeError("store.backend is none in the routing file: nothing is recorded")
+    now = time.time()
+    since = parse_time(args.since, "since", now)
+    until = parse_time(args.until, "until", now) if args.until else None
+    await store.open()
+    try:
+        rows = await store.usage(since, until, args.group_by)
+    finally:
+        await store.close()
+    return {"since": since, "until": until, "group_by": args.group_by, "data": rows,
+            "totals": totals(rows)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    args = _parser().parse_args(argv)
+    try:
+        data = _fetch_http(args) if args.url else asyncio.run(_read_store(args))
+    except Exception as e:
+        print(f"tollgate report: {e}", file=sys.stderr)
+        return 1
+    rows, tot = data.get("data", []), data.get("totals") or {}
+    if args.json:
+        import orjson
+
+        out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(data["since"]))
+        print(f"usage since {since} UTC, by {args.group_by}", file=out)
+        print(format_table(rows, tot if rows else None) if rows else "(no requests)", file=out)
+    if args.plot:
+        from gateway.views.plot import report_plotter
+
+        report_plotter(rows, tot, args.plot, args)
+        print(f"plot: {args.plot}", file=out)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
