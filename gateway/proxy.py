@@ -17,11 +17,12 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
 from gateway.accounting import pricing
+from gateway.accounting.metrics import Metrics
 from gateway.accounting.records import RequestRecord
 from gateway.api.validation import validate_chat, validate_completion, validate_embeddings
 from gateway.errors import (
@@ -39,11 +40,25 @@ from gateway.errors import (
 )
 from gateway.http import h1
 from gateway.http.server import ON_DISCONNECT
+from gateway.routing.runtime import Plan, Runtime
 from gateway.upstreams.pool import QueueFull, Upstream
 
-if TYPE_CHECKING:
-    from gateway.app import Gateway
-    from gateway.routing.runtime import Plan, Runtime
+
+class GatewayState(Protocol):
+    """What the hot path reads of the live gateway (`gateway.app.Gateway` provides it): the
+    current runtime, the key table, the metrics, and the after-response hooks."""
+
+    runtime: Runtime
+    key_hashes: dict[str, str]
+    metrics: Metrics
+    judge_enabled: bool
+
+    def price(self, rt: Runtime, rec: RequestRecord) -> None: ...
+
+    def finish(
+        self, rt: Runtime, rec: RequestRecord, messages: Any, answer: str | None
+    ) -> None: ...
+
 
 log = logging.getLogger("tollgate.proxy")
 
@@ -182,7 +197,7 @@ def _upstream_message(body: bytes) -> str:
 
 
 class Proxy:
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: GatewayState) -> None:
         self.gw = gw
 
     async def handle(
