@@ -35,10 +35,11 @@ import yaml
 
 from gateway.accounting import pricing
 from gateway.accounting.store.base import percentile
-from gateway.config import DEFAULT_CONFIG_PATH, ModelConfig, load_config
+from gateway.config import DEFAULT_CONFIG_PATH, ModelConfig, Pricing, load_config
 from gateway.demo.procutil import stop_process
 from gateway.demo.replay import dataset
 from gateway.demo.replay.process import ReplayServer
+from gateway.demo.shares import Shares, shares
 
 REPO = Path(__file__).resolve().parents[2]
 # tier -> (env var of its endpoint URL, default port of config/routing.yaml)
@@ -191,15 +192,48 @@ async def send_all(
         return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
 
 
-def tier_rows(cfg_path: Path, prompts: list[str], speed: float) -> list[Row]:
-    """Each tier alone on the same prompts, from the replay data and the config's pricing."""
+def _replay_prices(cfg_path: Path) -> dict[str, Pricing | None]:
+    """The routing file's pricing of each replayed model (by its profile, else its tier)."""
     cfg = load_config(cfg_path)
     by_profile = {m.profile: m for m in cfg.models if m.profile}
     by_tier: dict[str, ModelConfig] = {m.tier: m for m in cfg.models if m.name != JUDGE_NAME}
+    return {
+        model: pricing.resolve_pricing(by_profile.get(model) or by_tier[tier])
+        for model, (tier, _speed) in dataset.REPLAY_MODELS.items()
+    }
+
+
+def routed_shares(cfg_path: Path, results: list[Result], reference: str = "large") -> Shares:
+    """The routed answers' quality and cost as shares of always-`reference`'s on the same
+    prompts, with 90% bootstrap intervals (each routed answer is its tier's replayed one)."""
+    prices = _replay_prices(cfg_path)
+    by_tier = {tier: model for model, (tier, _speed) in dataset.REPLAY_MODELS.items()}
+    models = {m: dataset.load_model(m) for m in dataset.REPLAY_MODELS}
+    ref = by_tier[reference]
+    rq: list[float] = []
+    rc: list[float] = []
+    fq: list[float] = []
+    fc: list[float] = []
+    for r in results:
+        model = by_tier.get(r.tier or "")
+        if model is None:
+            continue
+        a, b = models[model].get(r.instruction), models[ref].get(r.instruction)
+        assert a is not None and b is not None, "every demo prompt is in the replay set"
+        tokens = dataset.prompt_tokens(r.instruction)
+        rq.append(a.quality)
+        rc.append(pricing.cost_usd(prices[model], tokens, a.completion_tokens))
+        fq.append(b.quality)
+        fc.append(pricing.cost_usd(prices[ref], tokens, b.completion_tokens))
+    return shares(rq, rc, fq, fc)
+
+
+def tier_rows(cfg_path: Path, prompts: list[str], speed: float) -> list[Row]:
+    """Each tier alone on the same prompts, from the replay data and the config's pricing."""
+    prices = _replay_prices(cfg_path)
     rows = []
     for model, (tier, _speed) in dataset.REPLAY_MODELS.items():
-        mc = by_profile.get(model) or by_tier[tier]
-        price = pricing.resolve_pricing(mc)
+        price = prices[model]
         rm = dataset.load_model(model)
         cost, qual, lat = 0.0, [], []
         for p in prompts:
@@ -436,6 +470,12 @@ def _run(
     routed = _routed_row(url, started, usage, args.model)
     print("", file=out)
     print(format_summary(routed, tiers, args.speed, f'routed ("{args.model}")'), file=out)
+    sh = routed_shares(cfg_path, ok)
+    print(
+        f"routed vs always large, per prompt ({sh.n} prompts, 90% bootstrap intervals): "
+        f"quality {sh.quality.pct()} of large's, cost {sh.cost.pct()} of large's",
+        file=out,
+    )
     if args.plot:
         from gateway.views.plot import plot_quality_cost
 
