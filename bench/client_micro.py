@@ -123,7 +123,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--concurrency", default="1,64,256")
-    p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    p.add_argument("--no-write", action="store_true", help="do not write bench/results/latest.md")
     args = p.parse_args()
     import overhead as ov
     import uvloop
@@ -186,7 +186,7 @@ def main() -> int:
             ]
         )
         ov.update_subsection("Gateway overhead", ov.CLIENT_HEAD, body)
-        print("updated BENCHMARKS.md: " + ov.CLIENT_HEAD)
+        print("updated bench/results/latest.md: " + ov.CLIENT_HEAD)
     return 0
 
 

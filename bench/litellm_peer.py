@@ -9,7 +9,7 @@ LiteLLM config with one model (`openai/` provider, `api_base` = the fake upstrea
 starts `litellm --config ... --port P --num_workers 1` pinned with `taskset -c 0`, with no
 database, a master key (sent as the bearer token), the local model cost map and telemetry
 off. Then it runs the scenarios of bench/overhead.py against direct, Tollgate and LiteLLM in
-one invocation and writes the "Peer: LiteLLM" section of BENCHMARKS.md.
+one invocation and writes the "Peer: LiteLLM" section of bench/results/latest.md.
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ov.save_json(run, "litellm-quick" if args.quick else "litellm", {"command": command})
     if not args.no_write:
         ov.update_section("Peer: LiteLLM", body)
-        ov.log("updated BENCHMARKS.md: section 'Peer: LiteLLM'")
+        ov.log("updated bench/results/latest.md: section 'Peer: LiteLLM'")
     return 0
 
 

@@ -6,7 +6,7 @@
 Starts llama-server (scripts/local-model start) and the gateway on the example config,
 then alternates direct and through-gateway streamed requests (same prompt, temperature 0)
 so both see the same machine noise. Reports time to first token and total time, p50/p90,
-and writes them into the "Local model (llama.cpp)" section of BENCHMARKS.md.
+and writes them into the "Local model (llama.cpp)" section of bench/results/latest.md.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 Same layout as bench/overhead.py (gateway on core 0, fake upstream and wrk on core 1).
 The load is wrk at concurrency 32, in batches of `--every` requests; after each batch the
 gateway's VmRSS is read from /proc/PID/status. Bounded: each batch stops after its request
-count (or 300 s). Writes the "Memory" section of BENCHMARKS.md unless --no-write.
+count (or 300 s). Writes the "Memory" section of bench/results/latest.md unless --no-write.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def main() -> int:
     print("\n" + body)
     if not args.no_write:
         ov.update_section("Memory", body)
-        ov.log("updated BENCHMARKS.md: section 'Memory'")
+        ov.log("updated bench/results/latest.md: section 'Memory'")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Gateway overhead benchmark: the same load DIRECT to a fake upstream and THROUGH Tollgate.
 
-    .venv/bin/python bench/overhead.py                 # full run, writes BENCHMARKS.md
+    .venv/bin/python bench/overhead.py                 # full run, writes bench/results/latest.md
     .venv/bin/python bench/overhead.py --quick --no-write
 
 Layout (2+ cores): the gateway is pinned to core 0 (`taskset -c 0`, one uvicorn worker via
@@ -56,14 +56,19 @@ import httpx  # noqa: E402
 from gateway.demo.procutil import stop_process  # noqa: E402
 from tests.fake_upstream import FakeUpstream  # noqa: E402
 
-BENCHMARKS = REPO / "BENCHMARKS.md"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# The full tables of the latest runs; BENCHMARKS.md keeps one summary table, updated by hand
+# from these, so that it stays one page.
+BENCHMARKS = RESULTS_DIR / "latest.md"
 GW_CORE = "0"
 LOAD_CORE = "1"
 BEARER = "sk-bench-0000"
 AUTH = {"Authorization": f"Bearer {BEARER}"}
 PROMPT = "Write one short sentence about toll roads for a benchmark."
-INTRO = "# Benchmarks\n\nMeasured numbers for Tollgate; each section says how to reproduce it.\n"
+INTRO = (
+    "# Benchmark runs: full tables\n\nWritten by the scripts under bench/; the summary with "
+    "targets is BENCHMARKS.md.\n"
+)
 
 
 def log(msg: str) -> None:
@@ -1133,6 +1138,7 @@ def _write(path: Path, lines: list[str]) -> None:
     if not any(ln.startswith("# ") for ln in lines):
         lines = [*INTRO.rstrip("\n").splitlines(), "", *lines]
     out = "\n".join(lines).rstrip("\n") + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(out)
     os.replace(tmp, path)
@@ -1144,7 +1150,7 @@ def update_section(
     path: Path = BENCHMARKS,
     keep: Sequence[str] = (PROFILE_HEAD, CLIENT_HEAD, HISTORY_HEAD),
 ) -> None:
-    """Replace `## title` (up to the next `## `) in BENCHMARKS.md, or append it.
+    """Replace `## title` (up to the next `## `) in bench/results/latest.md, or append it.
 
     Subsections named in `keep` (written by other scripts) survive the rewrite.
     """
@@ -1263,7 +1269,7 @@ def parse_list(value: str, allowed: Sequence[str], what: str) -> list[str]:
 def common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="3 s runs and 300 requests (smoke)")
     p.add_argument("--scenarios", default="a,b,c,d", help="comma list of a,b,c,d")
-    p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    p.add_argument("--no-write", action="store_true", help="do not write bench/results/latest.md")
     p.add_argument(
         "--rounds",
         type=int,

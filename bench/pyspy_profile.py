@@ -145,7 +145,7 @@ def main() -> int:
     p.add_argument(
         "--mode", default="pinned", choices=["pinned", "auto"], help="model=auto or pinned"
     )
-    p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    p.add_argument("--no-write", action="store_true", help="do not write bench/results/latest.md")
     args = p.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
@@ -218,7 +218,7 @@ def main() -> int:
             ]
         )
         ov.update_subsection("Gateway overhead", ov.PROFILE_HEAD, body)
-        ov.log("updated BENCHMARKS.md: " + ov.PROFILE_HEAD)
+        ov.log("updated bench/results/latest.md: " + ov.PROFILE_HEAD)
     print(f"\nraw stacks: {raw}  (speedscope: py-spy record --format speedscope -o {speedscope})")
     return 0
 
