@@ -21,10 +21,12 @@ import asyncio
 import contextlib
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,6 +326,14 @@ def pick_prompts(prompts_all: list[str], n: int, seed: int, heldout_only: bool) 
     return (held if heldout_only else held + rest)[:n]
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM and SIGHUP stop the demo the way Ctrl-C does (so its cleanup runs)."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = _parser().parse_args(argv)
@@ -331,10 +341,15 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     n = max(1, min(args.n, len(prompts_all)))
     prompts = pick_prompts(prompts_all, n, args.seed, args.heldout_only)
     stack = Stack()
+    # Without a handler, SIGTERM ends this process at once: no `finally`, so the gateway
+    # child would keep running (reparented to PID 1) and the temp folder would stay.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS} if main_thread else {}
     tmp = tempfile.TemporaryDirectory(prefix="tollgate-demo-")
-    workdir = Path(args.dir) if args.dir else Path(tmp.name)
-    workdir.mkdir(parents=True, exist_ok=True)
+    # absolute: the gateway child runs in this folder and is handed paths inside it
+    workdir = Path(args.dir).resolve() if args.dir else Path(tmp.name)
     try:
+        workdir.mkdir(parents=True, exist_ok=True)
         return _run(args, prompts, stack, workdir, out)
     except KeyboardInterrupt:
         return 130
@@ -342,8 +357,15 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         print(f"tollgate demo: {e}", file=sys.stderr)
         return 1
     finally:
-        stack.stop()
-        tmp.cleanup()
+        if main_thread:  # a second signal must not cut the cleanup short
+            for s in (*STOP_SIGNALS, signal.SIGINT):
+                previous.setdefault(s, signal.signal(s, signal.SIG_IGN))
+        try:
+            stack.stop()
+            tmp.cleanup()
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
 
 
 def _run(
@@ -453,6 +475,7 @@ def _run(
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("\nstopping", file=out)
+        out.flush()
         return 0
     raise RuntimeError(f"the gateway exited; log: {stack.gateway_log}")
 
