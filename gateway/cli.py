@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 
@@ -51,9 +52,16 @@ def _serve(args: argparse.Namespace) -> int:
         lifespan="on",
     )
     if args.workers > 1:
+        made = None
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tollgate-prom-")
-        uvicorn.run("gateway.app:app_factory", factory=True, workers=args.workers, **common)  # type: ignore[arg-type]
+            made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+                prefix="tollgate-prom-"
+            )
+        try:
+            uvicorn.run("gateway.app:app_factory", factory=True, workers=args.workers, **common)  # type: ignore[arg-type]
+        finally:
+            if made:  # the workers' metric files: ours to remove, nobody reads them after
+                shutil.rmtree(made, ignore_errors=True)
         return 0
     from gateway.app import create_app
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -7,7 +9,26 @@ from typing import Any
 import pytest
 
 from tests.fake_upstream import FakeUpstream
-from tests.support import GatewayProcess
+from tests.support import LOG_PREFIX, GatewayProcess
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_files_left_behind() -> Iterator[None]:
+    """Fail the run if the test helpers leave their gateway logs in the temp folder.
+
+    The logs carry this process's PID in their names, so runs in parallel do not count
+    each other's files."""
+    pattern = f"{LOG_PREFIX}{os.getpid()}-*.log"
+    tmp = Path(tempfile.gettempdir())
+    before = set(tmp.glob(pattern))
+    yield
+    left = sorted(str(p) for p in set(tmp.glob(pattern)) - before)
+    if left:
+        pytest.fail(
+            f"the test run left {len(left)} gateway log file(s) behind (a GatewayProcess "
+            f"that was never closed): {', '.join(left[:5])}",
+            pytrace=False,
+        )
 
 
 @pytest.fixture
@@ -41,4 +62,4 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
 
     yield make
     for gp in started:
-        gp.__exit__()
+        gp.close()

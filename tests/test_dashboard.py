@@ -96,7 +96,7 @@ class Stack:
             time.sleep(0.2)
 
     def close(self) -> None:
-        self.gw.__exit__()
+        self.gw.close()
         self.replay.stop()
 
 
