@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 
+from gateway.accounting.store import describe_sources
 from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, masked_dump
 
 
@@ -27,6 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return 1
     os.environ["TOLLGATE_CONFIG"] = path
+    print(f"tollgate serve: {describe_sources(path, cfg.store)}", file=sys.stderr, flush=True)
     # One event loop per worker and matrices of a few dozen numbers: OpenBLAS's thread pool
     # (one thread per core, spinning after each call) would only compete with the loop.
     # Set before numpy is first imported (the router loads in the app).
@@ -89,6 +91,7 @@ def _check_config(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(masked_dump(cfg), indent=2))
     print(f"{args.file}: OK ({len(cfg.models)} models, {len(cfg.routes)} routes)", file=sys.stderr)
+    print(f"tollgate check-config: {describe_sources(args.file, cfg.store)}", file=sys.stderr)
     return 0
 
 

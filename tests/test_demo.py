@@ -78,7 +78,10 @@ def test_demo_runs_and_prints_the_summary(tmp_path: Path, monkeypatch: pytest.Mo
     assert "vs always large: cost" in text
     assert "dashboard: http://127.0.0.1:" in text
     assert plot.read_bytes().startswith(b"\x89PNG")
-    assert (tmp_path / "out" / "run" / "tollgate.db").is_file()
+    run = tmp_path / "out" / "run"
+    assert (run / "tollgate.db").is_file()
+    assert f"routing file {Path(config).absolute()} plus the replay judge" in text
+    assert f"  {run / 'routing.yaml'}; store SQLite at {run / 'tollgate.db'}" in text
     if model == "chat":  # the route always answers with medium: same numbers as always-medium
         routed = re.search(r'^routed \("chat"\)\s+40\s+([\d.]+)\s+[\d.]+\s+([\d.]+)', text, re.M)
         medium = re.search(r"^always medium\s+40\s+([\d.]+)\s+[\d.]+\s+([\d.]+)", text, re.M)

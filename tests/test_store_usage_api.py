@@ -279,6 +279,7 @@ models:
     assert code == 0
     text = out.getvalue()
     lines = text.splitlines()
+    assert lines[0].endswith(f"; read routing file {cfg}, store SQLite at {gw.store.path}")
     assert lines[1].split()[:2] == ["GROUP", "REQS"]
     assert lines[2].split()[:2] == ["large", "1"]  # most expensive first
     assert lines[3].split()[:2] == ["small", "3"]
@@ -288,6 +289,7 @@ models:
     code = await asyncio.to_thread(report.main, ["--url", served, "--since", "1h"], out2)
     assert code == 0
     assert out2.getvalue().splitlines()[1:] == lines[1:]
+    assert out2.getvalue().splitlines()[0].endswith(f"; read GET {served}/v1/usage")
     png = tmp_path / "quality-cost.png"
     code = await asyncio.to_thread(
         report.main, ["--url", served, "--group-by", "tier", "--plot", str(png)], io.StringIO()

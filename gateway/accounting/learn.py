@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from gateway.accounting.records import RequestRecord
-from gateway.accounting.store import make_store
+from gateway.accounting.store import describe_sources, make_store, missing_store
 from gateway.accounting.usage import parse_time
 from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 
@@ -94,6 +94,9 @@ async def _records(cfg_path: str, since: float) -> list[RequestRecord]:
     store = make_store(cfg.store)
     if store is None:
         raise RuntimeError("the config's store is 'none': there is nothing recorded to learn from")
+    missing = missing_store(cfg.store, cfg_path)
+    if missing:
+        raise RuntimeError(missing)
     await store.open()
     try:
         recs = await store.recent(1_000_000)
@@ -122,6 +125,7 @@ def main(argv: list[str]) -> int:
         cfg = load_config(args.config)
         from router_models import load_router, save_router
 
+        print(f"{p.prog}: {describe_sources(args.config, cfg.store)}", file=sys.stderr)
         router = load_router(cfg.router.artifact)
         records = asyncio.run(_records(args.config, parse_time(args.since)))
     except (ConfigError, RuntimeError, ValueError) as e:

@@ -385,7 +385,7 @@ def _run(
         file=out,
     )
     # 2. the gateway on the routing file + the replay judge; SQLite in workdir
-    base = Path(args.config) if args.config else DEFAULT_CONFIG_PATH
+    base = Path(args.config).absolute() if args.config else DEFAULT_CONFIG_PATH
     cfg_path = workdir / "routing.yaml"
     cfg_path.write_text(demo_config(base.read_text(), judge_url))
     env.update(TOLLGATE_STORE="sqlite", TOLLGATE_DB=str(workdir / "tollgate.db"))
@@ -429,7 +429,8 @@ def _run(
             f"the gateway does not serve model {args.model!r} (it serves {', '.join(served)}); "
             "is the router artifact installed?"
         )
-    print(f"gateway on {url} (SQLite at {workdir / 'tollgate.db'})", file=out)
+    print(f"gateway on {url}: routing file {base} plus the replay judge, written to", file=out)
+    print(f"  {cfg_path}; store SQLite at {workdir / 'tollgate.db'}", file=out)
     from router_models.data import is_heldout
 
     held = sum(1 for p in prompts if is_heldout(p))
