@@ -125,12 +125,37 @@ def main(argv: list[str] | None = None) -> int:
         return demo_main(argv[1:])
     p = argparse.ArgumentParser(prog="tollgate", description="Cost-aware LLM routing gateway")
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("serve", help="run the gateway")
-    s.add_argument("--config", help="routing YAML (default: config/routing.yaml)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--workers", type=int, default=1)
-    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s = sub.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway: an OpenAI-compatible API at http://HOST:PORT/v1, "
+        "with /metrics, /v1/usage and /dashboard. It says at start which routing file and "
+        "which store it uses.",
+    )
+    s.add_argument(
+        "--config",
+        help="routing YAML (default: $TOLLGATE_CONFIG, else the embedded config/routing.yaml)",
+    )
+    s.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for all "
+        "interfaces: then set auth.keys in the routing file)",
+    )
+    s.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default 8000)")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the port (default 1); each runs its own event loop, "
+        "/metrics sums over all of them",
+    )
+    s.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="default info",
+    )
     s.add_argument(
         "--http",
         default="tollgate",
@@ -142,9 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("keys", help="make a gateway key and the hash to put in the config")
     k.add_argument("--id", required=True, help="a name for the key, used in reports")
     k.add_argument("--key", help="hash this key instead of generating one")
-    sub.add_parser("router", help="train / eval / calibrate the router (see tollgate router -h)")
-    sub.add_parser("report", help="usage report (see tollgate report -h)")
-    sub.add_parser("demo", help="replay real answers of real models through the router")
+    sub.add_parser(
+        "router",
+        help="train, refit (--from-store), evaluate or extend the learned router "
+        "(see tollgate router -h)",
+    )
+    sub.add_parser("report", help="requests, cost, savings, latency, quality (tollgate report -h)")
+    sub.add_parser(
+        "demo", help="replay real answers of real models through the router (tollgate demo -h)"
+    )
     args = p.parse_args(argv)
     if args.cmd == "serve":
         return _serve(args)

@@ -114,11 +114,28 @@ def main(argv: list[str]) -> int:
         prog="tollgate router train --from-store",
         description="Refit model profiles from the feedback and judge scores in the store.",
     )
-    p.add_argument("--from-store", action="store_true", required=True)
-    p.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="routing file")
-    p.add_argument("--since", default="30d", help="records newer than this (30d, ISO, unix)")
-    p.add_argument("--min-scores", type=int, default=20, help="scored requests per model")
-    p.add_argument("--alpha", type=float, default=1.0, help="ridge strength")
+    p.add_argument(
+        "--from-store",
+        action="store_true",
+        required=True,
+        help="learn from the routing file's store (this command)",
+    )
+    p.add_argument(
+        "--config",
+        default=str(DEFAULT_CONFIG_PATH),
+        help="routing file: its store, its models' profiles, its router.artifact "
+        "(default: config/routing.yaml)",
+    )
+    p.add_argument(
+        "--since", default="30d", help="records newer than this (default 30d; ISO, unix)"
+    )
+    p.add_argument(
+        "--min-scores",
+        type=int,
+        default=20,
+        help="fit only models with this many scored requests (default 20)",
+    )
+    p.add_argument("--alpha", type=float, default=1.0, help="ridge strength (default 1)")
     p.add_argument("--out", help="write the refitted artifact here (nothing is written without)")
     args = p.parse_args(argv)
     try:

@@ -303,9 +303,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="which instructions (a seeded sample)")
     p.add_argument("--port", type=int, default=8000, help="gateway port (0 or taken: a free one)")
     p.add_argument("--config", default=None, help="routing file (default: the embedded one)")
-    p.add_argument("--dir", default=None, help="where to put the SQLite file (default: a temp dir)")
+    p.add_argument(
+        "--dir",
+        default=None,
+        help="folder for the SQLite store, the routing file and the gateway log, kept after "
+        "the demo (default: a temporary folder, removed)",
+    )
     p.add_argument("--plot", default=None, metavar="FILE.png", help="also draw quality vs cost")
-    p.add_argument("--no-wait", action="store_true", help="exit after the summary")
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="stop everything after the summary, without keeping the dashboard open",
+    )
     p.add_argument(
         "--heldout-only",
         action="store_true",
@@ -466,9 +475,14 @@ def _run(
         plot_quality_cost(points, args.plot)
         print(f"plot: {args.plot}", file=out)
     print("", file=out)
-    print(f"dashboard: {url}/dashboard", file=out)
-    if args.no_wait:
+    if args.no_wait:  # everything stops on return: an address to visit would not answer
+        db = workdir / "tollgate.db"
+        if args.dir:
+            print(f"records kept in {db}: TOLLGATE_DB={db} tollgate report --since 1h", file=out)
+        else:
+            print("the temporary store goes with the demo; --dir DIR keeps it", file=out)
         return 0
+    print(f"dashboard: {url}/dashboard", file=out)
     print("Ctrl-C stops the gateway and the replay backends.", file=out)
     out.flush()
     try:
