@@ -75,21 +75,38 @@ def test_demo_runs_and_prints_the_summary(tmp_path: Path, monkeypatch: pytest.Mo
     for row in ("always small", "always medium", "always large", "always external"):
         assert re.search(rf"^{row}\s+40\s", text, re.M), text
     assert re.search(rf'^routed \("{model}"\)\s+40\s', text, re.M), text
-    assert "vs always large: cost" in text
+    # its two savings numbers, each under its one name, each defined below the table
+    assert re.search(
+        r"^routed \(.+\) cost vs always-large \(replayed answers\): [-+]\d", text, re.M
+    )
+    saved = re.search(
+        r"^routed \(.+\) savings vs reference \(same tokens\): (-?[\d.]+) % "
+        r"\(reference: (\S+)\), the dashboard's number$",
+        text,
+        re.M,
+    )
+    assert saved, text
+    assert saved.group(2) == ("gpt-3.5-turbo" if model == "auto" else "large")
+    assert "\ncost vs always-<tier> (replayed answers): the routed cost against" in text
+    assert "\nsavings vs reference (same tokens): 1 - cost / reference cost" in text
     assert "dashboard:" not in text  # --no-wait: it would not answer
     db = tmp_path / "out" / "run" / "tollgate.db"
     assert f"records kept in {db}: TOLLGATE_DB={db} tollgate report --since 1h" in text
     assert plot.read_bytes().startswith(b"\x89PNG")
     run = tmp_path / "out" / "run"
     assert (run / "tollgate.db").is_file()
-    assert f"routing file {Path(config).absolute()} plus the replay judge" in text
-    assert f"  {run / 'routing.yaml'}; store SQLite at {run / 'tollgate.db'}" in text
+    # which routing file and which store it used
+    used = (
+        f"\n  routing file {Path(config).absolute()} plus the replay judge: {run}/routing.yaml"
+        f"\n  store SQLite at {run / 'tollgate.db'}\n"
+    )
+    assert used in text
     if model == "chat":  # the route always answers with medium: same numbers as always-medium
         routed = re.search(r'^routed \("chat"\)\s+40\s+([\d.]+)\s+[\d.]+\s+([\d.]+)', text, re.M)
         medium = re.search(r"^always medium\s+40\s+([\d.]+)\s+[\d.]+\s+([\d.]+)", text, re.M)
         assert routed and medium and routed.groups() == medium.groups(), text
     # everything it started is gone
-    url = re.search(r"^gateway on (http://[^:]+:\d+):", text, re.M)
+    url = re.search(r"^gateway on (http://\S+)$", text, re.M)
     assert url
     with pytest.raises(httpx.HTTPError):
         httpx.get(url.group(1) + "/healthz", timeout=1)

@@ -10,7 +10,9 @@ SQLite in a fresh temporary directory; no Redis, no network.
 It sends N instructions through model="auto", waits for the judgments, and prints cost,
 quality and latency of the routed traffic against each tier alone (always-small ...
 always-large), the latter computed from the replay data for the same prompts with the same
-pricing formulas. Then it keeps the dashboard open until Ctrl-C (unless --no-wait) and stops
+pricing formulas: "cost vs always-<tier> (replayed answers)". It also prints the gateway's
+own "savings vs reference (same tokens)" (the dashboard's number, see
+`gateway.accounting.store.base.SAVINGS_DEFINITION`): the two answer different questions. Then it keeps the dashboard open until Ctrl-C (unless --no-wait) and stops
 everything it started, by PID.
 """
 
@@ -26,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,7 +39,7 @@ import httpx
 import yaml
 
 from gateway.accounting import pricing
-from gateway.accounting.store.base import percentile
+from gateway.accounting.store.base import SAVINGS_DEFINITION, SAVINGS_NAME, percentile
 from gateway.config import DEFAULT_CONFIG_PATH, ModelConfig, load_config
 from gateway.demo.procutil import stop_process
 from gateway.demo.replay import dataset
@@ -109,6 +112,9 @@ class Row:
     p50_ms: float | None
     p95_ms: float | None
     mix: dict[str, int] = field(default_factory=dict)
+    # routed only: the gateway's own savings number, as /v1/usage and the dashboard give it
+    savings_vs_reference_pct: float | None = None
+    reference_model: str | None = None
 
 
 class Progress:
@@ -251,17 +257,28 @@ def format_summary(routed: Row, tiers: list[Row], speed: float, model: str) -> s
     small = next(r for r in tiers if r.name == "always small")
     if large.cost_usd > 0 and routed.quality is not None and large.quality is not None:
         lines.append(
-            f"{model} vs always large: cost {100 * (routed.cost_usd / large.cost_usd - 1):+.1f} %, "
+            f"{model} cost vs always-large (replayed answers): "
+            f"{100 * (routed.cost_usd / large.cost_usd - 1):+.1f} %, "
             f"quality {100 * routed.quality:.1f} vs {100 * large.quality:.1f} "
             f"({100 * (routed.quality - large.quality):+.1f} points)"
         )
     if small.cost_usd > 0 and routed.quality is not None and small.quality is not None:
         lines.append(
-            f"{model} vs always small: cost x{routed.cost_usd / small.cost_usd:.1f}, "
+            f"{model} cost vs always-small (replayed answers): "
+            f"x{routed.cost_usd / small.cost_usd:.1f}, "
             f"quality {100 * (routed.quality - small.quality):+.1f} points"
+        )
+    if routed.savings_vs_reference_pct is not None:
+        ref = f" (reference: {routed.reference_model})" if routed.reference_model else ""
+        lines.append(
+            f"{model} {SAVINGS_NAME}: {routed.savings_vs_reference_pct:.1f} %{ref}, "
+            "the dashboard's number"
         )
     lines += [
         "",
+        "cost vs always-<tier> (replayed answers): the routed cost against sending every",
+        "  prompt to that tier, priced on that tier's own recorded answers (their own lengths).",
+        *textwrap.wrap(f"{SAVINGS_NAME}: {SAVINGS_DEFINITION}.", 88, subsequent_indent="  "),
         "quality: the recorded GPT-4-Turbo AlpacaEval judgment of each replayed answer against",
         "  the gpt4_1106_preview reference (preference - 1, as a percentage: the win rate).",
         "cost: the routing file's pricing of each answer's tokens (estimated as chars / 4).",
@@ -438,8 +455,9 @@ def _run(
             f"the gateway does not serve model {args.model!r} (it serves {', '.join(served)}); "
             "is the router artifact installed?"
         )
-    print(f"gateway on {url}: routing file {base} plus the replay judge, written to", file=out)
-    print(f"  {cfg_path}; store SQLite at {workdir / 'tollgate.db'}", file=out)
+    print(f"gateway on {url}", file=out)
+    print(f"  routing file {base} plus the replay judge: {cfg_path}", file=out)
+    print(f"  store SQLite at {workdir / 'tollgate.db'}", file=out)
     from router_models.data import is_heldout
 
     held = sum(1 for p in prompts if is_heldout(p))
@@ -553,6 +571,8 @@ def _routed_row(url: str, since: float, usage: dict[str, Any], model: str) -> Ro
     ).json()["data"]
     route = next((r for r in by_route if r["group"] == model), None)
     mix = {r["group"]: int(r["requests"]) - int(r["errors"]) for r in usage["data"]}
+    recent = httpx.get(f"{url}/dashboard/data", params={"since": str(since)}, timeout=10).json()
+    reference = next((r["reference_model"] for r in recent["recent"] if r["route"] == model), None)
     return Row(
         f'routed ("{model}")',
         int(t["requests"]),
@@ -561,6 +581,8 @@ def _routed_row(url: str, since: float, usage: dict[str, Any], model: str) -> Ro
         route["latency_p50_ms"] if route else None,
         route["latency_p95_ms"] if route else None,
         mix,
+        t["savings_vs_reference_pct"],
+        reference,
     )
 
 

@@ -9,10 +9,11 @@ import argparse
 import asyncio
 import os
 import sys
+import textwrap
 import time
 from typing import Any, TextIO
 
-from gateway.accounting.store.base import GROUP_BY
+from gateway.accounting.store.base import GROUP_BY, SAVINGS_DEFINITION, SAVINGS_NAME
 
 COLUMNS: list[tuple[str, str, str]] = [
     # (key, header, format)
@@ -22,8 +23,8 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("prompt_tokens", "IN TOK", "d"),
     ("completion_tokens", "OUT TOK", "d"),
     ("cost_usd", "COST $", "usd"),
-    ("baseline_cost_usd", "BASELINE $", "usd"),
-    ("savings_pct", "SAVED %", "pct"),
+    ("reference_cost_usd", "REFERENCE $", "usd"),
+    ("savings_vs_reference_pct", "SAVED VS REF %", "pct"),
     ("latency_p50_ms", "P50 ms", "ms"),
     ("latency_p95_ms", "P95 ms", "ms"),
     ("quality_mean", "QUALITY", "q"),
@@ -68,10 +69,18 @@ def format_table(rows: list[dict[str, Any]], totals: dict[str, Any] | None = Non
     return "\n".join(out)
 
 
+def savings_note(width: int = 92) -> str:
+    """What the REFERENCE $ and SAVED VS REF % columns are."""
+    text = f"SAVED VS REF % is the {SAVINGS_NAME}: {SAVINGS_DEFINITION}."
+    return "\n" + textwrap.fill(text, width)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tollgate report",
-        description="Requests, tokens, cost, savings, latency and quality per group.",
+        description="Requests, tokens, cost, savings vs reference (same tokens), latency "
+        "and quality per group, from a routing file's store or a running gateway. It says "
+        "which one it read.",
     )
     p.add_argument("--since", default="24h", help="15m, 24h, 7d, unix seconds or ISO-8601")
     p.add_argument("--until", default=None, help="same forms as --since (default: now)")
@@ -163,6 +172,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(data["since"]))
         print(f"usage since {since} UTC, by {args.group_by}; read {source}", file=out)
         print(format_table(rows, tot if rows else None) if rows else "(no requests)", file=out)
+        if rows:
+            print(savings_note(), file=out)
     if args.plot:
         from gateway.views.plot import report_plotter
 
