@@ -12,7 +12,8 @@ quality and latency of the routed traffic against each tier alone (always-small 
 always-large), the latter computed from the replay data for the same prompts with the same
 pricing formulas: "cost vs always-<tier> (replayed answers)". It also prints the gateway's
 own "savings vs reference (same tokens)" (the dashboard's number, see
-`gateway.accounting.store.base.SAVINGS_DEFINITION`): the two answer different questions. Then it keeps the dashboard open until Ctrl-C (unless --no-wait) and stops
+`gateway.accounting.store.base.SAVINGS_DEFINITION`): the two answer different questions.
+Then it keeps the dashboard open until Ctrl-C or SIGTERM (unless --no-wait) and stops
 everything it started, by PID.
 """
 
