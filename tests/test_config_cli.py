@@ -55,8 +55,30 @@ def test_check_config_prints_resolved_config_with_secrets_masked(tmp_path: Path)
 
 
 def test_check_config_default_file_is_valid() -> None:
-    r = run_cli("check-config", "config/routing.yaml")
+    r = run_cli("check-config", "config/routing.yaml", env={"TOLLGATE_DB": "/srv/t.db"})
     assert r.returncode == 0, r.stderr
+    # which routing file and which store the gateway would use
+    assert f"routing file {REPO / 'config' / 'routing.yaml'}, store SQLite at /srv/t.db" in r.stderr
+
+
+def test_report_without_arguments_names_the_missing_store_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    """The default routing file's store is var/tollgate.db under the current directory:
+    report says it is not there and how to point at a store, instead of creating an empty
+    one and printing "(no requests)"."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
+    env["PYTHONPATH"] = str(REPO)
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "report"], capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=60)  # fmt: skip
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"there is no SQLite store at {tmp_path / 'var' / 'tollgate.db'}" in r.stderr
+    for how in ("--config", "TOLLGATE_DB=", "--url"):
+        assert how in r.stderr
+    assert "no requests" not in r.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_check_config_names_file_field_and_fix(tmp_path: Path) -> None:
@@ -136,3 +158,4 @@ def test_gateway_keys_are_checked_hashed_and_never_logged(
     assert "authorization" not in up.stats()["last_headers"]
     gw.stop()
     assert key not in gw.logs()
+    assert f"tollgate serve: routing file {gw.config_path}, store none" in gw.logs()

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.accounting.store.base import SAVINGS_DEFINITION
 from gateway.demo.demo import demo_config
 from gateway.demo.procutil import stop_process
 from gateway.demo.replay import ReplayServer, dataset
@@ -96,7 +97,7 @@ class Stack:
             time.sleep(0.2)
 
     def close(self) -> None:
-        self.gw.__exit__()
+        self.gw.close()
         self.replay.stop()
 
 
@@ -318,13 +319,26 @@ def test_dashboard_in_headless_chromium(stack: Stack, tmp_path: Path) -> None:
 
         assert int(raw("kpi-requests")) == usage["requests"] == stack.sent
         assert raw("kpi-cost") == pytest.approx(usage["cost_usd"], rel=1e-12)
-        assert raw("kpi-baseline") == pytest.approx(usage["baseline_cost_usd"], rel=1e-12)
-        assert raw("kpi-savings") == pytest.approx(usage["savings_pct"], rel=1e-12)
+        assert raw("kpi-reference") == pytest.approx(usage["reference_cost_usd"], rel=1e-12)
+        assert raw("kpi-savings") == pytest.approx(usage["savings_vs_reference_pct"], rel=1e-12)
         assert raw("kpi-quality") == pytest.approx(usage["quality_mean"], rel=1e-12)
         assert kpi["kpi-requests"][0] == f"{usage['requests']:,}"
         assert kpi["kpi-cost"][0] == usd(usage["cost_usd"])
-        assert kpi["kpi-baseline"][0] == usd(usage["baseline_cost_usd"])
-        assert kpi["kpi-savings"][0] == f"{usage['savings_pct']:.1f} %"
+        assert kpi["kpi-reference"][0] == usd(usage["reference_cost_usd"])
+        assert kpi["kpi-savings"][0] == f"{usage['savings_vs_reference_pct']:.1f} %"
+        # the page names its savings number, defines it, and says it is not the demo's
+        labels = json.loads(
+            browser.eval(
+                "JSON.stringify([...document.querySelectorAll('.kpi .label')]"
+                ".map(e => e.textContent))"
+            )
+        )
+        assert "savings vs reference" in labels and "reference cost" in labels
+        definition = browser.eval("document.getElementById('savings-definition').textContent")
+        assert definition.startswith(
+            f"Savings vs reference (same tokens): {SAVINGS_DEFINITION}. This is not the "
+            '"cost vs always-<tier> (replayed answers)" that `tollgate demo` prints'
+        ), definition
         assert kpi["kpi-quality"][0] == f"{usage['quality_mean']:.3f}"
         assert float(kpi["kpi-p95"][1]) > 0
         counts = json.loads(

@@ -70,6 +70,7 @@ def test_router_train_from_store_refits_profiles_on_judged_traffic(
            "--config", str(gw.config_path), "--min-scores", "10"]  # fmt: skip
     dry = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert dry.returncode == 0, dry.stderr
+    assert f"routing file {gw.config_path}, store SQLite at {db}" in dry.stderr
     line = next(ln for ln in dry.stdout.splitlines() if ln.startswith("small "))
     _, profile, n_train, n_test, mse_now, mse_new = line.split()
     assert profile == "gemma-2b-it" and int(n_train) + int(n_test) == len(prompts)

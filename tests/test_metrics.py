@@ -71,6 +71,10 @@ def test_observe_totals_match() -> None:
     assert total(s, "tollgate_baseline_cost_usd_total") == pytest.approx(0.044)
     # savings = 10 * 0.003 + (0.004 - 0.01) = 0.024
     assert total(s, "tollgate_savings_usd", route="chat") == pytest.approx(0.024)
+    # the series keep their names; their help says which savings number they are
+    page = m.render()[0].decode()
+    assert "# HELP tollgate_savings_usd Savings vs reference (same tokens) in USD" in page
+    assert "# HELP tollgate_baseline_cost_usd_total Reference cost in USD" in page
     assert total(s, "tollgate_request_latency_seconds_count") == 12
     assert total(s, "tollgate_request_latency_seconds_sum") == pytest.approx(3.0)
     assert total(s, "tollgate_ttft_seconds_sum") == pytest.approx(0.48)

@@ -406,12 +406,16 @@ def test_many_concurrent_clients(port: int) -> None:
 
 def test_tollgate_serve_with_two_workers(tmp_path: Path) -> None:
     """`tollgate serve --workers 2`: uvicorn spawns both with this protocol, every request is
-    answered, and /metrics (any worker) counts the requests of both."""
+    answered, and /metrics (any worker) counts the requests of both; on exit the gateway
+    removes the folder of the workers' metric files it made."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     with FakeUpstream(name="small") as up:
         config = "\n".join(
             ["store: {backend: none}", "models:", model_block("small", "small", up.base_url)]
         )
-        with GatewayProcess(config, tmp_path, args=["--workers", "2"]) as gw:
+        env = {"TMPDIR": str(tmp)}
+        with GatewayProcess(config, tmp_path, env, args=["--workers", "2"]) as gw:
             chat = {"model": "small", "messages": [{"role": "user", "content": "hi"}]}
             ids = set()
             for _ in range(40):  # a new connection each time, to whichever worker accepts it
@@ -432,6 +436,8 @@ def test_tollgate_serve_with_two_workers(tmp_path: Path) -> None:
                     break
                 time.sleep(0.2)
             assert total == 40
+            assert len(list(tmp.glob("tollgate-prom-*"))) == 1
+    assert list(tmp.iterdir()) == []
 
 
 def test_large_response_to_a_slow_reader(port: int) -> None:

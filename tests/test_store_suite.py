@@ -115,11 +115,16 @@ async def test_usage_groups_and_window(store: Store) -> None:
     small, large = rows["small"], rows["large"]
     assert small["requests"] == 10 and large["requests"] == 4
     assert small["prompt_tokens"] == 1000 and small["completion_tokens"] == 500
-    # cost 10 * 0.001 = 0.01, baseline 10 * 0.004 = 0.04 -> savings 0.03 = 75 %
+    # cost 10 * 0.001 = 0.01, reference 10 * 0.004 = 0.04 -> savings vs reference 0.03 = 75 %
     assert small["cost_usd"] == pytest.approx(0.01, abs=1e-12)
-    assert small["baseline_cost_usd"] == pytest.approx(0.04, abs=1e-12)
-    assert small["savings_usd"] == pytest.approx(0.03, abs=1e-12)
-    assert small["savings_pct"] == pytest.approx(75.0)
+    assert small["reference_cost_usd"] == pytest.approx(0.04, abs=1e-12)
+    assert small["savings_vs_reference_usd"] == pytest.approx(0.03, abs=1e-12)
+    assert small["savings_vs_reference_pct"] == pytest.approx(75.0)
+    # the same numbers under their earlier names, for existing clients
+    for old, new in (("baseline_cost_usd", "reference_cost_usd"),
+                     ("savings_usd", "savings_vs_reference_usd"),
+                     ("savings_pct", "savings_vs_reference_pct")):  # fmt: skip
+        assert small[old] == small[new] and large[old] == large[new]
     # latencies 10..100: p50 = (50 + 60) / 2 = 55; p95 at rank 8.55 -> 90 + 0.55 * 10 = 95.5
     assert small["latency_p50_ms"] == pytest.approx(55.0)
     assert small["latency_p95_ms"] == pytest.approx(95.5)

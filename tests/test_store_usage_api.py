@@ -108,8 +108,11 @@ async def test_usage_endpoint(gw: SimpleNamespace, client: httpx.AsyncClient) ->
     # 4 * 0.001 against 4 * 0.005: 80 % saved
     assert rows["small"]["savings_pct"] == pytest.approx(80.0)
     assert body["totals"]["requests"] == 5
-    # total: cost 0.009, baseline 0.025 -> 64 %
-    assert body["totals"]["savings_pct"] == pytest.approx(64.0)
+    # total: cost 0.009, reference 0.025 -> 64 %
+    assert body["totals"]["savings_vs_reference_pct"] == pytest.approx(64.0)
+    assert body["totals"]["reference_cost_usd"] == pytest.approx(0.025)
+    assert body["totals"]["savings_vs_reference_usd"] == pytest.approx(0.016)
+    assert body["totals"]["savings_pct"] == body["totals"]["savings_vs_reference_pct"]
     r = await client.get("/v1/usage", params={"since": "7d", "group_by": "key"})
     keys = {row["group"]: row["requests"] for row in r.json()["data"]}
     assert keys == {"team-a": 5, "(none)": 1}
@@ -279,15 +282,20 @@ models:
     assert code == 0
     text = out.getvalue()
     lines = text.splitlines()
+    assert lines[0].endswith(f"; read routing file {cfg}, store SQLite at {gw.store.path}")
     assert lines[1].split()[:2] == ["GROUP", "REQS"]
     assert lines[2].split()[:2] == ["large", "1"]  # most expensive first
     assert lines[3].split()[:2] == ["small", "3"]
-    assert lines[-1].split()[:2] == ["TOTAL", "4"]
+    assert lines[5].split()[:2] == ["TOTAL", "4"]
+    assert "REFERENCE $" in lines[1] and "SAVED VS REF %" in lines[1]
+    # the column's name and definition, the same words as the dashboard and the README
+    assert "SAVED VS REF % is the savings vs reference (same tokens): 1 - cost /" in text
     assert len({len(line) for line in lines[1:4]}) == 1  # aligned
     out2 = io.StringIO()
     code = await asyncio.to_thread(report.main, ["--url", served, "--since", "1h"], out2)
     assert code == 0
     assert out2.getvalue().splitlines()[1:] == lines[1:]
+    assert out2.getvalue().splitlines()[0].endswith(f"; read GET {served}/v1/usage")
     png = tmp_path / "quality-cost.png"
     code = await asyncio.to_thread(
         report.main, ["--url", served, "--group-by", "tier", "--plot", str(png)], io.StringIO()

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from gateway.accounting.records import RequestRecord
-from gateway.accounting.store import make_store
+from gateway.accounting.store import describe_sources, make_store, missing_store
 from gateway.accounting.usage import parse_time
 from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 
@@ -94,6 +94,9 @@ async def _records(cfg_path: str, since: float) -> list[RequestRecord]:
     store = make_store(cfg.store)
     if store is None:
         raise RuntimeError("the config's store is 'none': there is nothing recorded to learn from")
+    missing = missing_store(cfg.store, cfg_path)
+    if missing:
+        raise RuntimeError(missing)
     await store.open()
     try:
         recs = await store.recent(1_000_000)
@@ -111,17 +114,35 @@ def main(argv: list[str]) -> int:
         prog="tollgate router train --from-store",
         description="Refit model profiles from the feedback and judge scores in the store.",
     )
-    p.add_argument("--from-store", action="store_true", required=True)
-    p.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="routing file")
-    p.add_argument("--since", default="30d", help="records newer than this (30d, ISO, unix)")
-    p.add_argument("--min-scores", type=int, default=20, help="scored requests per model")
-    p.add_argument("--alpha", type=float, default=1.0, help="ridge strength")
+    p.add_argument(
+        "--from-store",
+        action="store_true",
+        required=True,
+        help="learn from the routing file's store (this command)",
+    )
+    p.add_argument(
+        "--config",
+        default=str(DEFAULT_CONFIG_PATH),
+        help="routing file: its store, its models' profiles, its router.artifact "
+        "(default: config/routing.yaml)",
+    )
+    p.add_argument(
+        "--since", default="30d", help="records newer than this (default 30d; ISO, unix)"
+    )
+    p.add_argument(
+        "--min-scores",
+        type=int,
+        default=20,
+        help="fit only models with this many scored requests (default 20)",
+    )
+    p.add_argument("--alpha", type=float, default=1.0, help="ridge strength (default 1)")
     p.add_argument("--out", help="write the refitted artifact here (nothing is written without)")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config)
         from router_models import load_router, save_router
 
+        print(f"{p.prog}: {describe_sources(args.config, cfg.store)}", file=sys.stderr)
         router = load_router(cfg.router.artifact)
         records = asyncio.run(_records(args.config, parse_time(args.since)))
     except (ConfigError, RuntimeError, ValueError) as e:

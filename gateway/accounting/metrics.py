@@ -200,15 +200,19 @@ class Metrics:
         self.cost = Counter(
             "tollgate_cost_usd", "Cost in USD", ["route", "model", "tier"], registry=reg
         )
+        # Names kept from before "savings vs reference (same tokens)" had one name: they are
+        # its reference cost and its USD savings (store.base.SAVINGS_DEFINITION).
         self.baseline_cost = Counter(
             "tollgate_baseline_cost_usd",
-            "Cost in USD the route's reference model would have charged",
+            "Reference cost in USD: each request's own tokens priced on its reference model "
+            "(auto: the most capable candidate; a route: its reference; a model: itself)",
             ["route"],
             registry=reg,
         )
         self.savings = Gauge(
             "tollgate_savings_usd",
-            "Baseline cost minus cost, cumulative (negative when routing cost more)",
+            "Savings vs reference (same tokens) in USD: reference cost minus cost, cumulative "
+            "(negative when routing cost more)",
             ["route"],
             registry=reg,
             multiprocess_mode="sum",

@@ -1,5 +1,10 @@
 """GET /v1/usage (cost, savings, latency and quality per group) and POST /v1/feedback.
 
+Savings here are always "savings vs reference (same tokens)" (`store.base.SAVINGS_NAME`,
+defined in `SAVINGS_DEFINITION`): fields reference_cost_usd, savings_vs_reference_usd and
+savings_vs_reference_pct; baseline_cost_usd, savings_usd and savings_pct are the same
+numbers under their earlier names, kept for existing clients.
+
 Plain Starlette handlers; they find the live gateway at ``request.app.state.gw`` (attributes
 ``store``, ``recorder``, ``metrics``, ``config``).
 """
@@ -16,7 +21,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.accounting.store.base import GROUP_BY, StoreError
+from gateway.accounting.store.base import GROUP_BY, StoreError, savings_fields
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -79,10 +84,9 @@ def _unavailable(message: str) -> Response:
 def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Sums over groups; quality_mean weighted by the records it covers."""
     keys = ("requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens",
-            "estimated", "cost_usd", "baseline_cost_usd", "savings_usd")  # fmt: skip
+            "estimated", "cost_usd")  # fmt: skip
     out: dict[str, Any] = {k: sum(r[k] for r in rows) for k in keys}
-    base = out["baseline_cost_usd"]
-    out["savings_pct"] = 100.0 * out["savings_usd"] / base if base > 0 else None
+    out.update(savings_fields(out["cost_usd"], sum(r["reference_cost_usd"] for r in rows)))
     qn = sum(r["quality_n"] for r in rows)
     out["quality_n"] = qn
     out["quality_mean"] = (

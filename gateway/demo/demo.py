@@ -10,7 +10,10 @@ SQLite in a fresh temporary directory; no Redis, no network.
 It sends N instructions through model="auto", waits for the judgments, and prints cost,
 quality and latency of the routed traffic against each tier alone (always-small ...
 always-large), the latter computed from the replay data for the same prompts with the same
-pricing formulas. Then it keeps the dashboard open until Ctrl-C (unless --no-wait) and stops
+pricing formulas: "cost vs always-<tier> (replayed answers)". It also prints the gateway's
+own "savings vs reference (same tokens)" (the dashboard's number, see
+`gateway.accounting.store.base.SAVINGS_DEFINITION`): the two answer different questions.
+Then it keeps the dashboard open until Ctrl-C or SIGTERM (unless --no-wait) and stops
 everything it started, by PID.
 """
 
@@ -21,10 +24,13 @@ import asyncio
 import contextlib
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +40,7 @@ import httpx
 import yaml
 
 from gateway.accounting import pricing
-from gateway.accounting.store.base import percentile
+from gateway.accounting.store.base import SAVINGS_DEFINITION, SAVINGS_NAME, percentile
 from gateway.config import DEFAULT_CONFIG_PATH, ModelConfig, Pricing, load_config
 from gateway.demo.procutil import stop_process
 from gateway.demo.replay import dataset
@@ -108,6 +114,9 @@ class Row:
     p50_ms: float | None
     p95_ms: float | None
     mix: dict[str, int] = field(default_factory=dict)
+    # routed only: the gateway's own savings number, as /v1/usage and the dashboard give it
+    savings_vs_reference_pct: float | None = None
+    reference_model: str | None = None
 
 
 class Progress:
@@ -283,17 +292,28 @@ def format_summary(routed: Row, tiers: list[Row], speed: float, model: str) -> s
     small = next(r for r in tiers if r.name == "always small")
     if large.cost_usd > 0 and routed.quality is not None and large.quality is not None:
         lines.append(
-            f"{model} vs always large: cost {100 * (routed.cost_usd / large.cost_usd - 1):+.1f} %, "
+            f"{model} cost vs always-large (replayed answers): "
+            f"{100 * (routed.cost_usd / large.cost_usd - 1):+.1f} %, "
             f"quality {100 * routed.quality:.1f} vs {100 * large.quality:.1f} "
             f"({100 * (routed.quality - large.quality):+.1f} points)"
         )
     if small.cost_usd > 0 and routed.quality is not None and small.quality is not None:
         lines.append(
-            f"{model} vs always small: cost x{routed.cost_usd / small.cost_usd:.1f}, "
+            f"{model} cost vs always-small (replayed answers): "
+            f"x{routed.cost_usd / small.cost_usd:.1f}, "
             f"quality {100 * (routed.quality - small.quality):+.1f} points"
+        )
+    if routed.savings_vs_reference_pct is not None:
+        ref = f" (reference: {routed.reference_model})" if routed.reference_model else ""
+        lines.append(
+            f"{model} {SAVINGS_NAME}: {routed.savings_vs_reference_pct:.1f} %{ref}, "
+            "the dashboard's number"
         )
     lines += [
         "",
+        "cost vs always-<tier> (replayed answers): the routed cost against sending every",
+        "  prompt to that tier, priced on that tier's own recorded answers (their own lengths).",
+        *textwrap.wrap(f"{SAVINGS_NAME}: {SAVINGS_DEFINITION}.", 88, subsequent_indent="  "),
         "quality: the recorded GPT-4-Turbo AlpacaEval judgment of each replayed answer against",
         "  the gpt4_1106_preview reference (preference - 1, as a percentage: the win rate).",
         "cost: the routing file's pricing of each answer's tokens (estimated as chars / 4).",
@@ -335,9 +355,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="which instructions (a seeded sample)")
     p.add_argument("--port", type=int, default=8000, help="gateway port (0 or taken: a free one)")
     p.add_argument("--config", default=None, help="routing file (default: the embedded one)")
-    p.add_argument("--dir", default=None, help="where to put the SQLite file (default: a temp dir)")
+    p.add_argument(
+        "--dir",
+        default=None,
+        help="folder for the SQLite store, the routing file and the gateway log, kept after "
+        "the demo (default: a temporary folder, removed)",
+    )
     p.add_argument("--plot", default=None, metavar="FILE.png", help="also draw quality vs cost")
-    p.add_argument("--no-wait", action="store_true", help="exit after the summary")
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="stop everything after the summary, without keeping the dashboard open",
+    )
     p.add_argument(
         "--heldout-only",
         action="store_true",
@@ -358,6 +387,14 @@ def pick_prompts(prompts_all: list[str], n: int, seed: int, heldout_only: bool) 
     return (held if heldout_only else held + rest)[:n]
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM and SIGHUP stop the demo the way Ctrl-C does (so its cleanup runs)."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = _parser().parse_args(argv)
@@ -365,10 +402,15 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     n = max(1, min(args.n, len(prompts_all)))
     prompts = pick_prompts(prompts_all, n, args.seed, args.heldout_only)
     stack = Stack()
+    # Without a handler, SIGTERM ends this process at once: no `finally`, so the gateway
+    # child would keep running (reparented to PID 1) and the temp folder would stay.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS} if main_thread else {}
     tmp = tempfile.TemporaryDirectory(prefix="tollgate-demo-")
-    workdir = Path(args.dir) if args.dir else Path(tmp.name)
-    workdir.mkdir(parents=True, exist_ok=True)
+    # absolute: the gateway child runs in this folder and is handed paths inside it
+    workdir = Path(args.dir).resolve() if args.dir else Path(tmp.name)
     try:
+        workdir.mkdir(parents=True, exist_ok=True)
         return _run(args, prompts, stack, workdir, out)
     except KeyboardInterrupt:
         return 130
@@ -376,8 +418,15 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         print(f"tollgate demo: {e}", file=sys.stderr)
         return 1
     finally:
-        stack.stop()
-        tmp.cleanup()
+        if main_thread:  # a second signal must not cut the cleanup short
+            for s in (*STOP_SIGNALS, signal.SIGINT):
+                previous.setdefault(s, signal.signal(s, signal.SIG_IGN))
+        try:
+            stack.stop()
+            tmp.cleanup()
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
 
 
 def _run(
@@ -397,7 +446,7 @@ def _run(
         file=out,
     )
     # 2. the gateway on the routing file + the replay judge; SQLite in workdir
-    base = Path(args.config) if args.config else DEFAULT_CONFIG_PATH
+    base = Path(args.config).absolute() if args.config else DEFAULT_CONFIG_PATH
     cfg_path = workdir / "routing.yaml"
     cfg_path.write_text(demo_config(base.read_text(), judge_url))
     env.update(TOLLGATE_STORE="sqlite", TOLLGATE_DB=str(workdir / "tollgate.db"))
@@ -441,7 +490,9 @@ def _run(
             f"the gateway does not serve model {args.model!r} (it serves {', '.join(served)}); "
             "is the router artifact installed?"
         )
-    print(f"gateway on {url} (SQLite at {workdir / 'tollgate.db'})", file=out)
+    print(f"gateway on {url}", file=out)
+    print(f"  routing file {base} plus the replay judge: {cfg_path}", file=out)
+    print(f"  store SQLite at {workdir / 'tollgate.db'}", file=out)
     from router_models.data import is_heldout
 
     held = sum(1 for p in prompts if is_heldout(p))
@@ -483,9 +534,14 @@ def _run(
         plot_quality_cost(points, args.plot)
         print(f"plot: {args.plot}", file=out)
     print("", file=out)
-    print(f"dashboard: {url}/dashboard", file=out)
-    if args.no_wait:
+    if args.no_wait:  # everything stops on return: an address to visit would not answer
+        db = workdir / "tollgate.db"
+        if args.dir:
+            print(f"records kept in {db}: TOLLGATE_DB={db} tollgate report --since 1h", file=out)
+        else:
+            print("the temporary store goes with the demo; --dir DIR keeps it", file=out)
         return 0
+    print(f"dashboard: {url}/dashboard", file=out)
     print("Ctrl-C stops the gateway and the replay backends.", file=out)
     out.flush()
     try:
@@ -493,6 +549,7 @@ def _run(
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("\nstopping", file=out)
+        out.flush()
         return 0
     raise RuntimeError(f"the gateway exited; log: {stack.gateway_log}")
 
@@ -555,6 +612,8 @@ def _routed_row(url: str, since: float, usage: dict[str, Any], model: str) -> Ro
     ).json()["data"]
     route = next((r for r in by_route if r["group"] == model), None)
     mix = {r["group"]: int(r["requests"]) - int(r["errors"]) for r in usage["data"]}
+    recent = httpx.get(f"{url}/dashboard/data", params={"since": str(since)}, timeout=10).json()
+    reference = next((r["reference_model"] for r in recent["recent"] if r["route"] == model), None)
     return Row(
         f'routed ("{model}")',
         int(t["requests"]),
@@ -563,6 +622,8 @@ def _routed_row(url: str, since: float, usage: dict[str, Any], model: str) -> Ro
         route["latency_p50_ms"] if route else None,
         route["latency_p95_ms"] if route else None,
         mix,
+        t["savings_vs_reference_pct"],
+        reference,
     )
 
 

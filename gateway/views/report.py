@@ -9,10 +9,11 @@ import argparse
 import asyncio
 import os
 import sys
+import textwrap
 import time
 from typing import Any, TextIO
 
-from gateway.accounting.store.base import GROUP_BY
+from gateway.accounting.store.base import GROUP_BY, SAVINGS_DEFINITION, SAVINGS_NAME
 
 COLUMNS: list[tuple[str, str, str]] = [
     # (key, header, format)
@@ -22,8 +23,8 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("prompt_tokens", "IN TOK", "d"),
     ("completion_tokens", "OUT TOK", "d"),
     ("cost_usd", "COST $", "usd"),
-    ("baseline_cost_usd", "BASELINE $", "usd"),
-    ("savings_pct", "SAVED %", "pct"),
+    ("reference_cost_usd", "REFERENCE $", "usd"),
+    ("savings_vs_reference_pct", "SAVED VS REF %", "pct"),
     ("latency_p50_ms", "P50 ms", "ms"),
     ("latency_p95_ms", "P95 ms", "ms"),
     ("quality_mean", "QUALITY", "q"),
@@ -68,16 +69,31 @@ def format_table(rows: list[dict[str, Any]], totals: dict[str, Any] | None = Non
     return "\n".join(out)
 
 
+def savings_note(width: int = 92) -> str:
+    """What the REFERENCE $ and SAVED VS REF % columns are."""
+    text = f"SAVED VS REF % is the {SAVINGS_NAME}: {SAVINGS_DEFINITION}."
+    return "\n" + textwrap.fill(text, width)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tollgate report",
-        description="Requests, tokens, cost, savings, latency and quality per group.",
+        description="Requests, tokens, cost, savings vs reference (same tokens), latency "
+        "and quality per group, from a routing file's store or a running gateway. It says "
+        "which one it read.",
     )
     p.add_argument("--since", default="24h", help="15m, 24h, 7d, unix seconds or ISO-8601")
     p.add_argument("--until", default=None, help="same forms as --since (default: now)")
     p.add_argument("--group-by", default="model", choices=list(GROUP_BY))
-    p.add_argument("--config", default=None, help="routing file whose store to read")
-    p.add_argument("--url", default=None, help="read GET /v1/usage of a running gateway")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="routing file whose store to read (default: config/routing.yaml, whose SQLite "
+        "store is $TOLLGATE_DB or var/tollgate.db under the current directory)",
+    )
+    p.add_argument(
+        "--url", default=None, help="read GET /v1/usage of a running gateway instead of a store"
+    )
     p.add_argument(
         "--api-key",
         default=os.environ.get("TOLLGATE_API_KEY"),
@@ -107,14 +123,23 @@ def _fetch_http(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _read_store(args: argparse.Namespace) -> dict[str, Any]:
-    from gateway.accounting.store import make_store
+    from gateway.accounting.store import describe_sources, make_store, missing_store
     from gateway.accounting.usage import parse_time, totals
-    from gateway.config import load_config
+    from gateway.config import DEFAULT_CONFIG_PATH, load_config
 
-    cfg = load_config(args.config)
+    path = args.config or str(DEFAULT_CONFIG_PATH)
+    cfg = load_config(path)
     store = make_store(cfg.store)
     if store is None:
-        raise RuntimeError("store.backend is none in the routing file: nothing is recorded")
+        raise RuntimeError(
+            f"store.backend is none in {path}: nothing is recorded; give --config the "
+            "routing file of the gateway, or --url to ask a running gateway"
+        )
+    missing = missing_store(cfg.store, path)
+    if missing:
+        raise RuntimeError(
+            f"{missing}; or ask a running gateway: tollgate report --url http://127.0.0.1:8000"
+        )
     now = time.time()
     since = parse_time(args.since, "since", now)
     until = parse_time(args.until, "until", now) if args.until else None
@@ -123,8 +148,9 @@ async def _read_store(args: argparse.Namespace) -> dict[str, Any]:
         rows = await store.usage(since, until, args.group_by)
     finally:
         await store.close()
+    source = describe_sources(path, cfg.store)
     return {"since": since, "until": until, "group_by": args.group_by, "data": rows,
-            "totals": totals(rows)}  # fmt: skip
+            "totals": totals(rows), "source": source}  # fmt: skip
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
@@ -136,14 +162,18 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         print(f"tollgate report: {e}", file=sys.stderr)
         return 1
     rows, tot = data.get("data", []), data.get("totals") or {}
+    source = data.pop("source", None) or f"GET {args.url.rstrip('/')}/v1/usage"
     if args.json:
         import orjson
 
+        print(f"tollgate report: read {source}", file=sys.stderr)
         out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(data["since"]))
-        print(f"usage since {since} UTC, by {args.group_by}", file=out)
+        print(f"usage since {since} UTC, by {args.group_by}; read {source}", file=out)
         print(format_table(rows, tot if rows else None) if rows else "(no requests)", file=out)
+        if rows:
+            print(savings_note(), file=out)
     if args.plot:
         from gateway.views.plot import report_plotter
 

@@ -22,6 +22,33 @@ NONE_GROUP = "(none)"
 
 _RECORD_FIELDS = frozenset(f.name for f in fields(RequestRecord))
 
+# One of the two savings numbers Tollgate shows (the other, the demo's "cost vs always-<tier>
+# (replayed answers)", lives in gateway/demo/demo.py). The same words everywhere it appears.
+SAVINGS_NAME = "savings vs reference (same tokens)"
+SAVINGS_DEFINITION = (
+    "1 - cost / reference cost, where the reference cost prices each request's own prompt "
+    "and completion tokens on its reference model: for auto (and router-*) the most capable "
+    "candidate (highest tier, then price), for a route its `reference` (else its most capable "
+    "model), for a model itself (0 %)"
+)
+
+
+def savings_fields(cost: float, reference: float) -> dict[str, Any]:
+    """The savings-vs-reference numbers of a usage row: reference_cost_usd,
+    savings_vs_reference_usd and savings_vs_reference_pct (None when the reference cost is 0),
+    and the same three values under the names they had before they had one name
+    (baseline_cost_usd, savings_usd, savings_pct), kept for existing clients."""
+    saved = reference - cost
+    pct = 100.0 * saved / reference if reference > 0 else None
+    return {
+        "reference_cost_usd": reference,
+        "savings_vs_reference_usd": saved,
+        "savings_vs_reference_pct": pct,
+        "baseline_cost_usd": reference,
+        "savings_usd": saved,
+        "savings_pct": pct,
+    }
+
 
 def record_from_dict(data: dict[str, Any]) -> RequestRecord:
     """RequestRecord.from_dict without recomputing the field set per call (hot in reports)."""
@@ -124,11 +151,12 @@ def aggregate(records: Iterable[RequestRecord], group_by: str) -> list[dict[str,
     """Usage rows, sorted by cost descending then group name.
 
     Keys: group, requests, errors (status >= 400), prompt_tokens, cached_tokens,
-    completion_tokens, estimated (records whose tokens were estimated), cost_usd,
-    baseline_cost_usd, savings_usd, savings_pct (100 * savings / baseline, None when the
-    baseline is 0), latency_p50_ms, latency_p95_ms, quality_mean (mean over records of
-    feedback-else-judge, records with neither left out), quality_n (records in that mean),
-    quality_feedback_mean, quality_judge_mean, quality_predicted_mean.
+    completion_tokens, estimated (records whose tokens were estimated), cost_usd, the
+    `savings_fields()` (reference_cost_usd, savings_vs_reference_usd/_pct and their old
+    names baseline_cost_usd, savings_usd, savings_pct), latency_p50_ms, latency_p95_ms,
+    quality_mean (mean over records of feedback-else-judge, records with neither left out),
+    quality_n (records in that mean), quality_feedback_mean, quality_judge_mean,
+    quality_predicted_mean.
     """
     attr = check_group_by(group_by)
     acc: dict[str, dict[str, Any]] = {}
@@ -172,15 +200,12 @@ def aggregate(records: Iterable[RequestRecord], group_by: str) -> list[dict[str,
     rows = []
     for g, a in acc.items():
         lat = sorted(a.pop("lat"))
-        savings = a["baseline_cost_usd"] - a["cost_usd"]
+        reference = a.pop("baseline_cost_usd")
         rows.append(
             {
                 "group": g,
                 **{k: v for k, v in a.items() if k not in ("q", "qf", "qj", "qp")},
-                "savings_usd": savings,
-                "savings_pct": (
-                    100.0 * savings / a["baseline_cost_usd"] if a["baseline_cost_usd"] > 0 else None
-                ),
+                **savings_fields(a["cost_usd"], reference),
                 "latency_p50_ms": percentile(lat, 50),
                 "latency_p95_ms": percentile(lat, 95),
                 "quality_mean": _mean(a["q"]),

@@ -41,6 +41,7 @@ from gateway.accounting.store.base import (
     check_source,
     percentile,
     record_from_dict,
+    savings_fields,
 )
 
 T = TypeVar("T")
@@ -344,9 +345,7 @@ class SQLiteStore(Store):
 
     @staticmethod
     def _finish(a: dict[str, Any], lat: list[float]) -> dict[str, Any]:
-        base = float(a["baseline_cost_usd"])
         cost = float(a["cost_usd"])
-        savings = base - cost
         return {
             "group": a["g"],
             "requests": int(a["requests"]),
@@ -356,9 +355,7 @@ class SQLiteStore(Store):
             "completion_tokens": int(a["completion_tokens"]),
             "estimated": int(a["estimated"]),
             "cost_usd": cost,
-            "baseline_cost_usd": base,
-            "savings_usd": savings,
-            "savings_pct": 100.0 * savings / base if base > 0 else None,
+            **savings_fields(cost, float(a["baseline_cost_usd"])),
             "latency_p50_ms": percentile(lat, 50),
             "latency_p95_ms": percentile(lat, 95),
             "quality_mean": a["quality_mean"],

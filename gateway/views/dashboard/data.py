@@ -12,9 +12,24 @@ import time
 from typing import Any
 
 from gateway.accounting.records import RequestRecord
-from gateway.accounting.store.base import percentile, record_quality
+from gateway.accounting.store.base import (
+    SAVINGS_DEFINITION,
+    SAVINGS_NAME,
+    percentile,
+    record_quality,
+)
 from gateway.accounting.usage import totals
 
+# What the page says its savings number is, and which other number it is not.
+SAVINGS_TEXT = {
+    "name": SAVINGS_NAME,
+    "definition": SAVINGS_DEFINITION,
+    "text": (
+        f"Savings vs reference (same tokens): {SAVINGS_DEFINITION}. This is not the "
+        '"cost vs always-<tier> (replayed answers)" that `tollgate demo` prints, which prices '
+        "that tier's own recorded answers to the same prompts."
+    ),
+}
 TARGET_BUCKETS = 60  # points per chart
 RECENT_ROWS = 25
 LATENCY_SAMPLE = 2000  # newest records used for the latency-over-time chart
@@ -45,7 +60,9 @@ def recent_row(r: RequestRecord) -> dict[str, Any]:
         "prompt_tokens": r.prompt_tokens,
         "completion_tokens": r.completion_tokens,
         "cost_usd": r.cost_usd,
-        "baseline_cost_usd": r.baseline_cost_usd,
+        "reference_cost_usd": r.baseline_cost_usd,
+        "reference_model": r.baseline_model,
+        "baseline_cost_usd": r.baseline_cost_usd,  # earlier names of the two above
         "baseline_model": r.baseline_model,
         "latency_ms": r.latency_ms,
         "quality": record_quality(r),
@@ -92,6 +109,7 @@ async def snapshot(
         "config_error": health.get("config_error"),
         "backends": health.get("models", {}),
         "pending_records": gw.recorder.queue_depth,
+        "savings": SAVINGS_TEXT,
     }
     store = gw.store
     if store is None:

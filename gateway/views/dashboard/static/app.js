@@ -109,7 +109,7 @@
       cost.push([k.bucket + bucketS, c]); base.push([k.bucket + bucketS, b]);
     });
     lineChart($("chart-spend"), [{ points: base, color: COLORS.base }, { points: cost, color: COLORS.cost }], shortUsd);
-    legend("legend-spend", [{ cls: "s-cost", label: "spend" }, { cls: "s-base", label: "baseline" }]);
+    legend("legend-spend", [{ cls: "s-cost", label: "spend" }, { cls: "s-base", label: "reference cost (same tokens)" }]);
   }
 
   function mixChart(buckets, bucketS) {
@@ -205,9 +205,10 @@
     setKpi("kpi-requests", int(t.requests), t.requests);
     $("kpi-errors").textContent = t.errors ? int(t.errors) + " errors" : "no errors";
     setKpi("kpi-cost", usd(t.cost_usd), t.cost_usd);
-    setKpi("kpi-baseline", usd(t.baseline_cost_usd), t.baseline_cost_usd);
-    setKpi("kpi-savings", pct(t.savings_pct), t.savings_pct);
-    $("kpi-savings-usd").textContent = usd(t.savings_usd) + " saved";
+    setKpi("kpi-reference", usd(t.reference_cost_usd), t.reference_cost_usd);
+    setKpi("kpi-savings", pct(t.savings_vs_reference_pct), t.savings_vs_reference_pct);
+    $("kpi-savings-usd").textContent = usd(t.savings_vs_reference_usd) + " saved";
+    if (d.savings) $("savings-definition").textContent = d.savings.text;
     setKpi("kpi-quality", q3(t.quality_mean), t.quality_mean);
     $("kpi-quality-n").textContent = int(t.quality_n) + " scored";
     // p50/p95 over all requests: the newest-records latency series is per bucket, so take
@@ -227,8 +228,8 @@
 
     fill("table-models", d.by_model || [], function (r) {
       return [r.group, { text: int(r.requests), cls: "n" }, { text: int(r.errors), cls: r.errors ? "n err" : "n" },
-        { text: num(r.cost_usd, 6), cls: "n" }, { text: num(r.baseline_cost_usd, 6), cls: "n" },
-        { text: num(r.savings_pct, 1), cls: "n" }, { text: ms(r.latency_p50_ms), cls: "n" }, { text: ms(r.latency_p95_ms), cls: "n" },
+        { text: num(r.cost_usd, 6), cls: "n" }, { text: num(r.reference_cost_usd, 6), cls: "n" },
+        { text: num(r.savings_vs_reference_pct, 1), cls: "n" }, { text: ms(r.latency_p50_ms), cls: "n" }, { text: ms(r.latency_p95_ms), cls: "n" },
         { text: q3(r.quality_judge_mean), cls: "n" }, { text: q3(r.quality_feedback_mean), cls: "n" }, { text: q3(r.quality_predicted_mean), cls: "n" }];
     });
     var backends = [];
@@ -241,7 +242,7 @@
     });
     fill("table-recent", d.recent || [], function (r) {
       return [clock(r.ts), r.route || "–", r.model || "–", r.tier || "–", { text: num(r.router_score, 3), cls: "n" },
-        { text: num(r.cost_usd, 6), cls: "n" }, { text: num(r.baseline_cost_usd, 6), cls: "n" }, { text: ms(r.latency_ms), cls: "n" },
+        { text: num(r.cost_usd, 6), cls: "n" }, { text: num(r.reference_cost_usd, 6), cls: "n" }, { text: ms(r.latency_ms), cls: "n" },
         { text: String(r.status), cls: r.status >= 400 ? "n err" : "n" }, { text: q3(r.quality), cls: "n" }];
     });
     $("updated").textContent = "updated " + clock(d.generated_at);
