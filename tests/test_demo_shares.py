@@ -30,8 +30,8 @@ def test_heldout_demo_prints_shares_of_large_with_bootstrap_intervals(tmp_path: 
     text = out.getvalue()
     assert rc == 0, text
     m = re.search(
-        r"routed vs always large, per prompt \((\d+) prompts, 90% bootstrap intervals\): "
-        r"quality ([\d.]+)% \[([\d.]+), ([\d.]+)\] of large's, "
+        r"per prompt vs always-large \((\d+) prompts, 90% bootstrap intervals\): "
+        r"quality ([\d.]+)% \[([\d.]+), ([\d.]+)\], "
         r"cost ([\d.]+)% \[([\d.]+), ([\d.]+)\] of large's",
         text,
     )

@@ -266,7 +266,9 @@ def tier_rows(cfg_path: Path, prompts: list[str], speed: float) -> list[Row]:
     return rows
 
 
-def format_summary(routed: Row, tiers: list[Row], speed: float, model: str) -> str:
+def format_summary(
+    routed: Row, tiers: list[Row], speed: float, model: str, vs_large: Shares | None = None
+) -> str:
     def q(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:5.1f}"
 
@@ -308,6 +310,11 @@ def format_summary(routed: Row, tiers: list[Row], speed: float, model: str) -> s
         lines.append(
             f"{model} {SAVINGS_NAME}: {routed.savings_vs_reference_pct:.1f} %{ref}, "
             "the dashboard's number"
+        )
+    if vs_large is not None:
+        lines.append(
+            f"{model} per prompt vs always-large ({vs_large.n} prompts, 90% bootstrap "
+            f"intervals): quality {vs_large.quality.pct()}, cost {vs_large.cost.pct()} of large's"
         )
     lines += [
         "",
@@ -520,13 +527,9 @@ def _run(
     tiers = tier_rows(cfg_path, [r.instruction for r in ok], args.speed)
     routed = _routed_row(url, started, usage, args.model)
     print("", file=out)
-    print(format_summary(routed, tiers, args.speed, f'routed ("{args.model}")'), file=out)
-    sh = routed_shares(cfg_path, ok)
-    print(
-        f"routed vs always large, per prompt ({sh.n} prompts, 90% bootstrap intervals): "
-        f"quality {sh.quality.pct()} of large's, cost {sh.cost.pct()} of large's",
-        file=out,
-    )
+    shares_vs_large = routed_shares(cfg_path, ok)
+    name = f'routed ("{args.model}")'
+    print(format_summary(routed, tiers, args.speed, name, shares_vs_large), file=out)
     if args.plot:
         from gateway.views.plot import plot_quality_cost
 
