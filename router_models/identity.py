@@ -559,8 +559,8 @@ def _best_fit(
 def _local_linear(xs: np.ndarray, ys: np.ndarray, x0: float) -> tuple[np.ndarray, float]:
     """Gaussian-weighted local-linear fit of the rows `ys` on `xs` (bandwidth: the anchors'
     standard deviation), read at `x0`; beyond the anchors' range `x0` is read log-compressed,
-    edge + c * log1p(excess / c) with c a quarter of the range, so the order of two models
-    beyond the edge is kept while the extrapolation stays short."""
+    edge + c * log1p(excess / c) with c a quarter of the range, on the line fitted at the edge,
+    so the order of two models beyond the edge is kept while the extrapolation stays short."""
     lo, hi = float(xs.min()), float(xs.max())
     c = 0.25 * (hi - lo) or 1.0
     x = x0
@@ -568,12 +568,13 @@ def _local_linear(xs: np.ndarray, ys: np.ndarray, x0: float) -> tuple[np.ndarray
         x = hi + c * math.log1p((x0 - hi) / c)
     elif x0 < lo:
         x = lo - c * math.log1p((lo - x0) / c)
+    centre = min(max(x, lo), hi)  # beyond the range: the line fitted at the edge, extended
     bw = float(xs.std()) or 1.0
-    w = np.exp(-0.5 * ((xs - x) / bw) ** 2)
-    d = np.stack([np.ones_like(xs), xs - x], axis=1)
+    w = np.exp(-0.5 * ((xs - centre) / bw) ** 2)
+    d = np.stack([np.ones_like(xs), xs - centre], axis=1)
     a = d.T @ (w[:, None] * d) + 1e-9 * np.eye(2)
     coef = np.linalg.solve(a, d.T @ (w[:, None] * ys))
-    return coef[0], x
+    return coef[0] + coef[1] * (x - centre), x
 
 
 def place_prior(ident: Identity, ctx: _Context) -> tuple[str, np.ndarray, float, str] | None:
@@ -606,10 +607,15 @@ def place_prior(ident: Identity, ctx: _Context) -> tuple[str, np.ndarray, float,
         values = {s: x for s in scales if (x := _scale_value(e, s)) is not None}
         if not values:
             continue
-        fit = _best_fit(values, scales, ctx)
+        bridges = _bridges(values, scales, cat) if scales == LEADERBOARD_SCALES else {}
+        fit = _best_fit({**{s: x for s, (x, _) in bridges.items()}, **values}, scales, ctx)
         if fit is None:
             continue
         scale, group, pts = fit
+        bridge = ""
+        if scale not in values:
+            x, bridge = bridges[scale]
+            values = {**values, scale: x}
         rows = []
         for p, _ in pts:
             v, b = ctx.router.profile_vector(p)
@@ -626,13 +632,52 @@ def place_prior(ident: Identity, ctx: _Context) -> tuple[str, np.ndarray, float,
         near = sorted(pts, key=lambda t: (abs(t[1] - values[scale]), t[0]))[:3]
         subject = f"nearest rated snapshot {e.id}" if lead else e.id
         how = (
-            f"{lead}{subject}: {_SCALE_WORDS[scale]} {shown}{clamp}, placed among "
+            f"{lead}{subject}: {bridge}{_SCALE_WORDS[scale]} {shown}{clamp}, placed among "
             f"{len(pts)} profiles{' fitted on ' + '+'.join(group) if group else ''} by their "
             f"{_SCALE_WORDS[scale]} (nearest: "
             f"{', '.join(f'{p} {_show(scale, x)}' for p, x in near)})"
         )
         return e.id, v, b, how
     return None
+
+
+MIN_BRIDGE = 8
+
+
+def _bridges(
+    values: dict[str, float], scales: tuple[str, ...], cat: Catalog
+) -> dict[str, tuple[float, str]]:
+    """For each leaderboard scale the model is not rated on: its rating there, read off a
+    least-squares line over the catalog models rated on both that scale and one the model is
+    rated on (the one with the most such models, at least MIN_BRIDGE), and how."""
+    out: dict[str, tuple[float, str]] = {}
+    for to in scales:
+        if to in values:
+            continue
+        best: tuple[int, int, str, np.ndarray, np.ndarray] | None = None
+        for si, frm in enumerate(scales):
+            if frm not in values:
+                continue
+            pairs = [
+                (a, b)
+                for e in cat.models.values()
+                if (a := e.rating(frm)) is not None and (b := e.rating(to)) is not None
+            ]
+            if len(pairs) >= MIN_BRIDGE and (best is None or (-len(pairs), si) < best[:2]):
+                arr = np.array(pairs, dtype=np.float64)
+                best = (-len(pairs), si, frm, arr[:, 0], arr[:, 1])
+        if best is None:
+            continue
+        _, _, frm, xa, xb = best
+        slope, icpt = np.polyfit(xa, xb, 1)
+        r = float(np.corrcoef(xa, xb)[0, 1])
+        x = float(icpt + slope * values[frm])
+        out[to] = (
+            x,
+            f"{_SCALE_WORDS[frm]} {_show(frm, values[frm])} read as {_SCALE_WORDS[to]} "
+            f"(linear over {len(xa)} catalog models rated on both, r={r:.2f}) = ",
+        )
+    return out
 
 
 def _show(scale: str, x: float) -> str:

@@ -289,6 +289,15 @@ def test_a_prior_is_placed_by_rating_between_its_neighbours() -> None:
     assert weak.bias is not None and strong.bias is not None and weak.bias < res.bias < strong.bias
 
 
+def test_a_rating_on_another_leaderboard_is_bridged() -> None:
+    r = _router(ANCHORS)  # anchors rated on AlpacaEval only; gemini-1.5-pro only on Arena/WB
+    res = resolve("google/gemini-1.5-pro", r)
+    assert res.source == "prior" and "read as AlpacaEval 2 LC win rate" in res.detail, res
+    # beyond the anchors a rating is compressed, not cut: the order of two models is kept
+    top, less = resolve("gpt-4o-2024-05-13", r), resolve("gpt-4-1106-preview", r)  # 57.5 > 50
+    assert top.bias is not None and less.bias is not None and top.bias > less.bias
+
+
 def test_size_then_price_when_no_rating() -> None:
     r = _router(["gemma-2b-it", "vicuna-13b-v1.5", "humpback-llama2-70b", "qwen2.5-7b-instruct"])
     res = resolve("acme/frobnicator-30b-chat", r)
