@@ -391,3 +391,35 @@ def test_strict_refuses_a_prior(tmp_path: Path) -> None:
     assert "claude-3.5-sonnet -> prior:claude-3-5-sonnet-20240620 (source prior:" in res.stdout
     refused = _cli(*args, "--strict")
     assert refused.returncode != 0 and "claude-3.5-sonnet: prior" in refused.stderr
+
+
+# the retrained artifact's profiles are canonical identities, with per-profile metadata
+NEW_PROFILES = [
+    "gemma-2b-it", "vicuna-13b-v1.5", "humpback-llama2-70b", "gpt-3.5-turbo-1106",
+    "llama-3.1-8b-instruct", "llama-3.1-70b-instruct", "mixtral-8x7b-instruct-v0.1",
+    "gpt-4o-2024-08-06", "gpt-4o-2024-05-13", "gpt-4o-mini-2024-07-18",
+    "claude-3-5-sonnet-20240620", "claude-3-haiku-20240307", "claude-3-opus-20240229",
+    "gpt-4-1106-preview", "gpt-4-turbo-2024-04-09", "gpt-4-0314", "gpt-3.5-turbo-0125",
+    "qwen2.5-72b-instruct", "qwen2.5-7b-instruct", "gemini-1.5-pro", "gemini-1.5-flash",
+    "gemma-2-9b-it",
+]  # fmt: skip
+
+
+def test_the_retrained_artifacts_canonical_profiles_are_data() -> None:
+    meta = {"profile_meta": {p: {"datasets": ["crux"], "n_prompts": 800} for p in NEW_PROFILES}}
+    r = _router(NEW_PROFILES, meta)
+    for name in NEVER_DEFAULT:
+        assert resolve(name, r).source in DATA_BACKED, resolve(name, r)
+    for name, expected in ALIASES.items():
+        res = resolve(name, r)
+        if expected in NEW_PROFILES:
+            assert res.profile == expected and res.source in DATA_BACKED, res
+    assert resolve("gpt-4o", r).source == "snapshot"
+    assert resolve("meta-llama/Llama-3.1-8B-Instruct", r).detail.endswith(
+        "(fitted on crux, 800 scored prompts)"
+    )
+    late = resolve("claude-3-5-sonnet-latest", r)  # 20241022: no data, its sibling has
+    assert (late.source, late.profile) == ("nearest-snapshot", "claude-3-5-sonnet-20240620")
+    assert resolve("gpt-4o-2024-11-20", r).profile == "gpt-4o-2024-08-06"
+    assert resolve("gpt-4-0613", r).profile == "gpt-4-0314"
+    assert resolve("claude-3-sonnet", r).source == "prior"
