@@ -169,8 +169,8 @@ SPEC: list[dict[str, Any]] = [
         "tier": "large",
     },
     {"id": "gpt-3.5-turbo-instruct", "ae": "gpt35_turbo_instruct", "tier": "large"},
-    {"id": "text-davinci-001", "ae": "text_davinci_001", "tier": "large"},
-    {"id": "text-davinci-003", "ae": "text_davinci_003", "tier": "large"},
+    {"id": "text-davinci-001", "ae": "text_davinci_001"},
+    {"id": "text-davinci-003", "ae": "text_davinci_003"},
     # Anthropic
     {
         "id": "claude-3-5-sonnet-20240620",
