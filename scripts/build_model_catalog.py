@@ -4,10 +4,11 @@
 
 Hand-written below: families, the dated snapshots and the default snapshot of each undated alias
 (from the vendors' model documentation, as noted per family), aliases (provider, Hugging Face,
-Ollama and vendor spellings), parameter counts and tier hints. Copied from the shared data (see
-its README.md; nothing fetched): Arena Elo (hard-en), WB_Elo (WildBench), the AlpacaEval 2
-length-controlled win rate, and list prices (RouterArena, LLMRouter). Deterministic: the same
-inputs give a byte-identical file.
+Ollama and vendor spellings; a bare Ollama name like `llama3.1` is its `:latest` tag),
+parameter counts and tier hints. Copied from the shared data (see its README.md; nothing
+fetched): Arena Elo (hard-en), WB_Elo (WildBench), the AlpacaEval 2 length-controlled win rate,
+and list prices (RouterArena, LLMRouter). Deterministic: the same inputs give a byte-identical
+file.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ FAMILIES: dict[str, tuple[str, list[str], str]] = {
     "claude-3-haiku": ("claude-3-haiku-20240307", [], "Anthropic."),
     "mistral-7b-instruct": (
         "mistral-7b-instruct-v0.3",
-        ["mistral:7b", "mistral:", "mistral-7b"],
+        ["mistral:7b", "mistral:", "mistral", "mistral-7b"],
         "Mistral AI / Ollama: the newest v0.3.",
     ),
 }
@@ -150,6 +151,7 @@ SPEC: list[dict[str, Any]] = [
         "id": "gpt-3.5-turbo-16k-0613",
         "date": "2023-06-13",
         "ae": "gpt-3.5-turbo-16k-0613",
+        "aliases": ["gpt-3.5-turbo-16k"],
         "tier": "large",
     },
     {
@@ -242,21 +244,21 @@ SPEC: list[dict[str, Any]] = [
         "wb": "gemma-2b-it",
         "ae": "gemma-2b-it",
         "params_b": 2.5,
-        "aliases": ["gemma:2b", "gemma:"],
+        "aliases": ["gemma:2b"],
     },
     {
         "id": "gemma-7b-it",
         "wb": "gemma-7b-it",
         "ae": "gemma-7b-it",
         "params_b": 8.5,
-        "aliases": ["gemma:7b"],
+        "aliases": ["gemma:7b", "gemma:", "gemma"],
     },
     {
         "id": "gemma-2-9b-it",
         "wb": "gemma-2-9b-it",
         "dc": "gemma-2-9b-it",
         "params_b": 9.2,
-        "aliases": ["gemma2:9b", "gemma2:"],
+        "aliases": ["gemma2:9b", "gemma2:", "gemma2"],
     },
     {
         "id": "gemma-2-27b-it",
@@ -275,6 +277,7 @@ SPEC: list[dict[str, Any]] = [
         "aliases": [
             "llama3.1:8b",
             "llama3.1:",
+            "llama3.1",
             "meta-llama-3.1-8b-instruct-turbo",
             "llama-3-1-8b-instruct",
             "llama3.1-8b-instruct",
@@ -308,7 +311,7 @@ SPEC: list[dict[str, Any]] = [
         "id": "llama-3.3-70b-instruct",
         "price": "llama-3-3-70b-instruct",
         "params_b": 70.6,
-        "aliases": ["llama3.3:70b", "llama3.3:", "llama-3-3-70b-instruct"],
+        "aliases": ["llama3.3:70b", "llama3.3:", "llama3.3", "llama-3-3-70b-instruct"],
     },
     {
         "id": "llama-3-8b-instruct",
@@ -316,7 +319,7 @@ SPEC: list[dict[str, Any]] = [
         "ae": "Meta-Llama-3-8B-Instruct",
         "price": "meta-llama/llama-3-8b-instruct",
         "params_b": 8.0,
-        "aliases": ["llama3:8b", "llama3:"],
+        "aliases": ["llama3:8b", "llama3:", "llama3"],
     },
     {
         "id": "llama-3-70b-instruct",
@@ -344,7 +347,7 @@ SPEC: list[dict[str, Any]] = [
         "wb": "Llama-2-7b-chat-hf",
         "ae": "llama-2-7b-chat-hf",
         "params_b": 6.7,
-        "aliases": ["llama2:7b", "llama2:"],
+        "aliases": ["llama2:7b", "llama2:", "llama2"],
     },
     {"id": "humpback-llama2-70b", "ae": "humpback-llama2-70b", "params_b": 69.0},
     {
@@ -366,7 +369,13 @@ SPEC: list[dict[str, Any]] = [
         "ae": "Mixtral-8x7B-Instruct-v0.1",
         "price": "open-mixtral-8x7b",
         "params_b": 46.7,
-        "aliases": ["mixtral:8x7b", "mixtral:", "mixtral-8x7b-instruct", "open-mixtral-8x7b"],
+        "aliases": [
+            "mixtral:8x7b",
+            "mixtral:",
+            "mixtral",
+            "mixtral-8x7b-instruct",
+            "open-mixtral-8x7b",
+        ],
     },
     {
         "id": "mixtral-8x22b-instruct-v0.1",
@@ -422,7 +431,7 @@ SPEC: list[dict[str, Any]] = [
         "id": "qwen2.5-7b-instruct",
         "dc": "qwen2.5-7b-instruct",
         "params_b": 7.6,
-        "aliases": ["qwen2.5:7b", "qwen2.5:"],
+        "aliases": ["qwen2.5:7b", "qwen2.5:", "qwen2.5"],
     },
     {"id": "qwen2.5-3b-instruct", "params_b": 3.1, "aliases": ["qwen2.5:3b"]},
     {
@@ -432,7 +441,7 @@ SPEC: list[dict[str, Any]] = [
         "params_b": 72.7,
         "aliases": ["qwen2:72b"],
     },
-    {"id": "qwen2-7b-instruct", "params_b": 7.6, "aliases": ["qwen2:7b", "qwen2:"]},
+    {"id": "qwen2-7b-instruct", "params_b": 7.6, "aliases": ["qwen2:7b", "qwen2:", "qwen2"]},
     {
         "id": "qwen1.5-72b-chat",
         "wb": "Qwen1.5-72B-Chat-greedy",
@@ -456,7 +465,7 @@ SPEC: list[dict[str, Any]] = [
         "params_b": 6.7,
         "aliases": ["vicuna:7b", "vicuna:"],
     },
-    {"id": "phi-2", "ae": "phi-2", "params_b": 2.7, "aliases": ["phi:2.7b", "phi:"]},
+    {"id": "phi-2", "ae": "phi-2", "params_b": 2.7, "aliases": ["phi:2.7b", "phi:", "phi"]},
     {"id": "phi-2-sft", "ae": "phi-2-sft", "params_b": 2.7},
     {"id": "alpaca-farm-ppo-human", "ae": "alpaca-farm-ppo-human", "params_b": 7.0},
     {"id": "alpaca-farm-ppo-sim-gpt4-20k", "ae": "alpaca-farm-ppo-sim-gpt4-20k", "params_b": 7.0},
