@@ -72,15 +72,18 @@ comparable with them as the artifact's labels are.
 
 Determinism: a prior is a pure function of its model's catalog facts and the router's
 data-backed profiles (sorted by name); its bias carries a tie-breaker of at most 5e-10 derived
-from the canonical id, so two different models never get bit-identical raw predictions (clipping
-at 0.001/0.999 in ``Router.quality`` can still make them equal on a given prompt).
+from the canonical id, so two different models never get bit-identical raw predictions (the
+link in ``Router.quality`` can still make them equal on a prompt where both saturate: the
+identity link's clipping at 0.001/0.999, a logistic link beyond |raw| = 30).
 
 Artifact profile metadata (optional): ``router.meta["profile_meta"][profile]`` (also read:
 ``profiles_meta``) may hold ``datasets`` (list of dataset names the profile was fitted on) and
-``n_prompts`` (scored prompts); resolve() quotes them in ``detail`` and fits a prior only on
-profiles sharing the same datasets, so labels of different datasets are never mixed. Without
-it, the sources in the artifact's ``trained_on`` whose copied data (router_models/data/
-<source>.json.gz) lists the profile's model stand in.
+``n_prompts`` (scored prompts); resolve() quotes them in ``detail``. Without it, the sources
+in the artifact's ``trained_on`` whose copied data (router_models/data/<source>.json.gz) lists
+the profile's model (by identity) stand in. For an artifact of per-profile regressions
+(``link`` "identity", the default) a prior is fitted only on profiles sharing the same
+datasets, so label scales of different datasets are never mixed; for a joint model
+(``meta["link"]`` "logistic": one scale, per-source offsets left out) on all profiles.
 """
 
 from __future__ import annotations
@@ -127,7 +130,8 @@ _PARAMS = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)b(?![a-z])")
 def display_form(name: str) -> str:
     """A name without provider prefix, serving suffix or quantization, lowercase, `_` as `-`.
 
-    `meta-llama/Meta-Llama-3.1-8B-Instruct` -> `llama-3.1-8b-instruct`;
+    `meta-llama/Meta-Llama-3.1-8B-Instruct` and `Meta-Llama-3_1-8B-Instruct` ->
+    `llama-3.1-8b-instruct`;
     `llama3.1:8b-instruct-q4_K_M` -> `llama3.1:8b` (Ollama tags keep their colon: `llama3.1:8b`
     names the instruct model, `llama-3.1-8b` the base model; `llama3.1:latest` -> `llama3.1:`);
     `anthropic.claude-3-haiku-20240307-v1:0` -> `claude-3-haiku-20240307`;
@@ -142,7 +146,7 @@ def display_form(name: str) -> str:
         base, tag = s.split(":", 1)
         tag = _OLLAMA_KIND.sub("", _OLLAMA_QUANT.sub("", tag)).replace("_", "-")
         s = f"{base}:" if tag in ("", "latest") else f"{base}:{tag}"
-    s = s.replace("_", "-")
+    s = re.sub(r"(?<=\d)_(?=\d)", ".", s).replace("_", "-")
     s = _SERVING_SUFFIX.sub("", s)
     if s.startswith("meta-llama-"):
         s = s[len("meta-") :]
@@ -355,19 +359,25 @@ class _Context:
     def __init__(self, router: Router, cat: Catalog) -> None:
         self.router = router
         self.cat = cat
-        self.meta = _profile_meta(router)
         self.names = sorted(p for p in router.profiles if not p.startswith(PRIOR_PREFIX))
+        idents = {p: cat.identify(p) for p in self.names}
+        self.by_key: dict[str, list[str]] = {}
+        for p in self.names:
+            self.by_key.setdefault(loose_key(idents[p].id), []).append(p)
+        self.meta = _profile_meta(router, self)
+        # Per-profile regressions (the identity link) keep each dataset's label scale, so a
+        # prior is fitted within one dataset group; a joint model (logistic link) puts every
+        # profile on one scale (its per-source offsets are left out at inference): no groups.
+        self.joint = str(router.meta.get("link", getattr(router, "link", "identity"))) != "identity"
         self.anchors = [
-            _Anchor(p, cat.identify(p), _datasets(self.meta.get(p))) for p in self.names
+            _Anchor(p, idents[p], () if self.joint else _datasets(self.meta.get(p)))
+            for p in self.names
         ]
-        self.by_id: dict[str, list[str]] = {}
-        for a in self.anchors:
-            self.by_id.setdefault(a.ident.id, []).append(a.profile)
 
     def profile_for(self, ident: Identity) -> str | None:
-        """The data-backed profile of this identity: the one named exactly as the canonical id,
-        else the first by name (several spellings of one model in one artifact)."""
-        cands = self.by_id.get(ident.id)
+        """The data-backed profile of this identity (same canonical id, compared by loose key):
+        the one named exactly as the canonical id, else the first by name."""
+        cands = self.by_key.get(loose_key(ident.id))
         if not cands:
             return None
         return ident.id if ident.id in cands else cands[0]
@@ -384,9 +394,9 @@ class _Context:
         return f" (fitted {', '.join(parts)})" if parts else ""
 
 
-def _profile_meta(router: Router) -> dict[str, dict[str, Any]]:
+def _profile_meta(router: Router, ctx: _Context) -> dict[str, dict[str, Any]]:
     """Per-profile metadata of the artifact; for an artifact without it, which of the copied
-    training sources it was trained on (`trained_on`) list each profile's model."""
+    training sources it was trained on (`trained_on`) list each profile's model (by identity)."""
     for key in ("profile_meta", "profiles_meta"):
         m = router.meta.get(key)
         if isinstance(m, dict):
@@ -396,8 +406,11 @@ def _profile_meta(router: Router) -> dict[str, dict[str, Any]]:
     if isinstance(sources, list):
         for src in sorted(str(x) for x in sources):
             for model in _source_models(src):
-                if router.has_profile(model):
-                    out.setdefault(model, {"datasets": []})["datasets"].append(src)
+                prof = ctx.profile_for(ctx.cat.identify(model))
+                if prof is not None:
+                    ds = out.setdefault(prof, {"datasets": []})["datasets"]
+                    if src not in ds:
+                        ds.append(src)
     return out
 
 

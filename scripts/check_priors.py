@@ -24,13 +24,20 @@ from router_models.data import SOURCES, load_source  # noqa: E402
 from router_models.identity import resolve  # noqa: E402
 from router_models.model import Router  # noqa: E402
 
+LINK = "identity"
+
 
 def _q(z: np.ndarray, v: np.ndarray, b: float) -> np.ndarray:
-    return np.clip(z @ v + b, 1e-3, 1 - 1e-3)
+    raw = z @ v + b
+    if LINK == "logistic":  # a joint artifact: raw is a logit
+        return np.asarray(1.0 / (1.0 + np.exp(-np.clip(raw, -30, 30))))
+    return np.clip(raw, 1e-3, 1 - 1e-3)
 
 
 def main(argv: list[str]) -> int:
+    global LINK
     base = load_router(argv[0] if argv else "default")
+    LINK = str(base.meta.get("link", "identity"))
     held: dict[str, tuple[set[str], np.ndarray]] = {}
     for s in SOURCES:
         m = load_source(s)
@@ -38,7 +45,7 @@ def main(argv: list[str]) -> int:
         held[s] = (set(m.models), np.stack([base.featurize(c) for c in convs]))
     rows: list[tuple[str, str, str, float, float, float]] = []
     for i, p in enumerate(base.profiles):
-        src = next((s for s, (ms, _) in held.items() if p in ms), None)
+        src = next((s for s, (ms, _) in held.items() if p in ms), None)  # today's names
         if src is None:
             continue
         z = held[src][1]

@@ -431,3 +431,25 @@ def test_the_retrained_artifacts_canonical_profiles_are_data() -> None:
     assert resolve("gpt-4o-2024-11-20", r).profile == "gpt-4o-2024-08-06"
     assert resolve("gpt-4-0613", r).profile == "gpt-4-0314"
     assert resolve("claude-3-sonnet", r).source == "prior"
+
+
+def test_a_joint_artifact_places_priors_on_all_profiles() -> None:
+    # a logistic-link (joint item-response) artifact has one scale: no dataset groups
+    profiles = [*ANCHORS, "llama-3.1-8b-instruct", "mistral-7b-instruct-v0.3"]
+    datasets = {p: {"datasets": ["alpaca_eval"]} for p in ANCHORS}
+    datasets["llama-3.1-8b-instruct"] = datasets["mistral-7b-instruct-v0.3"] = {
+        "datasets": ["dcrouter"]
+    }
+    per_profile = resolve("mixtral:8x7b", _router(profiles, {"profile_meta": datasets}))
+    assert "among 5 profiles fitted on alpaca_eval" in per_profile.detail
+    joint = _router(profiles, {"profile_meta": datasets, "link": "logistic"})
+    res = resolve("mixtral:8x7b", joint)
+    assert "among 7 profiles by" in res.detail, res
+
+
+def test_names_outside_the_catalog_match_profiles_by_loose_key() -> None:
+    r = _router([*ANCHORS, "llama-3.1-8b", "acme-widget-2-13b-chat"])
+    for name in ("Meta-Llama-3_1-8B", "meta-llama/Llama-3.1-8B", "llama-3.1-8b"):
+        assert (resolve(name, r).source, resolve(name, r).profile) == ("data", "llama-3.1-8b")
+    assert resolve("Acme/Acme_Widget_2-13B-Chat", r).profile == "acme-widget-2-13b-chat"
+    assert canonical("Meta-Llama-3_1-8B") == "llama-3.1-8b"
