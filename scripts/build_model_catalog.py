@@ -304,6 +304,7 @@ SPEC: list[dict[str, Any]] = [
             "llama3.1:405b",
             "meta-llama-3.1-405b-instruct-turbo",
             "llama-3.1-405b-inst-fp8",
+            "llama-3.1-405b-inst",
             "llama-3-1-405b-instruct",
         ],
     },
@@ -327,7 +328,7 @@ SPEC: list[dict[str, Any]] = [
         "ae": "Meta-Llama-3-70B-Instruct",
         "price": "meta-llama/Meta-Llama-3-70B-Instruct-Turbo",
         "params_b": 70.6,
-        "aliases": ["llama3:70b", "llama-3-70b-chat"],
+        "aliases": ["llama3:70b", "llama-3-70b-chat", "llama-3-70b-instruct-turbo"],
     },
     {
         "id": "llama-2-70b-chat",
@@ -405,10 +406,10 @@ SPEC: list[dict[str, Any]] = [
         "tier": "frontier",
     },
     {
-        "id": "mistral-large-2407",
+        "id": "mistral-large-2",
         "wb": "Mistral-Large-2",
         "params_b": 123.0,
-        "aliases": ["mistral-large-2", "mistral-large:123b"],
+        "aliases": ["mistral-large-2407", "mistral-large:123b"],
     },
     {
         "id": "mistral-nemo-instruct-2407",
@@ -424,6 +425,13 @@ SPEC: list[dict[str, Any]] = [
         "params_b": 7.2,
         "aliases": ["openhermes:7b"],
     },
+    {
+        "id": "command-r",
+        "wb": "command-r",
+        "params_b": 35.0,
+        "aliases": ["c4ai-command-r-v01", "command-r-v01"],
+    },
+    {"id": "deepseek-v2-chat", "wb": "deepseekv2-chat"},
     # Qwen
     {"id": "qwen2.5-72b-instruct", "params_b": 72.7, "aliases": ["qwen2.5:72b"]},
     {"id": "qwen2.5-32b-instruct", "params_b": 32.5, "aliases": ["qwen2.5:32b"]},

@@ -453,3 +453,14 @@ def test_names_outside_the_catalog_match_profiles_by_loose_key() -> None:
         assert (resolve(name, r).source, resolve(name, r).profile) == ("data", "llama-3.1-8b")
     assert resolve("Acme/Acme_Widget_2-13B-Chat", r).profile == "acme-widget-2-13b-chat"
     assert canonical("Meta-Llama-3_1-8B") == "llama-3.1-8b"
+
+
+def test_the_data_names_table_agrees_with_the_catalog() -> None:
+    # router_models/data/names.json (the training data's name -> canonical identity table, on
+    # the retraining branch): every data name must mean the same model as its canonical name
+    path = ROOT / "router_models" / "data" / "names.json"
+    if not path.is_file():
+        pytest.skip("no router_models/data/names.json in this checkout")
+    table = json.loads(path.read_text())["aliases"]
+    bad = {d: c for d, c in table.items() if identify(d).id != identify(c).id}
+    assert not bad
