@@ -125,6 +125,7 @@ _DATES = (
 )
 _PARAMS_MOE = re.compile(r"(?<![\w.])(\d+)x(\d+(?:\.\d+)?)b(?![a-z])")
 _PARAMS = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)b(?![a-z])")
+_PARAMS_M = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)m(?![a-z])")
 
 
 def display_form(name: str) -> str:
@@ -171,12 +172,16 @@ def split_date(display: str) -> tuple[str, str] | None:
 
 
 def params_from_name(display: str) -> float | None:
-    """Parameter count in billions named in a model name (`-70b`, `8x7b`), else None."""
+    """Parameter count in billions named in a model name (`-70b`, `8x7b`, `-270m`), else None."""
     m = _PARAMS_MOE.search(display)
     if m:
         return float(m[1]) * float(m[2])
-    m = _PARAMS.search(display.split(":", 1)[-1] if ":" in display else display)
-    return float(m[1]) if m else None
+    text = display.split(":", 1)[-1] if ":" in display else display
+    m = _PARAMS.search(text)
+    if m:
+        return float(m[1])
+    m = _PARAMS_M.search(text)  # `-270m`: millions, when no billions are named
+    return float(m[1]) / 1000.0 if m else None
 
 
 # -- the catalog --------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ OUT = ROOT / "router_models" / "model_catalog.json"
 FAMILIES: dict[str, tuple[str, list[str], str]] = {
     "gpt-4o": (
         "gpt-4o-2024-08-06",
-        ["chatgpt-4o"],
+        [],
         "OpenAI model docs: `gpt-4o` points to gpt-4o-2024-08-06 (since 2024-10-02; before that "
         "to gpt-4o-2024-05-13).",
     ),
@@ -57,6 +57,14 @@ FAMILIES: dict[str, tuple[str, list[str], str]] = {
     "claude-3-opus": ("claude-3-opus-20240229", ["claude-3-opus-latest"], "Anthropic."),
     "claude-3-sonnet": ("claude-3-sonnet-20240229", [], "Anthropic."),
     "claude-3-haiku": ("claude-3-haiku-20240307", [], "Anthropic."),
+    "o1-mini": ("o1-mini-2024-09-12", [], "OpenAI: the first o1-mini snapshot."),
+    "o1-preview": ("o1-preview-2024-09-12", [], "OpenAI: the only o1-preview snapshot."),
+    "chatgpt-4o-latest": (
+        "chatgpt-4o-latest-24-09-07",
+        [],
+        "OpenAI: a moving alias of the ChatGPT model (not gpt-4o); the data names the build of "
+        "2024-09-07.",
+    ),
     "mistral-7b-instruct": (
         "mistral-7b-instruct-v0.3",
         ["mistral:7b", "mistral:", "mistral", "mistral-7b"],
@@ -173,6 +181,19 @@ SPEC: list[dict[str, Any]] = [
     {"id": "gpt-3.5-turbo-instruct", "ae": "gpt35_turbo_instruct", "tier": "large"},
     {"id": "text-davinci-001", "ae": "text_davinci_001"},
     {"id": "text-davinci-003", "ae": "text_davinci_003"},
+    {"id": "o1-mini-2024-09-12", "family": "o1-mini", "date": "2024-09-12", "tier": "frontier"},
+    {
+        "id": "o1-preview-2024-09-12",
+        "family": "o1-preview",
+        "date": "2024-09-12",
+        "tier": "frontier",
+    },
+    {
+        "id": "chatgpt-4o-latest-24-09-07",
+        "family": "chatgpt-4o-latest",
+        "date": "2024-09-07",
+        "tier": "frontier",
+    },
     # Anthropic
     {
         "id": "claude-3-5-sonnet-20240620",
@@ -230,13 +251,13 @@ SPEC: list[dict[str, Any]] = [
         "id": "gemini-1.5-pro",
         "wb": "gemini-1.5-pro",
         "tier": "frontier",
-        "aliases": ["gemini-1.5-pro-001", "gemini-1.5-pro-latest"],
+        "aliases": ["gemini-1.5-pro-001"],
     },
     {
         "id": "gemini-1.5-flash",
         "wb": "gemini-1.5-flash",
         "tier": "large",
-        "aliases": ["gemini-1.5-flash-001", "gemini-1.5-flash-latest"],
+        "aliases": ["gemini-1.5-flash-001"],
     },
     {"id": "gemini-pro", "ae": "gemini-pro", "tier": "large", "aliases": ["gemini-1.0-pro"]},
     {
@@ -268,6 +289,8 @@ SPEC: list[dict[str, Any]] = [
     },
     {"id": "gemma-2-2b-it", "wb": "gemma-2-2b-it", "params_b": 2.6, "aliases": ["gemma2:2b"]},
     {"id": "codegemma-7b", "dc": "codegemma-7b", "params_b": 8.5, "aliases": ["codegemma:7b"]},
+    {"id": "gemini-1.5-pro-002", "tier": "frontier", "aliases": ["gemini-1.5-pro-latest"]},
+    {"id": "gemini-1.5-flash-002", "tier": "large", "aliases": ["gemini-1.5-flash-latest"]},
     # Meta
     {
         "id": "llama-3.1-8b-instruct",
@@ -350,6 +373,19 @@ SPEC: list[dict[str, Any]] = [
         "params_b": 6.7,
         "aliases": ["llama2:7b", "llama2:", "llama2"],
     },
+    {
+        "id": "llama-3.2-3b-instruct",
+        "price": "llama-3-2-3b-instruct",
+        "params_b": 3.2,
+        "aliases": ["llama3.2:3b", "llama3.2:", "llama3.2", "llama-3-2-3b-instruct"],
+    },
+    {
+        "id": "llama-3.2-1b-instruct",
+        "price": "llama-3-2-1b-instruct",
+        "params_b": 1.2,
+        "aliases": ["llama3.2:1b", "llama-3-2-1b-instruct"],
+    },
+    {"id": "gemma-3-270m-it", "params_b": 0.27, "aliases": ["gemma3:270m"]},
     {"id": "humpback-llama2-70b", "ae": "humpback-llama2-70b", "params_b": 69.0},
     {
         "id": "llama-3.3-nemotron-super-49b-v1",
@@ -527,6 +563,13 @@ def build(shared: Path, profiles: list[str]) -> dict[str, Any]:
         skip = key.endswith(("_verbose", "_concise")) or key in claimed_ae
         if not skip and (row["mode"] != "community" or key in profiles):
             add({"id": display_form(key), "ae": key})
+    family_keys = {loose_key(f) for f in FAMILIES} | {
+        loose_key(a) for _, aliases, _ in FAMILIES.values() for a in aliases
+    }
+    claimed_price = {s["price"] for s in specs if "price" in s}
+    for key in sorted(ra):  # priced models not named above: a price is something known
+        if key not in claimed_price and loose_key(key) not in family_keys:
+            add({"id": display_form(key), "price": key})
     for p in profiles:  # every profile of the shipped artifact gets an entry (anchors for priors)
         add({"id": display_form(p), "ae": p} if p in ae else {"id": display_form(p)})
 
