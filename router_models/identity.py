@@ -88,6 +88,8 @@ datasets, so label scales of different datasets are never mixed; for a joint mod
 
 from __future__ import annotations
 
+import datetime as dt
+import gzip
 import hashlib
 import json
 import math
@@ -421,13 +423,11 @@ def _profile_meta(router: Router, ctx: _Context) -> dict[str, dict[str, Any]]:
 
 @lru_cache(maxsize=16)
 def _source_models(source: str) -> tuple[str, ...]:
-    from router_models.data import DATA_DIR
+    from router_models.data import DATA_DIR  # numpy-only, but not needed unless asked
 
     path = DATA_DIR / f"{source}.json.gz"
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", source) or not path.is_file():
         return ()
-    import gzip
-
     try:
         with gzip.open(path, "rt", encoding="utf-8") as f:
             models = json.load(f).get("models", [])
@@ -448,8 +448,6 @@ def _datasets(info: dict[str, Any] | None) -> tuple[str, ...]:
 
 
 def _days(a: str, b: str) -> int:
-    import datetime as dt
-
     return abs((dt.date.fromisoformat(a) - dt.date.fromisoformat(b)).days)
 
 
