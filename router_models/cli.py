@@ -21,11 +21,11 @@ from router_models.evaluate import (
     calibrate,
     eval_multi,
     eval_pair,
-    map_profiles,
     read_bench,
     read_jsonl,
 )
 from router_models.featurizers import FEATURIZERS, make_featurizer
+from router_models.identity import eval_profiles
 from router_models.metrics import evaluate_pair
 from router_models.model import Router
 
@@ -221,13 +221,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         missing = [m for m in models if m not in costs]
         if missing:
             raise SystemExit(f"--costs: no cost for {missing}; give --costs A=0.1,B=1.0,...")
-        mapping = map_profiles(router, models, explicit, {}, sys.stdout)
+        mapping = eval_profiles(router, models, explicit, {}, args.strict, sys.stdout)
         eval_multi(router, items, models, costs, mapping, out_dir, sys.stdout)
         return 0
     if not (args.strong and args.weak):
         raise SystemExit("router eval needs --strong A --weak B, or --models A,B,C --costs ...")
     roles = {args.strong: "strong", args.weak: "weak"}
-    mapping = map_profiles(router, [args.strong, args.weak], explicit, roles, sys.stdout)
+    mapping = eval_profiles(
+        router, [args.strong, args.weak], explicit, roles, args.strict, sys.stdout
+    )
     eval_pair(router, items, args.strong, args.weak, mapping, out_dir, sys.stdout)
     return 0
 
@@ -382,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         action="append",
         help="MODEL=PROFILE: which router profile predicts MODEL (repeatable)",
+    )
+    e.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse any model whose profile is not fitted on scored data (no priors)",
     )
     e.add_argument("--out", default="router-eval", help="output directory (default router-eval)")
     e.set_defaults(fn=cmd_eval)
