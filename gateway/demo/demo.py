@@ -302,7 +302,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="gateway port (0 or taken: a free one)")
     p.add_argument("--config", default=None, help="routing file (default: the embedded one)")
     p.add_argument("--dir", default=None, help="where to put the SQLite file (default: a temp dir)")
-    p.add_argument("--plot", default=None, metavar="FILE.png", help="also draw quality vs cost")
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="FILE.png",
+        help="also draw quality vs cost (needs pip install 'tollgate[plot]')",
+    )
     p.add_argument("--no-wait", action="store_true", help="exit after the summary")
     p.add_argument(
         "--heldout-only",
@@ -327,6 +332,14 @@ def pick_prompts(prompts_all: list[str], n: int, seed: int, heldout_only: bool) 
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = _parser().parse_args(argv)
+    if args.plot:
+        from gateway.views.plot import PlotUnavailable, require
+
+        try:
+            require()  # say so now, not after the whole run
+        except PlotUnavailable as e:
+            print(f"tollgate demo --plot: {e}", file=sys.stderr)
+            return 1
     prompts_all = dataset.instructions()
     n = max(1, min(args.n, len(prompts_all)))
     prompts = pick_prompts(prompts_all, n, args.seed, args.heldout_only)
@@ -437,10 +450,17 @@ def _run(
     print("", file=out)
     print(format_summary(routed, tiers, args.speed, f'routed ("{args.model}")'), file=out)
     if args.plot:
-        from gateway.views.plot import plot_quality_cost
+        from gateway.views.plot import report_chart
 
-        points = [_point(r) for r in [routed, *tiers]]
-        plot_quality_cost(points, args.plot)
+        report_chart(
+            args.plot,
+            title=f"Demo: {routed.requests} AlpacaEval instructions, routed vs one tier",
+            groups=[(r.name, _per_1k(r), r.quality) for r in tiers],
+            mix=(routed.name, _per_1k(routed), routed.quality),
+            group_noun="tier",
+            x_label="cost (USD per 1,000 requests)",
+            y_label="quality (AlpacaEval judgment, 0-1)",
+        )
         print(f"plot: {args.plot}", file=out)
     print("", file=out)
     print(f"dashboard: {url}/dashboard", file=out)
@@ -457,13 +477,8 @@ def _run(
     raise RuntimeError(f"the gateway exited; log: {stack.gateway_log}")
 
 
-def _point(r: Row) -> dict[str, Any]:
-    return {
-        "label": r.name,
-        "cost_usd": r.cost_usd / max(1, r.requests) * 1000,
-        "quality": r.quality if r.quality is not None else 0.0,
-        "kind": "routed" if r.name.startswith("routed") else "tier",
-    }
+def _per_1k(r: Row) -> float:
+    return r.cost_usd / max(1, r.requests) * 1000
 
 
 def _wait_healthy(stack: Stack, url: str, timeout: float = 60.0) -> None:
