@@ -222,7 +222,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if missing:
             raise SystemExit(f"--costs: no cost for {missing}; give --costs A=0.1,B=1.0,...")
         mapping = eval_profiles(router, models, explicit, {}, args.strict, sys.stdout)
-        eval_multi(router, items, models, costs, mapping, out_dir, sys.stdout)
+        write_chart(eval_multi(router, items, models, costs, mapping, out_dir, sys.stdout), out_dir)
         return 0
     if not (args.strong and args.weak):
         raise SystemExit("router eval needs --strong A --weak B, or --models A,B,C --costs ...")
@@ -230,8 +230,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
     mapping = eval_profiles(
         router, [args.strong, args.weak], explicit, roles, args.strict, sys.stdout
     )
-    eval_pair(router, items, args.strong, args.weak, mapping, out_dir, sys.stdout)
+    write_chart(
+        eval_pair(router, items, args.strong, args.weak, mapping, out_dir, sys.stdout), out_dir
+    )
     return 0
+
+
+def write_chart(report: dict[str, Any], out_dir: Path) -> Path:
+    """Draw `router eval`'s chart from its report.json numbers: curves.png (two models) or
+    quality_cost.png (N models).
+
+    The charts live in gateway.views.plot and need matplotlib (the `plot` extra); both are
+    imported here only, so router_models loads without them, and without matplotlib the
+    command says how to get it (report.json is written by then).
+    """
+    from gateway.views.plot import PlotUnavailable, router_curve_chart, two_model_chart
+
+    try:
+        if "single_models" in report:
+            singles = report["single_models"]
+            path = out_dir / "quality_cost.png"
+            router_curve_chart(
+                path,
+                title=f"Routing by {report['policy']} vs single models (n={report['n']})",
+                curve=[(p["cost"], p["quality"]) for p in report["curve"]],
+                singles=[(m, s["cost"], s["quality"]) for m, s in singles.items()],
+                x_label="mean cost per call (in the units of --costs)",
+                y_label="quality (mean benchmark score, 0-1)",
+                curve_label="routed (one point per quality target)",
+            )
+        else:
+            path = out_dir / "curves.png"
+            curve, oracle = report["curve"], report["oracle_curve"]
+            two_model_chart(
+                path,
+                title=f"Routing {report['strong']} vs {report['weak']} (n={report['n']})",
+                curve=list(zip(curve["share"], curve["quality"], strict=True)),
+                strong=(report["strong"], report["strong_quality"]),
+                weak=(report["weak"], report["weak_quality"]),
+                oracle=list(zip(oracle["share"], oracle["quality"], strict=True)),
+            )
+    except PlotUnavailable as e:
+        raise SystemExit(f"error: no chart: {e}") from None
+    print(f"wrote {path}")
+    return path
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

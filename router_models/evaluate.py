@@ -16,7 +16,6 @@ from router_models.errors import BenchError
 from router_models.messages import parse_bench_messages
 from router_models.metrics import evaluate_pair
 from router_models.model import Router
-from router_models.png import plot_curves
 
 T = TypeVar("T")
 
@@ -136,18 +135,6 @@ def eval_pair(
     with open(out_dir / "scores.jsonl", "w", encoding="utf-8") as f:
         for it, sc in zip(usable, scores, strict=True):
             f.write(json.dumps({"id": it.id, "score": float(sc)}) + "\n")
-    backend = plot_curves(
-        out_dir / "curves.png",
-        f"Router performance ({strong} vs {weak})",
-        "Strong Model Calls (%)",
-        "Performance",
-        [
-            ("router", rep["curve"]["share"], rep["curve"]["quality"]),  # type: ignore[index]
-            ("random", rep["random_curve"]["share"], rep["random_curve"]["quality"]),  # type: ignore[index]
-            ("oracle", rep["oracle_curve"]["share"], rep["oracle_curve"]["quality"]),  # type: ignore[index]
-        ],
-        [(weak, float(rep["weak_quality"])), (strong, float(rep["strong_quality"]))],  # type: ignore[arg-type]
-    )
     out.write(
         f"n={rep['n']} (skipped {skipped})  strong {strong}: {rep['strong_quality']:.2f}  "
         f"weak {weak}: {rep['weak_quality']:.2f}\n"
@@ -158,7 +145,7 @@ def eval_pair(
             f"{label:<8} {rep[prefix + 'apgr']:7.4f} {rep[prefix + 'cpt50']:8.2f}% "
             f"{rep[prefix + 'cpt80']:8.2f}%\n"
         )
-    out.write(f"wrote {out_dir / 'report.json'}, scores.jsonl, curves.png ({backend})\n")
+    out.write(f"wrote {out_dir / 'report.json'}, scores.jsonl\n")
     return report
 
 
@@ -221,14 +208,6 @@ def eval_multi(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    backend = plot_curves(
-        out_dir / "quality_cost.png",
-        "cheapest_above: quality vs cost",
-        "mean cost per call",
-        "mean score",
-        [("router", [p["cost"] for p in pts], [p["quality"] for p in pts])],
-        [("best single", best["quality"])],
-    )
     out.write(f"n={len(usable)}\n")
     for m, s in singles.items():
         out.write(f"  single {m:<32} quality {s['quality']:.4f}  cost {s['cost']:g}\n")
@@ -241,7 +220,7 @@ def eval_multi(
         )
     else:
         out.write("no threshold reaches 95% of the best single model's quality\n")
-    out.write(f"wrote {out_dir / 'report.json'}, quality_cost.png ({backend})\n")
+    out.write(f"wrote {out_dir / 'report.json'}\n")
     return report
 
 

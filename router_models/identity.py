@@ -95,7 +95,7 @@ import json
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TextIO
@@ -463,6 +463,48 @@ def resolve_all(
     """Each name resolved on its own (the result never depends on the order of `names`)."""
     ctx = _Context(router, catalog or load_catalog())
     return {n: _resolve(n, ctx) for n in sorted(set(names))}
+
+
+def resolve_hinted(
+    name: str,
+    router: Router,
+    *,
+    tier: str | None = None,
+    price_in: float | None = None,
+    price_out: float | None = None,
+    catalog: Catalog | None = None,
+) -> Resolution:
+    """`resolve`, and where that finds nothing (`default`), a prior placed from what the
+    caller knows of the model: its tier (small / medium / large / frontier) and its list price
+    per million input and output tokens, e.g. from the gateway's routing file."""
+    cat = catalog or load_catalog()
+    ctx = _Context(router, cat)
+    res = _resolve(name, ctx)
+    if res.source != "default" or (tier not in TIERS and (price_in is None or price_out is None)):
+        return res
+    ident = cat.identify(name)
+    base = _entry(ident, cat)
+    hinted = Entry(
+        **{
+            **base.__dict__,
+            "tier": base.tier or (tier if tier in TIERS else None),
+            "price_in": base.price_in if base.price_in is not None else price_in,
+            "price_out": base.price_out if base.price_out is not None else price_out,
+        }
+    )
+    placed = place_prior(replace(ident, entry=hinted), ctx)
+    if placed is None:
+        return res
+    target, v, b, how = placed
+    return Resolution(
+        name,
+        ident.id,
+        PRIOR_PREFIX + target,
+        "prior",
+        f"PRIOR, no scored data: {how}",
+        tuple(float(x) for x in v),
+        b,
+    )
 
 
 def _resolve(name: str, ctx: _Context) -> Resolution:

@@ -6,11 +6,9 @@ import io
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import httpx
@@ -18,7 +16,7 @@ import pytest
 
 from gateway.demo import demo
 from gateway.demo.procutil import stop_process
-from gateway.views.plot import FONT, plot_quality_cost, report_plotter
+from tests.charts import assert_png, assert_readable, spy_charts
 from tests.support import REPO
 
 
@@ -47,6 +45,7 @@ def test_demo_runs_and_prints_the_summary(tmp_path: Path, monkeypatch: pytest.Mo
     # --dir relative to where the user stands (the gateway child runs in that folder)
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
+    charts = spy_charts(monkeypatch)
     out = io.StringIO()
     plot = tmp_path / "qc.png"
     rc = demo.main(
@@ -92,7 +91,6 @@ def test_demo_runs_and_prints_the_summary(tmp_path: Path, monkeypatch: pytest.Mo
     assert "dashboard:" not in text  # --no-wait: it would not answer
     db = tmp_path / "out" / "run" / "tollgate.db"
     assert f"records kept in {db}: TOLLGATE_DB={db} tollgate report --since 1h" in text
-    assert plot.read_bytes().startswith(b"\x89PNG")
     run = tmp_path / "out" / "run"
     assert (run / "tollgate.db").is_file()
     # which routing file and which store it used
@@ -101,6 +99,15 @@ def test_demo_runs_and_prints_the_summary(tmp_path: Path, monkeypatch: pytest.Mo
         f"\n  store SQLite at {run / 'tollgate.db'}\n"
     )
     assert used in text
+    assert_png(plot, "demo.png")
+    (fig,) = charts
+    routed = f'routed ("{model}")'
+    tiers = {f"always {t}" for t in ("small", "medium", "large", "external")}
+    assert_readable(
+        fig,
+        points={routed, *tiers},
+        legend={routed, "one tier", "random mix of single tiers (frontier)"},
+    )
     if model == "chat":  # the route always answers with medium: same numbers as always-medium
         routed = re.search(r'^routed \("chat"\)\s+40\s+([\d.]+)\s+[\d.]+\s+([\d.]+)', text, re.M)
         medium = re.search(r"^always medium\s+40\s+([\d.]+)\s+[\d.]+\s+([\d.]+)", text, re.M)
@@ -179,45 +186,3 @@ def test_demo_config_adds_only_the_replay_judge() -> None:
     judge = cfg.model(demo.JUDGE_NAME)
     assert judge is not None and judge.profile is None  # never a routing candidate
     assert [m.name for m in cfg.models][:4] == ["small", "medium", "large", "gpt-3.5-turbo"]
-
-
-def _png_pixels(path: Path) -> tuple[int, int, bytes]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, w, h = 8, b"", 0, 0
-    while pos < len(data):
-        (n,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]
-        crc = struct.unpack(">I", data[pos + 8 + n : pos + 12 + n])[0]
-        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF
-        if kind == b"IHDR":
-            w, h = struct.unpack(">II", body[:8])
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + n
-    return w, h, zlib.decompress(idat)
-
-
-def test_plot_writes_a_valid_png_with_the_points(tmp_path: Path) -> None:
-    out = tmp_path / "p.png"
-    plot_quality_cost(
-        [
-            {"label": "routed", "cost_usd": 2.0, "quality": 0.09, "kind": "routed"},
-            {"label": "always small", "cost_usd": 0.2, "quality": 0.03},
-            {"label": "always large", "cost_usd": 11.0, "quality": 0.10},
-        ],
-        out,
-    )
-    w, h, raw = _png_pixels(out)
-    assert (w, h) == (900, 600) and len(raw) == h * (1 + 3 * w)
-    rows = [raw[y * (1 + 3 * w) + 1 : (y + 1) * (1 + 3 * w)] for y in range(h)]
-    red = sum(r.count(bytes((198, 40, 40))) for r in rows)
-    assert red > 100  # the routed point and its label
-    assert all(len(g) == 7 and all(len(r) == 5 for r in g) for g in FONT.values())
-    report_plotter(
-        [{"group": "small", "requests": 3, "cost_usd": 0.001, "quality_mean": 0.1}],
-        {"requests": 3, "cost_usd": 0.001, "quality_mean": 0.1},
-        str(tmp_path / "r.png"),
-    )
-    assert (tmp_path / "r.png").read_bytes().startswith(b"\x89PNG")
-    assert REPO.exists()

@@ -368,7 +368,12 @@ def _parser() -> argparse.ArgumentParser:
         help="folder for the SQLite store, the routing file and the gateway log, kept after "
         "the demo (default: a temporary folder, removed)",
     )
-    p.add_argument("--plot", default=None, metavar="FILE.png", help="also draw quality vs cost")
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="FILE.png",
+        help="also draw quality vs cost (needs pip install 'tollgate[plot]')",
+    )
     p.add_argument(
         "--no-wait",
         action="store_true",
@@ -405,6 +410,14 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = _parser().parse_args(argv)
+    if args.plot:
+        from gateway.views.plot import PlotUnavailable, require
+
+        try:
+            require()  # say so now, not after the whole run
+        except PlotUnavailable as e:
+            print(f"tollgate demo --plot: {e}", file=sys.stderr)
+            return 1
     prompts_all = dataset.instructions()
     n = max(1, min(args.n, len(prompts_all)))
     prompts = pick_prompts(prompts_all, n, args.seed, args.heldout_only)
@@ -531,10 +544,17 @@ def _run(
     name = f'routed ("{args.model}")'
     print(format_summary(routed, tiers, args.speed, name, shares_vs_large), file=out)
     if args.plot:
-        from gateway.views.plot import plot_quality_cost
+        from gateway.views.plot import report_chart
 
-        points = [_point(r) for r in [routed, *tiers]]
-        plot_quality_cost(points, args.plot)
+        report_chart(
+            args.plot,
+            title=f"Demo: {routed.requests} AlpacaEval instructions, routed vs one tier",
+            groups=[(r.name, _per_1k(r), r.quality) for r in tiers],
+            mix=(routed.name, _per_1k(routed), routed.quality),
+            group_noun="tier",
+            x_label="cost (USD per 1,000 requests)",
+            y_label="quality (AlpacaEval judgment, 0-1)",
+        )
         print(f"plot: {args.plot}", file=out)
     print("", file=out)
     if args.no_wait:  # everything stops on return: an address to visit would not answer
@@ -557,13 +577,8 @@ def _run(
     raise RuntimeError(f"the gateway exited; log: {stack.gateway_log}")
 
 
-def _point(r: Row) -> dict[str, Any]:
-    return {
-        "label": r.name,
-        "cost_usd": r.cost_usd / max(1, r.requests) * 1000,
-        "quality": r.quality if r.quality is not None else 0.0,
-        "kind": "routed" if r.name.startswith("routed") else "tier",
-    }
+def _per_1k(r: Row) -> float:
+    return r.cost_usd / max(1, r.requests) * 1000
 
 
 def _wait_healthy(stack: Stack, url: str, timeout: float = 60.0) -> None:

@@ -1,6 +1,7 @@
 """`tollgate report`: the /v1/usage numbers as a table, from a running gateway or the store.
 
-`--plot FILE.png` draws the quality-cost picture of the same rows (gateway/views/plot.py).
+`--plot FILE.png` draws the quality-cost chart of the same rows (gateway/views/plot.py, which
+needs matplotlib: `pip install 'tollgate[plot]'`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ import textwrap
 import time
 from typing import Any, TextIO
 
-from gateway.accounting.store.base import GROUP_BY, SAVINGS_DEFINITION, SAVINGS_NAME
+from gateway.accounting.store.base import (
+    GROUP_BY,
+    NONE_GROUP,
+    SAVINGS_DEFINITION,
+    SAVINGS_NAME,
+)
 
 COLUMNS: list[tuple[str, str, str]] = [
     # (key, header, format)
@@ -100,7 +106,13 @@ def _parser() -> argparse.ArgumentParser:
         help="gateway key for --url (default: $TOLLGATE_API_KEY)",
     )
     p.add_argument("--json", action="store_true", help="print the raw rows as JSON")
-    p.add_argument("--plot", default=None, metavar="FILE.png", help="also draw a chart")
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="FILE.png",
+        help="also draw quality against cost per group as a PNG (needs matplotlib: "
+        "pip install 'tollgate[plot]')",
+    )
     return p
 
 
@@ -156,6 +168,14 @@ async def _read_store(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = _parser().parse_args(argv)
+    if args.plot:
+        from gateway.views.plot import PlotUnavailable, require
+
+        try:
+            require()  # before reading anything: say at once what is missing
+        except PlotUnavailable as e:
+            print(f"tollgate report --plot: {e}", file=sys.stderr)
+            return 1
     try:
         data = _fetch_http(args) if args.url else asyncio.run(_read_store(args))
     except Exception as e:
@@ -175,11 +195,47 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         if rows:
             print(savings_note(), file=out)
     if args.plot:
-        from gateway.views.plot import report_plotter
-
-        report_plotter(rows, tot, args.plot, args)
+        plot_usage(rows, args.plot, args.group_by, since=float(data["since"]))
         print(f"plot: {args.plot}", file=out)
     return 0
+
+
+def plot_usage(rows: list[dict[str, Any]], path: str, group_by: str, since: float) -> None:
+    """The chart of `tollgate report --plot`: each group at (USD per 1,000 answered requests,
+    mean quality) and all of them together as routed.
+
+    Requests that failed are left out: the "(none)" group (failed before a model was chosen)
+    and every group's errors, which answer nothing and cost nothing.
+    """
+    from gateway.views.plot import report_chart
+
+    groups: list[tuple[str, float, float | None]] = []
+    cost = answered = q_sum = q_n = 0.0
+    for r in rows:
+        ok = int(r.get("requests") or 0) - int(r.get("errors") or 0)
+        if r["group"] == NONE_GROUP or ok <= 0:
+            continue
+        c = float(r.get("cost_usd") or 0.0)
+        groups.append((str(r["group"]), 1000.0 * c / ok, r.get("quality_mean")))
+        cost, answered = cost + c, answered + ok
+        if r.get("quality_n"):
+            q_sum += float(r["quality_mean"]) * int(r["quality_n"])
+            q_n += int(r["quality_n"])
+    mix = (
+        ("all requests, as routed", 1000.0 * cost / answered, q_sum / q_n if q_n else None)
+        if len(groups) > 1
+        else None
+    )
+    day = time.strftime("%Y-%m-%d %H:%M", time.gmtime(since))
+    report_chart(
+        path,
+        title=f"Quality vs cost by {group_by}, since {day} UTC",
+        groups=groups,
+        mix=mix,
+        frontier=group_by in ("model", "tier"),
+        group_noun=group_by,
+        cost_only_title=f"Cost by {group_by}, since {day} UTC",
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover
