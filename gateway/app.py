@@ -67,7 +67,7 @@ class Gateway:
         self.pool = UpstreamPool(self._on_circuit)
         self._router_spec = cfg.router.artifact
         self.router = self._router_for(cfg)
-        self.runtime = Runtime(cfg, self.pool, self.router)
+        self.runtime = Runtime(cfg, self.pool, self.router, config_path or "the routing file")
         self.key_hashes = {k.sha256: k.id for k in cfg.auth.keys}
         self.store = make_store(cfg.store)
         self.recorder = Recorder(self.store, cfg.store, self.metrics)
@@ -117,7 +117,7 @@ class Gateway:
                     "store settings changed in %s; they take effect on restart", self.config_path
                 )
             router = self._router_for(cfg)
-            runtime = Runtime(cfg, self.pool, router)
+            runtime = Runtime(cfg, self.pool, router, self.config_path)
         except (ConfigError, GatewayError) as e:
             self.reload_error = str(e)
             log.error(

@@ -230,7 +230,7 @@ class Proxy:
             try:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError as e:
-                raise InvalidRequest(f"the request body is not valid JSON: {e}") from None
+                raise _not_json(raw, e) from None
             check(body)
             rec.route = body["model"]
             stream = bool(body.get("stream"))
@@ -802,6 +802,35 @@ class Proxy:
         if isinstance(usage, dict):
             Proxy._usage(rec, usage)
         return not client_wants_usage and isinstance(usage, dict) and not data.get("choices")
+
+
+def _not_json(raw: bytes, e: orjson.JSONDecodeError) -> InvalidRequest:
+    """The 400 for a body orjson refused: a bad byte named by its offset when the body is
+    not UTF-8 (orjson would say "surrogates not allowed ... (char 0)"), else orjson's
+    line and column."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as u:
+        return InvalidRequest(
+            f"the request body is not valid UTF-8: byte 0x{raw[u.start]:02x} at byte offset "
+            f"{u.start} {_utf8_reason(u.reason)}; JSON must be sent as UTF-8, so encode "
+            "the text as UTF-8 before sending it (in Python: json.dumps(body).encode('utf-8'))",
+            code="invalid_utf8",
+        )
+    return InvalidRequest(
+        f"the request body is not valid JSON ({e}); send one JSON object such as "
+        '{"model": "auto", "messages": [{"role": "user", "content": "Hello"}]}',
+        code="invalid_json",
+    )
+
+
+def _utf8_reason(reason: str) -> str:
+    return {
+        "invalid start byte": "cannot start a UTF-8 character",
+        "invalid continuation byte": "starts a UTF-8 character that the bytes after it do not "
+        "complete",
+        "unexpected end of data": "starts a UTF-8 character that the body ends in the middle of",
+    }.get(reason, f"is not valid there ({reason})")
 
 
 def _has_done(block: bytes) -> bool:

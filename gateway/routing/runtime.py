@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.accounting import pricing
-from gateway.config import TIER_ORDER, ModelConfig, Pricing, RoutingConfig
+from gateway.config import (
+    TIER_ORDER,
+    ConfigError,
+    ModelConfig,
+    Pricing,
+    RoutingConfig,
+    close_names,
+)
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.routing.policies import Candidate
 from gateway.upstreams.pool import Upstream, UpstreamKey
@@ -87,7 +94,13 @@ class UpstreamPool:
 
 
 class Runtime:
-    def __init__(self, cfg: RoutingConfig, pool: UpstreamPool, router: Any | None) -> None:
+    def __init__(
+        self,
+        cfg: RoutingConfig,
+        pool: UpstreamPool,
+        router: Any | None,
+        source: str = "the routing file",
+    ) -> None:
         self.config = cfg
         self.router = router
         self.models: dict[str, ModelConfig] = {m.name: m for m in cfg.models}
@@ -128,13 +141,27 @@ class Runtime:
             r.name: r.reference or self.most_expensive(r.models) for r in cfg.routes
         }
         if router is not None:
-            for n in self.candidates:
-                prof = self.models[n].profile
-                if prof and not router.has_profile(prof):
-                    raise InvalidRequest(
-                        f"model {n!r} names router profile {prof!r}, which the router artifact "
-                        f"does not have; known profiles: {', '.join(router.profiles)}"
-                    )
+            self._check_profiles(router, source)
+
+    def _check_profiles(self, router: Any, source: str) -> None:
+        """Every `models[i].profile` must be one the router artifact has."""
+        problems = []
+        for i, m in enumerate(self.config.models):
+            if m.profile and not router.has_profile(m.profile):
+                known = list(router.profiles)
+                close = close_names(m.profile, known)
+                hint = (
+                    "did you mean " + " or ".join(repr(c) for c in close) + "?"
+                    if close
+                    else "check its spelling"
+                )
+                problems.append(
+                    f"models[{i}].profile: {m.profile!r} is not a profile of the router artifact "
+                    f"{self.config.router.artifact!r} ({len(known)} profiles); {hint} (for a "
+                    "model the artifact does not know, fit one with `tollgate router profile`)"
+                )
+        if problems:
+            raise ConfigError(source, problems)
 
     # -- model lookup -------------------------------------------------------------------
     def public_names(self) -> list[str]:
