@@ -136,6 +136,13 @@ class Runtime:
             )
             for n in self.candidates
         ]
+        # router.fallback next_tier_up: from each candidate, the more capable ones in
+        # ascending order (tier, then price), then the less capable ones, nearest first
+        self.next_tier_up = cfg.router.fallback == "next_tier_up"
+        ladder = sorted(self.candidates, key=lambda n: (self.tier_rank[n], self._unit_price(n), n))
+        self._climb = {
+            n: [n, *ladder[i + 1 :], *reversed(ladder[:i])] for i, n in enumerate(ladder)
+        }
         self.auto_baseline = self.most_expensive(self.candidates) if self.candidates else None
         self.route_baseline = {
             r.name: r.reference or self.most_expensive(r.models) for r in cfg.routes
@@ -221,11 +228,17 @@ class Runtime:
             out_tokens = DEFAULT_COMPLETION_ESTIMATE
         out_tokens = max(0, out_tokens)
         cands = []
+        down: set[str] = set()
         for n, tier, rank, profile, r, ups in self._candidate_rows:
             # est. cost == pricing.cost_usd(self.pricing[n], prompt, out), inlined
             cost = prompt_tokens * r.input + out_tokens * r.output
-            cands.append(Candidate(n, tier, rank, profile, cost, any(map(_can_serve, ups))))
+            up = any(map(_can_serve, ups))
+            if not up:
+                down.add(n)
+            cands.append(Candidate(n, tier, rank, profile, cost, up))
         decision = policy.decide(router, scored, cands)
+        if self.next_tier_up:
+            self._fall_back_up(decision, down)
         return Plan(
             list(decision.order),
             name,
@@ -235,6 +248,22 @@ class Runtime:
             decision_s=time.perf_counter() - t0,
             features=scored.values,
         )
+
+    def _fall_back_up(self, decision: Decision, down: set[str]) -> None:
+        """router.fallback next_tier_up: after the policy's pick, the next more capable
+        candidate first (then the next one up, ...; then the ones below it, nearest first),
+        instead of the policy's own preference order; candidates that cannot serve now
+        (open circuit, full queue) still go last."""
+        climb = self._climb.get(decision.preferred)
+        if climb is None:
+            return
+        if down:
+            order = [n for n in climb if n not in down]
+            order += [n for n in climb if n in down]
+        else:
+            order = list(climb)
+        decision.order = order
+        decision.chosen = order[0]
 
     def models_listing(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
