@@ -10,6 +10,7 @@ back (streamed chunks forwarded as they arrive), then hand the request record to
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -39,11 +40,12 @@ from gateway.errors import (
 )
 from gateway.http import h1
 from gateway.http.server import ON_DISCONNECT
+from gateway.routing.runtime import Plan
 from gateway.upstreams.pool import QueueFull, Upstream
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
-    from gateway.routing.runtime import Plan, Runtime
+    from gateway.routing.runtime import Runtime
 
 log = logging.getLogger("tollgate.proxy")
 
@@ -374,7 +376,10 @@ class Proxy:
                 h.append((b"x-tollgate-explain", orjson.dumps(cands)))
         return h
 
-    def _pick(self, ups: list[Upstream]) -> Upstream | None:
+    def _pick(self, ups: list[Upstream], avoid: Upstream | None = None) -> Upstream | None:
+        """The endpoint with the fewest requests in flight (per weight) among those whose
+        circuit lets a request through; a retry goes to another endpoint than the one that
+        just failed (`avoid`) when there is one."""
         if len(ups) == 1:
             u = ups[0]
             return u if u.circuit.allow() else None
@@ -382,6 +387,9 @@ class Proxy:
             (u for u in ups if u.circuit.available()),
             key=lambda u: (u.outstanding / u.weight, random.random()),
         )
+        if avoid is not None and len(order) > 1 and avoid in order:
+            order.remove(avoid)
+            order.append(avoid)
         for u in order:
             if u.circuit.allow():
                 return u
@@ -425,8 +433,9 @@ class Proxy:
             tried_models += 1
             rec.model = name
             rec.tier = mcfg.tier
+            failed: Upstream | None = None
             for attempt in range(mcfg.retries + 1):
-                up = self._pick(ups)
+                up = self._pick(ups, failed)
                 if up is None:
                     wait = min(u.circuit.cooldown_s for u in ups)
                     last = Unavailable(
@@ -462,6 +471,7 @@ class Proxy:
                 except _Retry as r:
                     settled = True
                     last = r.err
+                    failed = up
                     metrics.upstream_error(name, r.err.code or r.err.type)
                     if attempt < mcfg.retries:
                         await asyncio.sleep(
@@ -594,23 +604,11 @@ class Proxy:
     ) -> None:
         max_backoff = rt.config.server.max_backoff_s
 
-        async def attempt(up: Upstream) -> tuple[bytes, dict[str, Any]]:
-            resp = await self._send(up, path, body, False, max_backoff)
-            try:
-                data = orjson.loads(resp.content)
-                if not isinstance(data, dict):
-                    raise ValueError
-            except (orjson.JSONDecodeError, ValueError):
-                up.circuit.failure()
-                raise _Retry(
-                    UpstreamError(
-                        f"model {up.model_name!r} returned a body that is not a JSON object",
-                        model=up.model_name,
-                    )
-                ) from None
-            return resp.content, data
-
-        _content, data = await self._attempts(rt, plan, rec, state, attempt)
+        # a partial, not a closure: no extra coroutine frame per attempt
+        attempt = functools.partial(
+            self._json_attempt, path=path, body=body, max_backoff=max_backoff
+        )
+        data = await self._attempts(rt, plan, rec, state, attempt)
         if "model" in data:
             data["model"] = rec.model
         usage = data.get("usage")
@@ -633,6 +631,56 @@ class Proxy:
         ctx.finished = True
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": out})
+
+    async def _json_attempt(
+        self, up: Upstream, path: str, body: dict[str, Any], max_backoff: float
+    ) -> dict[str, Any]:
+        """One non-streamed attempt: the upstream's answer as a JSON object."""
+        resp = await self._send(up, path, body, False, max_backoff)
+        try:
+            data = orjson.loads(resp.content)
+            if not isinstance(data, dict):
+                raise ValueError
+        except (orjson.JSONDecodeError, ValueError):
+            up.circuit.failure()
+            raise _Retry(
+                UpstreamError(
+                    f"model {up.model_name!r} returned a body that is not a JSON object",
+                    model=up.model_name,
+                )
+            ) from None
+        return data
+
+    async def internal_chat(
+        self, rt: Runtime, model: str, body: dict[str, Any], rec: RequestRecord
+    ) -> dict[str, Any]:
+        """A chat call the gateway makes on its own behalf (the sampled judge's).
+
+        It goes the way client traffic does: endpoint choice, slot limiter, circuit
+        breakers, retries; `rec` gets its attempts, usage, latency and cost (the caller
+        records it). Raises the `GatewayError` a client would have seen."""
+        plan = Plan([model], model, baseline_model=model)
+        state: dict[str, Any] = {"upstream_s": 0.0}
+        max_backoff = rt.config.server.max_backoff_s
+        t0 = time.perf_counter()
+
+        attempt = functools.partial(
+            self._json_attempt, path="/chat/completions", body=body, max_backoff=max_backoff
+        )
+        try:
+            data = await self._attempts(rt, plan, rec, state, attempt)
+        finally:
+            rec.latency_ms = (time.perf_counter() - t0) * 1000.0
+            rec.upstream_ms = state["upstream_s"] * 1000.0
+            rec.overhead_ms = max(0.0, rec.latency_ms - rec.upstream_ms)
+        usage = data.get("usage")
+        self._usage(rec, usage)
+        if not isinstance(usage, dict) or "prompt_tokens" not in usage:
+            rec.tokens_estimated = True
+            rec.prompt_tokens = _estimate_prompt(body)
+            rec.completion_tokens = pricing.estimate_tokens(_answer_text(data))
+        self.gw.price(rt, rec)
+        return data
 
     @staticmethod
     def _usage(rec: RequestRecord, usage: Any) -> None:
