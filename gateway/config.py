@@ -117,7 +117,10 @@ class Endpoint(_Strict):
     @classmethod
     def _url(cls, v: str) -> str:
         if not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError(f"{v!r} must start with http:// or https:// and a host")
+            raise ValueError(
+                f"{v!r} must start with http:// or https:// and a host, such as "
+                "http://127.0.0.1:8001/v1"
+            )
         return v
 
 
@@ -329,6 +332,14 @@ def _yaml_problem(e: yaml.YAMLError, path: str, text: str) -> str:
     return f"{path}: not valid YAML: " + str(e).replace('"<unicode string>"', path)
 
 
+def _yaml_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    return "scalar"
+
+
 def _shown(value: Any) -> str | None:
     if isinstance(value, str):
         return repr(value if len(value) <= 60 else value[:57] + "...")
@@ -376,6 +387,12 @@ def _pydantic_problems(e: ValidationError) -> list[str]:
         if err["type"] == "missing":
             problems.append(f"{where}: required field is missing; add it")
             continue
+        if err["type"] == "string_pattern_mismatch" and loc and loc[-1] == "name":
+            problems.append(
+                f"{where}: {_shown(err.get('input'))} is not a usable name; use letters, digits "
+                "and . _ : / - (no spaces), starting with a letter or digit"
+            )
+            continue
         if err["type"] == "value_error" and where == "(top level)":
             problems.extend(msg.splitlines())  # cross-references, each with its own path
             continue
@@ -392,7 +409,14 @@ def parse_config(text: str, path: str = "<string>") -> RoutingConfig:
     except yaml.YAMLError as e:
         raise ConfigError(path, [_yaml_problem(e, path, text)]) from None
     if not isinstance(raw, dict):
-        raise ConfigError(path, ["the file must be a YAML mapping with at least a `models:` list"])
+        got = "it is empty" if raw is None else f"it holds a YAML {_yaml_kind(raw)}"
+        raise ConfigError(
+            path,
+            [
+                f"the file must be a YAML mapping with at least a `models:` list, but {got}; "
+                "start from config/routing.yaml"
+            ],
+        )
     problems: list[str] = []
     raw = _expand_env(raw, "", problems)
     if problems:

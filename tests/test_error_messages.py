@@ -42,6 +42,12 @@ def test_bad_request_fields_name_the_value_sent_and_the_fix(fakes: Fakes, gatewa
     assert isinstance(ei.value.body, dict)
     assert "'temperature' must be a number, got the string \"warm\"" in ei.value.body["message"]
     assert "no quotes" in ei.value.body["message"]
+    with pytest.raises(openai.NotFoundError) as ei:
+        c.chat.completions.create(model="smal", messages=MSGS)  # type: ignore[arg-type]
+    assert isinstance(ei.value.body, dict)
+    assert (
+        "'smal' does not exist on this gateway; did you mean 'small'?" in (ei.value.body["message"])
+    )
     assert up.stats()["requests"] == 0  # refused at the gateway
 
 
@@ -85,6 +91,9 @@ def test_yaml_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
     assert "<unicode string>" not in r.stderr
     assert f"{f}, line 3, column 4: not valid YAML" in r.stderr, r.stderr
     assert "tier: small" in r.stderr  # the offending line is quoted
+    f.write_text("")
+    r = run_cli("check-config", str(f))
+    assert r.returncode == 1 and "but it is empty" in r.stderr
 
 
 def test_unknown_profile_names_field_path_and_closest_names(tmp_path: Path) -> None:

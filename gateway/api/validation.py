@@ -112,7 +112,11 @@ def validate_chat(body: Any) -> None:
             'send a list like [{"role": "user", "content": "Hello"}]',
         )
     if not messages:
-        raise InvalidRequest("'messages' must contain at least one message", param="messages")
+        raise InvalidRequest(
+            "'messages' must contain at least one message; send a list like "
+            '[{"role": "user", "content": "Hello"}]',
+            param="messages",
+        )
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
@@ -181,4 +185,7 @@ def validate_embeddings(body: Any) -> None:
             'send the text to embed, such as "hello" or ["hello", "world"]',
         )
     if isinstance(inp, list) and not inp:
-        raise InvalidRequest("'input' must not be an empty array", param="input")
+        raise InvalidRequest(
+            "'input' must not be an empty array; send at least one string to embed",
+            param="input",
+        )

@@ -209,8 +209,10 @@ class Runtime:
                 except ValueError as e:
                     raise ModelNotFound(f"{name!r}: {e}", param="model") from None
                 return self._route(name, name, pol, body)
+        close = close_names(name, self.public_names(), 2)
+        hint = ("did you mean " + " or ".join(repr(c) for c in close) + "? ") if close else ""
         raise ModelNotFound(
-            f"the model {name!r} does not exist on this gateway; use one of "
+            f"the model {name!r} does not exist on this gateway; {hint}use one of "
             f"{', '.join(self.public_names())} (GET /v1/models lists them), or "
             "router-<policy>-<threshold> such as router-cheapest_above-0.7",
             param="model",
