@@ -29,11 +29,11 @@ from gateway.accounting import pricing
 from gateway.accounting.metrics import Metrics
 from gateway.accounting.quality import Judge
 from gateway.accounting.recorder import Recorder
-from gateway.accounting.records import RequestRecord
+from gateway.accounting.records import JUDGE, RequestRecord
 from gateway.accounting.store import make_store
 from gateway.config import ConfigError, RoutingConfig, load_config
-from gateway.errors import GatewayError, InvalidRequest, error_body
-from gateway.proxy import HOT_PATHS, Proxy, Receive, Scope, Send
+from gateway.errors import GatewayError, InvalidRequest, UpstreamError, error_body
+from gateway.proxy import HOT_PATHS, Proxy, Receive, Scope, Send, new_request_id
 from gateway.routing.runtime import Runtime, UpstreamPool
 from gateway.upstreams.pool import STATE_NAMES, Upstream
 
@@ -67,11 +67,12 @@ class Gateway:
         self.pool = UpstreamPool(self._on_circuit)
         self._router_spec = cfg.router.artifact
         self.router = self._router_for(cfg)
-        self.runtime = Runtime(cfg, self.pool, self.router)
+        self.runtime = Runtime(cfg, self.pool, self.router, config_path or "the routing file")
         self.key_hashes = {k.sha256: k.id for k in cfg.auth.keys}
         self.store = make_store(cfg.store)
         self.recorder = Recorder(self.store, cfg.store, self.metrics)
         self.judge = Judge(cfg.judge, self._judge_call, self.recorder, self.metrics)
+        self._proxy = Proxy(self)  # the judge's calls go the way client traffic goes
         self.judge_enabled = bool(cfg.judge.model and cfg.judge.sample_rate > 0)
         self.reload_error: str | None = None
         self.loaded_at = time.time()
@@ -117,7 +118,7 @@ class Gateway:
                     "store settings changed in %s; they take effect on restart", self.config_path
                 )
             router = self._router_for(cfg)
-            runtime = Runtime(cfg, self.pool, router)
+            runtime = Runtime(cfg, self.pool, router, self.config_path)
         except (ConfigError, GatewayError) as e:
             self.reload_error = str(e)
             log.error(
@@ -228,18 +229,32 @@ class Gateway:
             self.judge.maybe_judge(rec, messages, answer)
 
     async def _judge_call(self, messages: list[dict[str, Any]]) -> str:
+        """One grading call of the sampled judge, made the way client traffic is (every
+        endpoint of the judge model, circuit breakers, limiter, retries), priced, and
+        recorded as a record with purpose "judge": judge spend, not client usage."""
         rt = self.runtime
         name = rt.config.judge.model
         if not name:
             raise RuntimeError("no judge model configured")
-        up: Upstream = rt.upstreams[name][0]
-        payload = {"model": up.upstream_model, "messages": messages, "temperature": 0,
-                   "max_tokens": 64}  # fmt: skip
-        resp = await up.client.request("POST", "/chat/completions", orjson.dumps(payload))
-        if resp.status != 200:
-            raise RuntimeError(f"judge model {name!r} answered HTTP {resp.status}")
-        data = orjson.loads(resp.content)
-        return str(data["choices"][0]["message"]["content"] or "")
+        rec = RequestRecord(request_id=new_request_id(), ts=time.time(), route=name, purpose=JUDGE)
+        body = {"model": name, "messages": messages, "temperature": 0, "max_tokens": 64}
+        try:
+            data = await self._proxy.internal_chat(rt, name, body, rec)
+        except GatewayError as e:
+            rec.status, rec.error_type = e.status, e.type
+            raise
+        except asyncio.CancelledError:  # the judge's timeout, or shutdown
+            rec.status, rec.error_type = 499, "cancelled"
+            raise
+        finally:
+            self.metrics.judge_call(rec)
+            self.recorder.submit(rec)
+        try:
+            return str(data["choices"][0]["message"]["content"] or "")
+        except (KeyError, IndexError, TypeError):
+            raise UpstreamError(
+                f"judge model {name!r} answered without choices[0].message.content", model=name
+            ) from None
 
     def _on_circuit(self, up: Upstream, state: int) -> None:
         log.warning("circuit of %s (%s) is now %s", up.label, up.base_url, STATE_NAMES[state])

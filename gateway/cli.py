@@ -85,7 +85,10 @@ def _check_config(args: argparse.Namespace) -> int:
     try:
         from gateway.app import Gateway
 
-        Gateway(cfg, None)  # also checks router profiles and builds every upstream
+        Gateway(cfg, args.file)  # also checks router profiles and builds every upstream
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
     except Exception as e:
         print(f"{args.file}: {e}", file=sys.stderr)
         return 1

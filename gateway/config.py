@@ -6,10 +6,11 @@ every reload; an error names the file, the field path, what was wrong and the fi
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -35,6 +36,31 @@ class ConfigError(Exception):
         self.path = path
         self.problems = problems
         super().__init__(f"{path}: invalid routing config:\n  - " + "\n  - ".join(problems))
+
+
+def close_names(value: str, known: list[str], n: int = 3) -> list[str]:
+    """The known names most like `value` (difflib), best first; case is ignored."""
+    by_lower: dict[str, str] = {}
+    for k in known:
+        by_lower.setdefault(k.lower(), k)
+    got = difflib.get_close_matches(value.lower(), list(by_lower), n=n, cutoff=0.6)
+    return [by_lower[g] for g in got]
+
+
+def unknown_name(kind: str, value: str, known: list[str], where: str = "models") -> str:
+    """ "'x' is not a configured model; did you mean 'y'?" with the closest names, never the
+    whole list when it is long."""
+    close = close_names(value, known)
+    msg = (
+        f"{value!r} is not a configured {kind}"
+        if where == "models"
+        else (f"{value!r} is not one of {where}")
+    )
+    if close:
+        return msg + "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+    if len(known) <= 8:
+        return msg + f"; the {kind}s are: {', '.join(known)}"
+    return msg + f"; check the spelling ({len(known)} {kind}s are defined)"
 
 
 class _Strict(BaseModel):
@@ -91,7 +117,10 @@ class Endpoint(_Strict):
     @classmethod
     def _url(cls, v: str) -> str:
         if not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError(f"{v!r} must start with http:// or https:// and a host")
+            raise ValueError(
+                f"{v!r} must start with http:// or https:// and a host, such as "
+                "http://127.0.0.1:8001/v1"
+            )
         return v
 
 
@@ -186,33 +215,44 @@ class RoutingConfig(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> RoutingConfig:
-        names = [m.name for m in self.models]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
-        known = set(names)
-        for r in self.routes:
-            if r.name in known:
-                raise ValueError(f"route {r.name!r} has the same name as a model; rename one")
-            missing = [m for m in r.models if m not in known]
-            if missing:
-                raise ValueError(
-                    f"route {r.name!r} lists unknown model(s) {missing}; "
-                    f"known models: {sorted(known)}"
+        problems: list[str] = []
+        first: dict[str, int] = {}
+        for i, m in enumerate(self.models):
+            if m.name in first:
+                problems.append(
+                    f"models[{i}].name: {m.name!r} is already the name of models[{first[m.name]}]; "
+                    "model names must be unique, rename one of them"
                 )
-            if r.reference and r.reference not in known:
-                raise ValueError(f"route {r.name!r} reference {r.reference!r} is not a model")
+            first.setdefault(m.name, i)
+        known = list(first)
+        for i, r in enumerate(self.routes):
+            if r.name in first:
+                problems.append(
+                    f"routes[{i}].name: {r.name!r} is also the name of models[{first[r.name]}]; "
+                    "rename the route or the model"
+                )
+            for k, member in enumerate(r.models):
+                if member not in first:
+                    problems.append(
+                        f"routes[{i}].models[{k}]: {unknown_name('model', member, known)}"
+                    )
+            if r.reference and r.reference not in first:
+                problems.append(
+                    f"routes[{i}].reference: {unknown_name('model', r.reference, known)}"
+                )
         pol = self.router.policies
         if self.router.default_policy not in pol:
-            raise ValueError(
-                f"router.default_policy {self.router.default_policy!r} is not one of "
-                f"router.policies {sorted(pol)}"
+            problems.append(
+                "router.default_policy: "
+                + unknown_name("policy", self.router.default_policy, list(pol), "router.policies")
             )
-        for cand in self.router.candidates or []:
-            if cand not in known:
-                raise ValueError(f"router.candidates lists unknown model {cand!r}")
-        if self.judge.model and self.judge.model not in known:
-            raise ValueError(f"judge.model {self.judge.model!r} is not a configured model")
+        for i, cand in enumerate(self.router.candidates or []):
+            if cand not in first:
+                problems.append(f"router.candidates[{i}]: {unknown_name('model', cand, known)}")
+        if self.judge.model and self.judge.model not in first:
+            problems.append(f"judge.model: {unknown_name('model', self.judge.model, known)}")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     # Convenience lookups; the config is frozen so these are cheap and safe.
@@ -261,13 +301,122 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+def _yaml_problem(e: yaml.YAMLError, path: str, text: str) -> str:
+    """`path, line L, column C: not valid YAML: <what>` (PyYAML names a string it parsed
+    `"<unicode string>"`; an operator needs the file, the line and the column)."""
+    lines = text.splitlines()
+
+    def at(mark: Any) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+        mark = e.problem_mark
+        what = e.problem or "invalid YAML"
+        if e.context:
+            ctx_mark = e.context_mark
+            where = f" that starts at {at(ctx_mark)}" if ctx_mark is not None else ""
+            what += f" ({e.context}{where})"
+        shown = lines[mark.line].strip() if mark.line < len(lines) else ""
+        line_text = f"; the line reads {shown!r}" if shown else ""
+        return (
+            f"{path}, {at(mark)}: not valid YAML: {what}{line_text}; check the indentation "
+            "and the `key: value` layout there (quote values that contain ': ' or '#')"
+        )
+    if isinstance(e, yaml.reader.ReaderError):
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        return (
+            f"{path}, line {line}, column {column}: not valid YAML: character "
+            f"{chr(e.character)!r} is not allowed in YAML; remove it"
+        )
+    return f"{path}: not valid YAML: " + str(e).replace('"<unicode string>"', path)
+
+
+def _yaml_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    return "scalar"
+
+
+def _shown(value: Any) -> str | None:
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)
+    return None
+
+
+def _field_names(loc: tuple[int | str, ...]) -> list[str]:
+    """The field names allowed in the object at `loc` of the routing file (for suggestions)."""
+    model: Any = RoutingConfig
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = field.annotation
+        while get_args(model) and not (isinstance(model, type) and issubclass(model, BaseModel)):
+            args = [a for a in get_args(model) if a is not type(None)]
+            model = args[-1] if args else None
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _pydantic_problems(e: ValidationError) -> list[str]:
+    problems: list[str] = []
+    for err in e.errors():
+        loc = tuple(err["loc"])
+        where = _loc(loc)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            name = str(loc[-1]) if loc else ""
+            close = close_names(name, _field_names(loc[:-1]))
+            hint = (
+                "did you mean " + " or ".join(repr(c) for c in close) + "?"
+                if close
+                else "check its spelling against config/routing.yaml"
+            )
+            problems.append(f"{where}: unknown field {name!r}; {hint}")
+            continue
+        if err["type"] == "missing":
+            problems.append(f"{where}: required field is missing; add it")
+            continue
+        if err["type"] == "string_pattern_mismatch" and loc and loc[-1] == "name":
+            problems.append(
+                f"{where}: {_shown(err.get('input'))} is not a usable name; use letters, digits "
+                "and . _ : / - (no spaces), starting with a letter or digit"
+            )
+            continue
+        if err["type"] == "value_error" and where == "(top level)":
+            problems.extend(msg.splitlines())  # cross-references, each with its own path
+            continue
+        shown = _shown(err.get("input")) if err["type"] != "value_error" else None
+        if shown is not None:
+            msg += f", got {shown}"
+        problems.append(f"{where}: {msg}")
+    return problems
+
+
 def parse_config(text: str, path: str = "<string>") -> RoutingConfig:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(path, [f"not valid YAML: {e}"]) from None
+        raise ConfigError(path, [_yaml_problem(e, path, text)]) from None
     if not isinstance(raw, dict):
-        raise ConfigError(path, ["the file must be a YAML mapping with at least a `models:` list"])
+        got = "it is empty" if raw is None else f"it holds a YAML {_yaml_kind(raw)}"
+        raise ConfigError(
+            path,
+            [
+                f"the file must be a YAML mapping with at least a `models:` list, but {got}; "
+                "start from config/routing.yaml"
+            ],
+        )
     problems: list[str] = []
     raw = _expand_env(raw, "", problems)
     if problems:
@@ -275,15 +424,7 @@ def parse_config(text: str, path: str = "<string>") -> RoutingConfig:
     try:
         return RoutingConfig.model_validate(raw)
     except ValidationError as e:
-        for err in e.errors():
-            where = _loc(tuple(err["loc"]))
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field; check its spelling against config/routing.yaml"
-            elif err["type"] == "missing":
-                msg = "required field is missing"
-            problems.append(f"{where}: {msg}")
-        raise ConfigError(path, problems) from None
+        raise ConfigError(path, _pydantic_problems(e)) from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> RoutingConfig:

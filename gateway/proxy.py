@@ -10,6 +10,7 @@ back (streamed chunks forwarded as they arrive), then hand the request record to
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -245,7 +246,7 @@ class Proxy:
             try:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError as e:
-                raise InvalidRequest(f"the request body is not valid JSON: {e}") from None
+                raise _not_json(raw, e) from None
             check(body)
             rec.route = body["model"]
             stream = bool(body.get("stream"))
@@ -389,7 +390,10 @@ class Proxy:
                 h.append((b"x-tollgate-explain", orjson.dumps(cands)))
         return h
 
-    def _pick(self, ups: list[Upstream]) -> Upstream | None:
+    def _pick(self, ups: list[Upstream], avoid: Upstream | None = None) -> Upstream | None:
+        """The endpoint with the fewest requests in flight (per weight) among those whose
+        circuit lets a request through; a retry goes to another endpoint than the one that
+        just failed (`avoid`) when there is one."""
         if len(ups) == 1:
             u = ups[0]
             return u if u.circuit.allow() else None
@@ -397,6 +401,9 @@ class Proxy:
             (u for u in ups if u.circuit.available()),
             key=lambda u: (u.outstanding / u.weight, random.random()),
         )
+        if avoid is not None and len(order) > 1 and avoid in order:
+            order.remove(avoid)
+            order.append(avoid)
         for u in order:
             if u.circuit.allow():
                 return u
@@ -440,8 +447,9 @@ class Proxy:
             tried_models += 1
             rec.model = name
             rec.tier = mcfg.tier
+            failed: Upstream | None = None
             for attempt in range(mcfg.retries + 1):
-                up = self._pick(ups)
+                up = self._pick(ups, failed)
                 if up is None:
                     wait = min(u.circuit.cooldown_s for u in ups)
                     last = Unavailable(
@@ -477,6 +485,7 @@ class Proxy:
                 except _Retry as r:
                     settled = True
                     last = r.err
+                    failed = up
                     metrics.upstream_error(name, r.err.code or r.err.type)
                     if attempt < mcfg.retries:
                         await asyncio.sleep(
@@ -609,23 +618,11 @@ class Proxy:
     ) -> None:
         max_backoff = rt.config.server.max_backoff_s
 
-        async def attempt(up: Upstream) -> tuple[bytes, dict[str, Any]]:
-            resp = await self._send(up, path, body, False, max_backoff)
-            try:
-                data = orjson.loads(resp.content)
-                if not isinstance(data, dict):
-                    raise ValueError
-            except (orjson.JSONDecodeError, ValueError):
-                up.circuit.failure()
-                raise _Retry(
-                    UpstreamError(
-                        f"model {up.model_name!r} returned a body that is not a JSON object",
-                        model=up.model_name,
-                    )
-                ) from None
-            return resp.content, data
-
-        _content, data = await self._attempts(rt, plan, rec, state, attempt)
+        # a partial, not a closure: no extra coroutine frame per attempt
+        attempt = functools.partial(
+            self._json_attempt, path=path, body=body, max_backoff=max_backoff
+        )
+        data = await self._attempts(rt, plan, rec, state, attempt)
         if "model" in data:
             data["model"] = rec.model
         usage = data.get("usage")
@@ -648,6 +645,56 @@ class Proxy:
         ctx.finished = True
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": out})
+
+    async def _json_attempt(
+        self, up: Upstream, path: str, body: dict[str, Any], max_backoff: float
+    ) -> dict[str, Any]:
+        """One non-streamed attempt: the upstream's answer as a JSON object."""
+        resp = await self._send(up, path, body, False, max_backoff)
+        try:
+            data = orjson.loads(resp.content)
+            if not isinstance(data, dict):
+                raise ValueError
+        except (orjson.JSONDecodeError, ValueError):
+            up.circuit.failure()
+            raise _Retry(
+                UpstreamError(
+                    f"model {up.model_name!r} returned a body that is not a JSON object",
+                    model=up.model_name,
+                )
+            ) from None
+        return data
+
+    async def internal_chat(
+        self, rt: Runtime, model: str, body: dict[str, Any], rec: RequestRecord
+    ) -> dict[str, Any]:
+        """A chat call the gateway makes on its own behalf (the sampled judge's).
+
+        It goes the way client traffic does: endpoint choice, slot limiter, circuit
+        breakers, retries; `rec` gets its attempts, usage, latency and cost (the caller
+        records it). Raises the `GatewayError` a client would have seen."""
+        plan = Plan([model], model, baseline_model=model)
+        state: dict[str, Any] = {"upstream_s": 0.0}
+        max_backoff = rt.config.server.max_backoff_s
+        t0 = time.perf_counter()
+
+        attempt = functools.partial(
+            self._json_attempt, path="/chat/completions", body=body, max_backoff=max_backoff
+        )
+        try:
+            data = await self._attempts(rt, plan, rec, state, attempt)
+        finally:
+            rec.latency_ms = (time.perf_counter() - t0) * 1000.0
+            rec.upstream_ms = state["upstream_s"] * 1000.0
+            rec.overhead_ms = max(0.0, rec.latency_ms - rec.upstream_ms)
+        usage = data.get("usage")
+        self._usage(rec, usage)
+        if not isinstance(usage, dict) or "prompt_tokens" not in usage:
+            rec.tokens_estimated = True
+            rec.prompt_tokens = _estimate_prompt(body)
+            rec.completion_tokens = pricing.estimate_tokens(_answer_text(data))
+        self.gw.price(rt, rec)
+        return data
 
     @staticmethod
     def _usage(rec: RequestRecord, usage: Any) -> None:
@@ -817,6 +864,35 @@ class Proxy:
         if isinstance(usage, dict):
             Proxy._usage(rec, usage)
         return not client_wants_usage and isinstance(usage, dict) and not data.get("choices")
+
+
+def _not_json(raw: bytes, e: orjson.JSONDecodeError) -> InvalidRequest:
+    """The 400 for a body orjson refused: a bad byte named by its offset when the body is
+    not UTF-8 (orjson would say "surrogates not allowed ... (char 0)"), else orjson's
+    line and column."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as u:
+        return InvalidRequest(
+            f"the request body is not valid UTF-8: byte 0x{raw[u.start]:02x} at byte offset "
+            f"{u.start} {_utf8_reason(u.reason)}; JSON must be sent as UTF-8, so encode "
+            "the text as UTF-8 before sending it (in Python: json.dumps(body).encode('utf-8'))",
+            code="invalid_utf8",
+        )
+    return InvalidRequest(
+        f"the request body is not valid JSON ({e}); send one JSON object such as "
+        '{"model": "auto", "messages": [{"role": "user", "content": "Hello"}]}',
+        code="invalid_json",
+    )
+
+
+def _utf8_reason(reason: str) -> str:
+    return {
+        "invalid start byte": "cannot start a UTF-8 character",
+        "invalid continuation byte": "starts a UTF-8 character that the bytes after it do not "
+        "complete",
+        "unexpected end of data": "starts a UTF-8 character that the body ends in the middle of",
+    }.get(reason, f"is not valid there ({reason})")
 
 
 def _has_done(block: bytes) -> bool:

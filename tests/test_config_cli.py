@@ -113,7 +113,7 @@ def test_unknown_route_member_and_missing_env_are_explained(
     monkeypatch.setenv("SECRET_KEY_FOR_TEST", "k")
     with pytest.raises(ConfigError) as ei:
         parse_config(GOOD.replace("[small]", "[small, large]"), "x.yaml")
-    assert "route 'chat' lists unknown model(s) ['large']" in str(ei.value)
+    assert "routes[0].models[1]: 'large' is not a configured model" in str(ei.value)
     monkeypatch.delenv("SECRET_KEY_FOR_TEST")
     with pytest.raises(ConfigError) as ei:
         parse_config(GOOD, "x.yaml")

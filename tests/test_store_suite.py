@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.accounting.records import SCHEMA_VERSION, RequestRecord
+from gateway.accounting.records import CLIENT, JUDGE, SCHEMA_VERSION, RequestRecord
 from gateway.accounting.store import Store, make_store
 from gateway.accounting.store.redis_store import RedisStore
 from gateway.accounting.store.sqlite_store import SQLiteStore, _statement_sizes
@@ -207,6 +207,36 @@ async def test_timeseries_per_bucket_and_tier(store: Store, bucket_s: int) -> No
     assert sum(r["requests"] for r in await store.timeseries(None, bucket_s)) == 5
 
 
+async def test_judge_calls_are_kept_apart_from_client_traffic(store: Store) -> None:
+    """Records of the judge's own calls (purpose "judge") are read back whole, counted by
+    usage(purpose="judge") only, and never in client usage, recent, timeseries or count."""
+    client = [rec(i) for i in range(3)]
+    judge = [
+        rec(10 + i, model="grader", tier="large", route="grader", purpose=JUDGE, cost_usd=0.02)
+        for i in range(2)
+    ]
+    await store.write_batch([client[0], judge[0], client[1], judge[1], client[2]])
+    await store.write_batch(judge)  # a retried batch is still harmless
+    got = await store.get("req-10")
+    assert got == judge[0] and got is not None and got.purpose == JUDGE
+    assert (await store.get("req-0")) == client[0] and client[0].purpose == CLIENT
+    assert await store.count() == 3
+    [row] = await store.usage(None, None, "model")
+    assert row["group"] == "small" and row["requests"] == 3
+    assert row["cost_usd"] == pytest.approx(0.003, abs=1e-12)
+    [jrow] = await store.usage(None, None, "model", purpose="judge")
+    assert jrow["group"] == "grader" and jrow["requests"] == 2
+    assert jrow["cost_usd"] == pytest.approx(0.04, abs=1e-12)
+    assert {r.request_id for r in await store.recent(10)} == {"req-0", "req-1", "req-2"}
+    for bucket_s in (60, 30):
+        series = await store.timeseries(None, bucket_s)
+        assert sum(r["requests"] for r in series) == 3
+        assert {r["tier"] for r in series} == {"small"}
+    assert await store.set_quality("req-10", "judge", 0.5)  # addressable like any record
+    with pytest.raises(ValueError, match="purpose must be one of"):
+        await store.usage(None, None, "model", purpose="nope")  # type: ignore[arg-type]
+
+
 async def test_many_records_in_batches(store: Store) -> None:
     for start in range(0, 1500, 250):
         await store.write_batch([rec(i) for i in range(start, start + 250)])
@@ -314,3 +344,30 @@ async def test_sqlite_prompt_vector_is_float32_bytes(tmp_path: Path) -> None:
     c = sqlite3.connect(path)
     assert c.execute("SELECT version FROM tollgate_schema").fetchone()[0] == SCHEMA_VERSION
     c.close()
+
+
+async def test_sqlite_rows_from_before_purpose_read_as_client_traffic(tmp_path: Path) -> None:
+    """A database a schema-3 gateway wrote (no purpose column) opens, gains the column, and
+    its rows count as client traffic."""
+    import sqlite3
+
+    path = tmp_path / "t.db"
+    s = SQLiteStore(str(path))
+    await s.open()
+    await s.write_batch([rec(1), rec(2)])
+    await s.close()
+    c = sqlite3.connect(path)
+    c.execute("ALTER TABLE requests DROP COLUMN purpose")
+    c.execute("UPDATE tollgate_schema SET version = 3")
+    c.commit()
+    c.close()
+    again = SQLiteStore(str(path))
+    await again.open()
+    got = await again.get("req-1")
+    assert got is not None and got.purpose == CLIENT
+    assert await again.count() == 2
+    [row] = await again.usage(None, None, "model")
+    assert row["requests"] == 2
+    await again.write_batch([rec(3, purpose=JUDGE)])
+    assert await again.count() == 2
+    await again.close()

@@ -311,6 +311,25 @@ class Metrics:
             ["kind"],
             registry=reg,
         )
+        # The judge's own calls: judge spend, kept out of the client series above
+        self.judge_requests = Counter(
+            "tollgate_judge_requests",
+            "Calls the sampled judge made to its model, by status (not client requests)",
+            ["model", "status"],
+            registry=reg,
+        )
+        self.judge_cost = Counter(
+            "tollgate_judge_cost_usd",
+            "Cost in USD of the sampled judge's own calls (not in tollgate_cost_usd)",
+            ["model"],
+            registry=reg,
+        )
+        self.judge_tokens = Counter(
+            "tollgate_judge_tokens",
+            "Tokens of the sampled judge's own calls by direction: input, output",
+            ["model", "direction"],
+            registry=reg,
+        )
 
     # -- per request ------------------------------------------------------------------------
     def observe(self, record: RequestRecord) -> None:
@@ -456,6 +475,18 @@ class Metrics:
 
     def judge_error(self, kind: str) -> None:
         self.judge_errors.labels(self._label("judge_error", kind)).inc()
+
+    def judge_call(self, r: RequestRecord) -> None:
+        """One call the judge made (a record with purpose "judge"). Never raises."""
+        with contextlib.suppress(Exception):
+            model = self._label("model", r.model)
+            self.judge_requests.labels(model, str(r.status)).inc()
+            if r.cost_usd:
+                self.judge_cost.labels(model).inc(r.cost_usd)
+            if r.prompt_tokens:
+                self.judge_tokens.labels(model, "input").inc(r.prompt_tokens)
+            if r.completion_tokens:
+                self.judge_tokens.labels(model, "output").inc(r.completion_tokens)
 
     # -- exposition -------------------------------------------------------------------------
     def render(self) -> tuple[bytes, str]:

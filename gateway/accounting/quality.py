@@ -4,6 +4,9 @@ The rubric asks the judge model for "Score: N" with N from 1 to 10; the recorded
 (N - 1) / 9, so 1 -> 0.0 and 10 -> 1.0. Judging never touches the request path: maybe_judge()
 only samples and schedules. At most `max_concurrent` judge calls run at once and at most
 `max_pending` wait; beyond that a sample is skipped (counted as judge error kind "busy").
+The gateway's `call` sends the judge's request the way client traffic goes (every endpoint,
+circuit breakers, retries; an open circuit is judge error kind "unavailable") and records
+it, priced, as the judge's own spend (RequestRecord.purpose "judge").
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from gateway.accounting.metrics import Metrics
 from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import RequestRecord
 from gateway.config import JudgeConfig
+from gateway.errors import Unavailable
 
 log = logging.getLogger("tollgate.judge")
 
@@ -159,6 +163,10 @@ class Judge:
                 raise
             except TimeoutError:
                 self._fail("timeout")
+                return
+            except Unavailable as e:  # open circuits or a full queue on the judge model
+                log.warning("judge call skipped for %s: %s", request_id, e)
+                self._fail("unavailable")
                 return
             except Exception as e:
                 log.warning("judge call failed for %s: %s", request_id, e)

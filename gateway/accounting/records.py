@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-SCHEMA_VERSION = 3  # 2: router_features; 3: SQLite keeps them as float32 bytes
+# 2: router_features; 3: SQLite keeps them as float32 bytes; 4: purpose (client | judge)
+SCHEMA_VERSION = 4
+CLIENT = "client"  # a request a client sent through the gateway
+JUDGE = "judge"  # the sampled judge's own grading call (gateway/accounting/quality.py)
 
 
 @dataclass(slots=True)
@@ -43,6 +46,10 @@ class RequestRecord:
     quality_predicted: float | None = None
     quality_feedback: float | None = None
     quality_judge: float | None = None
+    # whose call this was: CLIENT traffic, or the JUDGE's own call, priced and recorded like
+    # any other but counted as judge spend, never in client usage (records before schema 4
+    # are all client traffic)
+    purpose: str = CLIENT
     schema_version: int = field(default=SCHEMA_VERSION)
 
     def to_dict(self) -> dict[str, Any]:

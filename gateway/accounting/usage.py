@@ -5,6 +5,8 @@ defined in `SAVINGS_DEFINITION`): fields reference_cost_usd, savings_vs_referenc
 savings_vs_reference_pct; baseline_cost_usd, savings_usd and savings_pct are the same
 numbers under their earlier names, kept for existing clients.
 
+/v1/usage's `data` and `totals` are client traffic; `judge` is the sampled judge's own spend.
+
 Plain Starlette handlers; they find the live gateway at ``request.app.state.gw`` (attributes
 ``store``, ``recorder``, ``metrics``, ``config``).
 """
@@ -120,6 +122,7 @@ async def usage_endpoint(request: Request) -> Response:
         )
     try:
         rows = await gw.store.usage(since, until, group_by)
+        judge_rows = await gw.store.usage(since, until, "model", purpose="judge")
     except StoreError as e:
         return _unavailable(f"the {gw.store.name} store is unavailable: {e}")
     return _json(
@@ -130,9 +133,22 @@ async def usage_endpoint(request: Request) -> Response:
             "group_by": group_by,
             "data": rows,
             "totals": totals(rows),
+            "judge": judge_spend(judge_rows),
             "pending_records": gw.recorder.queue_depth,
         }
     )
+
+
+def judge_spend(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sampled judge's own calls (records with purpose "judge"), per judge model: what
+    grading cost. Never part of `data` or `totals`, which are client traffic."""
+    keys = ("requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens",
+            "cost_usd")  # fmt: skip
+    fields = (*keys, "latency_p50_ms", "latency_p95_ms")
+    return {
+        **{k: sum(r[k] for r in rows) for k in keys},
+        "data": [{"model": r["group"], **{k: r[k] for k in fields}} for r in rows],
+    }
 
 
 async def feedback_endpoint(request: Request) -> Response:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from gateway.errors import InvalidRequest
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -22,19 +24,49 @@ _TYPE_NAMES = {
     type(None): "null",
 }
 
+_COUNTS = (
+    ("max_tokens", "send a whole number of tokens, 0 or more, such as 256, or leave it out"),
+    (
+        "max_completion_tokens",
+        "send a whole number of tokens, 0 or more, such as 256, or leave it out",
+    ),
+    ("n", "send how many answers you want as a whole number, such as 1, or leave it out"),
+)
+_NUMBERS = (
+    ("temperature", "send a number such as 0.7 (no quotes), or leave it out"),
+    ("top_p", "send a number from 0 to 1 such as 0.9 (no quotes), or leave it out"),
+)
+
 
 def _kind(value: Any) -> str:
     return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
-def _bad(param: str, expected: str, value: Any) -> InvalidRequest:
-    return InvalidRequest(f"'{param}' must be {expected}, got {_kind(value)}", param=param)
+def _shown(value: Any) -> str:
+    """What the client sent, as they would recognise it: a scalar's JSON text (a long string
+    cut short), a container's kind."""
+    if isinstance(value, bool) or value is None:
+        return orjson.dumps(value).decode()
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        text = orjson.dumps(value if len(value) <= 40 else value[:37] + "...").decode()
+        return f"the string {text}"
+    return _kind(value)
+
+
+def _bad(param: str, expected: str, value: Any, fix: str = "") -> InvalidRequest:
+    """'<param>' must be <expected>, got <the value>; <how to fix it>."""
+    tail = f"; {fix}" if fix else ""
+    return InvalidRequest(f"'{param}' must be {expected}, got {_shown(value)}{tail}", param=param)
 
 
 def _common(body: Any) -> None:
     if not isinstance(body, dict):
         raise InvalidRequest(
-            f"the request body must be a JSON object, got {_kind(body)}", param=None
+            f"the request body must be a JSON object, got {_shown(body)}; send "
+            '{"model": ..., ...} as the whole body',
+            param=None,
         )
     model = body.get("model")
     if model is None:
@@ -43,21 +75,25 @@ def _common(body: Any) -> None:
             param="model",
         )
     if not isinstance(model, str) or not model:
-        raise _bad("model", "a non-empty string", model)
+        raise _bad(
+            "model", "a non-empty string", model, "name a model or route from GET /v1/models"
+        )
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
-        raise _bad("stream", "a boolean", stream)
+        raise _bad("stream", "a boolean", stream, "send true or false (no quotes)")
     so = body.get("stream_options")
     if so is not None and not isinstance(so, dict):
-        raise _bad("stream_options", "an object", so)
-    for name in ("max_tokens", "max_completion_tokens", "n"):
+        raise _bad(
+            "stream_options", "an object", so, 'send {"include_usage": true} or leave it out'
+        )
+    for name, fix in _COUNTS:
         v = body.get(name)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-            raise _bad(name, "a non-negative integer", v)
-    for name in ("temperature", "top_p"):
+            raise _bad(name, "a non-negative integer", v, fix)
+    for name, fix in _NUMBERS:
         v = body.get(name)
         if v is not None and (not isinstance(v, int | float) or isinstance(v, bool)):
-            raise _bad(name, "a number", v)
+            raise _bad(name, "a number", v, fix)
 
 
 def validate_chat(body: Any) -> None:
@@ -69,16 +105,30 @@ def validate_chat(body: Any) -> None:
             param="messages",
         )
     if not isinstance(messages, list):
-        raise _bad("messages", "an array of message objects", messages)
+        raise _bad(
+            "messages",
+            "an array of message objects",
+            messages,
+            'send a list like [{"role": "user", "content": "Hello"}]',
+        )
     if not messages:
-        raise InvalidRequest("'messages' must contain at least one message", param="messages")
+        raise InvalidRequest(
+            "'messages' must contain at least one message; send a list like "
+            '[{"role": "user", "content": "Hello"}]',
+            param="messages",
+        )
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
-            raise _bad(where, "an object with 'role' and 'content'", m)
+            raise _bad(
+                where,
+                "an object with 'role' and 'content'",
+                m,
+                'send {"role": "user", "content": "..."}',
+            )
         role = m.get("role")
         if not isinstance(role, str):
-            raise _bad(f"{where}.role", "a string", role)
+            raise _bad(f"{where}.role", "a string", role, f"use one of {', '.join(sorted(_ROLES))}")
         if role not in _ROLES:
             raise InvalidRequest(
                 f"'{where}.role' is {role!r}; use one of {', '.join(sorted(_ROLES))}",
@@ -86,16 +136,29 @@ def validate_chat(body: Any) -> None:
             )
         content = m.get("content")
         if content is not None and not isinstance(content, str | list):
-            raise _bad(f"{where}.content", "a string or an array of content parts", content)
+            raise _bad(
+                f"{where}.content",
+                "a string or an array of content parts",
+                content,
+                'send the text as a string, or parts like [{"type": "text", "text": "..."}]',
+            )
         if isinstance(content, list):
             for j, part in enumerate(content):
                 if not isinstance(part, dict) or not isinstance(part.get("type"), str):
                     raise _bad(
-                        f"{where}.content[{j}]", 'an object with a "type" such as "text"', part
+                        f"{where}.content[{j}]",
+                        'an object with a "type" such as "text"',
+                        part,
+                        'send {"type": "text", "text": "..."}',
                     )
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
-        raise _bad("tools", "an array of tool definitions", tools)
+        raise _bad(
+            "tools",
+            "an array of tool definitions",
+            tools,
+            'send [{"type": "function", "function": {"name": ..., "parameters": ...}}]',
+        )
 
 
 def validate_completion(body: Any) -> None:
@@ -104,7 +167,7 @@ def validate_completion(body: Any) -> None:
     if prompt is None:
         raise InvalidRequest("'prompt' is required: send a string", param="prompt")
     if not isinstance(prompt, str | list):
-        raise _bad("prompt", "a string or an array of strings", prompt)
+        raise _bad("prompt", "a string or an array of strings", prompt, 'send "Once upon a time"')
 
 
 def validate_embeddings(body: Any) -> None:
@@ -115,6 +178,14 @@ def validate_embeddings(body: Any) -> None:
             "'input' is required: send a string or an array of strings", param="input"
         )
     if not isinstance(inp, str | list):
-        raise _bad("input", "a string or an array of strings or token arrays", inp)
+        raise _bad(
+            "input",
+            "a string or an array of strings or token arrays",
+            inp,
+            'send the text to embed, such as "hello" or ["hello", "world"]',
+        )
     if isinstance(inp, list) and not inp:
-        raise InvalidRequest("'input' must not be an empty array", param="input")
+        raise InvalidRequest(
+            "'input' must not be an empty array; send at least one string to embed",
+            param="input",
+        )

@@ -36,6 +36,9 @@ class Decision:
     quality: dict[str, float] = field(default_factory=dict)
     cost: dict[str, float] = field(default_factory=dict)
     policy: str = ""
+    # the policy's own pick before availability was considered (`chosen` is the first
+    # candidate of `order` that can serve now); router.fallback next_tier_up climbs from it
+    preferred: str = ""
 
 
 class Policy(Protocol):
@@ -83,7 +86,7 @@ def _finish(
     cost: dict[str, float] = {}
     for c in candidates:
         cost[c.name] = c.est_cost_usd
-    return Decision(order, order[0], score, quality, cost, policy)
+    return Decision(order, order[0], score, quality, cost, policy, preferred[0].name)
 
 
 def _assess(

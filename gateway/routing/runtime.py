@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.accounting import pricing
-from gateway.config import TIER_ORDER, ModelConfig, Pricing, RoutingConfig
+from gateway.config import (
+    TIER_ORDER,
+    ConfigError,
+    ModelConfig,
+    Pricing,
+    RoutingConfig,
+    close_names,
+)
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.routing.policies import Candidate
 from gateway.upstreams.pool import Upstream, UpstreamKey
@@ -87,7 +94,13 @@ class UpstreamPool:
 
 
 class Runtime:
-    def __init__(self, cfg: RoutingConfig, pool: UpstreamPool, router: Any | None) -> None:
+    def __init__(
+        self,
+        cfg: RoutingConfig,
+        pool: UpstreamPool,
+        router: Any | None,
+        source: str = "the routing file",
+    ) -> None:
         self.config = cfg
         self.router = router
         self.models: dict[str, ModelConfig] = {m.name: m for m in cfg.models}
@@ -123,18 +136,39 @@ class Runtime:
             )
             for n in self.candidates
         ]
+        # router.fallback next_tier_up: from each candidate, the more capable ones in
+        # ascending order (tier, then price), then the less capable ones, nearest first
+        self.next_tier_up = cfg.router.fallback == "next_tier_up"
+        ladder = sorted(self.candidates, key=lambda n: (self.tier_rank[n], self._unit_price(n), n))
+        self._climb = {
+            n: [n, *ladder[i + 1 :], *reversed(ladder[:i])] for i, n in enumerate(ladder)
+        }
         self.auto_baseline = self.most_expensive(self.candidates) if self.candidates else None
         self.route_baseline = {
             r.name: r.reference or self.most_expensive(r.models) for r in cfg.routes
         }
         if router is not None:
-            for n in self.candidates:
-                prof = self.models[n].profile
-                if prof and not router.has_profile(prof):
-                    raise InvalidRequest(
-                        f"model {n!r} names router profile {prof!r}, which the router artifact "
-                        f"does not have; known profiles: {', '.join(router.profiles)}"
-                    )
+            self._check_profiles(router, source)
+
+    def _check_profiles(self, router: Any, source: str) -> None:
+        """Every `models[i].profile` must be one the router artifact has."""
+        problems = []
+        for i, m in enumerate(self.config.models):
+            if m.profile and not router.has_profile(m.profile):
+                known = list(router.profiles)
+                close = close_names(m.profile, known)
+                hint = (
+                    "did you mean " + " or ".join(repr(c) for c in close) + "?"
+                    if close
+                    else "check its spelling"
+                )
+                problems.append(
+                    f"models[{i}].profile: {m.profile!r} is not a profile of the router artifact "
+                    f"{self.config.router.artifact!r} ({len(known)} profiles); {hint} (for a "
+                    "model the artifact does not know, fit one with `tollgate router profile`)"
+                )
+        if problems:
+            raise ConfigError(source, problems)
 
     # -- model lookup -------------------------------------------------------------------
     def public_names(self) -> list[str]:
@@ -175,8 +209,10 @@ class Runtime:
                 except ValueError as e:
                     raise ModelNotFound(f"{name!r}: {e}", param="model") from None
                 return self._route(name, name, pol, body)
+        close = close_names(name, self.public_names(), 2)
+        hint = ("did you mean " + " or ".join(repr(c) for c in close) + "? ") if close else ""
         raise ModelNotFound(
-            f"the model {name!r} does not exist on this gateway; use one of "
+            f"the model {name!r} does not exist on this gateway; {hint}use one of "
             f"{', '.join(self.public_names())} (GET /v1/models lists them), or "
             "router-<policy>-<threshold> such as router-cheapest_above-0.7",
             param="model",
@@ -194,11 +230,17 @@ class Runtime:
             out_tokens = DEFAULT_COMPLETION_ESTIMATE
         out_tokens = max(0, out_tokens)
         cands = []
+        down: set[str] = set()
         for n, tier, rank, profile, r, ups in self._candidate_rows:
             # est. cost == pricing.cost_usd(self.pricing[n], prompt, out), inlined
             cost = prompt_tokens * r.input + out_tokens * r.output
-            cands.append(Candidate(n, tier, rank, profile, cost, any(map(_can_serve, ups))))
+            up = any(map(_can_serve, ups))
+            if not up:
+                down.add(n)
+            cands.append(Candidate(n, tier, rank, profile, cost, up))
         decision = policy.decide(router, scored, cands)
+        if self.next_tier_up:
+            self._fall_back_up(decision, down)
         return Plan(
             list(decision.order),
             name,
@@ -208,6 +250,22 @@ class Runtime:
             decision_s=time.perf_counter() - t0,
             features=scored.values,
         )
+
+    def _fall_back_up(self, decision: Decision, down: set[str]) -> None:
+        """router.fallback next_tier_up: after the policy's pick, the next more capable
+        candidate first (then the next one up, ...; then the ones below it, nearest first),
+        instead of the policy's own preference order; candidates that cannot serve now
+        (open circuit, full queue) still go last."""
+        climb = self._climb.get(decision.preferred)
+        if climb is None:
+            return
+        if down:
+            order = [n for n in climb if n not in down]
+            order += [n for n in climb if n in down]
+        else:
+            order = list(climb)
+        decision.order = order
+        decision.chosen = order[0]
 
     def models_listing(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

@@ -16,6 +16,8 @@ from gateway.accounting.records import RequestRecord
 
 GROUP_BY: dict[str, str] = {"model": "model", "tier": "tier", "key": "key_id", "route": "route"}
 QualitySource = Literal["feedback", "judge"]
+Purpose = Literal["client", "judge"]  # RequestRecord.purpose
+PURPOSES: tuple[str, ...] = ("client", "judge")
 QUALITY_SOURCES: tuple[str, ...] = ("feedback", "judge")
 NONE_GROUP = "(none)"
 
@@ -90,20 +92,23 @@ class Store(ABC):
 
     @abstractmethod
     async def usage(
-        self, since: float | None, until: float | None, group_by: str
+        self, since: float | None, until: float | None, group_by: str, purpose: Purpose = "client"
     ) -> list[dict[str, Any]]:
-        """One row per group over records with since <= ts < until; see `aggregate()`."""
+        """One row per group over records of `purpose` (client traffic by default, or the
+        judge's own calls) with since <= ts < until; see `aggregate()`."""
 
     @abstractmethod
     async def recent(self, limit: int) -> list[RequestRecord]:
-        """The newest records by ts, newest first."""
+        """The newest client records by ts, newest first."""
 
     @abstractmethod
     async def timeseries(self, since: float | None, bucket_s: int) -> list[dict[str, Any]]:
-        """Per bucket and tier: requests, cost_usd, baseline_cost_usd; see `bucket_rows()`."""
+        """Per bucket and tier over client records: requests, cost_usd, baseline_cost_usd;
+        see `bucket_rows()`."""
 
     @abstractmethod
-    async def count(self) -> int: ...
+    async def count(self) -> int:
+        """Client records stored (the judge's own calls are not counted)."""
 
 
 def check_group_by(group_by: str) -> str:
@@ -114,6 +119,12 @@ def check_group_by(group_by: str) -> str:
         raise ValueError(
             f"group_by must be one of {', '.join(GROUP_BY)}; got {group_by!r}"
         ) from None
+
+
+def check_purpose(purpose: str) -> str:
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}; got {purpose!r}")
+    return purpose
 
 
 def check_source(source: str) -> None:

@@ -2,8 +2,10 @@
 
 Layout (prefix ``tollgate:``):
 
-- ``records``        stream, one entry per record, field ``r`` = the record as orjson,
-                     capped with ``XADD MAXLEN ~ redis_stream_maxlen``.
+- ``records``        stream, one entry per client record, field ``r`` = the record as
+                     orjson, capped with ``XADD MAXLEN ~ redis_stream_maxlen``.
+- ``judge``          the same for the judge's own calls (purpose "judge"): read only by
+                     ``usage(purpose="judge")`` and get(), never rolled up.
 - ``rec:{id}``       hash {sid: stream entry id, ts, feedback?, judge?}; the idempotency
                      marker and the index used by get()/set_quality(). Expires after
                      ``record_ttl_s`` (30 days).
@@ -42,8 +44,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.accounting.records import RequestRecord
+from gateway.accounting.records import CLIENT, JUDGE, RequestRecord
 from gateway.accounting.store.base import (
+    Purpose,
     QualitySource,
     Store,
     StoreError,
@@ -53,6 +56,7 @@ from gateway.accounting.store.base import (
     bucket_start,
     check_bucket,
     check_group_by,
+    check_purpose,
     check_source,
     group_value,
     record_from_dict,
@@ -62,16 +66,24 @@ _DIMS = ("model", "tier", "key", "route")
 _WRITE_LUA = """
 local stream, minutes = KEYS[1], KEYS[2]
 local maxlen, ttl, prefix, keep_minutes = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local rollup = ARGV[5] == '1'
 local dims = {'model', 'tier', 'key', 'route'}
 local metrics = {'requests', 'errors', 'prompt_tokens', 'completion_tokens',
                  'cost_usd', 'baseline_cost_usd', 'latency_ms_sum'}
 local sums, order = {}, {}
 local written = 0
-local i = 5
+local i = 6
 while i <= #ARGV do
   local rid, ts, json, minute = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local rk = prefix .. 'rec:' .. rid
-  if redis.call('EXISTS', rk) == 0 then
+  if redis.call('EXISTS', rk) == 1 then
+    -- written before: skip
+  elseif not rollup then
+    local sid = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'r', json)
+    redis.call('HSET', rk, 'sid', sid, 'ts', ts, 'stream', stream)
+    redis.call('EXPIRE', rk, ttl)
+    written = written + 1
+  else
     local sid = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'r', json)
     redis.call('HSET', rk, 'sid', sid, 'ts', ts)
     redis.call('EXPIRE', rk, ttl)
@@ -148,6 +160,7 @@ class RedisStore(Store):
         self._k_stream = prefix + "records"
         self._k_minutes = prefix + "minutes"
         self._k_quality = prefix + "quality"
+        self._k_judge = prefix + "judge"
 
     def _client(self) -> aioredis.Redis:
         if self._r is None:
@@ -190,8 +203,22 @@ class RedisStore(Store):
         if not records:
             return
         self._client()
+        client = [r for r in records if r.purpose == CLIENT]
+        if len(client) < len(records):
+            judge = [r for r in records if r.purpose != CLIENT]
+            await self._write_to(self._k_judge, judge, rollup=False)
+        if client:
+            await self._write_to(self._k_stream, client, rollup=True)
+
+    async def _write_to(self, stream: str, records: list[RequestRecord], rollup: bool) -> None:
         keep_minutes = self.record_ttl_s // 60 + 1
-        args: list[Any] = [self.stream_maxlen, self.record_ttl_s, self.prefix, keep_minutes]
+        args: list[Any] = [
+            self.stream_maxlen,
+            self.record_ttl_s,
+            self.prefix,
+            keep_minutes,
+            1 if rollup else 0,
+        ]
         for r in records:
             args += [
                 r.request_id,
@@ -209,8 +236,8 @@ class RedisStore(Store):
                 group_value(r.key_id),
                 group_value(r.route),
             ]
-        assert len(args) == 4 + _PER_RECORD_ARGS * len(records)
-        await self._call(self._write(keys=[self._k_stream, self._k_minutes], args=args))
+        assert len(args) == 5 + _PER_RECORD_ARGS * len(records)
+        await self._call(self._write(keys=[stream, self._k_minutes], args=args))
 
     async def set_quality(self, request_id: str, source: QualitySource, score: float) -> bool:
         check_source(source)
@@ -238,12 +265,12 @@ class RedisStore(Store):
 
     async def get(self, request_id: str) -> RequestRecord | None:
         r = self._client()
-        sid, fb, judge = await self._call(
-            r.hmget(self._rk(request_id), ["sid", "feedback", "judge"])
+        sid, fb, judge, stream = await self._call(
+            r.hmget(self._rk(request_id), ["sid", "feedback", "judge", "stream"])
         )
         if sid is None:
             return None
-        entries = await self._call(r.xrange(self._k_stream, sid, sid))
+        entries = await self._call(r.xrange(stream or self._k_stream, sid, sid))
         if not entries:
             return None  # trimmed from the capped stream
         rec = self._decode(entries[0][1])
@@ -271,29 +298,35 @@ class RedisStore(Store):
             if got is not None:
                 self._apply_quality(rec, got[0], got[1])
 
-    async def _scan(self, since: float | None) -> AsyncIterator[RequestRecord]:
+    async def _scan(
+        self, since: float | None, stream: str | None = None
+    ) -> AsyncIterator[RequestRecord]:
         r = self._client()
+        key = stream or self._k_stream
         start = "-" if since is None else str(max(0, int((since - _SKEW_S) * 1000)))
         while True:
-            chunk = await self._call(r.xrange(self._k_stream, start, "+", count=_CHUNK))
+            chunk = await self._call(r.xrange(key, start, "+", count=_CHUNK))
             for _sid, fields in chunk:
                 yield self._decode(fields)
             if len(chunk) < _CHUNK:
                 return
             start = "(" + chunk[-1][0].decode()
 
-    async def _window(self, since: float | None, until: float | None) -> list[RequestRecord]:
+    async def _window(
+        self, since: float | None, until: float | None, stream: str | None = None
+    ) -> list[RequestRecord]:
         lo = float("-inf") if since is None else since
         hi = float("inf") if until is None else until
-        out = [rec async for rec in self._scan(since) if lo <= rec.ts < hi]
+        out = [rec async for rec in self._scan(since, stream) if lo <= rec.ts < hi]
         await self._merge_quality(out, since, until)
         return out
 
     async def usage(
-        self, since: float | None, until: float | None, group_by: str
+        self, since: float | None, until: float | None, group_by: str, purpose: Purpose = "client"
     ) -> list[dict[str, Any]]:
         check_group_by(group_by)
-        return aggregate(await self._window(since, until), group_by)
+        stream = self._k_judge if check_purpose(purpose) == JUDGE else self._k_stream
+        return aggregate(await self._window(since, until, stream), group_by)
 
     async def recent(self, limit: int) -> list[RequestRecord]:
         if limit <= 0:

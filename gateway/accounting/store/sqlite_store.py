@@ -1,7 +1,9 @@
 """SQLite record store: the embedded default. One WAL database file, stdlib sqlite3 in threads.
 
 Layout: table `requests` (one row per record, one column per RequestRecord field, primary key
-request_id, so `INSERT OR IGNORE` makes a retried batch harmless; the router's prompt vector
+request_id, so `INSERT OR IGNORE` makes a retried batch harmless; the judge's own calls are
+rows with purpose 'judge', left out of everything but `usage(purpose="judge")` and `get()`;
+the router's prompt vector
 is little-endian float32 bytes, 128 bytes for 32 numbers, where JSON text took ~780; rows
 written before schema 3 hold JSON text there, and both read back as a list of floats) and
 table `tollgate_schema` (one row: the schema version). Columns for RequestRecord fields added
@@ -30,6 +32,7 @@ import orjson
 from gateway.accounting.records import SCHEMA_VERSION, RequestRecord
 from gateway.accounting.store.base import (
     NONE_GROUP,
+    Purpose,
     QualitySource,
     Store,
     StoreError,
@@ -38,6 +41,7 @@ from gateway.accounting.store.base import (
     bucket_start,
     check_bucket,
     check_group_by,
+    check_purpose,
     check_source,
     percentile,
     record_from_dict,
@@ -53,6 +57,9 @@ _VECTOR = "router_features"  # list[float] <-> little-endian float32 bytes
 _TYPES = {
     "ts": "REAL NOT NULL",
     "request_id": "TEXT PRIMARY KEY",
+    # rows from before schema 4 read as client traffic (SQLite fills an added column's
+    # default into existing rows)
+    "purpose": "TEXT NOT NULL DEFAULT 'client'",
 }
 
 
@@ -296,7 +303,8 @@ class SQLiteStore(Store):
     async def recent(self, limit: int) -> list[RequestRecord]:
         def q() -> list[RequestRecord]:
             cur = self._rc().execute(
-                "SELECT * FROM requests ORDER BY ts DESC, request_id DESC LIMIT ?",
+                "SELECT * FROM requests WHERE purpose = 'client' "
+                "ORDER BY ts DESC, request_id DESC LIMIT ?",
                 (max(0, int(limit)),),
             )
             return [_record(r) for r in cur]
@@ -305,18 +313,20 @@ class SQLiteStore(Store):
 
     async def count(self) -> int:
         def q() -> int:
-            return int(self._rc().execute("SELECT COUNT(*) FROM requests").fetchone()[0])
+            sql = "SELECT COUNT(*) FROM requests WHERE purpose = 'client'"
+            return int(self._rc().execute(sql).fetchone()[0])
 
         return await self._run(self._rlock, q)
 
     async def usage(
-        self, since: float | None, until: float | None, group_by: str
+        self, since: float | None, until: float | None, group_by: str, purpose: Purpose = "client"
     ) -> list[dict[str, Any]]:
         col = check_group_by(group_by)
+        kind = check_purpose(purpose)
         lo = float("-inf") if since is None else float(since)
         hi = float("inf") if until is None else float(until)
         g = f"COALESCE(NULLIF(CAST({col} AS TEXT), ''), '{NONE_GROUP}')"
-        where = "WHERE ts >= ? AND ts < ?"
+        where = "WHERE ts >= ? AND ts < ? AND purpose = ?"
         agg_sql = f"""
             SELECT {g} AS g, COUNT(*) AS requests, TOTAL(status >= 400) AS errors,
                    TOTAL(prompt_tokens) AS prompt_tokens, TOTAL(cached_tokens) AS cached_tokens,
@@ -333,9 +343,9 @@ class SQLiteStore(Store):
 
         def q() -> list[dict[str, Any]]:
             c = self._rc()
-            aggs = {r["g"]: dict(r) for r in c.execute(agg_sql, (lo, hi))}
+            aggs = {r["g"]: dict(r) for r in c.execute(agg_sql, (lo, hi, kind))}
             lats: dict[str, list[float]] = {}
-            for r in c.execute(lat_sql, (lo, hi)):
+            for r in c.execute(lat_sql, (lo, hi, kind)):
                 lats.setdefault(r[0], []).append(float(r[1]))
             return [self._finish(a, lats.get(k, [])) for k, a in aggs.items()]
 
@@ -372,7 +382,7 @@ class SQLiteStore(Store):
             SELECT CAST(ts / ? AS INTEGER) AS k,  -- floor: ts is unix time, never negative
                    COALESCE(NULLIF(tier, ''), '{NONE_GROUP}') AS tier,
                    COUNT(*), TOTAL(cost_usd), TOTAL(baseline_cost_usd)
-            FROM requests WHERE ts >= ? GROUP BY k, tier"""
+            FROM requests WHERE ts >= ? AND purpose = 'client' GROUP BY k, tier"""
 
         def q() -> dict[tuple[float, str], list[float]]:
             cur = self._rc().execute(sql, (b, lo))
