@@ -34,6 +34,7 @@ from gateway.accounting.store import make_store
 from gateway.config import ConfigError, RoutingConfig, load_config
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError, error_body
 from gateway.proxy import HOT_PATHS, Proxy, Receive, Scope, Send, new_request_id
+from gateway.routing.profiles import wants_router
 from gateway.routing.runtime import Runtime, UpstreamPool
 from gateway.upstreams.pool import STATE_NAMES, Upstream
 
@@ -89,7 +90,7 @@ class Gateway:
         return self.runtime.config
 
     def _router_for(self, cfg: RoutingConfig) -> Any | None:
-        if not any(m.profile for m in cfg.models):
+        if not wants_router(cfg):
             return None
         if getattr(self, "router", None) is not None and cfg.router.artifact == self._router_spec:
             return self.router

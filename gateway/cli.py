@@ -85,7 +85,7 @@ def _check_config(args: argparse.Namespace) -> int:
     try:
         from gateway.app import Gateway
 
-        Gateway(cfg, args.file)  # also checks router profiles and builds every upstream
+        gw = Gateway(cfg, args.file)  # also checks router profiles and builds every upstream
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
@@ -95,6 +95,20 @@ def _check_config(args: argparse.Namespace) -> int:
     print(json.dumps(masked_dump(cfg), indent=2))
     print(f"{args.file}: OK ({len(cfg.models)} models, {len(cfg.routes)} routes)", file=sys.stderr)
     print(f"tollgate check-config: {describe_sources(args.file, cfg.store)}", file=sys.stderr)
+    rt = gw.runtime
+    if rt.router is not None:
+        print(f"router profiles (artifact {cfg.router.artifact!r}):", file=sys.stderr)
+        for m in cfg.models:
+            p = rt.profiles.get(m.name)
+            role = "candidate" if m.name in rt.candidates else "not routed"
+            if p is None:
+                print(f"  {m.name}: no profile ({role})", file=sys.stderr)
+            else:
+                print(
+                    f"  {m.name}: {p.profile} [{p.source}] ({role}; from {p.resolved_from!r}: "
+                    f"{p.detail})",
+                    file=sys.stderr,
+                )
     return 0
 
 

@@ -197,6 +197,12 @@ def _upstream_message(body: bytes) -> str:
     return body[:200].decode("utf-8", "replace").strip() or "(empty body)"
 
 
+def _profile_of(rt: Runtime, model: str) -> dict[str, str]:
+    """Which router profile scored `model`, and where it came from (for the explain header)."""
+    p = rt.profiles.get(model)
+    return {} if p is None else {"profile": p.profile, "profile_source": p.source}
+
+
 class Proxy:
     def __init__(self, gw: GatewayState) -> None:
         self.gw = gw
@@ -384,6 +390,7 @@ class Proxy:
                         "tier": rt.models[n].tier,
                         "predicted_quality": round(d.quality.get(n, 0.0), 4),
                         "estimated_cost_usd": d.cost.get(n, 0.0),
+                        **_profile_of(rt, n),
                     }
                     for n in d.quality
                 ]

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from gateway.accounting import pricing
 from gateway.config import (
     TIER_ORDER,
-    ConfigError,
     ModelConfig,
     Pricing,
     RoutingConfig,
@@ -23,6 +22,7 @@ from gateway.config import (
 )
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.routing.policies import Candidate
+from gateway.routing.profiles import ModelProfile, resolve_profiles
 from gateway.upstreams.pool import Upstream, UpstreamKey
 
 if TYPE_CHECKING:
@@ -120,17 +120,20 @@ class Runtime:
             from gateway.routing.policies import make_policy
 
             self.policies = {n: make_policy(n, pc) for n, pc in cfg.router.policies.items()}
-        names = cfg.router.candidates or [
-            m.name for m in cfg.models if "chat" in m.kinds and m.profile
-        ]
-        self.candidates = sorted(names, key=lambda n: self.tier_rank[n])
+        # which router profile scores each chat model, and where it came from (priors placed
+        # for models without data are installed into the router here)
+        self.profiles: dict[str, ModelProfile] = {}
+        if router is not None:
+            self.profiles = resolve_profiles(cfg, router, source)
+        names = cfg.router.candidates or [m.name for m in cfg.models if m.name in self.profiles]
+        self.candidates = sorted(names, key=lambda n: (self.tier_rank[n], n))
         # what a routing decision needs of each candidate, looked up once per config
         self._candidate_rows = [
             (
                 n,
                 self.models[n].tier,
                 self.tier_rank[n],
-                self.models[n].profile or "",
+                self.profiles[n].profile if n in self.profiles else "",
                 self.rates[n],
                 self.upstreams[n],
             )
@@ -147,28 +150,6 @@ class Runtime:
         self.route_baseline = {
             r.name: r.reference or self.most_expensive(r.models) for r in cfg.routes
         }
-        if router is not None:
-            self._check_profiles(router, source)
-
-    def _check_profiles(self, router: Any, source: str) -> None:
-        """Every `models[i].profile` must be one the router artifact has."""
-        problems = []
-        for i, m in enumerate(self.config.models):
-            if m.profile and not router.has_profile(m.profile):
-                known = list(router.profiles)
-                close = close_names(m.profile, known)
-                hint = (
-                    "did you mean " + " or ".join(repr(c) for c in close) + "?"
-                    if close
-                    else "check its spelling"
-                )
-                problems.append(
-                    f"models[{i}].profile: {m.profile!r} is not a profile of the router artifact "
-                    f"{self.config.router.artifact!r} ({len(known)} profiles); {hint} (for a "
-                    "model the artifact does not know, fit one with `tollgate router profile`)"
-                )
-        if problems:
-            raise ConfigError(source, problems)
 
     # -- model lookup -------------------------------------------------------------------
     def public_names(self) -> list[str]:
@@ -278,6 +259,11 @@ class Runtime:
                     "owned_by": "tollgate",
                     "tier": m.tier,
                     "kind": "model",
+                    **(
+                        {"router_profile": self.profiles[m.name].as_dict()}
+                        if m.name in self.profiles
+                        else {}
+                    ),
                 }
             )
         for r in self.config.routes:
