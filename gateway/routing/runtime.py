@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.accounting import pricing
 from gateway.config import TIER_ORDER, ModelConfig, Pricing, RoutingConfig
 from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.routing.explore import explore
 from gateway.routing.policies import Candidate
 from gateway.upstreams.pool import Upstream, UpstreamKey
 
@@ -39,6 +40,11 @@ class Plan:
     baseline_model: str | None = None
     decision_s: float = 0.0
     features: list[float] | None = None  # the router's prompt vector, when it ran
+    # exploration (gateway/routing/explore.py): P(the policy picked models[0]), whether
+    # models[0] is an explored alternative, and every candidate's P(pick) when exploring is on
+    propensity: float = 1.0
+    explored: bool = False
+    probabilities: dict[str, float] | None = None
 
 
 class UpstreamPool:
@@ -123,6 +129,19 @@ class Runtime:
             )
             for n in self.candidates
         ]
+        ex = cfg.router.explore
+        self.explore_share = ex.share
+        self.explore_margin = ex.margin
+        self.explore_routes = dict(ex.routes)
+        self.explore_keys = {
+            k.id: k.explore_share for k in cfg.auth.keys if k.explore_share is not None
+        }
+        # one comparison per routed request when no share is set anywhere
+        self.explores = (
+            ex.share > 0
+            or any(v > 0 for v in ex.routes.values())
+            or any(v > 0 for v in self.explore_keys.values())
+        )
         self.auto_baseline = self.most_expensive(self.candidates) if self.candidates else None
         self.route_baseline = {
             r.name: r.reference or self.most_expensive(r.models) for r in cfg.routes
@@ -149,7 +168,26 @@ class Runtime:
     def _unit_price(self, name: str) -> float:
         return pricing.cost_at(self.rates[name], 1000, 1000)
 
-    def resolve(self, name: str, kind: str, body: dict[str, Any]) -> Plan:
+    def explore_share_for(self, route: str, key_id: str | None) -> float:
+        """The key's share if its entry sets one, else the route's, else router.explore's."""
+        if key_id is not None:
+            share = self.explore_keys.get(key_id)
+            if share is not None:
+                return share
+        return self.explore_routes.get(route, self.explore_share)
+
+    def resolve(
+        self,
+        name: str,
+        kind: str,
+        body: dict[str, Any],
+        request_id: str = "",
+        key_id: str | None = None,
+        max_cost: float | None = None,
+    ) -> Plan:
+        """The plan for model `name`. For routed names, `max_cost` (the client's ceiling,
+        estimated USD) removes every candidate estimated above it, and `request_id` and
+        `key_id` decide exploration."""
         m = self.models.get(name)
         if m is not None:
             if kind not in m.kinds:
@@ -165,7 +203,9 @@ class Runtime:
         if kind == "chat" and self.router is not None and self.candidates:
             if name == "auto":
                 pname = self.config.router.default_policy
-                return self._route(name, pname, self.policies[pname], body)
+                return self._route(
+                    name, pname, self.policies[pname], body, request_id, key_id, max_cost
+                )
             from gateway.routing.policies import parse_virtual_model, policy_from_virtual
 
             virtual = parse_virtual_model(name)
@@ -174,7 +214,7 @@ class Runtime:
                     pol = policy_from_virtual(virtual[0], virtual[1], None, None)
                 except ValueError as e:
                     raise ModelNotFound(f"{name!r}: {e}", param="model") from None
-                return self._route(name, name, pol, body)
+                return self._route(name, name, pol, body, request_id, key_id, max_cost)
         raise ModelNotFound(
             f"the model {name!r} does not exist on this gateway; use one of "
             f"{', '.join(self.public_names())} (GET /v1/models lists them), or "
@@ -182,7 +222,16 @@ class Runtime:
             param="model",
         )
 
-    def _route(self, name: str, pname: str, policy: Policy, body: dict[str, Any]) -> Plan:
+    def _route(
+        self,
+        name: str,
+        pname: str,
+        policy: Policy,
+        body: dict[str, Any],
+        request_id: str = "",
+        key_id: str | None = None,
+        max_cost: float | None = None,
+    ) -> Plan:
         t0 = time.perf_counter()
         router = self.router
         assert router is not None  # resolve() routes only when a router is loaded
@@ -198,16 +247,46 @@ class Runtime:
             # est. cost == pricing.cost_usd(self.pricing[n], prompt, out), inlined
             cost = prompt_tokens * r.input + out_tokens * r.output
             cands.append(Candidate(n, tier, rank, profile, cost, any(map(_can_serve, ups))))
+        if max_cost is not None:
+            cands = self._under_ceiling(cands, max_cost, prompt_tokens, out_tokens)
         decision = policy.decide(router, scored, cands)
-        return Plan(
+        plan = Plan(
             list(decision.order),
             name,
             policy=pname,
             decision=decision,
             baseline_model=self.auto_baseline,
-            decision_s=time.perf_counter() - t0,
             features=scored.values,
         )
+        if self.explores:
+            share = self.explore_share_for(name, key_id)
+            if share > 0.0:
+                ex = explore(
+                    policy, decision, cands, share, self.explore_margin, request_id, max_cost
+                )
+                plan.propensity = ex.propensity
+                plan.explored = ex.explored
+                plan.probabilities = ex.probabilities
+                if ex.explored:
+                    plan.models = [ex.model, *(m for m in decision.order if m != ex.model)]
+        plan.decision_s = time.perf_counter() - t0
+        return plan
+
+    @staticmethod
+    def _under_ceiling(
+        cands: list[Candidate], max_cost: float, prompt_tokens: int, out_tokens: int
+    ) -> list[Candidate]:
+        fit = [c for c in cands if c.est_cost_usd <= max_cost]
+        if not fit:
+            cheapest = min(cands, key=lambda c: (c.est_cost_usd, c.tier_rank, c.name))
+            raise InvalidRequest(
+                f"no model fits x-tollgate-max-cost-usd={max_cost:g}: the cheapest, "
+                f"{cheapest.name!r}, is estimated at ${cheapest.est_cost_usd:.8f} for this "
+                f"request (~{prompt_tokens} prompt tokens + {out_tokens} completion tokens); "
+                "raise the ceiling or lower max_tokens",
+                code="cost_ceiling",
+            )
+        return fit
 
     def models_listing(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
