@@ -6,19 +6,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from gateway.config import ConfigError, parse_config
 from gateway.routing.explore import draws
+from router_models import load_router
 from router_models.data import load_source
 from tests.fake_upstream import FakeUpstream
-from tests.support import GatewayProcess, metric_samples, metric_total
+from tests.support import REPO, GatewayProcess, metric_samples, metric_total
 
 TIERS = [
     ("small", "gemma-2b-it", "{hardware_usd_per_hour: 0.35, tokens_per_second: 120}"),
@@ -251,6 +256,66 @@ def test_exploring_never_breaks_the_clients_cost_ceiling(
         assert err["param"] == "x-tollgate-max-cost-usd" and "'cheap'" in err["message"]
 
 
+def test_router_train_from_store_weights_pairs_by_inverse_propensity(
+    fakes: Callable[..., FakeUpstream], gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """Explored answers get better feedback than the router's own choices; a fit that
+    weights each pair by 1/propensity (explored: 1/0.25, chosen: 1/0.5) moves a model's
+    profile further towards the explored scores than the unweighted fit does."""
+    ups = {name: fakes(name) for name, *_ in TIERS}
+    store = '{backend: sqlite, sqlite_path: "${TOLLGATE_DB}"}'
+    gw = gateway(config(ups, "{share: 0.5, margin: 1.0}", store))
+    n = 240
+    with httpx.Client(timeout=30) as c:
+        ids = []
+        for p in prompts(n):
+            r = ask(c, gw, p)
+            assert r.status_code == 200, r.text
+            ids.append((r.headers["x-tollgate-request-id"], r.headers.get("x-tollgate-explored")))
+        db = gw.tmp / "tollgate.db"
+        wait_rows(db, n)
+        for rid, explored in ids:
+            score = 0.9 if explored == "1" else 0.1
+            fb = c.post(f"{gw.url}/v1/feedback", json={"request_id": rid, "score": score})
+            assert fb.status_code == 200, fb.text
+    wait_rows(db, n, "quality_feedback IS NOT NULL")
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TOLLGATE_DB": str(db)}
+    cmd = [sys.executable, "-m", "gateway.cli", "router", "train", "--from-store",
+           "--config", str(gw.config_path), "--min-scores", "10"]  # fmt: skip
+    weighted = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "w")], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert weighted.returncode == 0, weighted.stderr
+    assert "weighted by 1/propensity (clipped at 20" in weighted.stdout
+    # --max-weight 1 clips every weight to 1: the fit the gateway made before propensities
+    plain = subprocess.run([*cmd, "--max-weight", "1", "--out", str(tmp_path / "u")],
+                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert plain.returncode == 0, plain.stderr
+    assert "weighted by" not in plain.stdout
+    bad = subprocess.run([*cmd, "--max-weight", "0.5"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "--max-weight must be at least 1" in bad.stderr
+
+    w_router, u_router = load_router(str(tmp_path / "w")), load_router(str(tmp_path / "u"))
+    with sqlite3.connect(db) as c:
+        rows = c.execute("SELECT model, explored, router_features FROM requests").fetchall()
+    profiles = {name: profile for name, profile, _ in TIERS}
+    compared = 0
+    for model, profile in profiles.items():
+        mine = [r for r in rows if r[0] == model]
+        share_explored = sum(r[1] for r in mine) / max(1, len(mine))
+        if len(mine) < 30 or not 0.2 <= share_explored <= 0.8:
+            continue  # (nearly) only explored or only chosen pairs: (nearly) equal fits
+        z = np.stack([np.frombuffer(r[2], dtype="<f4").astype(np.float64) for r in mine])
+        vw, bw = w_router.profile_vector(profile)
+        vu, bu = u_router.profile_vector(profile)
+        # over this model's own prompts the weighted profile predicts closer to the
+        # explored scores (0.9) than the unweighted one, which counts each pair once
+        assert float(np.mean(z @ vw + bw)) > float(np.mean(z @ vu + bu)) + 0.03, model
+        compared += 1
+    assert compared >= 1
+
+
 def test_explore_settings_are_validated() -> None:
     base = "models: [{name: a, tier: small, endpoints: [{base_url: 'http://127.0.0.1:1'}]}]\n"
     cfg = parse_config(base)
@@ -264,3 +329,40 @@ def test_explore_settings_are_validated() -> None:
         parse_config(base + f"auth: {{keys: [{{id: k, sha256: '{'0' * 64}', explore_share: -1}}]}}")
     ok = parse_config(base + "router: {explore: {routes: {auto: 0.2, router-max_utility-200: 1}}}")
     assert ok.router.explore.routes == {"auto": 0.2, "router-max_utility-200": 1.0}
+
+
+def test_weights_are_inverse_propensities_clipped_and_equal_weights_fit_as_before() -> None:
+    from gateway.accounting.learn import MAX_WEIGHT, weight, weighted_fit
+    from gateway.accounting.records import RequestRecord
+
+    def rec(p: float | None) -> RequestRecord:
+        return RequestRecord(request_id="r", ts=0.0, propensity=p)
+
+    assert weight(rec(None)) == 1.0  # before schema 4, not routed, or a fallback served
+    assert weight(rec(1.0)) == 1.0
+    assert weight(rec(0.7)) == pytest.approx(1 / 0.7)
+    assert weight(rec(0.15)) == pytest.approx(1 / 0.15)
+    assert weight(rec(0.01)) == MAX_WEIGHT == 20.0  # clipped
+    assert weight(rec(0.01), max_weight=1.0) == 1.0
+
+    router = load_router("default")
+    rng = np.random.default_rng(7)
+    z, y = rng.normal(size=(60, 32)), rng.uniform(size=60)
+    prior = router.profile_vector("gemma-2b-it")
+    v0, b0 = router.fit_profile(z, y, alpha=1.0, prior=prior)
+    # equal weights of any size, through the weighted solver (one weight a hair off)
+    w = np.full(60, 3.0)
+    w[0] += 1e-12
+    v1, b1 = weighted_fit(router, z, y, w, alpha=1.0, prior=prior)
+    assert np.allclose(v0, v1, atol=1e-9) and b0 == pytest.approx(b1, abs=1e-9)
+    # a weight of 2 counts a pair as twice: the same fit as the pair repeated
+    w2 = np.ones(60)
+    w2[:10] = 2.0
+    v2, b2 = weighted_fit(router, z, y, w2, alpha=1.0 * 70 / 60, prior=prior)
+    vr, br = router.fit_profile(
+        np.vstack([z, z[:10]]),
+        np.concatenate([y, y[:10]]),
+        alpha=1.0 * 70 / 60 * 70 / 60,
+        prior=prior,
+    )
+    assert np.allclose(v2, vr, atol=1e-9) and b2 == pytest.approx(br, abs=1e-9)
