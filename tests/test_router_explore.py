@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import openai
 import pytest
 
 from gateway.config import ConfigError, parse_config
@@ -209,6 +210,22 @@ def test_a_keys_share_overrides_the_routes(
                 rid = r.headers["x-tollgate-request-id"]
                 assert (r.headers.get("x-tollgate-explored") == "1") == (draws(rid)[0] < share)
     assert counts["explorer"] == n  # its share 1.0 beats the route's 0.3
+    # streamed through the official SDK: the same headers, the explored model answers
+    client = openai.OpenAI(base_url=gw.base_url, api_key="key-explorer", max_retries=0)
+    with client.chat.completions.with_streaming_response.create(
+        model="auto",
+        messages=[{"role": "user", "content": prompts(1)[0]}],
+        stream=True,
+        extra_headers={"x-tollgate-explain": "1"},
+    ) as resp:
+        assert resp.headers["x-tollgate-explored"] == "1"
+        cands = json.loads(resp.headers["x-tollgate-explain"])
+        [choice] = [e["model"] for e in cands if e["router_choice"]]
+        served = resp.headers["x-tollgate-model"]
+        assert served != choice
+        assert float(resp.headers["x-tollgate-propensity"]) == pytest.approx(1 / 2)
+        chunks = list(resp.parse())
+    assert chunks and all(ch.model == served for ch in chunks)
     assert counts["steady"] == 0  # its share 0 beats the route's 0.3
     assert 0 < counts["plain"] < n  # no share of its own: the route's 0.3
 
