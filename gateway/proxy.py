@@ -246,8 +246,12 @@ class Proxy:
                 rec.router_score = plan.decision.score
                 rec.router_scores = dict(plan.decision.quality)
                 rec.router_features = plan.features
-                rec.propensity = plan.propensity
-                rec.explored = plan.explored
+                ex = plan.exploration
+                if ex is None:
+                    rec.propensity = 1.0
+                else:
+                    rec.propensity = ex.propensity
+                    rec.explored = ex.explored
                 gw.metrics.router_decision(plan.decision_s)
             if gw.judge_enabled and kind == "chat":
                 state["messages"] = body.get("messages")
@@ -367,15 +371,14 @@ class Proxy:
         if d is not None:
             h.append((b"x-tollgate-router-score", f"{d.score:.4f}".encode()))
             h.append((b"x-tollgate-policy", (plan.policy or "").encode()))
-            probs = plan.probabilities
-            if probs is not None:  # exploration is on for this request
-                if plan.explored:
+            ex = plan.exploration
+            if ex is not None:  # exploration is on for this request
+                if ex.explored:
                     h.append((b"x-tollgate-explored", b"1"))
-                if rec.propensity is not None:
+                if rec.propensity is not None:  # None: a fallback served
                     h.append((b"x-tollgate-propensity", f"{rec.propensity:.6g}".encode()))
             if explain:
-                if probs is None:
-                    probs = {d.order[0]: 1.0}
+                probs = {d.order[0]: 1.0} if ex is None else ex.probabilities
                 cands = [
                     {
                         "model": n,

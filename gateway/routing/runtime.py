@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.accounting import pricing
 from gateway.config import TIER_ORDER, ModelConfig, Pricing, RoutingConfig
 from gateway.errors import InvalidRequest, ModelNotFound
-from gateway.routing.explore import explore
+from gateway.routing.explore import Exploration, explore
 from gateway.routing.policies import Candidate
 from gateway.upstreams.pool import Upstream, UpstreamKey
 
@@ -40,11 +40,10 @@ class Plan:
     baseline_model: str | None = None
     decision_s: float = 0.0
     features: list[float] | None = None  # the router's prompt vector, when it ran
-    # exploration (gateway/routing/explore.py): P(the policy picked models[0]), whether
-    # models[0] is an explored alternative, and every candidate's P(pick) when exploring is on
-    propensity: float = 1.0
-    explored: bool = False
-    probabilities: dict[str, float] | None = None
+    # when exploration is on for the request (gateway/routing/explore.py): the model it goes
+    # to first (models[0]), whether that is an alternative, its propensity, every candidate's
+    # P(pick). None: exploration off, the router's choice has propensity 1.
+    exploration: Exploration | None = None
 
 
 class UpstreamPool:
@@ -250,27 +249,34 @@ class Runtime:
         if max_cost is not None:
             cands = self._under_ceiling(cands, max_cost, prompt_tokens, out_tokens)
         decision = policy.decide(router, scored, cands)
-        plan = Plan(
-            list(decision.order),
-            name,
-            policy=pname,
-            decision=decision,
-            baseline_model=self.auto_baseline,
-            features=scored.values,
-        )
         if self.explores:
             share = self.explore_share_for(name, key_id)
             if share > 0.0:
                 ex = explore(
                     policy, decision, cands, share, self.explore_margin, request_id, max_cost
                 )
-                plan.propensity = ex.propensity
-                plan.explored = ex.explored
-                plan.probabilities = ex.probabilities
+                order = decision.order
                 if ex.explored:
-                    plan.models = [ex.model, *(m for m in decision.order if m != ex.model)]
-        plan.decision_s = time.perf_counter() - t0
-        return plan
+                    order = [ex.model, *(m for m in order if m != ex.model)]
+                return Plan(
+                    list(order),
+                    name,
+                    pname,
+                    decision,
+                    self.auto_baseline,
+                    time.perf_counter() - t0,
+                    scored.values,
+                    ex,
+                )
+        return Plan(
+            list(decision.order),
+            name,
+            policy=pname,
+            decision=decision,
+            baseline_model=self.auto_baseline,
+            decision_s=time.perf_counter() - t0,
+            features=scored.values,
+        )
 
     @staticmethod
     def _under_ceiling(
