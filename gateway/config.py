@@ -26,6 +26,13 @@ TIER_ORDER: dict[str, int] = {"small": 0, "medium": 1, "large": 2, "external": 3
 Tier = Literal["small", "medium", "large", "external"]
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "routing.yaml"
 
+PolicyKind = Literal["cheapest_above", "max_utility", "threshold"]
+# the virtual model names gateway/routing/policies.py resolves: router-<policy kind>-<number>
+_ROUTED_RE = re.compile(
+    r"^router-(" + "|".join(get_args(PolicyKind)) + r")-[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?$"
+)
+
+
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -145,12 +152,42 @@ class RouteConfig(_Strict):
 
 
 class PolicyConfig(_Strict):
-    kind: Literal["cheapest_above", "max_utility", "threshold"]
+    kind: PolicyKind
     target: float | None = Field(None, description="cheapest_above: quality to reach")
     cost_weight: float | None = Field(None, description="max_utility: lambda (quality per USD)")
     threshold: float | None = Field(None, description="threshold: strong-win score cut")
     strong: str | None = None
     weak: str | None = None
+
+
+class ExploreConfig(_Strict):
+    """Exploration for `router train --from-store`: a share of routed requests goes to another
+    candidate near the decision, and the record keeps the probability of the model chosen."""
+
+    share: float = Field(
+        0.0, ge=0, le=1, description="fraction of routed requests sent to another candidate"
+    )
+    margin: float = Field(
+        0.05,
+        ge=0,
+        description="a candidate is eligible when its predicted quality (max_utility: its "
+        "utility) is within this of the chosen model's",
+    )
+    routes: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        {}, description="share per routed model name (auto, router-<policy>-<value>)"
+    )
+
+    @field_validator("routes")
+    @classmethod
+    def _routed_names(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [n for n in v if n != "auto" and not _ROUTED_RE.match(n)]
+        if bad:
+            raise ValueError(
+                f"{', '.join(repr(n) for n in bad)} is not a routed model name: exploration "
+                "applies to `auto` and router-<policy>-<value> names (a route of `routes:` "
+                "has no router decision to explore around)"
+            )
+        return v
 
 
 class RouterConfig(_Strict):
@@ -161,6 +198,7 @@ class RouterConfig(_Strict):
         "balanced": PolicyConfig(kind="cheapest_above", target=0.6),
     }
     fallback: Literal["next_tier_up", "route_order"] = "next_tier_up"
+    explore: ExploreConfig = ExploreConfig()
 
 
 class StoreConfig(_Strict):
@@ -196,6 +234,9 @@ class ServerConfig(_Strict):
 class GatewayKey(_Strict):
     id: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    explore_share: float | None = Field(
+        None, ge=0, le=1, description="overrides router.explore for this key's routed requests"
+    )
 
 
 class AuthConfig(_Strict):

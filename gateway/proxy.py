@@ -224,6 +224,7 @@ class Proxy:
             length = -1
             auth = b""
             explain = False
+            ceiling: bytes | None = None
             for k, v in scope["headers"]:
                 if k == b"content-type":
                     ct = v
@@ -233,6 +234,8 @@ class Proxy:
                     auth = v
                 elif k == b"x-tollgate-explain":
                     explain = v in (b"1", b"true", b"yes")
+                elif k == b"x-tollgate-max-cost-usd":
+                    ceiling = v
             if gw.key_hashes:
                 rec.key_id = self._authenticate(auth)
             limit = rt.config.server.max_body_bytes
@@ -257,13 +260,20 @@ class Proxy:
             rec.route = body["model"]
             stream = bool(body.get("stream"))
             rec.stream = stream
-            plan = rt.resolve(rec.route, kind, body)
+            max_cost = None if ceiling is None else _max_cost(ceiling)
+            plan = rt.resolve(rec.route, kind, body, rid, rec.key_id, max_cost)
             rec.policy = plan.policy
             rec.baseline_model = plan.baseline_model
             if plan.decision is not None:
                 rec.router_score = plan.decision.score
                 rec.router_scores = dict(plan.decision.quality)
                 rec.router_features = plan.features
+                ex = plan.exploration
+                if ex is None:
+                    rec.propensity = 1.0
+                else:
+                    rec.propensity = ex.propensity
+                    rec.explored = ex.explored
                 gw.metrics.router_decision(plan.decision_s)
             if gw.judge_enabled and kind == "chat":
                 state["messages"] = body.get("messages")
@@ -383,7 +393,14 @@ class Proxy:
         if d is not None:
             h.append((b"x-tollgate-router-score", f"{d.score:.4f}".encode()))
             h.append((b"x-tollgate-policy", (plan.policy or "").encode()))
+            ex = plan.exploration
+            if ex is not None:  # exploration is on for this request
+                if ex.explored:
+                    h.append((b"x-tollgate-explored", b"1"))
+                if rec.propensity is not None:  # None: a fallback served
+                    h.append((b"x-tollgate-propensity", f"{rec.propensity:.6g}".encode()))
             if explain:
+                probs = {d.order[0]: 1.0} if ex is None else ex.probabilities
                 cands = [
                     {
                         "model": n,
@@ -391,6 +408,9 @@ class Proxy:
                         "predicted_quality": round(d.quality.get(n, 0.0), 4),
                         "estimated_cost_usd": d.cost.get(n, 0.0),
                         **_profile_of(rt, n),
+                        # P(the routing policy sends the request to n), exploration included
+                        "probability": round(probs.get(n, 0.0), 6),
+                        "router_choice": n == d.order[0],
                     }
                     for n in d.quality
                 ]
@@ -451,6 +471,7 @@ class Proxy:
             ups = rt.upstreams[name]
             if tried_models:
                 rec.fallbacks += 1
+                rec.propensity = None  # a fallback serves: not what the policy picked
             tried_models += 1
             rec.model = name
             rec.tier = mcfg.tier
@@ -907,6 +928,21 @@ def _has_done(block: bytes) -> bool:
     (the text `data: [DONE]` inside a JSON string is not one)."""
     b = b"\n\n" + block
     return b"\n\n" + _DONE_EV in b or b"\n\n" + _DONE_EV2 in b
+
+
+def _max_cost(v: bytes) -> float:
+    """The client's cost ceiling (x-tollgate-max-cost-usd), in USD."""
+    try:
+        x = float(v)
+    except ValueError:
+        x = float("nan")
+    if not x >= 0 or x == float("inf"):
+        raise InvalidRequest(
+            "x-tollgate-max-cost-usd must be a non-negative number of US dollars, such as "
+            f"0.002 (got {v.decode('latin-1')!r})",
+            param="x-tollgate-max-cost-usd",
+        )
+    return x
 
 
 def _estimate_prompt(body: dict[str, Any]) -> int:

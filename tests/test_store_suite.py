@@ -73,6 +73,8 @@ async def test_write_get_roundtrip_every_field(store: Store) -> None:
         baseline_model="large",
         cache_hit=True,
         router_features=[0.5, -0.25, 1.0, 0.125, 0.0],  # exact in float32 (SQLite's format)
+        propensity=0.15,
+        explored=True,
     )
     await store.write_batch([r])
     got = await store.get("req-1")
@@ -371,3 +373,61 @@ async def test_sqlite_rows_from_before_purpose_read_as_client_traffic(tmp_path: 
     await again.write_batch([rec(3, purpose=JUDGE)])
     assert await again.count() == 2
     await again.close()
+
+
+async def test_records_before_schema_4_read_back_without_propensity(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record written before schema 4 (no propensity, no explored) reads back as not
+    explored with no propensity, beside one written now that keeps both."""
+    import types
+
+    import orjson
+
+    import gateway.accounting.store.redis_store as redis_store
+
+    new = rec(2, propensity=0.7, explored=False, router_features=[0.5, 0.25])
+    explored = rec(3, propensity=0.15, explored=True, router_features=[0.5, 0.25])
+    if isinstance(store, SQLiteStore):
+        import sqlite3
+
+        await store.write_batch([rec(9)])  # creates the table
+        await store.close()
+        c = sqlite3.connect(store.path)
+        # what a schema-3 gateway left behind: no propensity or explored column, version 3
+        c.execute("ALTER TABLE requests DROP COLUMN propensity")
+        c.execute("ALTER TABLE requests DROP COLUMN explored")
+        c.execute("UPDATE tollgate_schema SET version = 3")
+        c.execute(
+            "INSERT INTO requests (request_id, ts, route, model, status) "
+            "VALUES ('req-1', ?, 'auto', 'small', 200)",
+            (T0 + 1,),
+        )
+        c.commit()
+        c.close()
+        await store.open()  # adds the columns back, empty for the old rows
+        c = sqlite3.connect(store.path)
+        assert c.execute("SELECT version FROM tollgate_schema").fetchone()[0] == SCHEMA_VERSION
+        c.close()
+    else:
+        # a schema-3 writer: the same record JSON without the two fields
+
+        def dumps(r: RequestRecord) -> bytes:
+            d = r.to_dict()
+            d.pop("propensity")
+            d.pop("explored")
+            d["schema_version"] = 3
+            return orjson.dumps(d)
+
+        monkeypatch.setattr(
+            redis_store, "orjson", types.SimpleNamespace(dumps=dumps, loads=orjson.loads)
+        )
+        await store.write_batch([rec(1, route="auto")])
+        monkeypatch.undo()
+    await store.write_batch([new, explored])
+    old = await store.get("req-1")
+    assert old is not None and old.propensity is None and old.explored is False
+    got = {r.request_id: r for r in await store.recent(10)}
+    assert got["req-1"].propensity is None and got["req-1"].explored is False
+    assert got["req-2"].propensity == pytest.approx(0.7) and got["req-2"].explored is False
+    assert got["req-3"].propensity == pytest.approx(0.15) and got["req-3"].explored is True

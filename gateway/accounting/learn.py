@@ -6,6 +6,19 @@ the training data: for every model with enough scores, a new profile (ability ve
 bias) is fitted by ridge regression shrunk towards its current profile. One request in five
 (by a hash of its id) is held out, and the held-out error of the current and the new
 profile is printed side by side. A new artifact is written only with `--out`.
+
+Inverse propensity weighting: a model's scored records are the prompts the router sent it,
+not a sample of all prompts, so a plain fit learns the model only where the router already
+trusts it. With exploration on (`router.explore`, gateway/routing/explore.py) each record
+keeps its propensity p, the probability that the routing policy picked the model that
+served; each (prompt vector, score) pair is weighted by 1 / p, which makes the weighted
+sample of a model's prompts stand for every prompt it had a chance of getting (explored
+records, p = share / k, count for the many prompts like them that went elsewhere). Weights
+are clipped at `--max-weight` (20 by default: a propensity under 0.05 counts as 0.05),
+trading a little bias for a bounded variance, and normalised to mean 1 within each model so
+the ridge strength means what it did. Records with no propensity (written before schema 4,
+not routed, or served by a fallback) weigh 1, which is the fit without exploration. The
+held-out errors are weighted the same way.
 """
 
 from __future__ import annotations
@@ -48,41 +61,92 @@ def _heldout(request_id: str) -> bool:
     return hashlib.sha256(request_id.encode()).digest()[0] % 5 == 0
 
 
+MAX_WEIGHT = 20.0  # 1 / propensity is clipped here (a propensity under 0.05 counts as 0.05)
+
+
+def weight(r: RequestRecord, max_weight: float = MAX_WEIGHT) -> float:
+    """A scored record's training weight: 1 / propensity, clipped at `max_weight`."""
+    p = r.propensity
+    if p is None or p <= 0.0 or p >= 1.0:
+        return 1.0
+    return min(1.0 / p, max_weight)
+
+
+def weighted_fit(
+    router: Any,
+    z: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    alpha: float = 1.0,
+    prior: tuple[np.ndarray, float] | None = None,
+) -> tuple[np.ndarray, float]:
+    """`router.fit_profile` with a weight per pair: weighted ridge shrunk towards `prior`.
+
+    Equal weights give exactly `router.fit_profile`'s answer (and call it)."""
+    if len(w) != len(y) or np.any(w <= 0) or not np.all(np.isfinite(w)):
+        raise ValueError("weights must be positive numbers, one per scored prompt")
+    if np.all(w == w[0]):
+        fitted: tuple[np.ndarray, float] = router.fit_profile(z, y, alpha=alpha, prior=prior)
+        return fitted
+    if np.any((y < 0) | (y > 1)) or not np.all(np.isfinite(y)):
+        raise ValueError("scores must be numbers in [0, 1]")
+    if prior is None:  # what fit_profile shrinks towards: the average trained profile
+        prior = (np.asarray(router.abilities).mean(axis=0), float(np.mean(router.biases)))
+    v0, b0 = prior
+    wn = w / w.mean()
+    resid = y - (z @ v0 + b0)
+    zbar = (wn @ z) / wn.sum()
+    rbar = float(wn @ resid) / float(wn.sum())
+    zc = z - zbar
+    zw = zc.T * wn
+    delta = np.linalg.solve(zw @ zc + alpha * np.eye(z.shape[1]), zw @ (resid - rbar))
+    return v0 + delta, float(b0) + rbar - float(zbar @ delta)
+
+
+def _wmse(pred: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    return float(np.average((np.clip(pred, 0, 1) - y) ** 2, weights=w))
+
+
 def fit_from_records(
     router: Any,
     records: list[RequestRecord],
     profile_of: dict[str, str],
     min_scores: int = 20,
     alpha: float = 1.0,
+    max_weight: float = MAX_WEIGHT,
 ) -> list[ProfileFit]:
-    """One fit per model with at least `min_scores` scored training records."""
-    by_model: dict[str, list[tuple[np.ndarray, float, bool]]] = {}
+    """One fit per model with at least `min_scores` scored training records, each pair
+    weighted by 1 / propensity (clipped at `max_weight`; see the module docstring)."""
+    by_model: dict[str, list[tuple[np.ndarray, float, float, bool]]] = {}
     for r in records:
         y = _score(r)
         if y is None or r.router_features is None or r.model is None or r.status != 200:
             continue
         z = np.asarray(r.router_features, dtype=np.float64)
-        by_model.setdefault(r.model, []).append((z, float(y), _heldout(r.request_id)))
+        w = weight(r, max_weight)
+        by_model.setdefault(r.model, []).append((z, float(y), w, _heldout(r.request_id)))
     fits = []
     for model, rows in sorted(by_model.items()):
-        train = [(z, y) for z, y, h in rows if not h]
-        test = [(z, y) for z, y, h in rows if h]
+        train = [(z, y, w) for z, y, w, h in rows if not h]
+        test = [(z, y, w) for z, y, w, h in rows if h]
         if len(train) < min_scores:
             continue
         profile = profile_of.get(model, model)
         known = router.has_profile(profile)
         prior = router.profile_vector(profile) if known else None
-        zt = np.stack([z for z, _ in train])
-        yt = np.array([y for _, y in train])
-        v, b = router.fit_profile(zt, yt, alpha=alpha, prior=prior)
+        zt = np.stack([z for z, _, _ in train])
+        yt = np.array([y for _, y, _ in train])
+        wt = np.array([w for _, _, w in train])
+        v, b = weighted_fit(router, zt, yt, wt, alpha=alpha, prior=prior)
         mse_cur = mse_new = None
         if test:
-            zs = np.stack([z for z, _ in test])
-            ys = np.array([y for _, y in test])
-            mse_new = float(np.mean((np.clip(zs @ v + b, 0, 1) - ys) ** 2))
+            zs = np.stack([z for z, _, _ in test])
+            ys = np.array([y for _, y, _ in test])
+            ws = np.array([w for _, _, w in test])
+            mse_new = _wmse(zs @ v + b, ys, ws)
             if prior is not None:
                 pv, pb = prior
-                mse_cur = float(np.mean((np.clip(zs @ pv + pb, 0, 1) - ys) ** 2))
+                mse_cur = _wmse(zs @ pv + pb, ys, ws)
         fits.append(
             ProfileFit(model, profile, len(train), len(test), mse_cur, mse_new, v, b, not known)
         )
@@ -136,8 +200,17 @@ def main(argv: list[str]) -> int:
         help="fit only models with this many scored requests (default 20)",
     )
     p.add_argument("--alpha", type=float, default=1.0, help="ridge strength (default 1)")
+    p.add_argument(
+        "--max-weight",
+        type=float,
+        default=MAX_WEIGHT,
+        help="clip each record's weight 1/propensity at this (explored records from "
+        "router.explore; default %(default)s)",
+    )
     p.add_argument("--out", help="write the refitted artifact here (nothing is written without)")
     args = p.parse_args(argv)
+    if not args.max_weight >= 1.0:
+        p.error("--max-weight must be at least 1 (1 ignores the propensities)")
     try:
         cfg = load_config(args.config)
         from router_models import load_router, save_router
@@ -151,7 +224,17 @@ def main(argv: list[str]) -> int:
     profile_of = {m.name: m.profile or m.name for m in cfg.models}
     scored = sum(1 for r in records if _score(r) is not None and r.router_features is not None)
     print(f"{len(records)} records since {args.since}; {scored} with a score and a prompt vector")
-    fits = fit_from_records(router, records, profile_of, args.min_scores, args.alpha)
+    usable = [r for r in records if _score(r) is not None and r.router_features is not None]
+    explored = sum(1 for r in usable if r.explored)
+    weighted = sum(1 for r in usable if weight(r, args.max_weight) != 1.0)
+    if weighted:
+        print(
+            f"{explored} of them explored; {weighted} weighted by 1/propensity "
+            f"(clipped at {args.max_weight:g}, --max-weight)"
+        )
+    fits = fit_from_records(
+        router, records, profile_of, args.min_scores, args.alpha, args.max_weight
+    )
     if not fits:
         print(f"no model has {args.min_scores} scored requests yet: nothing to fit")
         return 0
@@ -173,7 +256,8 @@ def main(argv: list[str]) -> int:
         f"# Router artifact {router.version}",
         "",
         f"The shipped artifact with profiles refitted from production scores in the store of "
-        f"`{args.config}` (records since {args.since}; feedback over judge).",
+        f"`{args.config}` (records since {args.since}; feedback over judge; each record "
+        f"weighted by 1/propensity, clipped at {args.max_weight:g}).",
         "",
         "| model | profile | train | held out | MSE before | MSE after |",
         "| --- | --- | ---: | ---: | ---: | ---: |",

@@ -260,6 +260,13 @@ class Metrics:
         self.retries = Counter(
             "tollgate_retries", "Extra attempts on the same model", ["model"], registry=reg
         )
+        self.explored = Counter(
+            "tollgate_router_explored",
+            "Routed requests sent to an alternative near the router's choice (router.explore), "
+            "by route and the model they went to",
+            ["route", "model"],
+            registry=reg,
+        )
         self.fallbacks = Counter(
             "tollgate_fallbacks",
             "Switches to the next model of a route",
@@ -406,6 +413,9 @@ class Metrics:
             p.fallbacks += r.fallbacks
         if r.quality_predicted is not None:
             p.quality_predicted.add(r.quality_predicted)
+        if r.explored:
+            lab = self._label
+            self.explored.labels(lab("route", r.route), lab("model", r.model)).inc()
         if not keep:
             p.fold()
             self._fold_globals()

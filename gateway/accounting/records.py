@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-# 2: router_features; 3: SQLite keeps them as float32 bytes; 4: purpose (client | judge)
+# 2: router_features; 3: SQLite keeps them as float32 bytes; 4: purpose (client | judge),
+# propensity and explored (router.explore)
 SCHEMA_VERSION = 4
 CLIENT = "client"  # a request a client sent through the gateway
 JUDGE = "judge"  # the sampled judge's own grading call (gateway/accounting/quality.py)
@@ -26,6 +27,13 @@ class RequestRecord:
     # the router's prompt vector (32 numbers, no text): what `tollgate router train
     # --from-store` fits model profiles on, from the judge and feedback scores
     router_features: list[float] | None = None
+    # P(the routing policy picked the model that served), under the exploring policy of
+    # gateway/routing/explore.py: 1.0 for a routed request when exploration is off, 1 - share
+    # for the router's own choice, share / k for an explored alternative. None when the
+    # router did not run, when a fallback served (not the policy's pick), and in records
+    # written before schema 4. Training weights a scored record by 1 / propensity.
+    propensity: float | None = None
+    explored: bool = False  # the request went to an alternative, not the router's choice
     attempts: int = 0
     fallbacks: int = 0
     status: int = 200

@@ -21,6 +21,7 @@ from gateway.config import (
     close_names,
 )
 from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.routing.explore import Exploration, explore
 from gateway.routing.policies import Candidate
 from gateway.routing.profiles import ModelProfile, resolve_profiles
 from gateway.upstreams.pool import Upstream, UpstreamKey
@@ -46,6 +47,10 @@ class Plan:
     baseline_model: str | None = None
     decision_s: float = 0.0
     features: list[float] | None = None  # the router's prompt vector, when it ran
+    # when exploration is on for the request (gateway/routing/explore.py): the model it goes
+    # to first (models[0]), whether that is an alternative, its propensity, every candidate's
+    # P(pick). None: exploration off, the router's choice has propensity 1.
+    exploration: Exploration | None = None
 
 
 class UpstreamPool:
@@ -146,6 +151,19 @@ class Runtime:
         self._climb = {
             n: [n, *ladder[i + 1 :], *reversed(ladder[:i])] for i, n in enumerate(ladder)
         }
+        ex = cfg.router.explore
+        self.explore_share = ex.share
+        self.explore_margin = ex.margin
+        self.explore_routes = dict(ex.routes)
+        self.explore_keys = {
+            k.id: k.explore_share for k in cfg.auth.keys if k.explore_share is not None
+        }
+        # one comparison per routed request when no share is set anywhere
+        self.explores = (
+            ex.share > 0
+            or any(v > 0 for v in ex.routes.values())
+            or any(v > 0 for v in self.explore_keys.values())
+        )
         self.auto_baseline = self.most_expensive(self.candidates) if self.candidates else None
         self.route_baseline = {
             r.name: r.reference or self.most_expensive(r.models) for r in cfg.routes
@@ -164,7 +182,26 @@ class Runtime:
     def _unit_price(self, name: str) -> float:
         return pricing.cost_at(self.rates[name], 1000, 1000)
 
-    def resolve(self, name: str, kind: str, body: dict[str, Any]) -> Plan:
+    def explore_share_for(self, route: str, key_id: str | None) -> float:
+        """The key's share if its entry sets one, else the route's, else router.explore's."""
+        if key_id is not None:
+            share = self.explore_keys.get(key_id)
+            if share is not None:
+                return share
+        return self.explore_routes.get(route, self.explore_share)
+
+    def resolve(
+        self,
+        name: str,
+        kind: str,
+        body: dict[str, Any],
+        request_id: str = "",
+        key_id: str | None = None,
+        max_cost: float | None = None,
+    ) -> Plan:
+        """The plan for model `name`. For routed names, `max_cost` (the client's ceiling,
+        estimated USD) removes every candidate estimated above it, and `request_id` and
+        `key_id` decide exploration."""
         m = self.models.get(name)
         if m is not None:
             if kind not in m.kinds:
@@ -180,7 +217,9 @@ class Runtime:
         if kind == "chat" and self.router is not None and self.candidates:
             if name == "auto":
                 pname = self.config.router.default_policy
-                return self._route(name, pname, self.policies[pname], body)
+                return self._route(
+                    name, pname, self.policies[pname], body, request_id, key_id, max_cost
+                )
             from gateway.routing.policies import parse_virtual_model, policy_from_virtual
 
             virtual = parse_virtual_model(name)
@@ -189,7 +228,7 @@ class Runtime:
                     pol = policy_from_virtual(virtual[0], virtual[1], None, None)
                 except ValueError as e:
                     raise ModelNotFound(f"{name!r}: {e}", param="model") from None
-                return self._route(name, name, pol, body)
+                return self._route(name, name, pol, body, request_id, key_id, max_cost)
         close = close_names(name, self.public_names(), 2)
         hint = ("did you mean " + " or ".join(repr(c) for c in close) + "? ") if close else ""
         raise ModelNotFound(
@@ -199,7 +238,16 @@ class Runtime:
             param="model",
         )
 
-    def _route(self, name: str, pname: str, policy: Policy, body: dict[str, Any]) -> Plan:
+    def _route(
+        self,
+        name: str,
+        pname: str,
+        policy: Policy,
+        body: dict[str, Any],
+        request_id: str = "",
+        key_id: str | None = None,
+        max_cost: float | None = None,
+    ) -> Plan:
         t0 = time.perf_counter()
         router = self.router
         assert router is not None  # resolve() routes only when a router is loaded
@@ -219,9 +267,32 @@ class Runtime:
             if not up:
                 down.add(n)
             cands.append(Candidate(n, tier, rank, profile, cost, up))
+        allowed: set[str] | None = None
+        if max_cost is not None:
+            cands = self._under_ceiling(cands, max_cost, prompt_tokens, out_tokens)
+            allowed = {c.name for c in cands}
         decision = policy.decide(router, scored, cands)
         if self.next_tier_up:
-            self._fall_back_up(decision, down)
+            self._fall_back_up(decision, down, allowed)
+        if self.explores:
+            share = self.explore_share_for(name, key_id)
+            if share > 0.0:
+                ex = explore(
+                    policy, decision, cands, share, self.explore_margin, request_id, max_cost
+                )
+                order = decision.order
+                if ex.explored:
+                    order = [ex.model, *(m for m in order if m != ex.model)]
+                return Plan(
+                    list(order),
+                    name,
+                    pname,
+                    decision,
+                    self.auto_baseline,
+                    time.perf_counter() - t0,
+                    scored.values,
+                    ex,
+                )
         return Plan(
             list(decision.order),
             name,
@@ -232,7 +303,9 @@ class Runtime:
             features=scored.values,
         )
 
-    def _fall_back_up(self, decision: Decision, down: set[str]) -> None:
+    def _fall_back_up(
+        self, decision: Decision, down: set[str], allowed: set[str] | None = None
+    ) -> None:
         """router.fallback next_tier_up: after the policy's pick, the next more capable
         candidate first (then the next one up, ...; then the ones below it, nearest first),
         instead of the policy's own preference order; candidates that cannot serve now
@@ -240,6 +313,8 @@ class Runtime:
         climb = self._climb.get(decision.preferred)
         if climb is None:
             return
+        if allowed is not None:  # the client's cost ceiling left these candidates
+            climb = [n for n in climb if n in allowed]
         if down:
             order = [n for n in climb if n not in down]
             order += [n for n in climb if n in down]
@@ -247,6 +322,22 @@ class Runtime:
             order = list(climb)
         decision.order = order
         decision.chosen = order[0]
+
+    @staticmethod
+    def _under_ceiling(
+        cands: list[Candidate], max_cost: float, prompt_tokens: int, out_tokens: int
+    ) -> list[Candidate]:
+        fit = [c for c in cands if c.est_cost_usd <= max_cost]
+        if not fit:
+            cheapest = min(cands, key=lambda c: (c.est_cost_usd, c.tier_rank, c.name))
+            raise InvalidRequest(
+                f"no model fits x-tollgate-max-cost-usd={max_cost:g}: the cheapest, "
+                f"{cheapest.name!r}, is estimated at ${cheapest.est_cost_usd:.8f} for this "
+                f"request (~{prompt_tokens} prompt tokens + {out_tokens} completion tokens); "
+                "raise the ceiling or lower max_tokens",
+                code="cost_ceiling",
+            )
+        return fit
 
     def models_listing(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
