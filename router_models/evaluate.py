@@ -221,6 +221,10 @@ def eval_multi(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
+        for it, row in zip(usable, q, strict=True):
+            pred = {m: round(float(v), 6) for m, v in zip(models, row, strict=True)}
+            f.write(json.dumps({"id": it.id, "quality": pred}) + "\n")
     backend = plot_curves(
         out_dir / "quality_cost.png",
         "cheapest_above: quality vs cost",
@@ -241,7 +245,7 @@ def eval_multi(
         )
     else:
         out.write("no threshold reaches 95% of the best single model's quality\n")
-    out.write(f"wrote {out_dir / 'report.json'}, quality_cost.png ({backend})\n")
+    out.write(f"wrote {out_dir / 'report.json'}, predictions.jsonl, quality_cost.png ({backend})\n")
     return report
 
 
