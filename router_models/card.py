@@ -10,7 +10,7 @@ import numpy as np
 from router_models.data import SOURCES
 from router_models.joint import JointConfig
 from router_models.lexical import LexicalFeaturizer
-from router_models.loso import Data, Fitted
+from router_models.loso import POLICY, Data, Fitted
 from router_models.model import Router
 
 DEFAULT_STRONG = "gpt-4-1106-preview"
@@ -67,15 +67,16 @@ def _apgr_table(rows: list[dict[str, Any]]) -> str:
 
 def _many_table(rows: list[dict[str, Any]]) -> str:
     out = [
-        "| source | priced models | n | target | router cost share [90% CI] | random-mix frontier "
-        "[90% CI] | router / frontier [90% CI] |",
-        "|---|---|---|---|---|---|---|",
+        "| source | policy | priced models | n | target | router cost share [90% CI] | "
+        "random-mix frontier [90% CI] | router / frontier [90% CI] |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for mm in rows:
         for t in ("95", "97", "99"):
             r, f, q = mm["router"][t], mm["frontier"][t], mm["ratio"][t]
+            pol = mm.get("policy", POLICY) + (" (chosen)" if mm.get("policy") == POLICY else "")
             out.append(
-                f"| {mm['source']} | {len(mm['models'])} | {mm['n']} | {t}% | "
+                f"| {mm['source']} | {pol} | {len(mm['models'])} | {mm['n']} | {t}% | "
                 f"{r['cost_share']:.3f} [{r['ci90'][0]:.3f}, {r['ci90'][1]:.3f}] | "
                 f"{f['cost_share']:.3f} [{f['ci90'][0]:.3f}, {f['ci90'][1]:.3f}] | "
                 f"{q['value']:.2f} [{q['ci90'][0]:.2f}, {q['ci90'][1]:.2f}] |"
@@ -88,14 +89,14 @@ def _summary(res: dict[str, Any]) -> str:
     lines = []
     for s in SOURCES:
         tr = [r["apgr"] for r in res["apgr"] if r["source"] == s and r["kind"] == "transfer"]
-        mm = [x for x in res["many_model"] if x["source"] == s]
+        mm = [x for x in res["many_model"] if x["source"] == s and x.get("policy") == POLICY]
         ratio = f"{mm[0]['ratio']['97']['value']:.2f}" if mm else "-"
         if tr:
             lines.append(f"| {s} | {len(tr)} | {min(tr):.3f} | {np.mean(tr):.3f} | {ratio} |")
         else:
             lines.append(f"| {s} | 0 | - | - | {ratio} |")
     return (
-        "| source | transfer pairs | min APGR | mean APGR | cost ratio at 97% |\n"
+        f"| source | transfer pairs | min APGR | mean APGR | cost ratio at 97% ({POLICY}) |\n"
         "|---|---|---|---|---|\n" + "\n".join(lines)
     )
 
@@ -172,12 +173,17 @@ both models have a profile fitted on other data; one cold / cold = a model of th
 source with no data elsewhere, profiled from its WildBench Elo (linear fit of strength on
 Elo over fitted models) or the mean strength. Many-model: priced models only, cost per call =
 price x (prompt chars / 4 input + answer chars / 4 output tokens; answer lengths recorded for
-alpaca_eval and zeroeval, 1,000 chars assumed for dcrouter and mmlu_pro); the router takes
-argmax predicted quality - lambda x expected cost (expected answer length = the model's mean
-on the source's training prompts) over a sweep of lambda; router and single models may be
-mixed at random, so its cost is the lower convex hull of both; the random-mix frontier is the
-hull of the single models. 90% intervals: {getattr(args, "boot", 200)} bootstrap draws over
-prompts.
+alpaca_eval and zeroeval, 1,000 chars assumed for dcrouter and mmlu_pro). Policies, from
+predicted quality and expected cost (expected answer length = the model's mean on the
+source's training prompts): `utility` = argmax predicted quality - lambda x expected cost,
+swept over lambda; `anchored` = the model with the highest mean predicted quality unless a
+cheaper one is predicted within delta of it on the prompt (then the cheapest such), swept
+over delta; `both` = the operating points of the two (the one the summary uses: LOSO could not
+tell the two apart and an inner validation split of the training prompts tied them). Router
+operating points and single models may be mixed at random, so the router's cost is the lower
+convex hull of both; the random-mix frontier is the hull of the single models alone, so a
+ratio of 1.00 means the router adds nothing. 90% intervals: {getattr(args, "boot", 200)}
+bootstrap draws over prompts (predictions fixed, prompts resampled).
 
 {chr(10).join(sections)}
 
