@@ -154,10 +154,16 @@ def model_card(router: Router, metrics: dict[str, Any], args: argparse.Namespace
         if k in hp
     )
     data = ",".join(meta.get("trained_on", SOURCES))
+    defaults = {k: v for k, v in vars(JointConfig()).items() if k != "source_weight"}
+    how = (
+        "all defaults; `make router-artifact`"
+        if all(hp.get(k) == v for k, v in defaults.items()) and data == ",".join(SOURCES)
+        else "not the defaults"
+    )
     return f"""# Router model card: {router.version}
 
 - Created: {meta["created"]} by `tollgate router train --data {data} {flags} --loso --out
-  router_models/artifacts/default` (all defaults; `make router-artifact`)
+  {getattr(args, "out", "DIR")}` ({how})
   in {meta.get("train_seconds", 0):.0f} s on this machine's 2 cores, evaluation included;
   deterministic (the same weights on every run).
 - Featurizer: `lexical` (hashed byte 3/4/5-grams and word 1/2-grams + 16 structure features,

@@ -69,7 +69,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         if s not in SOURCES:
             raise SystemExit(f"--data: unknown source {s!r}; choose from {list(SOURCES)}")
     cfg = _joint_config(args)
-    every = list(SOURCES)
     sys.stderr.write("featurizing every source\n")
     data = loso.load_all()
     sys.stderr.write(f"fitting on the training splits of {', '.join(sources)}\n")
@@ -78,9 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     log = None if args.quiet else (lambda line: sys.stderr.write(line + "\n"))
     if not args.no_eval:
         sys.stderr.write("measuring on every source's held-out split\n")
-        metrics["heldout"] = loso.evaluate(
-            data, cfg, "heldout", args.boot, sources, log, fitted if sources == every else None
-        )
+        metrics["heldout"] = loso.evaluate(data, cfg, "heldout", args.boot, sources, log, fitted)
         if args.loso:
             sys.stderr.write("leave-one-source-out: 5 more fits\n")
             metrics["loso"] = loso.evaluate(data, cfg, "loso", args.boot, sources, log)

@@ -363,18 +363,18 @@ def evaluate(
     fitted_all: Fitted | None = None,
 ) -> dict[str, Any]:
     """mode "loso": train on the other sources, test on all of each source's prompts;
-    mode "heldout": train on every source's training split (or use `fitted_all`, fitted so),
-    test on each held-out split."""
+    mode "heldout": train on the training split of every source in `sources` (or use
+    `fitted_all`, fitted so), test on each held-out split. Only `sources` are ever used."""
     elo, prices = load_elo(), load_prices()
     srcs = sources or list(SOURCES)
     out: dict[str, Any] = {"mode": mode, "apgr": [], "many_model": []}
     shared = None
     if mode == "heldout":
-        shared = fitted_all or fit(data, list(SOURCES), cfg)
+        shared = fitted_all or fit(data, srcs, cfg)
     for s in srcs:
         m = data.mats[s]
         if mode == "loso":
-            others = [x for x in SOURCES if x != s]
+            others = [x for x in srcs if x != s]
             fitted = fit(data, others, cfg)
             test, x = m, data.feats[s]
             train_m = None  # no answer lengths of this source are known to the router

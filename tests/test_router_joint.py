@@ -161,3 +161,21 @@ def test_projection_is_supervised_low_rank(small) -> None:  # type: ignore[no-un
     w = fit_projection(list(zip(mats, xs, strict=True)), rank=4, alpha=3.0)
     assert w.shape == (xs[0].shape[1], 4)
     assert sp.issparse(xs[0]) and np.all(np.isfinite(w))
+
+
+def test_shipped_card_is_what_training_writes_from_its_metrics() -> None:
+    """MODEL_CARD.md is generated (router_models/card.py) from the metrics `router train`
+    measured (metrics.json beside it), not edited by hand; its acceptance summary is there."""
+    import argparse
+    import json
+
+    from router_models import load_router
+    from router_models.artifact import DEFAULT_DIR
+    from router_models.card import model_card
+
+    metrics = json.loads((DEFAULT_DIR / "metrics.json").read_text())
+    args = argparse.Namespace(boot=200, out="router_models/artifacts/default")
+    card = model_card(load_router(), metrics, args)
+    assert card == (DEFAULT_DIR / "MODEL_CARD.md").read_text()
+    assert "### Leave-one-source-out" in card and "### In-source held-out split" in card
+    assert "CC BY-NC 4.0" in card and "not for commercial use" in card
