@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit setup bench clean
+.PHONY: demo test lint typecheck unit setup bench clean router-artifact
 
 $(STAMP): pyproject.toml router_models/_lexical.c
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,10 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider
+
+## Refit the shipped router artifact on the five sources, with its held-out and LOSO card.
+router-artifact: $(STAMP)
+	OMP_NUM_THREADS=2 $(BIN)/tollgate router train --loso --out router_models/artifacts/default
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py

@@ -21,7 +21,8 @@ from router_models.featurizers import FEATURIZERS, make_featurizer
 from router_models.model import Router
 
 FORMAT = "tollgate-router"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: "link" (logistic quality) and per-profile "profile_meta"
+READABLE_VERSIONS = (1, 2)  # format 1 (identity link, no profile metadata) still loads
 MANIFEST = "router.json"
 WEIGHTS = "weights.npz"
 CARD = "MODEL_CARD.md"
@@ -61,6 +62,7 @@ def save_router(
         "default_weak": router.default_weak,
         "files": {WEIGHTS: {"sha256": _sha256(out / WEIGHTS)}},
         **router.meta,
+        "link": router.link,
         **(extra or {}),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
@@ -88,12 +90,21 @@ def load_router(spec: str = "default") -> Router:
         raise ArtifactError(str(mpath), f"not valid JSON: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(str(mpath), f'not a {FORMAT} manifest (missing "format": "{FORMAT}")')
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise ArtifactError(
             str(mpath),
             f"format_version {manifest.get('format_version')!r} is not supported "
-            f"(this Tollgate reads {FORMAT_VERSION}); retrain with `tollgate router train`",
+            f"(this Tollgate reads {', '.join(map(str, READABLE_VERSIONS))}); retrain with "
+            "`tollgate router train`",
         )
+    link = manifest.get("link", "identity")
+    if manifest.get("format_version") == 1 and link != "identity":
+        raise ArtifactError(str(mpath), "format_version 1 has no link; found one")
+    if link not in ("identity", "logistic"):
+        raise ArtifactError(str(mpath), f"link {link!r} is not identity or logistic")
+    pmeta = manifest.get("profile_meta", {})
+    if not isinstance(pmeta, dict) or not all(isinstance(v, dict) for v in pmeta.values()):
+        raise ArtifactError(str(mpath), "profile_meta must map profile names to objects")
     for key in ("version", "featurizer", "profiles", "default_strong", "default_weak", "files"):
         if key not in manifest:
             raise ArtifactError(str(mpath), f"required field {key!r} is missing")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from router_models.artifact import WEIGHTS, load_router, save_router
-from router_models.data import HELDOUT_PERCENT, SOURCES, Matrix, load_source, write_bench
+from router_models.data import HELDOUT_PERCENT, SOURCES, load_source, write_bench
 from router_models.errors import ArtifactError, BenchError
 from router_models.evaluate import (
     calibrate,
@@ -24,20 +25,8 @@ from router_models.evaluate import (
     read_bench,
     read_jsonl,
 )
-from router_models.featurizers import FEATURIZERS, make_featurizer
 from router_models.identity import eval_profiles
-from router_models.metrics import evaluate_pair
 from router_models.model import Router
-
-# The strong/weak pair each source is measured on (large vs small real models of that source).
-EVAL_PAIRS = {
-    "alpaca_eval": ("humpback-llama2-70b", "gemma-2b-it"),
-    "dcrouter": ("llama-3.3-nemotron-super-49b-v1", "mistral-7b-instruct-v0.3"),
-}
-SOURCE_DEFAULTS = {
-    "alpaca_eval": ("humpback-llama2-70b", "gemma-2b-it"),
-    "dcrouter": EVAL_PAIRS["dcrouter"],
-}
 
 
 def _kv(items: list[str] | None, what: str) -> dict[str, str]:
@@ -53,153 +42,80 @@ def _kv(items: list[str] | None, what: str) -> dict[str, str]:
     return out
 
 
-def _pair_metrics(router: Router, m: Matrix, x: Any) -> dict[str, Any]:
-    strong, weak = EVAL_PAIRS[m.source]
-    ps = strong if router.has_profile(strong) else router.default_strong
-    pw = weak if router.has_profile(weak) else router.default_weak
-    z = np.asarray(x @ router.projection, dtype=np.float64)
-    g = z @ (
-        router.abilities[router.profiles.index(ps)] - router.abilities[router.profiles.index(pw)]
+def _joint_config(args: argparse.Namespace) -> Any:
+    from router_models.joint import JointConfig
+
+    return JointConfig(
+        rank=args.rank,
+        ridge_alpha=args.ridge_alpha,
+        lam_u=args.lam_u,
+        lam_g=args.lam_g,
+        lam_c=args.lam_c,
+        struct_scale=args.struct_scale,
+        max_iter=args.max_iter,
     )
-    j, k = m.models.index(strong), m.models.index(weak)
-    rep = evaluate_pair(g, m.scores[:, j], m.scores[:, k])
-    keep = ("n", "apgr", "cpt50", "cpt80", "random_apgr", "random_cpt50", "random_cpt80")
-    out = {k: rep[k] for k in keep}
-    out.update({"oracle_apgr": rep["oracle_apgr"], "oracle_cpt50": rep["oracle_cpt50"]})
-    out.update({"strong": strong, "weak": weak, "profiles": [ps, pw]})
-    return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    # scikit-learn is only needed to fit: keep `eval` and `calibrate` quick to start
-    from router_models.train import featurize_all, fit_router
+    # scipy/the fitting code are only needed to fit: keep `eval` and `calibrate` quick to start
+    import time
 
+    from router_models import loso
+    from router_models.card import model_card, router_from_fit
+
+    t0 = time.monotonic()
     sources = [s.strip() for s in args.data.split(",") if s.strip()]
     for s in sources:
         if s not in SOURCES:
             raise SystemExit(f"--data: unknown source {s!r}; choose from {list(SOURCES)}")
-    fconf: dict[str, Any] = {"name": args.featurizer}
-    featurizer = make_featurizer(fconf)
-    mats = {s: load_source(s) for s in SOURCES}
-    feats = {
-        s: featurize_all(featurizer, m.conversations(), f"featurize {s}", progress=not args.quiet)
-        for s, m in mats.items()
-    }
-
-    def train_on(srcs: list[str]) -> Router:
-        parts = []
-        for s in srcs:
-            m = mats[s]
-            mask = ~m.heldout if not args.all else np.ones(len(m.ids), bool)
-            parts.append((m.subset(mask), feats[s][mask]))
-        strong, weak = SOURCE_DEFAULTS["alpaca_eval" if "alpaca_eval" in srcs else srcs[0]]
-        return fit_router(featurizer, parts, args.alpha, args.rank, strong, weak)
-
-    sys.stderr.write(f"fitting on {', '.join(sources)} (alpha={args.alpha}, rank={args.rank})\n")
-    router = train_on(sources)
-    metrics: dict[str, Any] = {"heldout": {}, "cross_source": {}}
-    for s, m in mats.items():
-        ho = m.heldout
-        metrics["heldout"][s] = _pair_metrics(router, m.subset(ho), feats[s][ho])
-    if args.cross:
-        for a in SOURCES:
-            b = next(s for s in SOURCES if s != a)
-            sys.stderr.write(f"cross-source: fitting on {a}, measuring on held-out {b}\n")
-            r = train_on([a])
-            mb = mats[b]
-            metrics["cross_source"][f"{a}->{b}"] = _pair_metrics(
-                r, mb.subset(mb.heldout), feats[b][mb.heldout]
-            )
+    cfg = _joint_config(args)
+    sys.stderr.write("featurizing every source\n")
+    data = loso.load_all()
+    sys.stderr.write(f"fitting on the training splits of {', '.join(sources)}\n")
+    fitted = loso.fit(data, sources, cfg)
+    metrics: dict[str, Any] = {}
+    log = None if args.quiet else (lambda line: sys.stderr.write(line + "\n"))
+    if not args.no_eval:
+        sys.stderr.write("measuring on every source's held-out split\n")
+        metrics["heldout"] = loso.evaluate(data, cfg, "heldout", args.boot, sources, log, fitted)
+        if args.loso:
+            sys.stderr.write("leave-one-source-out: 5 more fits\n")
+            metrics["loso"] = loso.evaluate(data, cfg, "loso", args.boot, sources, log)
     date = dt.date.today().isoformat()
+    router = router_from_fit(fitted, data, sources, cfg)
+    router.meta.update(
+        {
+            "created": date,
+            "trained_on": sources,
+            "split": f"prompts whose sha256 % 100 >= {HELDOUT_PERCENT} (every source)",
+            "hyperparameters": {k: v for k, v in vars(cfg).items() if k != "source_weight"},
+            "train_seconds": round(time.monotonic() - t0, 1),
+        }
+    )
     out = Path(args.out)
-    router.meta = {
-        "created": date,
-        "trained_on": sources,
-        "split": "all prompts" if args.all else f"prompts whose sha256 % 100 >= {HELDOUT_PERCENT}",
-        "hyperparameters": {"alpha": args.alpha, "rank": args.rank},
-        "metrics": metrics,
-    }
-    tmp_version = f"{args.featurizer}-{date}"
-    router.version = tmp_version
+    router.version = f"joint-{date}"
     save_router(router, out, "")
     digest = hashlib.sha256((out / WEIGHTS).read_bytes()).hexdigest()[:10]
-    router.version = f"{tmp_version}-{digest}"
-    save_router(router, out, model_card(router, args))
-    print(f"wrote {out} (version {router.version})")
-    for s, met in metrics["heldout"].items():
-        print(
-            f"held-out {s:<12} APGR {met['apgr']:.4f} (random {met['random_apgr']:.4f}, oracle "
-            f"{met['oracle_apgr']:.4f})  CPT50 {met['cpt50']:.1f}%  CPT80 {met['cpt80']:.1f}%"
-        )
-    for key, met in metrics["cross_source"].items():
-        print(f"cross {key:<24} APGR {met['apgr']:.4f} (random {met['random_apgr']:.4f})")
+    router.version = f"joint-{date}-{digest}"
+    save_router(router, out, model_card(router, metrics, args))
+    if metrics:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    print(f"wrote {out} (version {router.version}) in {time.monotonic() - t0:.0f} s")
     return 0
 
 
-def model_card(router: Router, args: argparse.Namespace) -> str:
-    meta = router.meta
-    rows = []
-    for kind, table in (
-        ("held-out", meta["metrics"]["heldout"]),
-        ("cross-source", meta["metrics"]["cross_source"]),
-    ):
-        for key, m in table.items():
-            rows.append(
-                f"| {kind} | {key} | {m['strong']} vs {m['weak']} | {m['n']} | {m['apgr']:.4f} | "
-                f"{m['random_apgr']:.4f} | {m['oracle_apgr']:.4f} | {m['cpt50']:.1f}% | "
-                f"{m['random_cpt50']:.1f}% | {m['cpt80']:.1f}% | {m['random_cpt80']:.1f}% |"
-            )
-    fconf = router.featurizer.config()
-    header = (
-        "| split | source | pair | n | APGR | random APGR | oracle APGR | CPT(50%) | random "
-        "| CPT(80%) | random |\n|---|---|---|---|---|---|---|---|---|---|---|"
-    )
-    flags = (" --cross" if args.cross else "") + (" --all" if args.all else "")
-    return f"""# Router model card: {router.version}
+def cmd_loso(args: argparse.Namespace) -> int:
+    from router_models import loso
 
-- Created: {meta["created"]} by `tollgate router train --data {",".join(meta["trained_on"])} \
---featurizer {fconf["name"]} --alpha {args.alpha} --rank {args.rank}{flags} --out ...`
-- Featurizer: `{fconf["name"]}` {fconf}
-- Model: one ridge regression per model profile (scikit-learn `Ridge`, alpha={args.alpha}) on the
-  featurizer's sparse features, factored to rank {router.projection.shape[1]}: prompt vector
-  z = x @ W (W float16 in `weights.npz`), quality(m) = clip(z . v_m + b_m, 0.001, 0.999).
-  `strong_score(strong, weak)` = (1 + predicted strong - weak gap) / 2, i.e. the "gap" label.
-- Profiles ({len(router.profiles)}): {", ".join(router.profiles)}
-- Default strong / weak profile (for models without a profile): {router.default_strong} /
-  {router.default_weak}
-- Training split: {meta["split"]} (held-out split = the rest, by prompt).
-
-## Data and licences
-- AlpacaEval 2 annotations, tatsu-lab/alpaca_eval@cd543a149df89434d8a54582c0151c0b945c3d20,
-  data CC BY-NC 4.0 (code Apache-2.0); the answers come from the named models. Non-commercial:
-  this artifact is derived from it, so the same terms apply to the alpaca_eval profiles.
-  Label: P(model's answer beats the median model's on that prompt), Bradley-Terry from each
-  model's judged preference against the common gpt4_1106_preview reference.
-- LLMRouter correctness matrix, ulab-uiuc/LLMRouter@4e7a796942ce26e9d5f2b93191c7c2585c99c2e3,
-  MIT. Label: graded correctness in [0, 1]. Contains test items of public benchmarks (MMLU,
-  GSM8K, ...): no number is reported on any benchmark whose items were trained on.
-- Not used, not looked at: RouteLLM's evaluation data, Arena-Hard, MT-Bench (held out).
-
-## Metrics (RouteLLM definitions; APGR as a fraction, CPT as % of calls to the strong model)
-Measured on the held-out split of each source. Cross-source rows: a router fitted on one source
-only, measured on the other source's held-out split, scoring with its default strong/weak
-profiles because that source's models are unknown to it.
-
-{header}
-{chr(10).join(rows)}
-
-## Limits
-- Training conversations are single-turn; the featurizer reads every turn, the system prompt
-  and tool definitions, but structure features that never vary in training get little weight.
-- AlpacaEval has 805 prompts (about 160 held out): its APGR moves by a few points between
-  splits.
-- alpha and rank were picked on an inner validation split of the training prompts (alpha in
-  0.3/1/3/10 x rank 8/16/32/64). An earlier exploration also looked at the held-out split for
-  alpha 0.3/1/3 and for the AlpacaEval label (Bradley-Terry vs raw win probability), so the
-  held-out rows may be slightly optimistic; the cross-source rows are the transfer estimate.
-- Held-out prompts come from the same benchmarks as the training prompts (LLMRouter mixes
-  templated benchmark items), so in-source numbers overstate transfer to new traffic.
-"""
+    cfg = _joint_config(args)
+    data = loso.load_all()
+    sources = [s.strip() for s in args.sources.split(",") if s.strip()] or None
+    res = loso.evaluate(data, cfg, args.mode, args.boot, sources, print)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    loso.write_report(res, out)
+    print(f"wrote {out}")
+    return 0
 
 
 def _router_or_exit(spec: str | None) -> Router:
@@ -357,11 +273,29 @@ recorded (feedback and judge): tollgate router train --from-store (see its --hel
 Run tollgate router COMMAND --help for a command's options."""
 
 TRAIN_EPILOG = """\
+What the shipped artifact is: tollgate router train --loso --out router_models/artifacts/default
+(make router-artifact; ~5 min on 2 cores, deterministic).
+
 Refitting on your own traffic instead:
   tollgate router train --from-store [--config FILE] [--since 30d] [--out DIR]
 refits each model's profile on the feedback and judge scores recorded in the routing
 file's store and prints the held-out error before and after; it writes an artifact only
 with --out (tollgate router train --from-store --help)."""
+
+
+def _joint_args(p: argparse.ArgumentParser) -> None:
+    from router_models.joint import JointConfig
+
+    d = JointConfig()
+    p.add_argument("--rank", type=int, default=d.rank, help="rank of the prompt vector")
+    p.add_argument("--ridge-alpha", type=float, default=d.ridge_alpha, help="stage-1 ridge")
+    p.add_argument("--lam-u", type=float, default=d.lam_u, help="shrinkage of own profiles")
+    p.add_argument("--lam-g", type=float, default=d.lam_g, help="shrinkage of discrimination")
+    p.add_argument("--lam-c", type=float, default=d.lam_c, help="shrinkage of source offsets")
+    p.add_argument(
+        "--struct-scale", type=float, default=d.struct_scale, help="structure feature weight"
+    )
+    p.add_argument("--max-iter", type=int, default=d.max_iter, help="L-BFGS iterations")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -374,8 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train",
         help="fit a new router artifact (or --from-store: refit on recorded scores)",
-        description="Fit a new router artifact on the shipped training data (prompts "
-        "with the recorded quality of each model's answer) and write it to --out.",
+        description="Fit a new router artifact on the shipped training data (prompts with "
+        "the recorded quality of each model's answer, five sources) and write it to --out: a "
+        "joint item-response model over every source (router_models/joint.py).",
         epilog=TRAIN_EPILOG,
         formatter_class=raw,
     )
@@ -384,24 +319,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(SOURCES),
         help=f"comma-separated training sources (default: all of {', '.join(SOURCES)})",
     )
-    t.add_argument(
-        "--featurizer",
-        default="lexical",
-        choices=FEATURIZERS,
-        help="how prompts become vectors: lexical (default, no extra dependencies) or "
-        "semantic (MiniLM; pip install 'tollgate[semantic]')",
-    )
-    t.add_argument("--alpha", type=float, default=10.0, help="ridge regularisation (default 10)")
-    t.add_argument("--rank", type=int, default=32, help="size of the prompt vector (default 32)")
-    t.add_argument(
-        "--all", action="store_true", help="train on the held-out prompts too (no honest eval)"
-    )
-    t.add_argument(
-        "--cross", action="store_true", help="also measure transfer from one source to another"
-    )
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _joint_args(t)
+    t.add_argument("--loso", action="store_true", help="also measure leave-one-source-out")
+    t.add_argument("--no-eval", action="store_true", help="fit only, measure nothing")
+    t.add_argument("--boot", type=int, default=200, help="bootstrap draws for intervals")
+    t.add_argument("--quiet", action="store_true", help="no per-source lines on stderr")
     t.add_argument("--out", required=True, help="artifact directory to write")
     t.set_defaults(fn=cmd_train)
+
+    lo = sub.add_parser(
+        "loso",
+        help="measure transfer: leave-one-source-out (or the held-out split)",
+        description="Train on four sources, test on the fifth, for each source (or, with "
+        "--mode heldout, on each source's held-out prompts): two-model APGR and the "
+        "many-model cost at 95/97/99%% of the best model's quality against the random-mix "
+        "frontier, with bootstrap intervals.",
+    )
+    lo.add_argument("--mode", default="loso", choices=("loso", "heldout"))
+    lo.add_argument("--sources", default="", help="comma-separated sources to test (all)")
+    _joint_args(lo)
+    lo.add_argument("--boot", type=int, default=200, help="bootstrap draws for intervals")
+    lo.add_argument("--out", default="router-loso/report.json", help="report file")
+    lo.set_defaults(fn=cmd_loso)
 
     e = sub.add_parser(
         "eval",

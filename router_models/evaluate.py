@@ -208,6 +208,10 @@ def eval_multi(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
+        for it, row in zip(usable, q, strict=True):
+            pred = {m: round(float(v), 6) for m, v in zip(models, row, strict=True)}
+            f.write(json.dumps({"id": it.id, "quality": pred}) + "\n")
     out.write(f"n={len(usable)}\n")
     for m, s in singles.items():
         out.write(f"  single {m:<32} quality {s['quality']:.4f}  cost {s['cost']:g}\n")
@@ -220,7 +224,7 @@ def eval_multi(
         )
     else:
         out.write("no threshold reaches 95% of the best single model's quality\n")
-    out.write(f"wrote {out_dir / 'report.json'}\n")
+    out.write(f"wrote {out_dir / 'report.json'} and predictions.jsonl\n")
     return report
 
 

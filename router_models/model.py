@@ -1,13 +1,15 @@
 """The learned router: a prompt vector times a per-model ability vector, for N model profiles.
 
-quality(prompt, m) = clip(z . v_m + b_m), with z = x @ W the prompt vector (x the featurizer's
-sparse features) and (v_m, b_m) profile m's ability. It is the rank-k factorisation of one
-ridge regression per profile, so the strong-minus-weak gap of any pair of profiles is itself a
-ridge fit of the "gap" label. A new profile is fitted on z from a small set of scored prompts.
+raw(prompt, m) = z . v_m + b_m, with z = x @ W the prompt vector (x the featurizer's sparse
+features) and (v_m, b_m) profile m's ability; quality(prompt, m) = link(raw). The link is
+"logistic" (raw is a logit, quality its sigmoid: the joint item-response model of
+router_models/joint.py) or "identity" (quality = clip(raw): format-1 artifacts, one ridge
+regression per profile). A new profile is fitted on z from a small set of scored prompts.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,13 @@ from router_models.featurizers import Featurizer
 
 _EPS = 1e-3
 _ONE_EPS = 1.0 - _EPS
+LINKS = ("identity", "logistic")
+_exp = math.exp
+
+
+def _logistic(v: float) -> float:
+    """1 / (1 + e^-v); beyond |v| = 30 it is 0 or 1 to double precision, and NaN gives 0."""
+    return 1.0 / (1.0 + _exp(-v)) if -30.0 < v < 30.0 else float(v > 0)
 
 
 class Scored:
@@ -77,6 +86,9 @@ class Router:
         self.default_weak = default_weak
         self.version = version
         self.meta = dict(meta or {})
+        self.link = str(self.meta.get("link", "identity"))
+        if self.link not in LINKS:
+            raise ValueError(f"unknown link {self.link!r}; one of {LINKS}")
 
     # -- features -------------------------------------------------------------------------
     def featurize(
@@ -127,6 +139,17 @@ class Router:
         raw = self._raw(features)
         index = self._index
         out: list[float] = []
+        if self.link == "logistic":
+            try:
+                for p in profiles:
+                    v = raw[index[p]]
+                    # _logistic inlined (a call per candidate costs more than the arithmetic)
+                    out.append(1.0 / (1.0 + _exp(-v)) if -30.0 < v < 30.0 else float(v > 0))
+            except KeyError:
+                for p in profiles:
+                    self._row(p)
+                raise
+            return out
         try:
             # clipped to [_EPS, _ONE_EPS] with comparisons: min()/max() calls cost ~4x more,
             # and this runs per candidate on every routed request
@@ -140,12 +163,14 @@ class Router:
         return out
 
     def gap(self, features: np.ndarray | Scored, strong: str, weak: str) -> float:
-        """Predicted score of `strong` minus that of `weak` (unclipped)."""
+        """Predicted quality of `strong` minus that of `weak` (identity link: unclipped raw)."""
         index = self._index
         s, w = index.get(strong), index.get(weak)
         if s is None or w is None:
             s, w = self._row(strong), self._row(weak)  # raises, naming the profile
         raw = self._raw(features)
+        if self.link == "logistic":
+            return _logistic(raw[s]) - _logistic(raw[w])
         return raw[s] - raw[w]
 
     def strong_score(self, features: np.ndarray | Scored, strong: str, weak: str) -> float:
@@ -183,12 +208,16 @@ class Router:
         """(ability, bias) fitting scores `y` on prompt vectors `z`: ridge shrunk to `prior`.
 
         The prior defaults to the average trained profile, so a handful of prompts moves the
-        profile only as far as they justify.
+        profile only as far as they justify. With the logistic link the ridge runs on the
+        scores' logits (scores clipped to [0.05, 0.95]).
         """
         if len(y) == 0:
             raise ValueError("fitting a profile needs at least one scored prompt")
         if np.any((y < 0) | (y > 1)) or not np.all(np.isfinite(y)):
             raise ValueError("scores must be numbers in [0, 1]")
+        if self.link == "logistic":
+            yc = np.clip(np.asarray(y, dtype=np.float64), 0.05, 0.95)
+            y = np.log(yc / (1.0 - yc))
         v0, b0 = prior if prior is not None else (self.abilities.mean(axis=0), self.biases.mean())
         resid = y - (z @ v0 + b0)
         zc = z - z.mean(axis=0)

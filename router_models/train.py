@@ -1,22 +1,17 @@
-"""Fitting a Router from score matrices (scikit-learn Ridge to fit, numpy to serve)."""
+"""Training helpers: featurizing conversations into one sparse matrix, a progress bar.
+
+The router itself is fitted by router_models/joint.py (`tollgate router train`)."""
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.linear_model import Ridge
 
-from router_models.data import Matrix
 from router_models.featurizers import Featurizer
-from router_models.model import Router
-
-DEFAULT_STRONG = "humpback-llama2-70b"
-DEFAULT_WEAK = "gemma-2b-it"
 
 
 class Progress:
@@ -68,76 +63,4 @@ def featurize_all(
     return sp.csr_matrix(
         (val.astype(np.float64), idx, np.asarray(indptr)),
         shape=(len(conversations), featurizer.dim),
-    )
-
-
-def alpaca_label(scores: np.ndarray) -> np.ndarray:
-    """AlpacaEval label: P(the model's answer beats the field's median answer on that prompt).
-
-    Every model was judged against the same reference, so by Bradley-Terry the logit of
-    beating the median model is logit(p_m) - median_k logit(p_k), with p clipped to
-    [0.01, 0.99]. This removes prompt difficulty (how good the reference answer was) and keeps
-    the relative strength the router needs; strong models sit above 0.5, weak ones below.
-    """
-    p = np.clip(scores, 0.01, 0.99)
-    lg = np.log(p / (1 - p))
-    med = np.nanmedian(lg, axis=1, keepdims=True)
-    return 1.0 / (1.0 + np.exp(-(lg - med)))
-
-
-LABELS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "alpaca_eval": alpaca_label,
-    "dcrouter": lambda s: s,
-}
-
-
-def fit_heads(x: sp.csr_matrix, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """One ridge regression per model column (NaN cells filled with the column mean)."""
-    y = y.copy()
-    col_mean = np.nanmean(y, axis=0)
-    nan = np.isnan(y)
-    y[nan] = np.take(col_mean, np.nonzero(nan)[1])
-    ridge = Ridge(alpha=alpha, fit_intercept=True, solver="sparse_cg", tol=1e-5, max_iter=2000)
-    ridge.fit(x, y)
-    return np.asarray(ridge.coef_).T, np.asarray(ridge.intercept_)
-
-
-def fit_router(
-    featurizer: Featurizer,
-    parts: list[tuple[Matrix, sp.csr_matrix]],
-    alpha: float = 1.0,
-    rank: int = 32,
-    default_strong: str = DEFAULT_STRONG,
-    default_weak: str = DEFAULT_WEAK,
-    version: str = "dev",
-    meta: dict[str, Any] | None = None,
-) -> Router:
-    """Fit heads on every source, then factor them to rank `rank` (W = U S, abilities = V)."""
-    coefs, biases, profiles = [], [], []
-    for matrix, x in parts:
-        y = LABELS.get(matrix.source, lambda s: s)(matrix.scores)
-        c, b = fit_heads(x, y, alpha)
-        coefs.append(c)
-        biases.append(b)
-        profiles.extend(matrix.models)
-    if len(set(profiles)) != len(profiles):
-        raise ValueError("a model name appears in two sources; rename one")
-    big = np.hstack(coefs)  # [dim, n_profiles]
-    u, s, vt = np.linalg.svd(big, full_matrices=False)
-    k = min(rank, len(s))
-    projection = (u[:, :k] * s[:k]).astype(np.float32)
-    abilities = vt[:k].T
-    for name in (default_strong, default_weak):
-        if name not in profiles:
-            raise ValueError(f"default profile {name!r} is not among the trained models")
-    return Router(
-        featurizer,
-        projection,
-        abilities,
-        np.concatenate(biases),
-        profiles,
-        default_strong,
-        default_weak,
-        version,
-        meta,
     )

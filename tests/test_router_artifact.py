@@ -30,7 +30,7 @@ def test_default_artifact_loads_and_scores() -> None:
     q = router.quality(z, ["gemma-2b-it", "humpback-llama2-70b"])
     assert all(0.0 < v < 1.0 for v in q)
     assert 0.0 <= router.strong_score(z, "humpback-llama2-70b", "gemma-2b-it") <= 1.0
-    assert sum(f.stat().st_size for f in DEFAULT_DIR.iterdir()) < 4_000_000
+    assert sum(f.stat().st_size for f in DEFAULT_DIR.iterdir()) < 15_000_000
 
 
 def test_modified_weights_fail_with_checksum_error(tmp_path: Path) -> None:
@@ -89,4 +89,49 @@ def test_wrong_shapes_are_refused(tmp_path: Path) -> None:
     manifest["files"]["weights.npz"]["sha256"] = _sha256(art / "weights.npz")
     (art / "router.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="do not match"):
+        load_router(str(art))
+
+
+def test_default_artifact_profiles_are_canonical_and_data_backed() -> None:
+    manifest = json.loads((DEFAULT_DIR / "router.json").read_text())
+    assert manifest["format_version"] == 2 and manifest["link"] == "logistic"
+    router = load_router("default")
+    meta = manifest["profile_meta"]
+    assert set(meta) == set(router.profiles)
+    # the demo's four profiles and the RouteLLM pair, by canonical identity
+    for name in (
+        "gemma-2b-it",
+        "vicuna-13b-v1.5",
+        "humpback-llama2-70b",
+        "gpt-3.5-turbo-1106",
+        "gpt-4-1106-preview",
+        "mixtral-8x7b-instruct-v0.1",
+    ):
+        assert router.has_profile(name) and meta[name]["scored_prompts"] > 0
+    assert all(p == p.lower() and "/" not in p for p in router.profiles)
+    # one profile for the same model from several sources, with each source's count
+    llama = meta["llama-3.1-8b-instruct"]
+    assert {"dcrouter", "zeroeval_crux", "zeroeval_math", "mmlu_pro"} <= set(llama["sources"])
+    assert llama["scored_prompts"] == sum(llama["sources"].values())
+    assert "Meta-Llama-3_1-8B-Instruct" in llama["data_names"]["mmlu_pro"]
+    mix = meta["mixtral-8x7b-instruct-v0.1"]["data_names"]
+    assert mix["alpaca_eval"] == ["Mixtral-8x7B-Instruct-v0.1_concise"]
+    # trained on training splits only: no held-out AlpacaEval prompt counted
+    assert meta["gpt-4-1106-preview"]["sources"] == {"alpaca_eval": 805 - 162}
+
+
+def test_format_1_artifacts_still_load_with_the_identity_link(tmp_path: Path) -> None:
+    art = _copy_default(tmp_path)
+    manifest = json.loads((art / "router.json").read_text())
+    manifest["format_version"] = 1
+    del manifest["link"]
+    (art / "router.json").write_text(json.dumps(manifest))
+    old = load_router(str(art))
+    assert old.link == "identity"
+    z = old.featurize([{"role": "user", "content": "hi"}])
+    raw = old._raw(z)[old.profiles.index("gemma-2b-it")]
+    assert old.quality(z, ["gemma-2b-it"]) == [min(max(raw, 0.001), 0.999)]
+    manifest["link"] = "logistic"  # format 1 never had a link
+    (art / "router.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="format_version 1 has no link"):
         load_router(str(art))

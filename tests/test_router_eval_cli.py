@@ -141,6 +141,14 @@ def test_n_model_quality_cost_curve(tmp_path: Path) -> None:
     assert report["best_single_quality"] == 1.0
     assert report["cheapest_at_95pct_of_best"]["quality"] >= 0.95
     assert 0.0 < report["area"] <= 1.0
+    # one line of predicted quality per prompt, every model, as the router scores it
+    lines = [json.loads(x) for x in (tmp_path / "n" / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(x["id"] for x in lines) == sorted(f"p{i}" for i in range(1, 11))
+    by_id = {x["id"]: x["quality"] for x in lines}
+    assert set(by_id["p3"]) == {"S", "W"}
+    # identity link: big-profile's quality is the clipped log_chars feature, small's is 0.001
+    assert by_id["p3"]["S"] == pytest.approx(np.log1p(3) / 10.0, abs=1e-5)
+    assert by_id["p3"]["W"] == pytest.approx(0.001)
 
 
 def test_malformed_bench_line_names_file_and_line(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ def config(
     explore: str = "",
     store: str = "{backend: none}",
     keys: bool = False,
+    policy: str = "{kind: cheapest_above, target: 0.5}",
 ) -> str:
     lines = [
         "server: {retry_backoff_s: 0.01}",
@@ -51,7 +52,7 @@ def config(
         "router:",
         "  default_policy: balanced",
         "  policies:",
-        "    balanced: {kind: cheapest_above, target: 0.5}",
+        f"    balanced: {policy}",
     ]
     if explore:
         lines.append(f"  explore: {explore}")
@@ -234,8 +235,10 @@ def test_exploring_never_breaks_the_clients_cost_ceiling(
     fakes: Callable[..., FakeUpstream], gateway: Callable[..., GatewayProcess]
 ) -> None:
     ups = {name: fakes(name) for name, *_ in TIERS}
-    # share 1 and margin 1: every request goes to an alternative whenever one is eligible
-    gw = gateway(config(ups, "{share: 1.0, margin: 1.0}"))
+    # share 1 and margin 1: every request goes to an alternative whenever one is eligible;
+    # target 0: the router's own choice is always the cheapest, small
+    cheapest = "{kind: cheapest_above, target: 0.0}"
+    gw = gateway(config(ups, "{share: 1.0, margin: 1.0}", policy=cheapest))
     served_free: set[str] = set()
     served_capped: set[str] = set()
     explored_capped = 0
@@ -281,8 +284,17 @@ def test_router_train_from_store_weights_pairs_by_inverse_propensity(
     profile further towards the explored scores than the unweighted fit does."""
     ups = {name: fakes(name) for name, *_ in TIERS}
     store = '{backend: sqlite, sqlite_path: "${TOLLGATE_DB}"}'
-    gw = gateway(config(ups, "{share: 0.5, margin: 1.0}", store))
     n = 240
+    # the router's own choice splits these prompts between small and large (RouteLLM's
+    # calibration at a 50% strong share), so both have chosen and explored pairs
+    from router_models.evaluate import BenchItem, calibrate
+
+    items = [
+        BenchItem(str(i), [{"role": "user", "content": p}], {}) for i, p in enumerate(prompts(n))
+    ]
+    cut = calibrate(load_router(), items, 0.5, "humpback-llama2-70b", "gemma-2b-it")
+    policy = f"{{kind: threshold, threshold: {cut:.6f}, strong: large, weak: small}}"
+    gw = gateway(config(ups, "{share: 0.5, margin: 1.0}", store, policy=policy))
     with httpx.Client(timeout=30) as c:
         ids = []
         for p in prompts(n):
@@ -364,7 +376,7 @@ def test_weights_are_inverse_propensities_clipped_and_equal_weights_fit_as_befor
 
     router = load_router("default")
     rng = np.random.default_rng(7)
-    z, y = rng.normal(size=(60, 32)), rng.uniform(size=60)
+    z, y = rng.normal(size=(60, router.abilities.shape[1])), rng.uniform(size=60)
     prior = router.profile_vector("gemma-2b-it")
     v0, b0 = router.fit_profile(z, y, alpha=1.0, prior=prior)
     # equal weights of any size, through the weighted solver (one weight a hair off)

@@ -30,6 +30,18 @@ TIERS = [
 RANK = {"small": 0, "medium": 1, "large": 2}
 
 
+def _median_threshold() -> float:
+    """RouteLLM's calibration (`tollgate router calibrate --target-share 0.5`) on the
+    training prompts: the strong-vs-weak score that sends half of them to the strong tier."""
+    from router_models import load_router
+    from router_models.evaluate import BenchItem, calibrate
+
+    m = load_source("alpaca_eval")
+    train = m.subset(~m.heldout)
+    items = [BenchItem(i, c, {}) for i, c in zip(train.ids, train.conversations(), strict=True)]
+    return calibrate(load_router(), items, 0.5, "humpback-llama2-70b", "gemma-2b-it")
+
+
 def routed_config(fakes: dict[str, FakeUpstream], policies: str = "") -> str:
     lines = [
         "server: {retry_backoff_s: 0.01}",
@@ -38,7 +50,7 @@ def routed_config(fakes: dict[str, FakeUpstream], policies: str = "") -> str:
         "router:",
         "  default_policy: two-tier",
         "  policies:",
-        "    two-tier: {kind: threshold, threshold: 0.5}",
+        f"    two-tier: {{kind: threshold, threshold: {_median_threshold():.5f}}}",
         "    balanced: {kind: cheapest_above, target: 0.5}",
         policies,
         "models:",

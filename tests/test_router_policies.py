@@ -145,25 +145,50 @@ def test_one_pass_extremes_equal_max_and_min() -> None:
 
 
 def test_real_router_clips_and_scores_like_min_max() -> None:
-    """Router.quality and strong_score clip with comparisons; same values as min()/max(),
-    NaN included."""
+    """Router.quality and strong_score: the shipped artifact's logistic link, and the identity
+    link of format-1 artifacts clipped with comparisons (the same values as min()/max()); NaN
+    included."""
     import math
 
     from router_models.artifact import load_router
     from router_models.model import _EPS, _ONE_EPS, Router, Scored
 
     router = load_router("default")
-    assert isinstance(router, Router)
+    assert isinstance(router, Router) and router.link == "logistic"
+    identity = Router(
+        router.featurizer,
+        router.projection,
+        router.abilities,
+        router.biases,
+        router.profiles,
+        router.default_strong,
+        router.default_weak,
+        "identity-copy",
+        {"link": "identity"},
+    )
+
+    def logistic(v: float) -> float:
+        if math.isnan(v):
+            return 0.0
+        return 1.0 / (1.0 + math.exp(-v)) if abs(v) < 30 else float(v > 0)
+
     names = router.profiles[:6]
-    raws = [-3.0, 0.0, 0.0005, 0.5, 0.9995, 7.0, math.nan]
+    raws = [-40.0, -3.0, 0.0, 0.0005, 0.5, 0.9995, 7.0, 40.0, math.nan]
     for r0 in raws:
         for r1 in raws:
             raw = [0.0] * len(router.profiles)
             raw[router._index[names[0]]] = r0
             raw[router._index[names[1]]] = r1
             s = Scored(None, raw)  # type: ignore[arg-type]
-            got = router.quality(s, names[:2])
+            got = identity.quality(s, names[:2])
             want = [min(max(v, _EPS), _ONE_EPS) for v in (r0, r1)]
             assert [repr(x) for x in got] == [repr(x) for x in want]
             gap = 0.5 + 0.5 * (r0 - r1)
-            assert repr(router.strong_score(s, names[0], names[1])) == repr(min(1.0, max(0.0, gap)))
+            assert repr(identity.strong_score(s, names[0], names[1])) == repr(
+                min(1.0, max(0.0, gap))
+            )
+            q = router.quality(s, names[:2])
+            assert q == [logistic(r0), logistic(r1)]
+            want_s = 0.5 + 0.5 * (logistic(r0) - logistic(r1))
+            assert router.strong_score(s, names[0], names[1]) == want_s
+            assert 0.0 <= want_s <= 1.0

@@ -90,6 +90,9 @@ def weighted_fit(
         return fitted
     if np.any((y < 0) | (y > 1)) or not np.all(np.isfinite(y)):
         raise ValueError("scores must be numbers in [0, 1]")
+    if getattr(router, "link", "identity") == "logistic":  # fit_profile's logit-space ridge
+        yc = np.clip(np.asarray(y, dtype=np.float64), 0.05, 0.95)
+        y = np.log(yc / (1.0 - yc))
     if prior is None:  # what fit_profile shrinks towards: the average trained profile
         prior = (np.asarray(router.abilities).mean(axis=0), float(np.mean(router.biases)))
     v0, b0 = prior
@@ -103,8 +106,13 @@ def weighted_fit(
     return v0 + delta, float(b0) + rbar - float(zbar @ delta)
 
 
-def _wmse(pred: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
-    return float(np.average((np.clip(pred, 0, 1) - y) ** 2, weights=w))
+def _wmse(router: Any, raw: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    """Weighted squared error of the predicted quality (the router's link of the raw score)."""
+    if getattr(router, "link", "identity") == "logistic":
+        pred = 1.0 / (1.0 + np.exp(-raw))
+    else:
+        pred = np.clip(raw, 0, 1)
+    return float(np.average((pred - y) ** 2, weights=w))
 
 
 def fit_from_records(
@@ -143,10 +151,10 @@ def fit_from_records(
             zs = np.stack([z for z, _, _ in test])
             ys = np.array([y for _, y, _ in test])
             ws = np.array([w for _, _, w in test])
-            mse_new = _wmse(zs @ v + b, ys, ws)
+            mse_new = _wmse(router, zs @ v + b, ys, ws)
             if prior is not None:
                 pv, pb = prior
-                mse_cur = _wmse(zs @ pv + pb, ys, ws)
+                mse_cur = _wmse(router, zs @ pv + pb, ys, ws)
         fits.append(
             ProfileFit(model, profile, len(train), len(test), mse_cur, mse_new, v, b, not known)
         )
@@ -217,11 +225,17 @@ def main(argv: list[str]) -> int:
 
         print(f"{p.prog}: {describe_sources(args.config, cfg.store)}", file=sys.stderr)
         router = load_router(cfg.router.artifact)
+        # the profile each model is scored with, as the gateway resolves it (profile:, else
+        # its upstream name; placed priors are installed into the router)
+        from gateway.routing.profiles import resolve_profiles
+
+        resolved = resolve_profiles(cfg, router, args.config)
         records = asyncio.run(_records(args.config, parse_time(args.since)))
     except (ConfigError, RuntimeError, ValueError) as e:
         print(f"tollgate router train --from-store: {e}", file=sys.stderr)
         return 1
     profile_of = {m.name: m.profile or m.name for m in cfg.models}
+    profile_of.update({n: p.profile for n, p in resolved.items()})
     scored = sum(1 for r in records if _score(r) is not None and r.router_features is not None)
     print(f"{len(records)} records since {args.since}; {scored} with a score and a prompt vector")
     usable = [r for r in records if _score(r) is not None and r.router_features is not None]

@@ -18,11 +18,14 @@ from typing import Any
 import numpy as np
 
 DATA_DIR = Path(__file__).resolve().parent
-SOURCES = ("alpaca_eval", "dcrouter")
+SOURCES = ("alpaca_eval", "dcrouter", "zeroeval_crux", "zeroeval_math", "mmlu_pro")
 HELDOUT_PERCENT = 20  # share of prompts (by hash of the prompt text) held out for measurement
 
 ALPACA_COMMIT = "cd543a149df89434d8a54582c0151c0b945c3d20"
 DCROUTER_COMMIT = "4e7a796942ce26e9d5f2b93191c7c2585c99c2e3"
+ZEROEVAL_COMMIT = "570c6269a2e4930ee06a17e713fece1ba52cf1dd"
+MMLU_PRO_COMMIT = "f418b116db00b065c2aea046518d8fcf74d39872"
+WILDBENCH_COMMIT = "d6b8dcaf377d173d031980f97c16e1a82618c03d"
 
 
 @dataclass
@@ -35,6 +38,10 @@ class Matrix:
     models: list[str]
     scores: np.ndarray  # float64 [n_prompts, n_models] in [0, 1]
     heldout: np.ndarray  # bool [n_prompts]
+    # characters of each model's answer where the source records them (NaN elsewhere)
+    output_chars: np.ndarray | None = None
+    # data names merged into each canonical model (names.json)
+    data_names: dict[str, list[str]] | None = None
 
     def conversations(self) -> list[list[dict[str, Any]]]:
         return [[{"role": "user", "content": p}] for p in self.prompts]
@@ -48,6 +55,8 @@ class Matrix:
             list(self.models),
             self.scores[idx],
             self.heldout[idx],
+            None if self.output_chars is None else self.output_chars[idx],
+            self.data_names,
         )
 
     def table(self) -> list[tuple[list[dict[str, Any]], str, float]]:
@@ -70,29 +79,51 @@ def _prompt_id(source: str, prompt: str) -> str:
     return f"{source}-{hashlib.sha256(prompt.encode('utf-8')).hexdigest()[:12]}"
 
 
-def load_source(source: str, path: Path | None = None) -> Matrix:
-    """Read one copied source (`alpaca_eval` or `dcrouter`) as a Matrix."""
+def load_source(source: str, path: Path | None = None, canonical: bool = True) -> Matrix:
+    """Read one copied source (one of SOURCES) as a Matrix.
+
+    With `canonical` (the default) models carry their canonical identity (names.json); data
+    names that map to the same identity in one source (the same model from two providers)
+    are merged by averaging their scores.
+    """
     if source not in SOURCES and path is None:
         raise ValueError(f"unknown data source {source!r}; choose one of {list(SOURCES)}")
+    from router_models.data.names import canonical as canon
+
     p = path or DATA_DIR / f"{source}.json.gz"
     with gzip.open(p, "rt", encoding="utf-8") as f:
         doc = json.load(f)
-    models: list[str] = doc["models"]
+    raw_models: list[str] = doc["models"]
+    src = doc["source"]
+    groups: dict[str, list[str]] = {}
+    for m in raw_models:
+        groups.setdefault(canon(m, src) if canonical else m, []).append(m)
+    models = list(groups)
     items = doc["items"]
     scores = np.full((len(items), len(models)), np.nan)
+    chars = np.full((len(items), len(models)), np.nan)
+    has_chars = False
     for i, it in enumerate(items):
-        for j, m in enumerate(models):
-            v = it["scores"].get(m)
-            if v is not None:
-                scores[i, j] = float(v)
+        sc = it["scores"]
+        oc = it.get("output_chars") or {}
+        has_chars = has_chars or bool(oc)
+        for j, names in enumerate(groups.values()):
+            vs = [float(sc[n]) for n in names if sc.get(n) is not None]
+            if vs:
+                scores[i, j] = sum(vs) / len(vs)
+            cs = [float(oc[n]) for n in names if oc.get(n) is not None]
+            if cs:
+                chars[i, j] = sum(cs) / len(cs)
     prompts = [it["prompt"] for it in items]
     return Matrix(
-        source=doc["source"],
+        source=src,
         ids=[it["id"] for it in items],
         prompts=prompts,
         models=models,
         scores=scores,
         heldout=np.array([is_heldout(p) for p in prompts], dtype=bool),
+        output_chars=chars if has_chars else None,
+        data_names=groups,
     )
 
 
