@@ -29,7 +29,7 @@ from router_models.data import is_heldout
 
 KNOBS = {
     "max_utility": ("cost_weight", [0, 25, 50, 100, 150, 200, 300, 400, 600, 800, 1200, 2000]),
-    "cheapest_above": ("target", [0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9]),
+    "cheapest_above": ("target", [0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3, 0.5, 0.7]),
 }
 
 

@@ -121,7 +121,7 @@ models:
     err = r.stderr
     assert str(f) in err
     assert "models[2].profile: 'humpback-lama2-70b' is not a profile" in err, err
-    assert "did you mean 'humpback-llama2-70b'?" in err
+    assert "did you mean 'humpback-llama2-70b'" in err
     # the closest names, not the artifact's whole list of profiles
     assert "OpenHermes-2.5-Mistral-7B" not in err and "qwen2.5-7b-instruct" not in err
 

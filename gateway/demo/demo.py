@@ -223,7 +223,8 @@ def routed_shares(cfg_path: Path, results: list[Result], reference: str = "large
     rc: list[float] = []
     fq: list[float] = []
     fc: list[float] = []
-    for r in results:
+    # in prompt order, not completion order: the same run always gives the same intervals
+    for r in sorted(results, key=lambda r: r.instruction):
         model = by_tier.get(r.tier or "")
         if model is None:
             continue
