@@ -244,10 +244,15 @@ bootstrap draws over prompts (predictions fixed, prompts resampled).
   met**. No configuration tried transfers across sources (all at chance, see above); AlpacaEval
   has no transfer pair at all (gpt-4-1106-preview and the old chat models exist only there).
   Leave-one-source-out many-model cost is at the frontier (ratio 0.95-1.00).
-- Not done: a static MiniLM word-embedding table folded into the projection (word unigrams
-  share the 2^15 buckets with the character n-grams in `_lexical.c`, so folding would add
-  collision noise unless the featurizer gets a separate word block: a C change left for
-  later); the gateway has no `anchored` policy (gateway/ is not this change's).
+- Semantic features measured, not shipped: in the same leave-one-source-out harness the full
+  MiniLM sentence embedding (PCA 64, or a learned rank-48 projection) and a static WordPiece
+  table distilled from it (30,522 x 64, prompt = weighted mean of token rows), alone or beside
+  the lexical features, all stayed at the random-mix frontier (cost ratio at 97% 0.94-1.00)
+  with transfer-pair APGR within noise of 0.5; their mean per-model AUC on the held-out source
+  was 0.54-0.57 against 0.53 for the lexical features. The failure looks like per-source
+  calibration (which model is best on a new kind of prompt), not the prompt representation.
+  The static table costs 0.5 ms at 2,000 characters (WordPiece tokenisation), the full model
+  40 ms. The gateway has no `anchored` policy.
 
 ## Limits
 - The in-source held-out rows are slightly optimistic for the shipped configuration (see
