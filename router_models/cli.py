@@ -133,6 +133,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"router {router.version} on {args.bench} ({len(items)} lines)")
     if args.models:
         models = [m.strip() for m in args.models.split(",") if m.strip()]
+        _match_score_names(items, models)
         costs = {k: float(v) for k, v in _kv(args.costs, "--costs").items()}
         missing = [m for m in models if m not in costs]
         if missing:
@@ -142,6 +143,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     if not (args.strong and args.weak):
         raise SystemExit("router eval needs --strong A --weak B, or --models A,B,C --costs ...")
+    _match_score_names(items, [args.strong, args.weak])
     roles = {args.strong: "strong", args.weak: "weak"}
     mapping = eval_profiles(
         router, [args.strong, args.weak], explicit, roles, args.strict, sys.stdout
@@ -150,6 +152,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
         eval_pair(router, items, args.strong, args.weak, mapping, out_dir, sys.stdout), out_dir
     )
     return 0
+
+
+def _match_score_names(items: list[Any], models: list[str]) -> None:
+    """A model asked for under another spelling than the benchmark's (`llama3.1:8b` for
+    `Meta-Llama-3.1-8B-Instruct`) reads the score of the same canonical identity."""
+    from router_models.identity import canonical
+
+    want = {canonical(m): m for m in models}
+    seen: dict[str, str | None] = {}
+    for it in items:
+        for key in list(it.scores):
+            if key in models:
+                continue
+            if key not in seen:
+                seen[key] = want.get(canonical(key))
+            m = seen[key]
+            if m is not None and m not in it.scores:
+                it.scores[m] = it.scores[key]
 
 
 def write_chart(report: dict[str, Any], out_dir: Path) -> Path:

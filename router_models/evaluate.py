@@ -194,9 +194,13 @@ def eval_multi(
     goal = 0.95 * best["quality"]
     reaching = [p for p in pts if p["quality"] >= goal]
     cheapest = min(reaching, key=lambda p: p["cost"]) if reaching else None
+    from router_models.loso import cost_at_targets
+
+    targets = cost_at_targets(actual, q, cost)
     report = {
         "router": router.version,
         "policy": "cheapest_above",
+        "cost_at_targets": targets,
         "n": len(usable),
         "models": models,
         "profiles": {m: mapping[m] for m in models},
@@ -224,6 +228,18 @@ def eval_multi(
         )
     else:
         out.write("no threshold reaches 95% of the best single model's quality\n")
+    out.write(
+        "cost, as a share of the best single model's, to reach a share of its quality "
+        f"(routed: the {targets['policy']} policy family mixed with single models; 90% "
+        "bootstrap intervals):\n"
+    )
+    for t in ("95", "97", "99"):
+        r, fr = targets["router"][t], targets["frontier"][t]
+        out.write(
+            f"  {t}%: routed {r['cost_share']:.3f} [{r['ci90'][0]:.3f}, {r['ci90'][1]:.3f}]"
+            f"  random mix of single models {fr['cost_share']:.3f} "
+            f"[{fr['ci90'][0]:.3f}, {fr['ci90'][1]:.3f}]\n"
+        )
     out.write(f"wrote {out_dir / 'report.json'} and predictions.jsonl\n")
     return report
 

@@ -349,6 +349,48 @@ def many_model(
     return res
 
 
+def cost_at_targets(
+    y: np.ndarray, q_hat: np.ndarray, cost: np.ndarray, boot: int = 200, seed: int = 0
+) -> dict[str, Any]:
+    """`router eval`'s many-model numbers: true scores `y` [n, k], predictions `q_hat`
+    [n, k], each model's cost per call `cost` [k]. For each of TARGETS, the cost (as a share
+    of the best single model's) at which the routed mix, and a random mix of single models
+    (the frontier), reach that share of the best model's quality; 90% bootstrap intervals."""
+    n, k = y.shape
+    c = np.broadcast_to(np.asarray(cost, dtype=np.float64), (n, k))
+    choice = route_choices(q_hat, np.asarray(c), POLICY)
+    ar = np.arange(n)
+    rq, rc = y[ar[None, :], choice], c[ar[None, :], choice]
+
+    def measure(idx: np.ndarray) -> dict[str, list[float]]:
+        sq, sc = y[idx].mean(axis=0), c[idx].mean(axis=0)
+        pq, pc = rq[:, idx].mean(axis=1), rc[:, idx].mean(axis=1)
+        best = int(np.argmax(sq))
+        out: dict[str, list[float]] = {"router": [], "frontier": []}
+        for t in TARGETS:
+            goal = t * sq[best]
+            out["frontier"].append(hull_cost(sc, sq, goal) / sc[best])
+            out["router"].append(
+                hull_cost(np.concatenate([sc, pc]), np.concatenate([sq, pq]), goal) / sc[best]
+            )
+        return out
+
+    point = measure(ar)
+    rng = np.random.default_rng(seed)
+    draws = [measure(np.asarray(rng.integers(0, n, size=n))) for _ in range(boot)]
+    res: dict[str, Any] = {"policy": POLICY, "boot": boot}
+    for key in ("router", "frontier"):
+        arr = np.array([d[key] for d in draws])
+        res[key] = {
+            f"{int(t * 100)}": {
+                "cost_share": point[key][i],
+                "ci90": [float(np.quantile(arr[:, i], 0.05)), float(np.quantile(arr[:, i], 0.95))],
+            }
+            for i, t in enumerate(TARGETS)
+        }
+    return res
+
+
 def priced(m: Matrix, prices: dict[str, tuple[float, float]]) -> list[str]:
     return [x for x in m.models if x in prices]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -157,3 +158,32 @@ def test_malformed_bench_line_names_file_and_line(tmp_path: Path) -> None:
     res = _cli("eval", "--bench", str(bad), "--strong", "S", "--weak", "W", "--out", str(tmp_path))
     assert res.returncode == 2
     assert "bad.jsonl:2" in res.stderr
+
+
+def test_n_model_eval_reports_cost_at_targets_against_the_frontier(tmp_path: Path) -> None:
+    """Models asked for under other spellings than the benchmark's read the same scores; the
+    report gives the routed and the random-mix cost at 95/97/99% of the best model's quality,
+    each with a 90% interval."""
+    bench = tmp_path / "crux.jsonl"
+    split = _cli("split", "--source", "zeroeval_crux", "--out", str(bench))
+    assert split.returncode == 0, split.stderr
+    res = _cli(
+        "eval", "--bench", str(bench),
+        "--models", "gpt-4o,gpt-4o-mini,meta-llama/Llama-3.1-70B-Instruct,llama3.1:8b",
+        "--costs", "gpt-4o=10,gpt-4o-mini=0.6,llama3.1:8b=0.2",
+        "--costs", "meta-llama/Llama-3.1-70B-Instruct=0.9",
+        "--out", str(tmp_path / "m"),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "profile: llama3.1:8b -> llama-3.1-8b-instruct (source data" in res.stdout
+    report = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert report["n"] > 100  # every held-out prompt: the aliases found their scores
+    targets = report["cost_at_targets"]
+    for t in ("95", "97", "99"):
+        for side in ("router", "frontier"):
+            cell = targets[side][t]
+            lo, hi = cell["ci90"]
+            assert 0.0 < cell["cost_share"] <= 1.0 and lo <= hi
+        # routed points are mixed with the single models, so never above the frontier
+        assert targets["router"][t]["cost_share"] <= targets["frontier"][t]["cost_share"] + 1e-12
+        assert re.search(rf"  {t}%: routed [\d.]+ \[[\d.]+, [\d.]+\]  random mix", res.stdout)
