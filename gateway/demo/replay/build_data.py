@@ -1,6 +1,6 @@
 """Rebuild `gateway/demo/replay/data/` from the AlpacaEval annotation files (run once, offline).
 
-    python -m gateway.demo.replay.build_data /work/shared/data/alpaca_eval/full
+    python -m gateway.demo.replay.build_data ../shared/data/alpaca_eval/full
 
 Keeps, per model, only what the replay needs: the instruction, the model's answer
 (`output_2`) and the GPT-4-Turbo judge's preference (`preference`, 1..2) against the
@@ -43,4 +43,4 @@ def build(src: Path, dst: Path = DATA_DIR) -> None:
 
 
 if __name__ == "__main__":
-    build(Path(sys.argv[1] if len(sys.argv) > 1 else "/work/shared/data/alpaca_eval/full"))
+    build(Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/alpaca_eval/full"))
