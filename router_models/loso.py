@@ -303,10 +303,34 @@ def many_model(
     cost = call_costs(m, models, prices)[keep]
     chat = expected_costs(m, train, models, prices)[keep]
     choice = route_choices(qh, chat, policy)  # [L, n]
+    point, draws = _target_costs(y, cost, choice, boot, seed)
+    res: dict[str, Any] = {"source": m.source, "n": len(y), "models": models}
+    sq, sc = y.mean(axis=0), cost.mean(axis=0)
+    res["single"] = {
+        x: {"quality": float(sq[j]), "cost": float(sc[j])} for j, x in enumerate(models)
+    }
+    res.update(_intervals(point, draws))
+    ratio = np.array([[d["router"][i] / d["frontier"][i] for i in range(3)] for d in draws])
+    res["ratio"] = {
+        f"{int(t * 100)}": {
+            "value": point["router"][i] / point["frontier"][i],
+            "ci90": [float(np.quantile(ratio[:, i], 0.05)), float(np.quantile(ratio[:, i], 0.95))],
+        }
+        for i, t in enumerate(TARGETS)
+    }
+    return res
+
+
+def _target_costs(
+    y: np.ndarray, cost: np.ndarray, choice: np.ndarray, boot: int, seed: int
+) -> tuple[dict[str, list[float]], list[dict[str, list[float]]]]:
+    """For each of TARGETS, the cost (as a share of the best single model's) at which the
+    routed operating points `choice` [L, n] mixed with the single models, and the single
+    models alone (the random-mix frontier), reach that share of the best model's quality:
+    on all prompts, and on `boot` bootstrap resamples of them. `y`, `cost`: [n, k]."""
     n = len(y)
     ar = np.arange(n)
-    rq = y[ar[None, :], choice]  # [L, n]
-    rc = cost[ar[None, :], choice]
+    rq, rc = y[ar[None, :], choice], cost[ar[None, :], choice]  # [L, n]
 
     def measure(idx: np.ndarray) -> dict[str, list[float]]:
         sq, sc = y[idx].mean(axis=0), cost[idx].mean(axis=0)
@@ -321,14 +345,15 @@ def many_model(
             )
         return out
 
-    point = measure(ar)
     rng = np.random.default_rng(seed)
-    draws = [measure(rng.integers(0, n, n)) for _ in range(boot)]
-    res: dict[str, Any] = {"source": m.source, "n": n, "models": models}
-    sq, sc = y.mean(axis=0), cost.mean(axis=0)
-    res["single"] = {
-        x: {"quality": float(sq[j]), "cost": float(sc[j])} for j, x in enumerate(models)
-    }
+    return measure(ar), [measure(np.asarray(rng.integers(0, n, size=n))) for _ in range(boot)]
+
+
+def _intervals(
+    point: dict[str, list[float]], draws: list[dict[str, list[float]]]
+) -> dict[str, Any]:
+    """{"router"|"frontier": {"95": {"cost_share", "ci90"}, ...}} from `_target_costs`."""
+    res: dict[str, Any] = {}
     for key in ("router", "frontier"):
         arr = np.array([d[key] for d in draws])
         res[key] = {
@@ -338,14 +363,6 @@ def many_model(
             }
             for i, t in enumerate(TARGETS)
         }
-    ratio = np.array([[d["router"][i] / d["frontier"][i] for i in range(3)] for d in draws])
-    res["ratio"] = {
-        f"{int(t * 100)}": {
-            "value": point["router"][i] / point["frontier"][i],
-            "ci90": [float(np.quantile(ratio[:, i], 0.05)), float(np.quantile(ratio[:, i], 0.95))],
-        }
-        for i, t in enumerate(TARGETS)
-    }
     return res
 
 
@@ -353,42 +370,12 @@ def cost_at_targets(
     y: np.ndarray, q_hat: np.ndarray, cost: np.ndarray, boot: int = 200, seed: int = 0
 ) -> dict[str, Any]:
     """`router eval`'s many-model numbers: true scores `y` [n, k], predictions `q_hat`
-    [n, k], each model's cost per call `cost` [k]. For each of TARGETS, the cost (as a share
-    of the best single model's) at which the routed mix, and a random mix of single models
-    (the frontier), reach that share of the best model's quality; 90% bootstrap intervals."""
-    n, k = y.shape
-    c = np.broadcast_to(np.asarray(cost, dtype=np.float64), (n, k))
-    choice = route_choices(q_hat, np.asarray(c), POLICY)
-    ar = np.arange(n)
-    rq, rc = y[ar[None, :], choice], c[ar[None, :], choice]
-
-    def measure(idx: np.ndarray) -> dict[str, list[float]]:
-        sq, sc = y[idx].mean(axis=0), c[idx].mean(axis=0)
-        pq, pc = rq[:, idx].mean(axis=1), rc[:, idx].mean(axis=1)
-        best = int(np.argmax(sq))
-        out: dict[str, list[float]] = {"router": [], "frontier": []}
-        for t in TARGETS:
-            goal = t * sq[best]
-            out["frontier"].append(hull_cost(sc, sq, goal) / sc[best])
-            out["router"].append(
-                hull_cost(np.concatenate([sc, pc]), np.concatenate([sq, pq]), goal) / sc[best]
-            )
-        return out
-
-    point = measure(ar)
-    rng = np.random.default_rng(seed)
-    draws = [measure(np.asarray(rng.integers(0, n, size=n))) for _ in range(boot)]
-    res: dict[str, Any] = {"policy": POLICY, "boot": boot}
-    for key in ("router", "frontier"):
-        arr = np.array([d[key] for d in draws])
-        res[key] = {
-            f"{int(t * 100)}": {
-                "cost_share": point[key][i],
-                "ci90": [float(np.quantile(arr[:, i], 0.05)), float(np.quantile(arr[:, i], 0.95))],
-            }
-            for i, t in enumerate(TARGETS)
-        }
-    return res
+    [n, k], each model's cost per call `cost` [k]; see `_target_costs`."""
+    c = np.broadcast_to(np.asarray(cost, dtype=np.float64), y.shape)
+    point, draws = _target_costs(
+        y, np.asarray(c), route_choices(q_hat, np.asarray(c), POLICY), boot, seed
+    )
+    return {"policy": POLICY, "boot": boot, **_intervals(point, draws)}
 
 
 def priced(m: Matrix, prices: dict[str, tuple[float, float]]) -> list[str]:
