@@ -80,30 +80,6 @@ def read_bench(path: str | Path, need_scores: bool = True) -> list[BenchItem]:
     return items
 
 
-def map_profiles(
-    router: Router, names: list[str], explicit: dict[str, str], roles: dict[str, str], out: TextIO
-) -> dict[str, str]:
-    """Model name -> router profile; names without one fall back to the default strong/weak."""
-    mapping: dict[str, str] = {}
-    for name in names:
-        if name in explicit:
-            prof = explicit[name]
-            if not router.has_profile(prof):
-                raise KeyError(
-                    f"--profile {name}={prof}: no such profile; known: {', '.join(router.profiles)}"
-                )
-            how = "from --profile"
-        elif router.has_profile(name):
-            prof, how = name, "trained profile of the same name"
-        else:
-            role = roles.get(name, "weak")
-            prof = router.default_strong if role == "strong" else router.default_weak
-            how = f"NO PROFILE for {name!r}: falling back to the router's default {role} profile"
-        mapping[name] = prof
-        out.write(f"profile: {name} -> {prof} ({how})\n")
-    return mapping
-
-
 def eval_pair(
     router: Router,
     items: list[BenchItem],
