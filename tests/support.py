@@ -40,6 +40,33 @@ def model_block(name: str, tier: str, base_url: str, **extra: Any) -> str:
     return "\n".join(lines)
 
 
+# Three routed tiers, each scored by a real router profile and priced from its hardware:
+# (name = tier, profile, pricing)
+TIERS = [
+    ("small", "gemma-2b-it", "{hardware_usd_per_hour: 0.35, tokens_per_second: 120}"),
+    ("medium", "vicuna-13b-v1.5", "{hardware_usd_per_hour: 1.2, tokens_per_second: 60}"),
+    ("large", "humpback-llama2-70b", "{hardware_usd_per_hour: 4.8, tokens_per_second: 30}"),
+]
+
+
+def tier_models(base_urls: dict[str, str], extra: dict[str, str] | None = None) -> list[str]:
+    """The routing-file lines of the TIERS models (no retries), each at its base URL; `extra`
+    adds one line of settings to the named model."""
+    lines: list[str] = []
+    for name, profile, pricing in TIERS:
+        lines += [
+            f"  - name: {name}",
+            f"    tier: {name}",
+            f"    profile: {profile}",
+            f"    pricing: {pricing}",
+            "    retries: 0",
+            f"    endpoints: [{{base_url: '{base_urls[name]}'}}]",
+        ]
+        if extra and name in extra:
+            lines.append(f"    {extra[name]}")
+    return lines
+
+
 class GatewayProcess:
     """`tollgate serve --config FILE` in a subprocess; stopped by its PID only."""
 

@@ -24,13 +24,8 @@ from gateway.routing.explore import draws
 from router_models import load_router
 from router_models.data import load_source
 from tests.fake_upstream import FakeUpstream
-from tests.support import REPO, GatewayProcess, metric_samples, metric_total
+from tests.support import REPO, TIERS, GatewayProcess, metric_samples, metric_total, tier_models
 
-TIERS = [
-    ("small", "gemma-2b-it", "{hardware_usd_per_hour: 0.35, tokens_per_second: 120}"),
-    ("medium", "vicuna-13b-v1.5", "{hardware_usd_per_hour: 1.2, tokens_per_second: 60}"),
-    ("large", "humpback-llama2-70b", "{hardware_usd_per_hour: 4.8, tokens_per_second: 30}"),
-]
 # gateway keys: (id, key, explore_share or None)
 KEYS = [
     ("explorer", "key-explorer", 1.0),
@@ -67,15 +62,7 @@ def config(
             if share is not None:
                 lines.append(f"      explore_share: {share}")
     lines.append("models:")
-    for name, profile, pricing in TIERS:
-        lines += [
-            f"  - name: {name}",
-            f"    tier: {name}",
-            f"    profile: {profile}",
-            f"    pricing: {pricing}",
-            "    retries: 0",
-            f"    endpoints: [{{base_url: '{ups[name].base_url}'}}]",
-        ]
+    lines += tier_models({n: u.base_url for n, u in ups.items()})
     return "\n".join(lines)
 
 

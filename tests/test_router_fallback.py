@@ -15,16 +15,11 @@ import openai
 import pytest
 
 from tests.fake_upstream import FakeUpstream
-from tests.support import GatewayProcess
+from tests.support import TIERS, GatewayProcess, tier_models
 
 Fakes = Callable[..., FakeUpstream]
 Gw = Callable[..., GatewayProcess]
 
-TIERS = [
-    ("small", "gemma-2b-it", "{hardware_usd_per_hour: 0.35, tokens_per_second: 120}"),
-    ("medium", "vicuna-13b-v1.5", "{hardware_usd_per_hour: 1.2, tokens_per_second: 60}"),
-    ("large", "humpback-llama2-70b", "{hardware_usd_per_hour: 4.8, tokens_per_second: 30}"),
-]
 MSGS = [{"role": "user", "content": "Summarise the causes of the French revolution."}]
 
 
@@ -40,17 +35,8 @@ def config(ups: dict[str, FakeUpstream], fallback: str | None, medium_extra: str
         "    pick-medium: {kind: threshold, threshold: 1.01, strong: large, weak: medium}",
         "models:",
     ]
-    for name, profile, pricing in TIERS:
-        lines += [
-            f"  - name: {name}",
-            f"    tier: {name}",
-            f"    profile: {profile}",
-            f"    pricing: {pricing}",
-            "    retries: 0",
-            f"    endpoints: [{{base_url: '{ups[name].base_url}'}}]",
-        ]
-        if name == "medium" and medium_extra:
-            lines.append(f"    {medium_extra}")
+    urls = {n: u.base_url for n, u in ups.items()}
+    lines += tier_models(urls, {"medium": medium_extra} if medium_extra else None)
     return "\n".join(lines)
 
 
