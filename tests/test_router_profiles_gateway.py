@@ -56,6 +56,21 @@ def _check_config(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _check_with_finetune(
+    fakes: Callable[..., FakeUpstream], tmp_path: Path, settings: str
+) -> subprocess.CompletedProcess[str]:
+    """check-config on the three models plus `ft`, a router candidate serving a model no
+    catalog knows (`acme-support-ft-v3`), with the given tier/pricing lines."""
+    fu = fakes("ft")
+    text = _config(fakes, "  candidates: [mini, big, ft]") + (
+        f"\n  - name: ft\n    {settings}"
+        f"\n    endpoints: [{{base_url: '{fu.base_url}', model: 'acme-support-ft-v3'}}]"
+    )
+    path = tmp_path / "routing.yaml"
+    path.write_text(text)
+    return _check_config(path)
+
+
 def test_models_without_profile_are_routed_by_their_upstream_name(
     fakes: Callable[..., FakeUpstream], gateway: Callable[..., GatewayProcess]
 ) -> None:
@@ -116,14 +131,9 @@ def test_check_config_says_which_profile_each_model_uses(
 def test_an_unknown_candidate_gets_a_prior_from_its_tier_and_price(
     fakes: Callable[..., FakeUpstream], tmp_path: Path
 ) -> None:
-    fu = fakes("ft")
-    text = _config(fakes, "  candidates: [mini, big, ft]") + (
-        "\n  - name: ft\n    tier: small\n    pricing: {input_per_mtok: 0.1, output_per_mtok: 0.2}"
-        f"\n    endpoints: [{{base_url: '{fu.base_url}', model: 'acme-support-ft-v3'}}]"
+    done = _check_with_finetune(
+        fakes, tmp_path, "tier: small\n    pricing: {input_per_mtok: 0.1, output_per_mtok: 0.2}"
     )
-    path = tmp_path / "routing.yaml"
-    path.write_text(text)
-    done = _check_config(path)
     assert done.returncode == 0, done.stderr
     line = next(ln for ln in done.stderr.splitlines() if ln.startswith("  ft: "))
     assert "[prior]" in line and "PRIOR" in line
@@ -132,14 +142,7 @@ def test_an_unknown_candidate_gets_a_prior_from_its_tier_and_price(
 def test_a_candidate_nothing_is_known_about_is_refused_with_the_fix(
     fakes: Callable[..., FakeUpstream], tmp_path: Path
 ) -> None:
-    fu = fakes("ft")
-    text = _config(fakes, "  candidates: [mini, big, ft]") + (
-        "\n  - name: ft\n    tier: external"
-        f"\n    endpoints: [{{base_url: '{fu.base_url}', model: 'acme-support-ft-v3'}}]"
-    )
-    path = tmp_path / "routing.yaml"
-    path.write_text(text)
-    done = _check_config(path)
+    done = _check_with_finetune(fakes, tmp_path, "tier: external")
     assert done.returncode == 1
     assert "models[3] ('ft') is a router candidate, but nothing is known about" in done.stderr
     assert "set models[3].profile" in done.stderr and "Traceback" not in done.stderr
