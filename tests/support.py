@@ -40,6 +40,17 @@ def model_block(name: str, tier: str, base_url: str, **extra: Any) -> str:
     return "\n".join(lines)
 
 
+def router_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`tollgate router ARGS` (router_models.cli) in a subprocess from the repo root."""
+    return subprocess.run(
+        [sys.executable, "-m", "router_models.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 # Three routed tiers, each scored by a real router profile and priced from its hardware:
 # (name = tier, profile, pricing)
 TIERS = [

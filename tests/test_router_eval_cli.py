@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,10 @@ import pytest
 from router_models import Router, save_router
 from router_models.lexical import STRUCT_NAMES, LexicalFeaturizer
 from router_models.metrics import curve_metrics, router_curve
+from tests.support import router_cli
 
 ROOT = Path(__file__).resolve().parent.parent
+_cli = functools.partial(router_cli, timeout=60)
 
 # Ten prompts; the router below scores a prompt by its length, so prompt i (i = 1..10
 # characters) has the i-th lowest score.  weak is right on prompts 1, 2 and 4 (30%), strong on
@@ -60,16 +61,6 @@ def _bench(tmp_path: Path) -> Path:
                 line["messages"] = [{"role": "user", "content": "x" * i}]
             f.write(json.dumps(line) + "\n")
     return path
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "router_models.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_hand_computed_apgr_and_cpt(tmp_path: Path) -> None:

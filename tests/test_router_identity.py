@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from router_models.identity import (
     resolve_all,
 )
 from router_models.lexical import LexicalFeaturizer
+from tests.support import router_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -330,23 +329,13 @@ def test_profile_metadata_groups_anchors_by_dataset() -> None:
 # -- `tollgate router eval` ----------------------------------------------------------------------
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "router_models.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_router_eval_prints_sources_and_strict_refuses(tmp_path: Path) -> None:
     bench = tmp_path / "bench.jsonl"
     with open(bench, "w") as f:
         for i in range(12):
             scores = {"gpt-4o": 1.0, "llama3.1:8b": float(i % 2), "zorblax": 0.0}
             f.write(json.dumps({"id": f"p{i}", "prompt": "x" * (i + 1), "scores": scores}) + "\n")
-    res = _cli(
+    res = router_cli(
         "eval", "--bench", str(bench), "--strong", "gpt-4o", "--weak", "llama3.1:8b",
         "--out", str(tmp_path / "o"),
     )  # fmt: skip
@@ -358,7 +347,7 @@ def test_router_eval_prints_sources_and_strict_refuses(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["profiles"]["llama3.1:8b"] == "llama-3.1-8b-instruct"
 
-    res = _cli(
+    res = router_cli(
         "eval", "--bench", str(bench), "--models", "gpt-4o,llama3.1:8b,zorblax",
         "--costs", "gpt-4o=10,llama3.1:8b=0.2,zorblax=1", "--out", str(tmp_path / "m"),
     )  # fmt: skip
@@ -366,14 +355,14 @@ def test_router_eval_prints_sources_and_strict_refuses(tmp_path: Path) -> None:
     weak = load_router("default").default_weak  # the shared default, not zorblax's own
     assert f"profile: zorblax -> {weak} (source default: NO PROFILE" in res.stdout
 
-    strict = _cli(
+    strict = router_cli(
         "eval", "--bench", str(bench), "--strong", "zorblax", "--weak", "llama3.1:8b",
         "--strict", "--out", str(tmp_path / "s"),
     )  # fmt: skip
     assert strict.returncode != 0
     assert "--strict" in strict.stderr and "zorblax: default" in strict.stderr
     assert not (tmp_path / "s" / "report.json").exists()
-    ok = _cli(
+    ok = router_cli(
         "eval", "--bench", str(bench), "--strong", "llama3.1:8b", "--weak", "zorblax",
         "--profile", "zorblax=gemma-2b-it", "--strict", "--out", str(tmp_path / "k"),
     )  # fmt: skip
@@ -395,10 +384,10 @@ def test_strict_refuses_a_prior(tmp_path: Path) -> None:
     )
     args = ["eval", "--bench", str(bench), "--strong", "gpt-4o-2024-05-13"]
     args += ["--weak", "claude-3.5-sonnet", "--router", str(art), "--out", str(tmp_path / "o")]
-    res = _cli(*args)
+    res = router_cli(*args)
     assert res.returncode == 0, res.stderr
     assert "claude-3.5-sonnet -> prior:claude-3-5-sonnet-20240620 (source prior:" in res.stdout
-    refused = _cli(*args, "--strict")
+    refused = router_cli(*args, "--strict")
     assert refused.returncode != 0 and "claude-3.5-sonnet: prior" in refused.stderr
 
 
