@@ -653,12 +653,7 @@ class Proxy:
         data = await self._attempts(rt, plan, rec, state, attempt)
         if "model" in data:
             data["model"] = rec.model
-        usage = data.get("usage")
-        self._usage(rec, usage)
-        if not isinstance(usage, dict) or "prompt_tokens" not in usage:
-            rec.tokens_estimated = True
-            rec.prompt_tokens = _estimate_prompt(body)
-            rec.completion_tokens = pricing.estimate_tokens(_answer_text(data))
+        self._tokens(rec, body, data)
         if state["messages"] is not None:
             state["answer"] = _answer_text(data)
         out = orjson.dumps(data)
@@ -715,14 +710,18 @@ class Proxy:
             rec.latency_ms = (time.perf_counter() - t0) * 1000.0
             rec.upstream_ms = state["upstream_s"] * 1000.0
             rec.overhead_ms = max(0.0, rec.latency_ms - rec.upstream_ms)
+        self._tokens(rec, body, data)
+        self.gw.price(rt, rec)
+        return data
+
+    def _tokens(self, rec: RequestRecord, body: dict[str, Any], data: dict[str, Any]) -> None:
+        """A JSON answer's token counts: its `usage`, else estimated from the text."""
         usage = data.get("usage")
         self._usage(rec, usage)
         if not isinstance(usage, dict) or "prompt_tokens" not in usage:
             rec.tokens_estimated = True
             rec.prompt_tokens = _estimate_prompt(body)
             rec.completion_tokens = pricing.estimate_tokens(_answer_text(data))
-        self.gw.price(rt, rec)
-        return data
 
     @staticmethod
     def _usage(rec: RequestRecord, usage: Any) -> None:
