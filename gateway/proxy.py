@@ -25,7 +25,12 @@ import orjson
 from gateway.accounting import pricing
 from gateway.accounting.metrics import Metrics
 from gateway.accounting.records import RequestRecord
-from gateway.api.validation import validate_chat, validate_completion, validate_embeddings
+from gateway.api.validation import (
+    too_deep,
+    validate_chat,
+    validate_completion,
+    validate_embeddings,
+)
 from gateway.errors import (
     AuthenticationFailed,
     BodyTooLarge,
@@ -447,7 +452,10 @@ class Proxy:
             so = dict(out.get("stream_options") or {})
             so["include_usage"] = True
             out["stream_options"] = so
-        return orjson.dumps(out)
+        try:
+            return orjson.dumps(out)
+        except orjson.JSONEncodeError:  # parsed (1024 levels) but too deep to send (254)
+            raise too_deep(body) from None
 
     async def _attempts(
         self,

@@ -74,7 +74,9 @@ class Conversation:
             calls = msg.get("tool_calls")
             if calls:
                 for call in calls:
-                    fn = call.get("function", {}) if isinstance(call, dict) else {}
+                    fn = call.get("function") if isinstance(call, dict) else None
+                    if not isinstance(fn, dict):  # the gateway refuses these; others skip
+                        continue
                     text += f"\n{fn.get('name', '')} {fn.get('arguments', '')}"
             if role in ("system", "developer"):
                 system.append(text)

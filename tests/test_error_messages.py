@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from tests.fake_upstream import FakeUpstream
-from tests.support import GatewayProcess, model_block
+from tests.support import TIERS, GatewayProcess, model_block, tier_models
 from tests.test_config_cli import run_cli
 
 Fakes = Callable[..., FakeUpstream]
@@ -166,3 +168,79 @@ models:
     )
     assert "models[0].max_concurrency: Input should be greater than or equal to 1, got -3" in err
     assert "models[0].endpoints[0].modle: unknown field 'modle'; did you mean 'model'?" in err
+
+
+def _routed(fakes: Fakes, gateway: Gw) -> GatewayProcess:
+    """The three routed tiers behind `auto` (default policy cheapest_above 0.5)."""
+    urls = {name: fakes(name).base_url for name, *_ in TIERS}
+    return gateway(
+        "\n".join(
+            [
+                "store: {backend: none}",
+                "router: {default_policy: balanced, policies: "
+                "{balanced: {kind: cheapest_above, target: 0.5}}}",
+                "models:",
+                *tier_models(urls),
+            ]
+        )
+    )
+
+
+def test_malformed_messages_and_deep_nesting_get_a_400_naming_the_field(
+    fakes: Fakes, gateway: Gw
+) -> None:
+    """Shapes that once crashed the router's reading of the conversation or the re-encoding of
+    the body (500 and a traceback) are the client's error: a 400 naming the field and the fix,
+    for a pinned model and for `auto` alike; nothing reaches an upstream."""
+    gw = _routed(fakes, gateway)
+    user = {"role": "user", "content": "hi"}
+    deep = "[" * 300 + "]" * 300  # parsed (orjson reads 1024 levels), too deep to re-encode
+    cases: list[tuple[bytes, str, str]] = [
+        (
+            b'{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "x_extra": '
+            + deep.encode()
+            + b"}",
+            "x_extra[0]",
+            "more than 254 levels deep",
+        ),
+        (
+            b'{"model": "%s", "messages": [{"role": "user", "content": "hi", "meta": '
+            + ('{"a": ' * 400 + "1" + "}" * 400).encode()
+            + b"}]}",
+            "messages[0].meta",
+            "flatten it",
+        ),
+    ]
+    m1, fn = "messages[1]", {"name": "f", "arguments": {}}
+    shapes: list[tuple[Any, str, str]] = [
+        ({"role": "assistant", "tool_calls": [{"function": 5}]}, f"{m1}.tool_calls[0].function",
+         "got 5"),
+        ({"role": "assistant", "tool_calls": {"id": "c"}}, f"{m1}.tool_calls",
+         "an array of tool calls"),
+        ({"role": "assistant", "tool_calls": [7]}, f"{m1}.tool_calls[0]", "must be an object"),
+        ({"role": "assistant", "tool_calls": [{"function": fn}]},
+         f"{m1}.tool_calls[0].function.arguments", "a string holding JSON"),
+        ({"role": "user", "content": [{"type": "text", "text": 5}]}, f"{m1}.content[0].text",
+         "must be a string"),
+        ({"role": "user", "content": "hi", "name": 5}, f"{m1}.name", "must be a string"),
+        (["user", "hi"], m1, "an object with 'role'"),
+    ]  # fmt: skip
+    for msg, param, words in shapes:
+        body = orjson.dumps({"model": "MODEL", "messages": [user, msg]}).replace(b"MODEL", b"%s")
+        cases.append((body, param, words))
+    for template, param, words in cases:
+        for model in ("small", "auto"):
+            r = httpx.post(
+                f"{gw.base_url}/chat/completions",
+                content=template.replace(b"%s", model.encode(), 1),
+                headers={"content-type": "application/json"},
+                timeout=30,
+            )
+            assert r.status_code == 400, (model, param, r.text)
+            err = r.json()["error"]
+            assert err["type"] == "invalid_request_error"
+            assert err["param"] == param, (model, err)
+            assert err["message"].startswith(f"'{param}' "), err
+            assert words in err["message"], err
+    logs = gw.logs()
+    assert "Traceback" not in logs and "unexpected error" not in logs, logs[-3000:]

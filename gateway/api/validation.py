@@ -24,6 +24,9 @@ _TYPE_NAMES = {
     type(None): "null",
 }
 
+# the deepest nesting the gateway can forward: orjson serialises at most 254 levels
+MAX_DEPTH = 254
+
 _COUNTS = (
     ("max_tokens", "send a whole number of tokens, 0 or more, such as 256, or leave it out"),
     (
@@ -151,6 +154,24 @@ def validate_chat(body: Any) -> None:
                         part,
                         'send {"type": "text", "text": "..."}',
                     )
+                if part["type"] == "text" and not isinstance(part.get("text"), str):
+                    raise _bad(
+                        f"{where}.content[{j}].text",
+                        "a string",
+                        part.get("text"),
+                        'send {"type": "text", "text": "..."}',
+                    )
+        name = m.get("name")
+        if name is not None and not isinstance(name, str):
+            raise _bad(
+                f"{where}.name",
+                "a string",
+                name,
+                "send the participant's name as a string, or leave it out",
+            )
+        calls = m.get("tool_calls")
+        if calls is not None:
+            _tool_calls(calls, f"{where}.tool_calls")
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise _bad(
@@ -159,6 +180,72 @@ def validate_chat(body: Any) -> None:
             tools,
             'send [{"type": "function", "function": {"name": ..., "parameters": ...}}]',
         )
+
+
+_CALL_FIX = (
+    'send [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]'
+)
+
+
+def _tool_calls(calls: Any, where: str) -> None:
+    """An assistant message's `tool_calls`: a list of {"function": {"name", "arguments"}}."""
+    if not isinstance(calls, list):
+        raise _bad(where, "an array of tool calls", calls, _CALL_FIX)
+    for k, call in enumerate(calls):
+        at = f"{where}[{k}]"
+        if not isinstance(call, dict):
+            raise _bad(at, "an object", call, _CALL_FIX)
+        fn = call.get("function")
+        if fn is None:
+            continue
+        if not isinstance(fn, dict):
+            raise _bad(f"{at}.function", 'an object with "name" and "arguments"', fn, _CALL_FIX)
+        for field in ("name", "arguments"):
+            v = fn.get(field)
+            if v is not None and not isinstance(v, str):
+                fix = (
+                    "send the arguments as a string holding JSON, such as '{\"x\": 1}'"
+                    if field == "arguments"
+                    else "send the function's name as a string"
+                )
+                raise _bad(f"{at}.function.{field}", "a string", v, fix)
+
+
+def too_deep(body: dict[str, Any]) -> InvalidRequest:
+    """The 400 for a body nested deeper than MAX_DEPTH (orjson parses up to 1024 levels but
+    serialises at most 254). Only on that error path: names the field that is too deep, down
+    to one item of a list and its field (such as messages[2].content)."""
+    param = "(the request body)"
+    for key, value in body.items():
+        if _fits(value, 1):
+            continue
+        param = key if len(key) <= 40 else key[:37] + "..."
+        for i, item in enumerate(value if isinstance(value, list) else ()):
+            if _fits(item, 2):
+                continue
+            param += f"[{i}]"
+            for k, v in item.items() if isinstance(item, dict) else ():
+                if not _fits(v, 3):
+                    param += f".{k if len(k) <= 40 else k[:37] + '...'}"
+                    break
+            break
+        break
+    return InvalidRequest(
+        f"'{param}' nests arrays and objects more than {MAX_DEPTH} levels deep, more than this "
+        "gateway forwards; flatten it, or send that data as a JSON-encoded string",
+        param=param,
+    )
+
+
+def _fits(value: Any, above: int) -> bool:
+    """Whether `value`, inside `above` levels of nesting, is shallow enough to serialise."""
+    for _ in range(above):
+        value = [value]
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return False
+    return True
 
 
 def validate_completion(body: Any) -> None:
