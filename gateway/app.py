@@ -34,6 +34,7 @@ from gateway.accounting.store import make_store
 from gateway.config import ConfigError, RoutingConfig, load_config
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError, error_body
 from gateway.proxy import HOT_PATHS, Proxy, Receive, Scope, Send, new_request_id
+from gateway.routing.policies import POLICIES
 from gateway.routing.profiles import wants_router
 from gateway.routing.runtime import Runtime, UpstreamPool
 from gateway.upstreams.pool import STATE_NAMES, Upstream
@@ -64,11 +65,15 @@ class Gateway:
 
     def __init__(self, cfg: RoutingConfig, config_path: str | None = None) -> None:
         self.config_path = config_path
-        self.metrics = Metrics()
+        self.metrics = Metrics(
+            max_label_length=cfg.server.metrics_max_label_length,
+            max_series_per_metric=cfg.server.metrics_max_series_per_metric,
+        )
         self.pool = UpstreamPool(self._on_circuit)
         self._router_spec = cfg.router.artifact
         self.router = self._router_for(cfg)
         self.runtime = Runtime(cfg, self.pool, self.router, config_path or "the routing file")
+        self._metric_names()
         self.key_hashes = {k.sha256: k.id for k in cfg.auth.keys}
         self.store = make_store(cfg.store)
         self.recorder = Recorder(self.store, cfg.store, self.metrics)
@@ -136,6 +141,7 @@ class Gateway:
             return False
         self.router = router
         self.runtime = runtime
+        self._metric_names()
         self.key_hashes = {k.sha256: k.id for k in cfg.auth.keys}
         self.judge_enabled = bool(cfg.judge.model and cfg.judge.sample_rate > 0)
         self.judge.update(cfg.judge)
@@ -147,6 +153,12 @@ class Gateway:
             "config reloaded (%s): %d models, %d routes", reason, len(cfg.models), len(cfg.routes)
         )
         return True
+
+    def _metric_names(self) -> None:
+        """Tell the metrics which names are configured: any other a client sends is "other"."""
+        s = self.config.server
+        self.metrics.limits(s.metrics_max_label_length, s.metrics_max_series_per_metric)
+        self.metrics.names(self.runtime.public_names(), (f"router-{k}-" for k in POLICIES))
 
     async def _watch_config(self) -> None:
         while True:
@@ -380,9 +392,10 @@ def build_fastapi(gw: Gateway) -> FastAPI:
         for m in gw.runtime.models_listing():
             if m["id"] == model_id:
                 return Response(orjson.dumps(m), media_type="application/json")
+        shown = model_id if len(model_id) <= 80 else f"{model_id[:77]}..."
         return _openai_error(
             404,
-            f"the model {model_id!r} does not exist on this gateway",
+            f"the model {shown!r} does not exist on this gateway",
             "invalid_request_error",
             "model",
             "model_not_found",

@@ -229,6 +229,10 @@ class ServerConfig(_Strict):
     retry_backoff_s: float = Field(0.1, ge=0, description="base of the jittered backoff")
     max_backoff_s: float = Field(5.0, ge=0)
     metrics_per_key: bool = False
+    # /metrics stays bounded whatever names clients send: a label value is cut to this many
+    # characters, and a metric keeps at most this many label combinations (later: "other")
+    metrics_max_label_length: int = Field(100, ge=8, le=1000)
+    metrics_max_series_per_metric: int = Field(1000, ge=10)
 
 
 class GatewayKey(_Strict):

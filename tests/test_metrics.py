@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import os
+import random
+import string
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.accounting.metrics import Metrics
 from gateway.accounting.records import RequestRecord
-from tests.support import metric_samples, metric_total
+from tests.fake_upstream import FakeUpstream
+from tests.support import (
+    TIERS,
+    GatewayProcess,
+    metric_samples,
+    metric_total,
+    model_block,
+    tier_models,
+)
 
 
 def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -203,4 +215,102 @@ def test_negative_token_counts_are_not_counted() -> None:
     s = samples(m)
     assert total(s, "tollgate_tokens_total", direction="input") == 0
     assert total(s, "tollgate_tokens_total", direction="output") == 7
+    assert total(s, "tollgate_requests_total") == 1
+
+
+def _sample_lines(text: str) -> int:
+    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def test_client_chosen_names_do_not_grow_metrics(
+    fakes: Callable[..., FakeUpstream], gateway: Callable[..., GatewayProcess]
+) -> None:
+    """Whatever model names a client sends, /metrics stays the same size: unknown names (short
+    or 1 MB) and router-<policy>-<x> thresholds collapse into bounded label values; the
+    errors for the unknown names are 4xx in OpenAI's format that do not echo 1 MB back."""
+    urls = {name: fakes(name).base_url for name, *_ in TIERS}
+    cfg = [
+        "store: {backend: none}",
+        "router: {default_policy: balanced, policies: "
+        "{balanced: {kind: cheapest_above, target: 0.5}}}",
+        "models:",
+        *tier_models(urls),
+    ]
+    gw = gateway("\n".join(cfg))
+    rng = random.Random(7)
+    msgs = [{"role": "user", "content": "hi"}]
+
+    def chat(c: httpx.Client, model: str) -> httpx.Response:
+        return c.post(f"{gw.base_url}/chat/completions", json={"model": model, "messages": msgs})
+
+    with httpx.Client(timeout=30) as c:
+        # one request of every kind first: the series they add are the bounded set
+        for model in ("small", "auto", "router-max_utility-0.5", "no-such-model", "x" * 5000):
+            chat(c, model)
+        before = c.get(f"{gw.url}/metrics").text
+        for _ in range(2000):
+            name = "".join(
+                rng.choices(string.ascii_lowercase + string.digits, k=rng.randint(4, 40))
+            )
+            r = chat(c, name)
+            assert r.status_code == 404, r.text
+            assert r.json()["error"]["code"] == "model_not_found"
+        for i in range(5):
+            huge = f"{i}" + "m" * (1 << 20)
+            r = chat(c, huge)
+            assert 400 <= r.status_code < 500, r.text[:300]
+            err = r.json()["error"]
+            assert err["type"] == "invalid_request_error" and err["param"] == "model"
+            assert f"{i}mmmm" in err["message"]  # the name, cut short
+            assert len(r.content) < 4096
+        for _ in range(50):
+            r = chat(c, f"router-max_utility-{rng.random():.6f}")
+            assert r.status_code == 200, r.text
+        after = c.get(f"{gw.url}/metrics")
+    assert len(after.content) < 1 << 20
+    assert _sample_lines(after.text) <= _sample_lines(before) + 30, after.text[-3000:]
+    samples = metric_samples(after.text)
+    assert metric_total(samples, "tollgate_requests_total", route="other", status="404") >= 2000
+    assert metric_total(samples, "tollgate_requests_total") == 5 + 2000 + 5 + 50
+
+
+def test_label_length_and_series_per_metric_are_capped() -> None:
+    m = Metrics(max_label_length=10, max_series_per_metric=12)
+    m.names(["chat", "small", "a-model-with-a-long-name"], ["router-max_utility-"])
+    m.observe(rec(0, model="a-model-with-a-long-name"))
+    m.observe(rec(1, route="router-max_utility-0.123", status=200))
+    m.observe(rec(2, route="not-configured", model="nor-this"))
+    for i in range(40):  # an upstream that answers with 40 different statuses
+        m.observe(rec(10 + i, status=400 + i))
+        m.upstream_error("small", f"kind-{i}")
+    s = samples(m)
+    routes = {dict(lab)["route"] for (n, lab) in s if n == "tollgate_requests_total"}
+    models = {dict(lab)["model"] for (n, lab) in s if n == "tollgate_requests_total"}
+    assert routes == {"chat", "router-max", "other"}  # cut to 10 characters
+    assert models == {"small", "a-model-wi", "other"}
+    for name in ("tollgate_requests_total", "tollgate_upstream_errors_total"):
+        combos = {lab for (n, lab) in s if n == name}
+        assert len(combos) == 13, combos  # 12, then one all-"other" series
+    assert total(s, "tollgate_requests_total") == 43
+    assert total(s, "tollgate_upstream_errors_total") == 40
+
+
+def test_metric_limits_are_routing_file_settings(
+    fakes: Callable[..., FakeUpstream], gateway: Callable[..., GatewayProcess]
+) -> None:
+    up = fakes("long")
+    name = "a-model-named-at-some-length"
+    gw = gateway(
+        "store: {backend: none}\n"
+        "server: {metrics_max_label_length: 12, metrics_max_series_per_metric: 10}\n"
+        "models:\n" + model_block(name, "small", up.base_url)
+    )
+    r = httpx.post(
+        f"{gw.base_url}/chat/completions",
+        json={"model": name, "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    s = metric_samples(httpx.get(f"{gw.url}/metrics", timeout=30).text)
+    assert total(s, "tollgate_requests_total", model=name[:12], route=name[:12]) == 1
     assert total(s, "tollgate_requests_total") == 1

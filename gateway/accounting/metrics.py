@@ -13,8 +13,12 @@ the plain additions ~3 us. With several workers every value goes to the mmap fil
 (the rendering worker cannot make the others flush). Observing and rendering both run on the
 event loop's thread, so a fold never races an addition.
 
-Label cardinality is bounded twice: the caller passes only configured route/model names, and
-every label keeps at most `max_label_values` distinct values, later ones reported as "other".
+A client chooses the `model` it sends, so no label value is taken from it as it is: once the
+gateway has told `names()` what is configured, a route or model name that is none of those
+is reported as "other", and router-<policy>-<x> as router-<policy> (x is any number the
+client likes). On top of that, every label value is cut to `max_label_length` characters,
+every label keeps at most `max_label_values` distinct values, and every metric at most
+`max_series_per_metric` label combinations; past either, values are reported as "other".
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import contextlib
 import os
 import threading
 from bisect import bisect_left
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,15 +56,19 @@ def multiprocess_dir() -> str | None:
 
 
 class _Bounded:
-    """Maps label values onto at most `limit` distinct values per label name."""
+    """Maps label values onto at most `limit` distinct values per label name, each at most
+    `length` characters long."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, length: int) -> None:
         self.limit = limit
+        self.length = length
         self._seen: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
     def __call__(self, label: str, value: object) -> str:
         v = "none" if value is None or value == "" else str(value)
+        if len(v) > self.length:
+            v = v[: self.length]
         seen = self._seen.setdefault(label, set())
         if v in seen:
             return v
@@ -169,14 +178,26 @@ class _Globals:
 
 
 class Metrics:
-    def __init__(self, max_label_values: int = 200) -> None:
+    def __init__(
+        self,
+        max_label_values: int = 200,
+        max_label_length: int = 100,
+        max_series_per_metric: int = 1000,
+    ) -> None:
         self._inflight_children: dict[tuple[str, str], Any] = {}
+        # by the request's own (route, model, tier, status), for known names only
         self._pending: dict[tuple[Any, ...], _Pending] = {}
+        # by label values: every series combination there is (bounded)
+        self._combos: dict[tuple[str, ...], _Pending] = {}
         self._g = _Globals()
         self.registry = CollectorRegistry(auto_describe=True)
         self._mp_dir = multiprocess_dir()
         self._defer = not self._mp_dir  # see the module docstring
-        self._label = _Bounded(max_label_values)
+        self._label = _Bounded(max_label_values, max_label_length)
+        self._max_series = max_series_per_metric
+        self._series: dict[int, set[tuple[str, ...]]] = {}  # id(metric) -> its combinations
+        self._names: frozenset[str] | None = None  # None: not told, every name is kept
+        self._routed: tuple[str, ...] = ()
         reg = self.registry
         self.requests = Counter(
             "tollgate_requests",
@@ -338,33 +359,73 @@ class Metrics:
             registry=reg,
         )
 
+    def names(self, known: Iterable[str], routed_prefixes: Iterable[str] = ()) -> None:
+        """The configured route and model names (kept as label values), and the prefixes of
+        the router's virtual names, such as "router-max_utility-" (reported without the
+        number that follows)."""
+        self._names = frozenset(known)
+        self._routed = tuple(routed_prefixes)
+        self._pending.clear()  # a name no longer configured must not stay a known key
+
+    def limits(self, max_label_length: int, max_series_per_metric: int) -> None:
+        """New bounds (a reload); series already shown stay."""
+        self._label.length = max_label_length
+        self._max_series = max_series_per_metric
+
+    def _name(self, value: str | None) -> str | None:
+        """A route or model name as a label value: itself when configured, router-<policy>
+        for a virtual router name, else "other"."""
+        names = self._names
+        if names is None or not value or value in names:
+            return value
+        if value.startswith(self._routed):
+            return value[: value.index("-", 7)]  # router-<policy>
+        return OTHER
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """metric.labels(*values), or the all-"other" series once the metric has
+        `max_series_per_metric` label combinations."""
+        seen = self._series.setdefault(id(metric), set())
+        if values not in seen:
+            if len(seen) >= self._max_series:
+                values = (OTHER,) * len(values)
+            seen.add(values)
+        return metric.labels(*values)
+
     # -- per request ------------------------------------------------------------------------
     def observe(self, record: RequestRecord) -> None:
         """Everything one finished request contributes. Never raises."""
         with contextlib.suppress(Exception):  # metrics must never fail a request
             self._observe(record)
 
-    def _children(self, r: RequestRecord) -> _Children:
-        """The labelled series one request touches (prometheus_client's labels() costs
-        microseconds; `_pending_for` keeps the result per label combination)."""
-        lab = self._label
-        route, model, tier = lab("route", r.route), lab("model", r.model), lab("tier", r.tier)
-        ch = _Children(
-            requests=self.requests.labels(route, model, tier, lab("status", r.status)),
-            tokens_in=self.tokens.labels(model, "input"),
-            tokens_cached=self.tokens.labels(model, "cached_input"),
-            tokens_out=self.tokens.labels(model, "output"),
-            tokens_estimated=self.tokens_estimated.labels(model),
-            cost=self.cost.labels(route, model, tier),
-            baseline_cost=self.baseline_cost.labels(route),
-            savings=self.savings.labels(route),
-            latency=self.latency.labels(route, model),
-            ttft=self.ttft.labels(model),
-            retries=self.retries.labels(model),
-            fallbacks=self.fallbacks.labels(route),
-            quality_predicted=self.quality_h.labels(model, "predicted"),
+    def _children(self, route: str, model: str, tier: str, status: str) -> _Children:
+        """The labelled series of one label combination (prometheus_client's labels() costs
+        microseconds; `_pending_for` keeps the result per combination)."""
+        c = self._child
+        return _Children(
+            requests=c(self.requests, route, model, tier, status),
+            tokens_in=c(self.tokens, model, "input"),
+            tokens_cached=c(self.tokens, model, "cached_input"),
+            tokens_out=c(self.tokens, model, "output"),
+            tokens_estimated=c(self.tokens_estimated, model),
+            cost=c(self.cost, route, model, tier),
+            baseline_cost=c(self.baseline_cost, route),
+            savings=c(self.savings, route),
+            latency=c(self.latency, route, model),
+            ttft=c(self.ttft, model),
+            retries=c(self.retries, model),
+            fallbacks=c(self.fallbacks, route),
+            quality_predicted=c(self.quality_h, model, "predicted"),
         )
-        return ch
+
+    def _labels(self, r: RequestRecord) -> tuple[str, str, str, str]:
+        lab = self._label
+        return (
+            lab("route", self._name(r.route)),
+            lab("model", self._name(r.model)),
+            lab("tier", r.tier),
+            lab("status", r.status),
+        )
 
     def _pending_for(self, r: RequestRecord) -> tuple[_Pending, bool]:
         """(the pending numbers of r's label combination, whether they stay pending)."""
@@ -372,15 +433,25 @@ class Metrics:
         p = self._pending.get(key)
         if p is not None:
             return p, self._defer
-        p = _Pending(
-            self._children(r), _Hist(LATENCY_BUCKETS), _Hist(TTFT_BUCKETS), _Hist(UNIT_BUCKETS)
-        )
-        # the raw values are not bounded (a client can name any model; their labels are):
-        # past the bound a combination is looked up and folded at once
-        if len(self._pending) < _CHILD_CACHE_MAX:
+        labels = self._labels(r)
+        p = self._combos.get(labels)
+        if p is None:
+            if len(self._combos) >= self._max_series:
+                labels = (OTHER, OTHER, OTHER, OTHER)
+                p = self._combos.get(labels)
+            if p is None:
+                p = _Pending(
+                    self._children(*labels),
+                    _Hist(LATENCY_BUCKETS),
+                    _Hist(TTFT_BUCKETS),
+                    _Hist(UNIT_BUCKETS),
+                )
+                self._combos[labels] = p
+        # only names reported as they are get a key of their own: any other name a client
+        # sends is looked up through its labels each time
+        if labels[0] == r.route and labels[1] == r.model and len(self._pending) < _CHILD_CACHE_MAX:
             self._pending[key] = p
-            return p, self._defer
-        return p, False
+        return p, self._defer
 
     def _observe(self, r: RequestRecord) -> None:
         p, keep = self._pending_for(r)
@@ -415,7 +486,8 @@ class Metrics:
             p.quality_predicted.add(r.quality_predicted)
         if r.explored:
             lab = self._label
-            self.explored.labels(lab("route", r.route), lab("model", r.model)).inc()
+            route, model = lab("route", self._name(r.route)), lab("model", self._name(r.model))
+            self._child(self.explored, route, model).inc()
         if not keep:
             p.fold()
             self._fold_globals()
@@ -433,7 +505,7 @@ class Metrics:
 
     def fold(self) -> None:
         """Fold every pending number into the prometheus_client series (render() does)."""
-        for p in self._pending.values():
+        for p in self._combos.values():
             p.fold()
         self._fold_globals()
 
@@ -447,12 +519,12 @@ class Metrics:
             self._g.decision.fold(self.decision)
 
     def upstream_error(self, model: str, kind: str) -> None:
-        self.upstream_errors.labels(self._label("model", model), self._label("kind", kind)).inc()
+        lab = self._label
+        self._child(self.upstream_errors, lab("model", model), lab("kind", kind)).inc()
 
     def set_circuit(self, model: str, endpoint: str, state: int) -> None:
-        self.circuit.labels(self._label("model", model), self._label("endpoint", endpoint)).set(
-            state
-        )
+        lab = self._label
+        self._child(self.circuit, lab("model", model), lab("endpoint", endpoint)).set(state)
 
     def inflight(self, model: str, endpoint: str, delta: int) -> None:
         # on the hot path twice per request: a plain count until the next fold
@@ -465,9 +537,8 @@ class Metrics:
     def _inflight_child(self, model: str, endpoint: str) -> Any:
         child = self._inflight_children.get((model, endpoint))
         if child is None:
-            child = self.inflight_g.labels(
-                self._label("model", model), self._label("endpoint", endpoint)
-            )
+            lab = self._label
+            child = self._child(self.inflight_g, lab("model", model), lab("endpoint", endpoint))
             self._inflight_children[(model, endpoint)] = child
         return child
 
@@ -479,24 +550,24 @@ class Metrics:
             self.dropped_c.inc(n)
 
     def quality(self, model: str | None, source: str, score: float) -> None:
-        self.quality_h.labels(self._label("model", model), self._label("source", source)).observe(
-            score
-        )
+        lab = self._label
+        self._child(self.quality_h, lab("model", model), lab("source", source)).observe(score)
 
     def judge_error(self, kind: str) -> None:
-        self.judge_errors.labels(self._label("judge_error", kind)).inc()
+        self._child(self.judge_errors, self._label("judge_error", kind)).inc()
 
     def judge_call(self, r: RequestRecord) -> None:
         """One call the judge made (a record with purpose "judge"). Never raises."""
         with contextlib.suppress(Exception):
+            c = self._child
             model = self._label("model", r.model)
-            self.judge_requests.labels(model, str(r.status)).inc()
+            c(self.judge_requests, model, self._label("status", r.status)).inc()
             if r.cost_usd:
-                self.judge_cost.labels(model).inc(r.cost_usd)
+                c(self.judge_cost, model).inc(r.cost_usd)
             if r.prompt_tokens:
-                self.judge_tokens.labels(model, "input").inc(r.prompt_tokens)
+                c(self.judge_tokens, model, "input").inc(r.prompt_tokens)
             if r.completion_tokens:
-                self.judge_tokens.labels(model, "output").inc(r.completion_tokens)
+                c(self.judge_tokens, model, "output").inc(r.completion_tokens)
 
     # -- exposition -------------------------------------------------------------------------
     def render(self) -> tuple[bytes, str]:

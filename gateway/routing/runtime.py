@@ -229,10 +229,13 @@ class Runtime:
                 except ValueError as e:
                     raise ModelNotFound(f"{name!r}: {e}", param="model") from None
                 return self._route(name, name, pol, body, request_id, key_id, max_cost)
-        close = close_names(name, self.public_names(), 2)
+        # a client may send any name, 1 MB long: the answer quotes it cut short, and only a
+        # name of a plausible length is compared with the known ones
+        close = close_names(name, self.public_names(), 2) if len(name) <= 200 else []
         hint = ("did you mean " + " or ".join(repr(c) for c in close) + "? ") if close else ""
+        shown = name if len(name) <= 80 else f"{name[:77]}..."
         raise ModelNotFound(
-            f"the model {name!r} does not exist on this gateway; {hint}use one of "
+            f"the model {shown!r} does not exist on this gateway; {hint}use one of "
             f"{', '.join(self.public_names())} (GET /v1/models lists them), or "
             "router-<policy>-<threshold> such as router-cheapest_above-0.7",
             param="model",
