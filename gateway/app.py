@@ -31,7 +31,7 @@ from gateway.accounting.quality import Judge
 from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import JUDGE, RequestRecord
 from gateway.accounting.store import make_store
-from gateway.config import ConfigError, RoutingConfig, load_config
+from gateway.config import ConfigError, RoutingConfig, load_config, mask_keys
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError, error_body
 from gateway.proxy import HOT_PATHS, Proxy, Receive, Scope, Send, new_request_id
 from gateway.routing.policies import POLICIES
@@ -126,13 +126,14 @@ class Gateway:
             router = self._router_for(cfg)
             runtime = Runtime(cfg, self.pool, router, self.config_path)
         except (ConfigError, GatewayError) as e:
-            self.reload_error = str(e)
+            # /readyz (unauthenticated) shows it: no text of the file there, the log has more
+            self.reload_error = e.public if isinstance(e, ConfigError) else mask_keys(str(e))
             log.error(
                 "config reload (%s) rejected, still serving the previous config: %s", reason, e
             )
             return False
         except Exception as e:  # a broken router artifact, say
-            self.reload_error = f"{self.config_path}: {type(e).__name__}: {e}"
+            self.reload_error = mask_keys(f"{self.config_path}: {type(e).__name__}: {e}")
             log.error(
                 "config reload (%s) failed, still serving the previous config: %s",
                 reason,

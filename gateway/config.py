@@ -37,12 +37,44 @@ _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class ConfigError(Exception):
-    """The routing file could not be loaded; `str()` is a message fit for an operator."""
+    """The routing file could not be loaded; `str()` is a message fit for an operator (a
+    line it quotes has anything like a key masked), `public` one fit for anyone: where and
+    what kind of problem, no text of the file (the unauthenticated /readyz shows it)."""
 
-    def __init__(self, path: str, problems: list[str]) -> None:
+    def __init__(self, path: str, problems: list[str], public: list[str] | None = None) -> None:
         self.path = path
         self.problems = problems
+        self.public_problems = [_public(p) for p in (problems if public is None else public)]
         super().__init__(f"{path}: invalid routing config:\n  - " + "\n  - ".join(problems))
+
+    @property
+    def public(self) -> str:
+        return (
+            f"{self.path}: invalid routing config: " + "; ".join(self.public_problems) + " "
+            f"(`tollgate check-config {self.path}` and the gateway log say more)"
+        )
+
+
+# what looks like a secret: a known key prefix, or a token with a run of 20+ letters and digits
+# mixed (model ids such as gpt-4o-mini-2024-07-18 have no such run)
+_KEYLIKE = re.compile(
+    r"(?<![A-Za-z0-9_+=-])(?:"
+    r"(?:sk|hf|gsk|ghp|gho|glpat)[-_][A-Za-z0-9_+=-]{16,}|AKIA[0-9A-Z]{16}"
+    r"|[A-Za-z0-9_+=-]*?(?=[A-Za-z]*[0-9])(?=[0-9]*[A-Za-z])[A-Za-z0-9]{20,}[A-Za-z0-9_+=-]*)"
+)
+# a quoted value (no spaces, 5 characters or more; PyYAML's token names such as '<block end>'
+# stay): what a problem quotes from the file
+_QUOTED = re.compile(r"'(?!<)[^'\s]{5,}'|\"[^\"\s]{5,}\"")
+
+
+def mask_keys(text: str) -> str:
+    """`text` with everything that looks like a key masked as `mask` does."""
+    return _KEYLIKE.sub(lambda m: mask(m.group()), text)
+
+
+def _public(problem: str) -> str:
+    """A problem without the values it quotes from the file (and keys masked besides)."""
+    return mask_keys(_QUOTED.sub("'...'", problem))
 
 
 def close_names(value: str, known: list[str], n: int = 3) -> list[str]:
@@ -346,9 +378,10 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def _yaml_problem(e: yaml.YAMLError, path: str, text: str) -> str:
-    """`path, line L, column C: not valid YAML: <what>` (PyYAML names a string it parsed
-    `"<unicode string>"`; an operator needs the file, the line and the column)."""
+def _yaml_problem(e: yaml.YAMLError, path: str, text: str) -> tuple[str, str]:
+    """(`path, line L, column C: not valid YAML: <what>`, the same without the line's text)
+    (PyYAML names a string it parsed `"<unicode string>"`; an operator needs the file, the
+    line and the column)."""
     lines = text.splitlines()
 
     def at(mark: Any) -> str:
@@ -361,20 +394,26 @@ def _yaml_problem(e: yaml.YAMLError, path: str, text: str) -> str:
             ctx_mark = e.context_mark
             where = f" that starts at {at(ctx_mark)}" if ctx_mark is not None else ""
             what += f" ({e.context}{where})"
-        shown = lines[mark.line].strip() if mark.line < len(lines) else ""
+        what = mask_keys(what)
+        shown = mask_keys(lines[mark.line].strip()) if mark.line < len(lines) else ""
         line_text = f"; the line reads {shown!r}" if shown else ""
-        return (
-            f"{path}, {at(mark)}: not valid YAML: {what}{line_text}; check the indentation "
-            "and the `key: value` layout there (quote values that contain ': ' or '#')"
+        fix = (
+            "check the indentation and the `key: value` layout there (quote values that "
+            "contain ': ' or '#')"
         )
+        where = f"{path}, {at(mark)}: not valid YAML: "
+        return f"{where}{what}{line_text}; {fix}", f"{where}{_public(what)}; {fix}"
     if isinstance(e, yaml.reader.ReaderError):
         line = text.count("\n", 0, e.position) + 1
         column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
-        return (
+        msg = (
             f"{path}, line {line}, column {column}: not valid YAML: character "
             f"{chr(e.character)!r} is not allowed in YAML; remove it"
         )
-    return f"{path}: not valid YAML: " + str(e).replace('"<unicode string>"', path)
+        return msg, msg
+    return f"{path}: not valid YAML: " + mask_keys(str(e)).replace(
+        '"<unicode string>"', path
+    ), f"{path}: not valid YAML ({type(e).__name__})"
 
 
 def _yaml_kind(value: Any) -> str:
@@ -387,7 +426,7 @@ def _yaml_kind(value: Any) -> str:
 
 def _shown(value: Any) -> str | None:
     if isinstance(value, str):
-        return repr(value if len(value) <= 60 else value[:57] + "...")
+        return repr(mask_keys(value if len(value) <= 60 else value[:57] + "..."))
     if value is None or isinstance(value, bool | int | float):
         return repr(value)
     return None
@@ -452,7 +491,8 @@ def parse_config(text: str, path: str = "<string>") -> RoutingConfig:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(path, [_yaml_problem(e, path, text)]) from None
+        full, public = _yaml_problem(e, path, text)
+        raise ConfigError(path, [full], [public]) from None
     if not isinstance(raw, dict):
         got = "it is empty" if raw is None else f"it holds a YAML {_yaml_kind(raw)}"
         raise ConfigError(
@@ -469,7 +509,7 @@ def parse_config(text: str, path: str = "<string>") -> RoutingConfig:
     try:
         return RoutingConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(path, _pydantic_problems(e)) from None
+        raise ConfigError(path, [mask_keys(p) for p in _pydantic_problems(e)]) from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> RoutingConfig:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -159,3 +161,42 @@ def test_gateway_keys_are_checked_hashed_and_never_logged(
     gw.stop()
     assert key not in gw.logs()
     assert f"tollgate serve: routing file {gw.config_path}, store none" in gw.logs()
+
+
+def test_yaml_error_in_a_reload_shows_no_line_of_the_file_at_readyz(
+    fakes: Callable[..., FakeUpstream], gateway: Callable[..., GatewayProcess]
+) -> None:
+    """An edit that breaks the YAML on a line holding a key: the unauthenticated /readyz names
+    the line, the column and the kind of problem, never the line's text; check-config, run
+    by the operator, quotes the line with the key masked; the log holds no key either."""
+    up = fakes("small")
+    good = "store: {backend: none}\nmodels:\n" + model_block("small", "small", up.base_url)
+    gw = gateway(good)
+    key = "sk-live-4f9c2a0d8e7b6a5c4d3e2f1a0b9c"
+    gw.write_config(f"{good}\n        api_key: {key}: rotated\n")
+    gw.sighup()
+    deadline = time.monotonic() + 10
+    page = ""
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{gw.url}/readyz", timeout=5)
+        if r.json()["config_error"]:
+            page = r.text
+            break
+        time.sleep(0.05)
+    err = httpx.get(f"{gw.url}/readyz", timeout=5).json()["config_error"]
+    at = f"line 8, column {len('        api_key: ' + key) + 1}"  # the ':' after the key
+    assert f"{at}: not valid YAML: mapping values are not allowed here" in err, err
+    for text in (key, key[-10:], "api_key", "rotated"):
+        assert text not in page, page
+    # still serving the old config
+    r = httpx.post(
+        f"{gw.base_url}/chat/completions",
+        json={"model": "small", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert r.status_code == 200
+    assert key not in gw.logs() and "rejected" in gw.logs()
+    cli = run_cli("check-config", str(gw.config_path))
+    assert cli.returncode == 1
+    assert at in cli.stderr and "the line reads 'api_key: ****9c: rotated'" in (cli.stderr)
+    assert key not in cli.stdout + cli.stderr
