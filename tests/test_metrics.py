@@ -314,3 +314,37 @@ def test_metric_limits_are_routing_file_settings(
     s = metric_samples(httpx.get(f"{gw.url}/metrics", timeout=30).text)
     assert total(s, "tollgate_requests_total", model=name[:12], route=name[:12]) == 1
     assert total(s, "tollgate_requests_total") == 1
+
+
+def test_prometheus_client_keeps_the_private_fields_the_fold_writes() -> None:
+    """Folding the pending numbers into a histogram writes the child's `_buckets` and `_sum`,
+    the fields Histogram.observe itself updates (prometheus_client has no public way to add
+    counts to a bucket). pyproject.toml pins prometheus-client to the versions tested with
+    these; an upgrade that renames or reshapes them fails here."""
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    deps = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    (pin,) = [
+        r
+        for r in map(Requirement, deps["project"]["dependencies"])
+        if r.name == "prometheus-client"
+    ]
+    assert any(s.operator == "<" for s in pin.specifier), f"{pin}: no upper bound"
+    assert pin.specifier.contains(version("prometheus-client")), pin
+    reg = CollectorRegistry()
+    h = Histogram("h", "h", ["a"], buckets=(1.0, 2.0), registry=reg).labels("b")
+    assert len(h._buckets) == 3  # one per upper bound, +Inf last, not cumulative
+    h.observe(1.5)
+    h.observe(7.0)
+    assert [b.get() for b in h._buckets] == [0.0, 1.0, 1.0]
+    assert h._sum.get() == 8.5
+    h._buckets[0].inc(2)  # what _Hist.fold does
+    h._sum.inc(0.5)
+    s = metric_samples(generate_latest(reg).decode())
+    assert total(s, "h_bucket", le="1.0") == 2
+    assert total(s, "h_bucket", le="+Inf") == 4
+    assert total(s, "h_count") == 4 and total(s, "h_sum") == 9.0
