@@ -229,6 +229,14 @@ class ServerConfig(_Strict):
     retry_backoff_s: float = Field(0.1, ge=0, description="base of the jittered backoff")
     max_backoff_s: float = Field(5.0, ge=0)
     metrics_per_key: bool = False
+    max_upstream_response_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024,
+        description="an upstream answer (non-streamed, or an error body) over this is a 502",
+    )
+    max_sse_event_bytes: int = Field(
+        1024 * 1024, ge=1024, description="a streamed event over this ends the stream"
+    )
 
 
 class GatewayKey(_Strict):

@@ -1314,7 +1314,7 @@ class HostileUpstreamServer:
         if kind == "big":
             n = int(a["bytes"])
             chunked = bool(a.get("chunked"))
-            body_len = max(0, n - 10)
+            body_len = max(0, n - 11)  # with the 11 bytes of {"pad": "..."}
             head = _hostile_head(200, b"application/json", None if chunked else n)
             writer.write(head)
             parts: Iterator[bytes] = _pieces(b'{"pad": "', body_len, b'"}')
