@@ -1221,8 +1221,10 @@ class HostileUpstreamServer:
         {"kind": "raw", "data": "HTTP/1.1 204 No Content\r\n..."}   # bytes as they are
         {"kind": "hangup"}                    # read the request, close without a byte
         {"kind": "big", "bytes": N, "chunked": false}   # a 200 JSON answer of N bytes
-        {"kind": "sse_event", "bytes": N}     # SSE: one event of N bytes, no blank line
-                                              # until its end, then [DONE]
+        {"kind": "sse_event", "bytes": N, "piece": 65536, "gap_ms": 0}   # SSE: one event
+                                              # of N bytes in writes of `piece` (`gap_ms`
+                                              # apart), no blank line until its end, then
+                                              # [DONE]
         {"kind": "trickle", "ms": 10, "seconds": 5}   # SSE: one byte per `ms`, no event end
         {"kind": "status", "status": 429, "body": "...", "headers": {"retry-after": "inf"}}
 
@@ -1331,7 +1333,10 @@ class HostileUpstreamServer:
             events = [_hostile_chunk("ok"), _hostile_chunk(None, usage=True)]
             parts = iter([*(b"data: " + orjson.dumps(e) + b"\n\n" for e in events), _DONE_EVENT])
         elif kind == "sse_event":
-            parts = _pieces(b"data: ", int(a["bytes"]), b"\n\n" + _DONE_EVENT)
+            piece = int(a.get("piece", 1 << 16))
+            parts = _pieces(b"data: ", int(a["bytes"]), b"\n\n" + _DONE_EVENT, piece)
+            await _write_all(writer, parts, True, float(a.get("gap_ms", 0)))
+            return True
         else:  # trickle
             writer.write(b"6\r\ndata: \r\n")
             end = time.monotonic() + float(a.get("seconds", 5))
@@ -1349,20 +1354,24 @@ def _hostile_head(status: int, ctype: bytes, length: int | None, extra: bytes = 
     return b"HTTP/1.1 %d X\r\ncontent-type: %s\r\n%s\r\n%s\r\n" % (status, ctype, framing, extra)
 
 
-def _pieces(first: bytes, n: int, last: bytes) -> Iterator[bytes]:
-    """`first`, then n bytes of 'x' in 1 MiB pieces, then `last`."""
+def _pieces(first: bytes, n: int, last: bytes, piece: int = _PIECE) -> Iterator[bytes]:
+    """`first`, then n bytes of 'x' in pieces of `piece` bytes, then `last`."""
     yield first
-    block = b"x" * _PIECE
+    block = b"x" * piece
     while n > 0:
-        yield block[: min(n, _PIECE)]
-        n -= _PIECE
+        yield block[: min(n, piece)]
+        n -= piece
     yield last
 
 
-async def _write_all(writer: asyncio.StreamWriter, parts: Iterator[bytes], chunked: bool) -> None:
+async def _write_all(
+    writer: asyncio.StreamWriter, parts: Iterator[bytes], chunked: bool, gap_ms: float = 0.0
+) -> None:
     for part in parts:
         writer.write(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
         await writer.drain()
+        if gap_ms:
+            await asyncio.sleep(gap_ms / 1000)
     if chunked:
         writer.write(b"0\r\n\r\n")
         await writer.drain()
