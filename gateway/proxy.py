@@ -849,10 +849,10 @@ class Proxy:
                     if pending:
                         pending.append(chunk[:end])
                         block = b"".join(pending)
+                        pending, pending_len = [], 0
                     else:
-                        block = chunk[:end]
+                        block = chunk[:end]  # the whole read, most often: no copy
                     chunk = chunk[end:]
-                    pending, pending_len = [], 0
                 if chunk:
                     pending.append(chunk)
                     pending_len += len(chunk)
