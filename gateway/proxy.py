@@ -844,28 +844,21 @@ class Proxy:
                 end = chunk.rfind(b"\n\n") + 2
                 if end == 1:
                     end = int(chunk[:1] == b"\n" and bool(pending) and pending[-1][-1] == 10)
-                if end:
-                    # every complete event that has arrived, forwarded as one block
-                    if pending:
-                        pending.append(chunk[:end])
-                        block = b"".join(pending)
-                        pending, pending_len = [], 0
-                    else:
-                        block = chunk[:end]  # the whole read, most often: no copy
-                    chunk = chunk[end:]
-                if chunk:
-                    pending.append(chunk)
-                    pending_len += len(chunk)
-                    if pending_len > max_event:
-                        failure_code = "upstream_event_too_large"
-                        failure = (
-                            f"an event of the upstream's stream is over {max_event} bytes, the "
-                            "most this gateway holds (server.max_sse_event_bytes in the routing "
-                            "file; raise it if events this large are expected)"
-                        )
-                        break
                 if not end:
+                    if chunk:
+                        pending.append(chunk)
+                        pending_len += len(chunk)
+                        if pending_len > max_event:
+                            break
                     continue
+                # every complete event that has arrived, forwarded as one block
+                if pending:
+                    pending.append(chunk[:end])
+                    block = b"".join(pending)
+                    pending, pending_len = [], 0
+                else:
+                    block = chunk[:end]  # the whole read, most often: no copy
+                rest = chunk[end:]
                 if model_pat is None:
                     m = _MODEL_RE.search(block)
                     if m:
@@ -914,7 +907,22 @@ class Proxy:
                     await send({"type": "http.response.body", "body": body_out, "more_body": True})
                 if saw_done:
                     await self._end_stream(ctx, send)
-            if not saw_done and failure is None:
+                    after_done = len(rest)
+                    if after_done > max_event:
+                        break
+                elif rest:  # the start of the next event
+                    pending.append(rest)
+                    pending_len = len(rest)
+                    if pending_len > max_event:
+                        break
+            if pending_len > max_event:
+                failure_code = "upstream_event_too_large"
+                failure = (
+                    f"an event of the upstream's stream is over {max_event} bytes, the most "
+                    "this gateway holds (server.max_sse_event_bytes in the routing file; raise "
+                    "it if events this large are expected)"
+                )
+            elif not saw_done:
                 failure = "the upstream closed the stream before [DONE]"
         except h1.ReadTimeout:
             if not saw_done:  # after [DONE] the client has its whole answer

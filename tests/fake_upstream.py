@@ -53,6 +53,7 @@ import contextlib
 import gc
 import hashlib
 import ipaddress
+import itertools
 import os
 import secrets
 import signal
@@ -1218,9 +1219,11 @@ class HostileUpstreamServer:
     ``/_fake/stats``); each ``/v1/*`` request pops one action::
 
         {"kind": "ok"}                        # a small chat answer (JSON, or SSE if stream)
+        {"kind": "ok", "then_bytes": N, "then_hang_s": S}   # SSE: after [DONE], N more
+                                              # bytes, then S s of silence, then close
         {"kind": "raw", "data": "HTTP/1.1 204 No Content\r\n..."}   # bytes as they are
         {"kind": "hangup"}                    # read the request, close without a byte
-        {"kind": "big", "bytes": N, "chunked": false}   # a 200 JSON answer of N bytes
+        {"kind": "big", "bytes": N, "chunked": false, "status": 200}   # JSON of N bytes
         {"kind": "sse_event", "bytes": N, "piece": 65536, "gap_ms": 0}   # SSE: one event
                                               # of N bytes in writes of `piece` (`gap_ms`
                                               # apart), no blank line until its end, then
@@ -1317,7 +1320,8 @@ class HostileUpstreamServer:
             n = int(a["bytes"])
             chunked = bool(a.get("chunked"))
             body_len = max(0, n - 11)  # with the 11 bytes of {"pad": "..."}
-            head = _hostile_head(200, b"application/json", None if chunked else n)
+            status = int(a.get("status", 200))
+            head = _hostile_head(status, b"application/json", None if chunked else n)
             writer.write(head)
             parts: Iterator[bytes] = _pieces(b'{"pad": "', body_len, b'"}')
             await _write_all(writer, parts, chunked)
@@ -1332,6 +1336,14 @@ class HostileUpstreamServer:
         if kind == "ok":
             events = [_hostile_chunk("ok"), _hostile_chunk(None, usage=True)]
             parts = iter([*(b"data: " + orjson.dumps(e) + b"\n\n" for e in events), _DONE_EVENT])
+            if a.get("then_bytes"):  # the answer is over, but the body does not end
+                more = _pieces(b"", int(a["then_bytes"]), b"", 1 << 14)
+                for part in itertools.chain(parts, more):
+                    if part:
+                        writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+                        await writer.drain()
+                await asyncio.sleep(float(a.get("then_hang_s", 5)))
+                return False
         elif kind == "sse_event":
             piece = int(a.get("piece", 1 << 16))
             parts = _pieces(b"data: ", int(a["bytes"]), b"\n\n" + _DONE_EVENT, piece)

@@ -35,7 +35,7 @@ models:
   - name: m
     tier: small
     retries: 0
-    timeouts: {{read_s: 5, total_s: 10}}
+    timeouts: {{read_s: {read_s}, total_s: 10}}
     endpoints: [{{base_url: "{url}", model: upstream-m, api_key: "{key}"}}]
 """
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -53,8 +53,12 @@ def hostile(hostile_server: HostileUpstream) -> HostileUpstream:
     return hostile_server
 
 
-def start(gateway: Gw, up: HostileUpstream, threshold: int = 100) -> GatewayProcess:
-    cfg = CONFIG.format(cap=MIB, event=64 * 1024, threshold=threshold, url=up.base_url, key=KEY)
+def start(
+    gateway: Gw, up: HostileUpstream, threshold: int = 100, read_s: float = 5
+) -> GatewayProcess:
+    cfg = CONFIG.format(
+        cap=MIB, event=64 * 1024, threshold=threshold, read_s=read_s, url=up.base_url, key=KEY
+    )
     return gateway(cfg)
 
 
@@ -104,6 +108,37 @@ def test_an_answer_over_the_cap_is_a_502_naming_the_setting(
         time.sleep(0.05)
     assert r.status_code == 200
     assert hostile.stats()["connections"] == 2
+
+
+def test_a_streamed_requests_error_body_over_the_cap_is_a_502(
+    gateway: Gw, hostile: HostileUpstream
+) -> None:
+    """A stream's error answer is read whole to report it: bounded like any answer."""
+    gw = start(gateway, hostile)
+    hostile.script([{"kind": "big", "bytes": 3 * MIB, "status": 500, "chunked": True}])
+    r = chat(gw, stream=True)
+    assert r.status_code == 502
+    assert r.json()["error"]["code"] == "upstream_response_too_large"
+
+
+def test_after_done_a_body_that_does_not_end_is_let_go(
+    gateway: Gw, hostile: HostileUpstream
+) -> None:
+    """After [DONE] the gateway reads on so the connection can be reused, but an upstream
+    that keeps sending (here 200 KiB, then silence for 30 s) does not hold the slot."""
+    gw = start(gateway, hostile, read_s=60)
+    hostile.script([{"kind": "ok", "then_bytes": 200 * 1024, "then_hang_s": 30}])
+    c = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+    chunks = list(c.chat.completions.create(model="m", messages=CHAT["messages"], stream=True))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == "ok"
+    deadline = time.monotonic() + 10  # an upper bound, well under the read timeout (60 s)
+    while time.monotonic() < deadline:
+        samples = metric_samples(httpx.get(f"{gw.url}/metrics").text)
+        if metric_total(samples, "tollgate_inflight_requests", model="m") == 0:
+            break
+        time.sleep(0.05)
+    assert metric_total(samples, "tollgate_inflight_requests", model="m") == 0
+    assert records(gw, 1) == [(200, None)]
 
 
 def test_an_sse_event_over_the_cap_ends_the_stream_with_an_error_event(
