@@ -265,6 +265,14 @@ class ServerConfig(_Strict):
     # characters, and a metric keeps at most this many label combinations (later: "other")
     metrics_max_label_length: int = Field(100, ge=8, le=1000)
     metrics_max_series_per_metric: int = Field(1000, ge=10)
+    max_upstream_response_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024,
+        description="an upstream answer (non-streamed, or an error body) over this is a 502",
+    )
+    max_sse_event_bytes: int = Field(
+        1024 * 1024, ge=1024, description="a streamed event over this ends the stream"
+    )
 
 
 class GatewayKey(_Strict):

@@ -39,9 +39,10 @@ class GatewayError(Exception):
         return error_body(self.message, self.type, self.param, self.code)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        if self.retry_after is None:
+        ra = self.retry_after
+        if ra is None or not ra >= 0:  # nan too
             return []
-        return [(b"retry-after", str(max(1, round(self.retry_after))).encode())]
+        return [(b"retry-after", b"%d" % max(1, round(min(ra, 86400.0))))]  # at most a day
 
 
 class InvalidRequest(GatewayError):

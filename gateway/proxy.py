@@ -10,6 +10,8 @@ back (streamed chunks forwarded as they arrive), then hand the request record to
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import functools
 import hashlib
 import logging
@@ -89,6 +91,7 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _DONE = b"data: [DONE]\n\n"
+_NO_BODY_STATUS = (204, 205, 304)  # with 1xx: statuses that carry no body (HTTP rules)
 _DONE_EV, _DONE_EV2 = b"data: [DONE]", b"data:[DONE]"
 
 
@@ -179,14 +182,29 @@ def _start_watch(
         w.add_done_callback(out.discard)
 
 
+_RETRY_AFTER_MAX = 86400.0  # a day: a longer wait is still "not now", and fits 5 digits
+
+
 def _retry_after(resp: h1.H1Response) -> float | None:
     v = resp.header(b"retry-after")
-    if not v:
-        return None
+    return None if not v else _parse_retry_after(v)
+
+
+def _parse_retry_after(v: bytes) -> float | None:
+    """An upstream's Retry-After in seconds, at most a day: delta-seconds (digits, a decimal
+    fraction tolerated) or an HTTP-date; anything else (inf, nan, negative, 1e300, junk) is
+    ignored (None), so the gateway's own backoff applies."""
+    v = v.strip()
+    if v.replace(b".", b"", 1).isdigit():
+        return min(float(v), _RETRY_AFTER_MAX)  # 400 digits make inf: min() bounds it
     try:
-        return max(0.0, float(v))
-    except ValueError:
+        when = email.utils.parsedate_to_datetime(v.decode("latin-1"))
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    if when.tzinfo is None:  # "-0000": HTTP-dates are GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    wait = when.timestamp() - time.time()
+    return min(max(0.0, wait), _RETRY_AFTER_MAX)
 
 
 def _upstream_message(body: bytes) -> str:
@@ -563,6 +581,16 @@ class Proxy:
         max_backoff: float,
     ) -> Exception:
         name = up.model_name
+        body = up.scrub(body)
+        if resp_status < 200 or resp_status in _NO_BODY_STATUS:
+            up.circuit.failure()  # no answer can be in it: an upstream fault, not the client's
+            return _Retry(
+                UpstreamError(
+                    f"model {name!r}: the upstream answered HTTP {resp_status}, a status that "
+                    "carries no body, instead of an answer; check the endpoint's base_url",
+                    model=name,
+                )
+            )
         msg = _upstream_message(body)
         if resp_status == 429:
             err = RateLimited(
@@ -595,6 +623,16 @@ class Proxy:
     def _transport_error(self, up: Upstream, e: Exception) -> Exception:
         up.circuit.failure()
         name = up.model_name
+        if isinstance(e, h1.ResponseTooLarge):  # the same request would bring the same answer
+            return _NextModel(
+                UpstreamError(
+                    f"model {name!r}: the upstream's answer is over {e.limit} bytes, the most "
+                    "this gateway reads (server.max_upstream_response_bytes in the routing "
+                    "file); raise that setting if answers this large are expected",
+                    model=name,
+                    code="upstream_response_too_large",
+                )
+            )
         if isinstance(e, h1.ConnectTimeout):
             return _Retry(
                 UpstreamTimeout(f"model {name!r}: connecting to the upstream timed out", model=name)
@@ -619,12 +657,15 @@ class Proxy:
         """One attempt on `up`: a 200 response (body read unless streaming), or the exception
         `_attempts` acts on (retry, next model, or the client's own error)."""
         payload = self._payload(body, up, stream)
+        cap = self.gw.runtime.config.server.max_upstream_response_bytes
         try:
             # total_s bounds the attempt until the headers (streams) or the whole body
             if stream:
                 resp = await up.client.stream("POST", path, payload, timeout=up.total_s)
             else:
-                resp = await up.client.request("POST", path, payload, timeout=up.total_s)
+                resp = await up.client.request(
+                    "POST", path, payload, timeout=up.total_s, max_bytes=cap
+                )
         except h1.H1Error as e:
             raise self._transport_error(up, e) from None
         if resp.status == 200:
@@ -632,7 +673,10 @@ class Proxy:
         content = resp.content
         if stream:
             try:
+                resp.set_max_bytes(cap)  # an error body is read whole: bounded like an answer
                 content = await resp.aread()
+            except h1.ResponseTooLarge as e:
+                raise self._transport_error(up, e) from None
             except h1.H1Error:
                 content = b""
             finally:
@@ -771,27 +815,58 @@ class Proxy:
         t_up = time.perf_counter()
         model_pat: bytes | None = None
         model_rep = b'"model":' + orjson.dumps(public)
-        buf = b""
+        max_event = rt.config.server.max_sse_event_bytes
+        # the start of an event whose end has not arrived yet, kept as the pieces that came:
+        # each byte is looked at once (a 40 MB event with no end cost 4 s and 2.9 GB when
+        # the whole buffer was joined and searched again at every read)
+        pending: list[bytes] = []
+        pending_len = 0
+        cr = False  # the last read ended in CR: its LF may come first in the next one
+        after_done = 0
         saw_done = False
         usage_seen = False
         kept: list[bytes] = []
         keep_text = state["messages"] is not None
         failure: str | None = None
+        failure_code: str | None = None  # else stream_interrupted (stream_cut in /metrics)
         try:
             headers = [*_SSE_HEADERS, *self._headers(rt, plan, rec, explain)]
             ctx.started = True
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             async for chunk in resp.aiter_raw():
                 if saw_done:
-                    continue  # the answer is complete; read the rest so the connection is reused
-                buf += chunk
-                if b"\r" in buf:  # CRLF framing (a raw CR is never inside JSON text)
-                    buf = buf.replace(b"\r\n", b"\n")
-                end = buf.rfind(b"\n\n")
-                if end < 0:
+                    # the answer is complete: the rest is read so that the connection is
+                    # reused, but not without end
+                    after_done += len(chunk)
+                    if after_done > max_event:
+                        break
+                    continue
+                if cr:
+                    chunk, cr = b"\r" + chunk, False
+                if b"\r" in chunk:  # CRLF framing (a raw CR is never inside JSON text)
+                    if chunk[-1] == 13:
+                        chunk, cr = chunk[:-1], True
+                    chunk = chunk.replace(b"\r\n", b"\n")
+                # where the last complete event ends: in this read, or at its first byte
+                # when the event before it ended in LF
+                end = chunk.rfind(b"\n\n") + 2
+                if end == 1:
+                    end = int(chunk[:1] == b"\n" and bool(pending) and pending[-1][-1] == 10)
+                if not end:
+                    if chunk:
+                        pending.append(chunk)
+                        pending_len += len(chunk)
+                        if pending_len > max_event:
+                            break
                     continue
                 # every complete event that has arrived, forwarded as one block
-                block, buf = buf[: end + 2], buf[end + 2 :]
+                if pending:
+                    pending.append(chunk[:end])
+                    block = b"".join(pending)
+                    pending, pending_len = [], 0
+                else:
+                    block = chunk[:end]  # the whole read, most often: no copy
+                rest = chunk[end:]
                 if model_pat is None:
                     m = _MODEL_RE.search(block)
                     if m:
@@ -840,7 +915,22 @@ class Proxy:
                     await send({"type": "http.response.body", "body": body_out, "more_body": True})
                 if saw_done:
                     await self._end_stream(ctx, send)
-            if not saw_done:
+                    after_done = len(rest)
+                    if after_done > max_event:
+                        break
+                elif rest:  # the start of the next event
+                    pending.append(rest)
+                    pending_len = len(rest)
+                    if pending_len > max_event:
+                        break
+            if pending_len > max_event:
+                failure_code = "upstream_event_too_large"
+                failure = (
+                    f"an event of the upstream's stream is over {max_event} bytes, the most "
+                    "this gateway holds (server.max_sse_event_bytes in the routing file; raise "
+                    "it if events this large are expected)"
+                )
+            elif not saw_done:
                 failure = "the upstream closed the stream before [DONE]"
         except h1.ReadTimeout:
             if not saw_done:  # after [DONE] the client has its whole answer
@@ -854,14 +944,14 @@ class Proxy:
             self._release(up)
         if failure is not None:
             up.circuit.failure()
-            self.gw.metrics.upstream_error(up.model_name, "stream_cut")
+            self.gw.metrics.upstream_error(up.model_name, failure_code or "stream_cut")
             rec.status = 502
             rec.error_type = "upstream_error"
             err = error_body(
                 f"model {up.model_name!r}: {failure}; the answer above is incomplete",
                 "upstream_error",
                 None,
-                "stream_interrupted",
+                failure_code or "stream_interrupted",
             )
             ctx.finished = True
             await send({"type": "http.response.body", "body": b"data: " + err + b"\n\n"})

@@ -53,6 +53,7 @@ import contextlib
 import gc
 import hashlib
 import ipaddress
+import itertools
 import os
 import secrets
 import signal
@@ -915,6 +916,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reply", default=None, help="answer with this fixed text instead")
     p.add_argument("--no-usage", action="store_true", help="never send usage")
     p.add_argument(
+        "--hostile",
+        action="store_true",
+        help="serve the raw, scriptable hostile upstream instead (HostileUpstreamServer)",
+    )
+    p.add_argument(
         "--exit-on-stdin-eof",
         action="store_true",
         help="shut down when stdin closes (the parent process went away)",
@@ -949,7 +955,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_serve(args))
+        return runner.run(_serve_hostile(args) if args.hostile else _serve(args))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1196,6 +1202,253 @@ class FakeUpstream:
         """Run a full collection in the server; the number of unreachable objects it found.
         With `pause`, automatic collections stay off until the next call."""
         return int(self._control("POST", "/_fake/gc", {"pause": pause})["unreachable"])
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile upstream: raw bytes, for answers that break HTTP or size expectations
+# --------------------------------------------------------------------------------------------
+
+_HOSTILE_KINDS: Final = frozenset({"ok", "raw", "hangup", "big", "sse_event", "trickle", "status"})
+_PIECE: Final = 1 << 20
+
+
+class HostileUpstreamServer:
+    """A raw asyncio HTTP/1.1 server (no framework: it may break HTTP on purpose).
+
+    Same control plane as the fake upstream (``/_fake/script``, ``/_fake/reset``,
+    ``/_fake/stats``); each ``/v1/*`` request pops one action::
+
+        {"kind": "ok"}                        # a small chat answer (JSON, or SSE if stream)
+        {"kind": "ok", "then_bytes": N, "then_hang_s": S}   # SSE: after [DONE], N more
+                                              # bytes, then S s of silence, then close
+        {"kind": "raw", "data": "HTTP/1.1 204 No Content\r\n..."}   # bytes as they are
+        {"kind": "hangup"}                    # read the request, close without a byte
+        {"kind": "big", "bytes": N, "chunked": false, "status": 200}   # JSON of N bytes
+        {"kind": "sse_event", "bytes": N, "piece": 65536, "gap_ms": 0}   # SSE: one event
+                                              # of N bytes in writes of `piece` (`gap_ms`
+                                              # apart), no blank line until its end, then
+                                              # [DONE]
+        {"kind": "trickle", "ms": 10, "seconds": 5}   # SSE: one byte per `ms`, no event end
+        {"kind": "status", "status": 429, "body": "...", "headers": {"retry-after": "inf"}}
+
+    A ``status`` body may hold ``{authorization}``: the Authorization header received (an
+    upstream that echoes the credential it was sent). Stats count the ``/v1`` requests, the
+    connections that carried them, and the answers the client stopped reading midway
+    (``peer_gone``)."""
+
+    def __init__(self) -> None:
+        self.queue: deque[dict[str, Any]] = deque()
+        self.default: dict[str, Any] | None = None
+        self.stats = {"requests": 0, "connections": 0, "peer_gone": 0}
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        counted = False
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                    return
+                lines = head.split(b"\r\n")
+                method, path = lines[0].split(b" ")[:2]
+                hdrs = {}
+                for line in lines[1:]:
+                    if b":" in line:
+                        k, v = line.split(b":", 1)
+                        hdrs[k.strip().lower()] = v.strip()
+                length = int(hdrs.get(b"content-length", b"0"))
+                raw = await reader.readexactly(length) if length else b""
+                if not path.startswith(b"/v1/"):
+                    await self._control(writer, method, path, raw)
+                    continue
+                self.stats["requests"] += 1
+                if not counted:
+                    counted = True
+                    self.stats["connections"] += 1
+                action = self.queue.popleft() if self.queue else (self.default or {"kind": "ok"})
+                if not await self._answer(writer, action, hdrs, raw):
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.stats["peer_gone"] += 1
+        finally:
+            writer.close()
+
+    async def _control(
+        self, writer: asyncio.StreamWriter, method: bytes, path: bytes, raw: bytes
+    ) -> None:
+        if path == b"/_fake/script":
+            queue, default = [], None
+            body = orjson.loads(raw or b"{}")
+            for action in body.get("actions", []):
+                queue += [dict(action) for _ in range(action.get("repeat", 1))]
+            default = body.get("default")
+            for a in [*queue, *([default] if default else [])]:
+                if a.get("kind") not in _HOSTILE_KINDS:
+                    raise ScriptError(f"unknown hostile action {a!r}")
+            self.queue, self.default = deque(queue), default
+            out: Any = {"ok": True, "queued": len(queue)}
+        elif path == b"/_fake/reset":
+            self.queue, self.default = deque(), None
+            self.stats = dict.fromkeys(self.stats, 0)
+            out = {"ok": True}
+        else:
+            out = self.stats
+        data = orjson.dumps(out)
+        writer.write(_hostile_head(200, b"application/json", len(data)) + data)
+        await writer.drain()
+
+    async def _answer(
+        self, writer: asyncio.StreamWriter, a: dict[str, Any], hdrs: dict[bytes, bytes], raw: bytes
+    ) -> bool:
+        """Send one answer; False if the connection is to be closed."""
+        kind = a["kind"]
+        if kind == "hangup":
+            return False
+        if kind == "raw":
+            writer.write(str(a["data"]).encode("latin-1"))
+            await writer.drain()
+            return not a.get("close", False)
+        if kind == "status":
+            auth = hdrs.get(b"authorization", b"").decode("latin-1")
+            data = str(a.get("body", "")).replace("{authorization}", auth).encode()
+            extra = "".join(f"{k}: {v}\r\n" for k, v in a.get("headers", {}).items())
+            head = _hostile_head(int(a["status"]), b"application/json", len(data), extra.encode())
+            writer.write(head + data)
+            await writer.drain()
+            return True
+        if kind == "big":
+            n = int(a["bytes"])
+            chunked = bool(a.get("chunked"))
+            body_len = max(0, n - 11)  # with the 11 bytes of {"pad": "..."}
+            status = int(a.get("status", 200))
+            head = _hostile_head(status, b"application/json", None if chunked else n)
+            writer.write(head)
+            parts: Iterator[bytes] = _pieces(b'{"pad": "', body_len, b'"}')
+            await _write_all(writer, parts, chunked)
+            return True
+        stream = b'"stream":true' in raw.replace(b" ", b"")
+        if kind == "ok" and not stream:
+            data = orjson.dumps(_hostile_chat())
+            writer.write(_hostile_head(200, b"application/json", len(data)) + data)
+            await writer.drain()
+            return True
+        writer.write(_hostile_head(200, b"text/event-stream", None))
+        if kind == "ok":
+            events = [_hostile_chunk("ok"), _hostile_chunk(None, usage=True)]
+            parts = iter([*(b"data: " + orjson.dumps(e) + b"\n\n" for e in events), _DONE_EVENT])
+            if a.get("then_bytes"):  # the answer is over, but the body does not end
+                more = _pieces(b"", int(a["then_bytes"]), b"", 1 << 14)
+                for part in itertools.chain(parts, more):
+                    if part:
+                        writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+                        await writer.drain()
+                await asyncio.sleep(float(a.get("then_hang_s", 5)))
+                return False
+        elif kind == "sse_event":
+            piece = int(a.get("piece", 1 << 16))
+            parts = _pieces(b"data: ", int(a["bytes"]), b"\n\n" + _DONE_EVENT, piece)
+            await _write_all(writer, parts, True, float(a.get("gap_ms", 0)))
+            return True
+        else:  # trickle
+            writer.write(b"6\r\ndata: \r\n")
+            end = time.monotonic() + float(a.get("seconds", 5))
+            while time.monotonic() < end:
+                writer.write(b"1\r\nx\r\n")
+                await writer.drain()
+                await asyncio.sleep(float(a.get("ms", 10)) / 1000)
+            return False
+        await _write_all(writer, parts, True)
+        return True
+
+
+def _hostile_head(status: int, ctype: bytes, length: int | None, extra: bytes = b"") -> bytes:
+    framing = b"transfer-encoding: chunked" if length is None else b"content-length: %d" % length
+    return b"HTTP/1.1 %d X\r\ncontent-type: %s\r\n%s\r\n%s\r\n" % (status, ctype, framing, extra)
+
+
+def _pieces(first: bytes, n: int, last: bytes, piece: int = _PIECE) -> Iterator[bytes]:
+    """`first`, then n bytes of 'x' in pieces of `piece` bytes, then `last`."""
+    yield first
+    block = b"x" * piece
+    while n > 0:
+        yield block[: min(n, piece)]
+        n -= piece
+    yield last
+
+
+async def _write_all(
+    writer: asyncio.StreamWriter, parts: Iterator[bytes], chunked: bool, gap_ms: float = 0.0
+) -> None:
+    for part in parts:
+        writer.write(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
+        await writer.drain()
+        if gap_ms:
+            await asyncio.sleep(gap_ms / 1000)
+    if chunked:
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+
+def _hostile_chunk(text: str | None, usage: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": "chatcmpl-hostile",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "hostile",
+        "choices": [] if text is None else [{"index": 0, "delta": {"content": text}}],
+    }
+    if usage:
+        out["usage"] = _usage(3, 1)
+    return out
+
+
+def _hostile_chat() -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-hostile",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "hostile",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "ok"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": _usage(3, 1),
+    }
+
+
+async def _serve_hostile(args: argparse.Namespace) -> int:
+    server = HostileUpstreamServer()
+    sock = bind(args.host, args.port)
+    srv = await asyncio.start_server(server.serve, sock=sock)
+    sys.stdout.write(f"READY {sock.getsockname()[1]}\n")
+    sys.stdout.flush()
+    if args.exit_on_stdin_eof:
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.buffer.read)
+    else:
+        await asyncio.Event().wait()
+    srv.close()
+    return 0
+
+
+class HostileUpstream(FakeUpstream):
+    """Start/stop a :class:`HostileUpstreamServer` subprocess; ``script``, ``reset`` and
+    ``stats`` work as on :class:`FakeUpstream`."""
+
+    def _command(self, port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "tests.fake_upstream",
+            "--hostile",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--exit-on-stdin-eof",
+        ]
 
 
 if __name__ == "__main__":

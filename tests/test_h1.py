@@ -413,9 +413,8 @@ async def test_interim_1xx_response_skipped() -> None:
         assert srv.connections == 1
 
 
-async def test_stale_keepalive_connection_retried_once() -> None:
-    """The server keeps the connection open but drops it on the 2nd request, unanswered."""
-    box: list[RawServer] = []
+def drop_second_request(box: list[RawServer]) -> Handler:
+    """Keep the connection open, then drop it on the 2nd request, read but unanswered."""
 
     async def handler(c: Conn) -> None:
         await c.read_request()
@@ -424,11 +423,28 @@ async def test_stale_keepalive_connection_retried_once() -> None:
         await c.read_request()  # closes without a single byte of response
         box[0].requests += 1
 
-    async with RawServer(handler) as srv, H1Pool(srv.url) as pool:
+    return handler
+
+
+async def test_stale_keepalive_connection_retried_once_for_idempotent_requests() -> None:
+    box: list[RawServer] = []
+    async with RawServer(drop_second_request(box)) as srv, H1Pool(srv.url) as pool:
+        box.append(srv)
+        assert (await pool.request("GET", "/")).content == b"first"
+        assert (await pool.request("GET", "/")).content == b"first"
+        assert srv.connections == 2 and srv.requests == 3
+
+
+async def test_post_written_to_a_reused_connection_is_never_sent_twice() -> None:
+    """The upstream read the POST and may be working on it: sending it again would be a
+    second, billed completion."""
+    box: list[RawServer] = []
+    async with RawServer(drop_second_request(box)) as srv, H1Pool(srv.url) as pool:
         box.append(srv)
         assert (await pool.request("POST", "/", b"a")).content == b"first"
-        assert (await pool.request("POST", "/", b"b")).content == b"first"
-        assert srv.connections == 2 and srv.requests == 3
+        with pytest.raises(RemoteProtocolError, match="before sending a response"):
+            await pool.request("POST", "/", b"b")
+        assert srv.connections == 1 and srv.requests == 2
 
 
 async def test_no_retry_once_response_bytes_arrived() -> None:
@@ -787,7 +803,8 @@ async def _uvloop_scenarios(fu: FakeUpstream) -> None:
     await test_cancel_during_delay_is_seen_by_upstream(fu)
     fu.reset()
     await test_200_concurrent_requests_over_8_connections(fu)
-    await test_stale_keepalive_connection_retried_once()
+    await test_stale_keepalive_connection_retried_once_for_idempotent_requests()
+    await test_post_written_to_a_reused_connection_is_never_sent_twice()
     await test_large_request_body_flow_control()
     await test_large_response_slow_consumer()
     await test_read_timeout_between_body_chunks()

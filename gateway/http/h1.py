@@ -15,8 +15,15 @@ Error mapping: a failure to establish TCP/TLS is :class:`ConnectError` (:class:`
 for the connect deadline) and means the request was never sent, so failing over is always safe.
 Anything after the connection exists (reset, EOF before the response is complete, malformed
 bytes) is :class:`RemoteProtocolError`, because the upstream may have processed the request.
-The only exception is a *reused* keep-alive connection that dies before a single response byte
-arrives (the peer closed it while idle): that request is retried once on a fresh connection.
+A request is never sent twice once it was written (a POST resent is a second, billed
+completion): a keep-alive connection the peer closed while idle is left out when it is taken
+from the pool (EOF seen, transport closing); only an idempotent request (GET, HEAD, ...) on a
+reused connection that dies before a single response byte is retried once on a fresh one.
+
+A body over the caller's ``max_bytes`` raises :class:`ResponseTooLarge` (at the headers when
+Content-Length says so, else once that many bytes arrived) and closes the connection. 1xx,
+204 and 304 answers (and HEAD's) have no body by HTTP rules: whatever bytes follow them are
+never a body, and such a connection is never reused.
 
 A response's connection goes back to the pool only once its whole body has been received off
 the wire (consumed or not, e.g. an SSE reader stopping at ``[DONE]``) and keep-alive is allowed;
@@ -45,11 +52,13 @@ __all__ = [
     "PoolClosed",
     "ReadTimeout",
     "RemoteProtocolError",
+    "ResponseTooLarge",
 ]
 
 _READ_HIGH_WATER: Final = 1 << 20  # pause reading once the consumer is this far behind
 _WRITE_CHUNK: Final = 1 << 16  # bodies above this are written in slices, honouring pause_writing
 _NO_BODY_METHODS: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _LINE_CACHE_MAX: Final = 256
 
 
@@ -77,6 +86,18 @@ class RemoteProtocolError(H1Error):
     """The peer closed/reset the connection before the response was complete, or sent junk."""
 
 
+class ResponseTooLarge(H1Error):
+    """The response body is over the caller's ``max_bytes``; the connection was closed."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the upstream's response body is over {limit} bytes")
+        self.limit = limit
+
+
+class _TooLarge(Exception):
+    """Internal: stops the parser once a body went over its limit."""
+
+
 class PoolClosed(H1Error):
     """The pool was closed."""
 
@@ -90,9 +111,9 @@ class _Conn(asyncio.Protocol):
 
     __slots__ = (
         "active", "buffered", "chunks", "complete", "deadline", "exc", "got_bytes", "head",
-        "headers", "headers_done", "idle_since", "keep_alive", "last", "loop", "lost",
-        "parser", "read_paused", "read_timeout", "status", "timer", "transport", "until_close",
-        "waiter", "write_paused",
+        "headers", "headers_done", "idle_since", "keep_alive", "last", "limit", "loop", "lost",
+        "parser", "read_paused", "read_timeout", "received", "status", "timer", "transport",
+        "until_close", "waiter", "write_paused",
     )  # fmt: skip
 
     def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float) -> None:
@@ -106,7 +127,8 @@ class _Conn(asyncio.Protocol):
         self.waiter: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.exc: H1Error | None = None
-        self.status = self.buffered = 0
+        self.status = self.buffered = self.received = 0
+        self.limit: int | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.headers_done = self.complete = self.got_bytes = self.head = False
@@ -133,9 +155,13 @@ class _Conn(asyncio.Protocol):
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             if self.complete and isinstance(exc.__context__, _Extra):
                 self.keep_alive = False  # trailing junk after a complete response
-            else:
+                self.abort()
+            elif self.exc is None:
                 self.fail(RemoteProtocolError(f"malformed HTTP response: {exc}"))
         self.wake()
+
+    def eof_received(self) -> None:
+        self.keep_alive = False  # the peer sends no more: never hand this connection out again
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -172,6 +198,9 @@ class _Conn(asyncio.Protocol):
             self.headers = []
             return
         self.status, self.headers_done = status, True
+        if self.limit is not None and self._over_length(self.limit):
+            self.fail(ResponseTooLarge(self.limit))
+            raise _TooLarge
         if self.head:  # llhttp cannot be told to skip a HEAD body: finish here, never reuse
             self.complete, self.keep_alive = True, False
             self.cancel_timer()
@@ -180,6 +209,10 @@ class _Conn(asyncio.Protocol):
             self.until_close = not any(k in framed for k, _ in self.headers)
 
     def on_body(self, body: bytes) -> None:
+        self.received += len(body)
+        if self.limit is not None and self.received > self.limit:
+            self.fail(ResponseTooLarge(self.limit))
+            raise _TooLarge
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > _READ_HIGH_WATER and not self.read_paused and not self.lost:
@@ -190,19 +223,40 @@ class _Conn(asyncio.Protocol):
         if not self.headers_done or self.head:
             return  # end of a 1xx interim message (or a HEAD already finished)
         self.complete = True
-        self.keep_alive = self.parser.should_keep_alive()
+        # a 204/304 has no body: bytes the peer sent as one anyway would be read as the
+        # start of the next response, so such a connection is never reused
+        self.keep_alive = self.parser.should_keep_alive() and self.status not in (204, 304)
         self.cancel_timer()
 
     # ---- exchange helpers ---------------------------------------------------------------------
 
-    def begin(self, head: bool, deadline: float | None) -> None:
+    def begin(self, head: bool, deadline: float | None, limit: int | None) -> None:
         self.active, self.head, self.status, self.exc = True, head, 0, None
-        self.headers, self.chunks, self.buffered = [], [], 0
+        self.headers, self.chunks, self.buffered, self.received = [], [], 0, 0
+        self.limit = limit
         self.headers_done = self.complete = self.got_bytes = self.until_close = False
         self.keep_alive = True
         self.deadline = deadline
         self.last = now = self.loop.time()
         self._arm(self.read_timeout, now)
+
+    def set_limit(self, limit: int | None) -> None:
+        """Cap the body at ``limit`` bytes from now on (counting what already arrived)."""
+        self.limit = limit
+        if limit is None or self.exc is not None:
+            return
+        if self.received > limit or (
+            self.headers_done and not self.complete and self._over_length(limit)
+        ):
+            self.fail(ResponseTooLarge(limit))
+
+    def _over_length(self, limit: int) -> bool:
+        """Whether the Content-Length already says the body is over `limit`."""
+        for name, value in self.headers:
+            if name == b"content-length":
+                v = value.strip()
+                return v.isdigit() and int(v) > limit
+        return False
 
     def _arm(self, delay: float, now: float) -> None:
         """Fire on_timer after `delay` s, or at the deadline if that comes first."""
@@ -312,6 +366,12 @@ class H1Response:
             if key == name:
                 return value
         return None
+
+    def set_max_bytes(self, limit: int | None) -> None:
+        """Cap the body at ``limit`` bytes (counting what already arrived); reading past it
+        raises :class:`ResponseTooLarge` and closes the connection."""
+        if self._conn is not None:
+            self._conn.set_limit(limit)
 
     async def aread(self) -> bytes:
         """Read the whole body into ``content`` (then the connection goes back to the pool)."""
@@ -432,15 +492,17 @@ class H1Pool:
         body: bytes = b"",
         headers: list[tuple[bytes, bytes]] | None = None,
         timeout: float | None = None,
+        max_bytes: int | None = None,
     ) -> H1Response:
         """Send a request and read the whole response body (``response.content``).
 
         ``timeout``: seconds for the whole exchange (waiting for a connection, connecting,
         sending, the status line and the whole body), else DeadlineExceeded (or
         ConnectTimeout while connecting). One timer per exchange, no extra task or
-        cancellation: the connection's own read timer also watches the deadline."""
+        cancellation: the connection's own read timer also watches the deadline.
+        ``max_bytes``: a body over it raises ResponseTooLarge (the connection is closed)."""
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        response = await self._stream(method, path, body, headers, deadline)
+        response = await self._stream(method, path, body, headers, deadline, max_bytes)
         await response.aread()
         return response
 
@@ -459,7 +521,7 @@ class H1Pool:
         the body is then bounded by ``read_timeout`` between reads only.
         """
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        response = await self._stream(method, path, body, headers, deadline)
+        response = await self._stream(method, path, body, headers, deadline, None)
         conn = response._conn
         if conn is not None:
             conn.deadline = None
@@ -472,19 +534,21 @@ class H1Pool:
         body: bytes,
         headers: list[tuple[bytes, bytes]] | None,
         deadline: float | None,
+        max_bytes: int | None,
     ) -> H1Response:
         data, big_body = self._serialise(method, path, body, headers)
         head = method == "HEAD"
+        resend = method in _IDEMPOTENT
         for attempt in (0, 1):
             conn, reused = await self._acquire(deadline)
-            conn.begin(head, deadline)
+            conn.begin(head, deadline, max_bytes)
             try:
                 await conn.send(data, big_body)
             except RemoteProtocolError:
                 self._discard(conn)
-                if reused and not conn.got_bytes and attempt == 0:
-                    continue  # stale keep-alive connection: retry once on a fresh one
-                raise
+                if resend and reused and not conn.got_bytes and attempt == 0:
+                    continue  # stale keep-alive connection: an idempotent request goes again
+                raise  # anything else may have been processed: never sent twice
             except BaseException:
                 self._discard(conn)
                 raise
@@ -590,7 +654,16 @@ class H1Pool:
         return conn, False
 
     def _usable(self, conn: _Conn, now: float) -> bool:
-        return not conn.lost and conn.keep_alive and now - conn.idle_since <= self._expiry
+        """Alive, reusable and not expired: a connection whose peer already closed it (EOF
+        seen, transport closing) is left out here, before a request is written to it."""
+        transport = conn.transport
+        return (
+            not conn.lost
+            and conn.keep_alive
+            and now - conn.idle_since <= self._expiry
+            and transport is not None
+            and not transport.is_closing()
+        )
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float | None) -> _Conn:
         where = f"{self._host}:{self._port}"

@@ -173,6 +173,7 @@ class Upstream:
         headers = {"content-type": "application/json"}
         if ep.api_key:
             headers["authorization"] = f"Bearer {ep.api_key}"
+        self._secret = ep.api_key.encode() if ep.api_key else b""
         t = model.timeouts
         # A lean HTTP/1.1 pool (gateway/http/h1.py): httpx cost ~1.4 ms of CPU per request here.
         self.client = H1Pool(
@@ -206,6 +207,15 @@ class Upstream:
             circuit.failure_threshold,
             circuit.cooldown_s,
         )
+
+    def scrub(self, text: bytes) -> bytes:
+        """An upstream's error text without the endpoint's key (nor so its `Bearer <key>`
+        form): an upstream that echoes the credential it got must not hand it to a client or
+        a log. Only error paths call this."""
+        secret = self._secret
+        if secret and secret in text:
+            return text.replace(secret, b"[redacted]")
+        return text
 
     def can_serve(self) -> bool:
         return self.circuit.available() and self.limiter.has_room()
