@@ -1,0 +1,206 @@
+"""The record journal: a gateway killed with `kill -9` loses no record of an answered request.
+
+Every request a client saw answered has its record once the gateway is back on the same
+config (replayed from the journal of the killed process), and none is counted twice."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.accounting.journal import Journal
+from gateway.accounting.metrics import Metrics
+from gateway.accounting.recorder import Recorder
+from gateway.accounting.records import RequestRecord
+from gateway.accounting.store.sqlite_store import SQLiteStore
+from gateway.config import StoreConfig
+from tests.fake_upstream import FakeUpstream
+from tests.support import GatewayProcess, metric_samples, metric_total
+
+Fakes = Callable[..., FakeUpstream]
+
+# The buffer goes to the store every 0.1 s: what was written before the kill is in the store
+# AND still in the journal (replayed, not counted twice); what arrived after the last write is
+# only in the journal.
+CONFIG = """
+store: {{backend: sqlite, sqlite_path: "${{TOLLGATE_DB}}", batch_size: 1000, flush_interval_s: 0.1}}
+models:
+  - name: m
+    tier: small
+    endpoints: [{{base_url: "{url}", model: up-m}}]
+"""
+
+
+def _rows(db: Path) -> list[tuple[str, int]]:
+    with sqlite3.connect(db) as c:
+        return c.execute("SELECT request_id, status FROM requests").fetchall()
+
+
+async def _traffic(gw: GatewayProcess, answered: dict[str, int], kill_after: int) -> None:
+    """Eight clients send requests (every third one streamed) until the gateway dies, which
+    happens by SIGKILL once `kill_after` answers have come back."""
+    killed = asyncio.Event()
+
+    async def client(n: int, http: httpx.AsyncClient) -> None:
+        i = 0
+        while not killed.is_set():
+            i += 1
+            stream = (i + n) % 3 == 0
+            body = {"model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+            try:
+                r = await http.post("/v1/chat/completions", json=body)
+            except httpx.HTTPError:
+                return  # the gateway is gone
+            if r.status_code == 200 and (not stream or r.text.rstrip().endswith("[DONE]")):
+                answered[r.headers["x-tollgate-request-id"]] = 200
+            if len(answered) >= kill_after and not killed.is_set():
+                killed.set()
+                assert gw.proc is not None
+                os.kill(gw.proc.pid, signal.SIGKILL)
+
+    limits = httpx.Limits(max_connections=8)
+    async with httpx.AsyncClient(base_url=gw.url, timeout=5, limits=limits) as http:
+        await asyncio.wait_for(asyncio.gather(*(client(n, http) for n in range(8))), 60)
+
+
+def test_kill_9_loses_no_answered_request(fakes: Fakes, tmp_path: Path) -> None:
+    up = fakes("m")
+    config = CONFIG.format(url=up.base_url)
+    db = tmp_path / "tollgate.db"
+    answered: dict[str, int] = {}
+    first = GatewayProcess(config, tmp_path).start()
+    try:
+        asyncio.run(_traffic(first, answered, kill_after=400))
+        assert first.proc is not None and first.proc.wait(10) == -signal.SIGKILL
+    finally:
+        first.close()
+    journals = list(tmp_path.glob("tollgate.db.journal-*.jsonl"))
+    assert len(journals) == 1  # the killed process's
+    stored_before = {rid for rid, _ in _rows(db)} if db.exists() else set()
+    assert len(answered) >= 400
+    assert 0 < len(stored_before) < len(answered)  # without the journal the rest is lost
+
+    second = GatewayProcess(config, tmp_path).start()  # same config, same store
+    try:
+        rows = _rows(db)  # replayed during start-up, before the gateway is healthy
+        ids = [rid for rid, _ in rows]
+        assert len(ids) == len(set(ids))
+        status = dict(rows)
+        missing = [rid for rid in answered if rid not in status]
+        assert not missing, f"{len(missing)} of {len(answered)} answered requests not recorded"
+        assert all(status[rid] == 200 for rid in answered)
+        usage = httpx.get(f"{second.url}/v1/usage", params={"since": "1h"}).json()
+        assert sum(row["requests"] for row in usage["data"]) == len(rows)  # none counted twice
+        assert "replayed" in second.logs()
+    finally:
+        second.close()
+    # the second gateway stopped cleanly: it wrote everything, its journal and the replayed
+    # one are gone
+    assert not list(tmp_path.glob("tollgate.db.journal-*"))
+
+
+def test_journal_off_writes_no_file(fakes: Fakes, tmp_path: Path) -> None:
+    up = fakes("m")
+    config = CONFIG.format(url=up.base_url).replace("flush_interval_s: 0.1", "journal: false")
+    with GatewayProcess(config, tmp_path) as gw:
+        r = httpx.post(
+            f"{gw.base_url}/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert r.status_code == 200
+        assert not list(tmp_path.glob("*journal*"))
+
+
+def _rec(i: int, prefix: str) -> RequestRecord:
+    return RequestRecord(request_id=f"{prefix}-{i}", ts=time.time(), route="m", model="m")
+
+
+def _child_journal(prefix: str, tag: str, n: int, hold: Any, release: Any) -> None:
+    """A worker process: journals n records; with `hold`, signals and waits while alive."""
+    j = Journal(prefix, 1 << 20)
+    j.open()
+    for i in range(n):
+        j.append(_rec(i, tag))
+    if hold:
+        hold.set()
+        release.wait(20)
+    os._exit(0)  # no clean shutdown: as if killed
+
+
+def _store_cfg(**kw: Any) -> StoreConfig:
+    return StoreConfig.model_validate({"flush_interval_s": 0.05, **kw})
+
+
+def test_each_worker_has_its_own_journal_and_replay_takes_every_dead_one(tmp_path: Path) -> None:
+    prefix = str(tmp_path / "t.db.journal")
+    ctx = multiprocessing.get_context("spawn")
+    dead = [
+        ctx.Process(target=_child_journal, args=(prefix, f"w{k}", 40, None, None)) for k in (1, 2)
+    ]
+    for p in dead:
+        p.start()
+    for p in dead:
+        p.join(20)
+    hold, release = ctx.Event(), ctx.Event()
+    alive = ctx.Process(target=_child_journal, args=(prefix, "live", 5, hold, release))
+    alive.start()
+    try:
+        assert hold.wait(20)
+        files = sorted(tmp_path.glob("t.db.journal-*.jsonl"))
+        assert len(files) == 3  # one file per process, none shared
+
+        async def replay() -> list[str]:
+            store = SQLiteStore(str(tmp_path / "t.db"))
+            rec = Recorder(store, _store_cfg(), Metrics(), Journal(prefix, 1 << 20))
+            await rec.start()
+            ids = [r.request_id for r in await store.recent(1000)]
+            await rec.close()
+            return ids
+
+        ids = asyncio.run(replay())
+        # the two dead workers' records, not the live one's (it still owns its file)
+        assert sorted(ids) == sorted(f"w{k}-{i}" for k in (1, 2) for i in range(40))
+        left = sorted(p.name for p in tmp_path.glob("t.db.journal-*.jsonl"))
+        assert len(left) == 1 and f"-{alive.pid}-" in left[0]
+    finally:
+        release.set()
+        alive.join(20)
+
+
+def test_full_journal_drops_and_counts(tmp_path: Path) -> None:
+    """With the store down the journal fills to journal_max_bytes; past it records are
+    dropped and counted in tollgate_store_dropped_records_total, the file stays bounded."""
+
+    async def run() -> tuple[float, int]:
+        store = SQLiteStore(str(tmp_path / "missing-dir" / "x" / "t.db"))  # cannot open
+        cfg = _store_cfg(journal_max_bytes=65536, retry_interval_s=5)
+        metrics = Metrics()
+        rec = Recorder(store, cfg, metrics, Journal(tmp_path / "t.journal", cfg.journal_max_bytes))
+        await rec.start()
+        for i in range(2000):
+            r = _rec(i, "x")
+            rec.commit(r)
+            rec.submit(r)
+        size = sum(p.stat().st_size for p in tmp_path.glob("t.journal-*"))
+        samples = metric_samples(metrics.render()[0].decode())
+        await rec.close(timeout=0.2)
+        return metric_total(samples, "tollgate_store_dropped_records_total"), size
+
+    dropped, size = asyncio.run(run())
+    assert 0 < size < 65536 + 2048
+    assert 1000 < dropped < 2000
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TOLLGATE_STORE", raising=False)
