@@ -889,10 +889,11 @@ class Proxy:
                     if rec.ttft_ms is None:
                         rec.ttft_ms = (time.perf_counter() - t0) * 1000.0
                     body_out = out[0] if len(out) == 1 else b"".join(out)
+                    if saw_done:  # the answer is whole: its record is final before [DONE] goes
+                        self._settle_stream(rt, rec, body, kept, keep_text, usage_seen, state)
+                        self._commit(rec, ctx, state["upstream_s"] + time.perf_counter() - t_up)
                     await send({"type": "http.response.body", "body": body_out, "more_body": True})
-                if saw_done and not ctx.committed:
-                    self._settle_stream(rt, rec, body, kept, keep_text, usage_seen, state)
-                    self._commit(rec, ctx, state["upstream_s"] + time.perf_counter() - t_up)
+                if saw_done:
                     await self._end_stream(ctx, send)
             if not saw_done:
                 failure = "the upstream closed the stream before [DONE]"
