@@ -7,7 +7,8 @@ and its 32-number prompt vector included) through `SQLiteStore.write_batch` in b
 as the recorder does, into a fresh database in a temporary directory, and prints the process
 CPU time (user + system, the writer thread included) per record, the wall time per record and
 the database bytes per record. It also times `Recorder.submit` (what the request path itself
-pays to hand a record over). Two kinds of request id are compared in the same run:
+pays to hand a record over) and `Recorder.commit` (the record journal's append, paid before
+the response's last byte). Two kinds of request id are compared in the same run:
 `random` (`tg-` + 24 random hex digits, the gateway's ids before) and `time-ordered` (what
 `gateway.proxy.new_request_id` makes now). The gateway pins its writer thread to the same core
 as the event loop, so every microsecond here is one the request path does not get.
@@ -28,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gateway.accounting.journal import Journal
 from gateway.accounting.metrics import Metrics
 from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import RequestRecord
@@ -88,6 +90,26 @@ async def _submit_us(n: int) -> float:
     return took / n * 1e6
 
 
+async def _commit_us(n: int) -> float:
+    """Wall µs per Recorder.commit: one journal line (orjson + os.write) per record."""
+    rng = random.Random(3)
+    features = [rng.uniform(-1, 1) for _ in range(32)]
+    records = [_record(new_request_id, features) for _ in range(n)]
+    with tempfile.TemporaryDirectory() as d:
+        cfg = StoreConfig(queue_size=n + 10, batch_size=n + 10, flush_interval_s=3600)
+        journal = Journal(os.path.join(d, "bench.db.journal"), cfg.journal_max_bytes)
+        rec = Recorder(SQLiteStore(os.path.join(d, "bench.db")), cfg, Metrics(), journal)
+        await rec.start()
+        t0 = time.perf_counter()
+        for r in records:
+            rec.commit(r)
+        took = time.perf_counter() - t0
+        for r in records:
+            rec.submit(r)
+        await rec.close()
+    return took / n * 1e6
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--records", type=int, default=60000)
@@ -101,6 +123,8 @@ def main() -> None:
             print(f"| {name} | {cpu:.1f} | {wall:.1f} | {size:,.0f} |")
     subs = [asyncio.run(_submit_us(min(args.records, 10_000))) for _ in range(args.repeat)]
     print(f"\nRecorder.submit: {', '.join(f'{u:.2f}' for u in subs)} µs per record (wall)")
+    coms = [asyncio.run(_commit_us(min(args.records, 10_000))) for _ in range(args.repeat)]
+    print(f"Recorder.commit (journal): {', '.join(f'{u:.2f}' for u in coms)} µs per record (wall)")
 
 
 if __name__ == "__main__":
