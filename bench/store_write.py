@@ -73,39 +73,25 @@ async def _write(n: int, make_id: Callable[[], str]) -> tuple[float, float, floa
     return cpu / n * 1e6, wall / n * 1e6, size / n
 
 
-async def _submit_us(n: int) -> float:
-    """Wall µs per Recorder.submit, with nothing written meanwhile (flush interval 1 h)."""
+async def _hand_over_us(n: int, journal: bool) -> float:
+    """Wall µs per Recorder.submit, with nothing written meanwhile (flush interval 1 h); with
+    `journal`, per Recorder.commit (one journal line: orjson + os.write) instead."""
     rng = random.Random(2)
     features = [rng.uniform(-1, 1) for _ in range(32)]
     records = [_record(new_request_id, features) for _ in range(n)]
     with tempfile.TemporaryDirectory() as d:
         cfg = StoreConfig(queue_size=n + 10, batch_size=n + 10, flush_interval_s=3600)
-        rec = Recorder(SQLiteStore(os.path.join(d, "bench.db")), cfg, Metrics())
+        j = Journal(os.path.join(d, "bench.db.journal"), cfg.journal_max_bytes) if journal else None
+        rec = Recorder(SQLiteStore(os.path.join(d, "bench.db")), cfg, Metrics(), j)
         await rec.start()
+        step = rec.commit if journal else rec.submit
         t0 = time.perf_counter()
         for r in records:
-            rec.submit(r)
+            step(r)
         took = time.perf_counter() - t0
-        await rec.close()
-    return took / n * 1e6
-
-
-async def _commit_us(n: int) -> float:
-    """Wall µs per Recorder.commit: one journal line (orjson + os.write) per record."""
-    rng = random.Random(3)
-    features = [rng.uniform(-1, 1) for _ in range(32)]
-    records = [_record(new_request_id, features) for _ in range(n)]
-    with tempfile.TemporaryDirectory() as d:
-        cfg = StoreConfig(queue_size=n + 10, batch_size=n + 10, flush_interval_s=3600)
-        journal = Journal(os.path.join(d, "bench.db.journal"), cfg.journal_max_bytes)
-        rec = Recorder(SQLiteStore(os.path.join(d, "bench.db")), cfg, Metrics(), journal)
-        await rec.start()
-        t0 = time.perf_counter()
-        for r in records:
-            rec.commit(r)
-        took = time.perf_counter() - t0
-        for r in records:
-            rec.submit(r)
+        if journal:
+            for r in records:
+                rec.submit(r)
         await rec.close()
     return took / n * 1e6
 
@@ -121,9 +107,11 @@ def main() -> None:
         for name, make_id in (("random", _random_id), ("time-ordered", new_request_id)):
             cpu, wall, size = asyncio.run(_write(args.records, make_id))
             print(f"| {name} | {cpu:.1f} | {wall:.1f} | {size:,.0f} |")
-    subs = [asyncio.run(_submit_us(min(args.records, 10_000))) for _ in range(args.repeat)]
+    subs = [
+        asyncio.run(_hand_over_us(min(args.records, 10_000), False)) for _ in range(args.repeat)
+    ]
     print(f"\nRecorder.submit: {', '.join(f'{u:.2f}' for u in subs)} µs per record (wall)")
-    coms = [asyncio.run(_commit_us(min(args.records, 10_000))) for _ in range(args.repeat)]
+    coms = [asyncio.run(_hand_over_us(min(args.records, 10_000), True)) for _ in range(args.repeat)]
     print(f"Recorder.commit (journal): {', '.join(f'{u:.2f}' for u in coms)} µs per record (wall)")
 
 
