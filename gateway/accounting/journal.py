@@ -16,6 +16,9 @@ truncated when the store has all of it, and it is replaced by a new one once it 
 `journal_max_bytes / 8`. While the store is down the segments grow: past `journal_max_bytes`
 (per process) a record is not journaled and the recorder drops it, counted in
 tollgate_store_dropped_records_total like a full buffer.
+
+Not journaled: quality scores and the judge's own calls. With the judge on, the prompt vector
+of an unrouted request is added after the response, so a replayed copy of it has none.
 """
 
 from __future__ import annotations
