@@ -121,6 +121,25 @@ def test_journal_off_writes_no_file(fakes: Fakes, tmp_path: Path) -> None:
         assert not list(tmp_path.glob("*journal*"))
 
 
+def test_journal_path_names_where_each_process_writes(fakes: Fakes, tmp_path: Path) -> None:
+    up = fakes("m")
+    where = tmp_path / "elsewhere" / "records"
+    config = CONFIG.format(url=up.base_url).replace(
+        "flush_interval_s: 0.1", f"flush_interval_s: 30, journal_path: '{where}'"
+    )
+    with GatewayProcess(config, tmp_path) as gw:
+        r = httpx.post(
+            f"{gw.base_url}/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert r.status_code == 200
+        assert gw.proc is not None
+        files = list(where.parent.glob(f"records-{gw.proc.pid}-*.jsonl"))
+        assert len(files) == 1  # this process's own file, at journal_path
+        assert r.headers["x-tollgate-request-id"] in files[0].read_text()
+        assert not list(tmp_path.glob("tollgate.db.journal*"))
+
+
 def _rec(i: int, prefix: str) -> RequestRecord:
     return RequestRecord(request_id=f"{prefix}-{i}", ts=time.time(), route="m", model="m")
 
