@@ -156,6 +156,12 @@ def _child_journal(prefix: str, tag: str, n: int, hold: Any, release: Any) -> No
     os._exit(0)  # no clean shutdown: as if killed
 
 
+def _down_store(tmp: Path) -> SQLiteStore:
+    """A SQLite store that cannot open: its folder would be inside a regular file."""
+    (tmp / "a-file").write_text("")
+    return SQLiteStore(str(tmp / "a-file" / "t.db"))
+
+
 def _store_cfg(**kw: Any) -> StoreConfig:
     return StoreConfig.model_validate({"flush_interval_s": 0.05, **kw})
 
@@ -201,7 +207,7 @@ def test_full_journal_drops_and_counts(tmp_path: Path) -> None:
     dropped and counted in tollgate_store_dropped_records_total, the file stays bounded."""
 
     async def run() -> tuple[float, int]:
-        store = SQLiteStore(str(tmp_path / "missing-dir" / "x" / "t.db"))  # cannot open
+        store = _down_store(tmp_path)
         cfg = _store_cfg(journal_max_bytes=65536, retry_interval_s=5)
         metrics = Metrics()
         rec = Recorder(store, cfg, metrics, Journal(tmp_path / "t.journal", cfg.journal_max_bytes))
@@ -218,6 +224,37 @@ def test_full_journal_drops_and_counts(tmp_path: Path) -> None:
     dropped, size = asyncio.run(run())
     assert 0 < size < 65536 + 2048
     assert 1000 < dropped < 2000
+
+
+def test_records_the_store_refused_at_shutdown_wait_in_the_journal(tmp_path: Path) -> None:
+    """The store is down through shutdown: the records are not dropped but kept in the
+    journal, and the next start writes them."""
+    prefix = tmp_path / "t.journal"
+
+    async def run() -> tuple[float, list[str]]:
+        down = _down_store(tmp_path)
+        metrics = Metrics()
+        first = Recorder(down, _store_cfg(retry_interval_s=5), metrics, Journal(prefix, 1 << 20))
+        await first.start()
+        for i in range(10):
+            r = _rec(i, "kept")
+            first.commit(r)
+            first.submit(r)
+        await first.close(timeout=0.2)
+        dropped = metric_total(
+            metric_samples(metrics.render()[0].decode()), "tollgate_store_dropped_records_total"
+        )
+        store = SQLiteStore(str(tmp_path / "t.db"))
+        second = Recorder(store, _store_cfg(), Metrics(), Journal(prefix, 1 << 20))
+        await second.start()
+        ids = [r.request_id for r in await store.recent(100)]
+        await second.close()
+        return dropped, ids
+
+    dropped, ids = asyncio.run(run())
+    assert dropped == 0
+    assert sorted(ids) == sorted(f"kept-{i}" for i in range(10))
+    assert not list(tmp_path.glob("t.journal-*"))
 
 
 @pytest.fixture(autouse=True)

@@ -144,6 +144,8 @@ class Recorder:
                     1 for it in (*self._buf, *self._inflight)
                     if isinstance(it, RequestRecord) and j.holds(it.request_id)
                 )  # fmt: skip
+            if kept:
+                assert j is not None
                 log.error(
                     "store still failing at shutdown: %d records stay in the journal %s* "
                     "and are written at the next start",
