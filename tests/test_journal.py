@@ -140,6 +140,20 @@ def test_journal_path_names_where_each_process_writes(fakes: Fakes, tmp_path: Pa
         assert not list(tmp_path.glob("tollgate.db.journal*"))
 
 
+def test_two_workers_write_two_journals(fakes: Fakes, tmp_path: Path) -> None:
+    up = fakes("m")
+    with GatewayProcess(CONFIG.format(url=up.base_url), tmp_path, args=["--workers", "2"]) as gw:
+        deadline = time.monotonic() + 20
+        files: list[Path] = []
+        while len(files) < 2 and time.monotonic() < deadline:  # both workers have started
+            files = list(tmp_path.glob("tollgate.db.journal-*.jsonl"))
+            time.sleep(0.1)
+        pids = {f.name.split("-")[1] for f in files}
+        assert len(files) == 2 and len(pids) == 2  # one file per worker process
+        assert gw.proc is not None and str(gw.proc.pid) not in pids  # the workers', not uvicorn's
+    assert not list(tmp_path.glob("tollgate.db.journal-*"))  # stopped cleanly: all stored
+
+
 def _rec(i: int, prefix: str) -> RequestRecord:
     return RequestRecord(request_id=f"{prefix}-{i}", ts=time.time(), route="m", model="m")
 
