@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+import redis as redis_client
 
 from gateway.accounting.journal import Journal
 from gateway.accounting.metrics import Metrics
@@ -25,9 +27,11 @@ from gateway.accounting.records import RequestRecord
 from gateway.accounting.store.sqlite_store import SQLiteStore
 from gateway.config import StoreConfig
 from tests.fake_upstream import FakeUpstream
+from tests.redis_server import RedisServer, have_redis
 from tests.support import GatewayProcess, metric_samples, metric_total
 
 Fakes = Callable[..., FakeUpstream]
+needs_redis = pytest.mark.skipif(not have_redis(), reason="redis-server not installed")
 
 # The buffer goes to the store every 0.1 s: what was written before the kill is in the store
 # AND still in the journal (replayed, not counted twice); what arrived after the last write is
@@ -39,11 +43,6 @@ models:
     tier: small
     endpoints: [{{base_url: "{url}", model: up-m}}]
 """
-
-
-def _rows(db: Path) -> list[tuple[str, int]]:
-    with sqlite3.connect(db) as c:
-        return c.execute("SELECT request_id, status FROM requests").fetchall()
 
 
 async def _traffic(gw: GatewayProcess, answered: dict[str, int], kill_after: int) -> None:
@@ -73,10 +72,52 @@ async def _traffic(gw: GatewayProcess, answered: dict[str, int], kill_after: int
         await asyncio.wait_for(asyncio.gather(*(client(n, http) for n in range(8))), 60)
 
 
-def test_kill_9_loses_no_answered_request(fakes: Fakes, tmp_path: Path) -> None:
+class _Stored:
+    """The records a store holds, read straight from it: (request id, status) rows, repeats
+    included."""
+
+    def __init__(self, tmp: Path, redis: RedisServer | None) -> None:
+        self.db = tmp / "tollgate.db"
+        self.redis = redis
+
+    def store_line(self, tmp: Path) -> str:
+        if self.redis is None:
+            return f'backend: sqlite, sqlite_path: "{self.db}"'
+        return f'backend: redis, redis_url: "{self.redis.url}", journal_path: "{tmp}/rj"'
+
+    def rows(self) -> list[tuple[str, int]]:
+        if self.redis is None:
+            if not self.db.exists():
+                return []
+            with sqlite3.connect(self.db) as c:
+                return c.execute("SELECT request_id, status FROM requests").fetchall()
+        r = redis_client.Redis.from_url(self.redis.url)
+        try:
+            out = []
+            for _sid, fields in r.xrange("tollgate:records"):
+                rec = orjson.loads(fields[b"r"])
+                out.append((rec["request_id"], rec["status"]))
+            return out
+        finally:
+            r.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("redis", marks=needs_redis)])
+def test_kill_9_loses_no_answered_request(fakes: Fakes, tmp_path: Path, backend: str) -> None:
     up = fakes("m")
-    config = CONFIG.format(url=up.base_url)
-    db = tmp_path / "tollgate.db"
+    redis = RedisServer(tmp_path / "redis").start() if backend == "redis" else None
+    try:
+        stored = _Stored(tmp_path, redis)
+        config = CONFIG.format(url=up.base_url).replace(
+            'backend: sqlite, sqlite_path: "${TOLLGATE_DB}"', stored.store_line(tmp_path)
+        )
+        _kill_and_restart(config, tmp_path, stored)
+    finally:
+        if redis is not None:
+            redis.stop()
+
+
+def _kill_and_restart(config: str, tmp_path: Path, stored: _Stored) -> None:
     answered: dict[str, int] = {}
     first = GatewayProcess(config, tmp_path).start()
     try:
@@ -84,17 +125,17 @@ def test_kill_9_loses_no_answered_request(fakes: Fakes, tmp_path: Path) -> None:
         assert first.proc is not None and first.proc.wait(10) == -signal.SIGKILL
     finally:
         first.close()
-    journals = list(tmp_path.glob("tollgate.db.journal-*.jsonl"))
+    journals = list(tmp_path.glob("*j*-*.jsonl"))
     assert len(journals) == 1  # the killed process's
-    stored_before = {rid for rid, _ in _rows(db)} if db.exists() else set()
+    stored_before = {rid for rid, _ in stored.rows()}
     assert len(answered) >= 400
     assert 0 < len(stored_before) < len(answered)  # without the journal the rest is lost
 
     second = GatewayProcess(config, tmp_path).start()  # same config, same store
     try:
-        rows = _rows(db)  # replayed during start-up, before the gateway is healthy
+        rows = stored.rows()  # replayed during start-up, before the gateway is healthy
         ids = [rid for rid, _ in rows]
-        assert len(ids) == len(set(ids))
+        assert len(ids) == len(set(ids))  # none written twice
         status = dict(rows)
         missing = [rid for rid in answered if rid not in status]
         assert not missing, f"{len(missing)} of {len(answered)} answered requests not recorded"
@@ -106,7 +147,7 @@ def test_kill_9_loses_no_answered_request(fakes: Fakes, tmp_path: Path) -> None:
         second.close()
     # the second gateway stopped cleanly: it wrote everything, its journal and the replayed
     # one are gone
-    assert not list(tmp_path.glob("tollgate.db.journal-*"))
+    assert not list(tmp_path.glob("*j*-*.jsonl"))
 
 
 def test_journal_off_writes_no_file(fakes: Fakes, tmp_path: Path) -> None:
