@@ -54,12 +54,18 @@ def _post(c: httpx.Client, url: str, model: str, stream: bool) -> None:
 
 
 def measure(
-    mode: str, stream: bool, requests: int, tmp: Path, latency_ms: float = 0.0
+    mode: str,
+    stream: bool,
+    requests: int,
+    tmp: Path,
+    latency_ms: float = 0.0,
+    store: str = "none",
+    journal: bool = True,
 ) -> tuple[int, list[str]]:
     fu = ov.PinnedFake(name="bench", latency_ms=latency_ms, chunks=20, completion_tokens=32).start()
     out = tmp / f"callgrind-{mode}-{'stream' if stream else 'unary'}.out"
     cfg = tmp / f"routing-{mode}.yaml"
-    cfg.write_text(ov.routing_yaml(fu.base_url, "none", mode, tmp))
+    cfg.write_text(ov.routing_yaml(fu.base_url, store, mode, tmp, journal))
     port = ov.free_port()
     env = dict(os.environ, PYTHONPATH=str(ov.REPO))
     cmd = [
@@ -125,6 +131,13 @@ def measure(
     return total, top[:12]
 
 
+def _stores(stores: str, journals: str) -> list[tuple[str, str]]:
+    """(store, journal) pairs to measure: the journal matters to a store only."""
+    return [
+        (s, j) for s in stores.split(",") for j in (journals.split(",") if s != "none" else ["on"])
+    ]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--requests", type=int, default=300)
@@ -136,6 +149,12 @@ def main() -> int:
         default=0.0,
         help="the fake upstream's latency: 60 counts what a request that outlasts 50 ms costs",
     )
+    p.add_argument("--store", default="none", help="none|sqlite (comma list for both)")
+    p.add_argument(
+        "--journal",
+        default="on",
+        help="on|off (comma list for both): the SQLite store's record journal (store.journal)",
+    )
     args = p.parse_args()
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind not found: apt-get install -y valgrind")
@@ -143,17 +162,25 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tollgate-ir-") as d:
         for mode in args.modes.split(","):
             for kind in args.kinds.split(","):
-                total, top = measure(
-                    mode, kind == "stream", args.requests, Path(d), args.latency_ms
-                )
-                per = total / args.requests
-                rows.append((mode, kind, per))
-                print(f"\n== {mode} {kind}: {per:,.0f} instructions per request")
-                for ln in top:
-                    print("   " + ln.strip())
-    print("\n| model | kind | instructions per request |\n| --- | --- | ---: |")
-    for mode, kind, per in rows:
-        print(f"| {mode} | {kind} | {per:,.0f} |")
+                for store, journal in _stores(args.store, args.journal):
+                    total, top = measure(
+                        mode,
+                        kind == "stream",
+                        args.requests,
+                        Path(d),
+                        args.latency_ms,
+                        store,
+                        journal == "on",
+                    )
+                    per = total / args.requests
+                    where = store if store == "none" else f"{store}, journal {journal}"
+                    rows.append((mode, kind, where, per))
+                    print(f"\n== {mode} {kind} ({where}): {per:,.0f} instructions per request")
+                    for ln in top:
+                        print("   " + ln.strip())
+    print("\n| model | kind | store | instructions per request |\n| --- | --- | --- | ---: |")
+    for mode, kind, where, per in rows:
+        print(f"| {mode} | {kind} | {where} | {per:,.0f} |")
     return 0
 
 

@@ -315,8 +315,9 @@ TIERS = [
 ]
 
 
-def routing_yaml(upstream_base: str, store: str, mode: str, tmp: Path) -> str:
-    """Every tier points at the fake upstream; `auto` mode adds router profiles."""
+def routing_yaml(upstream_base: str, store: str, mode: str, tmp: Path, journal: bool = True) -> str:
+    """Every tier points at the fake upstream; `auto` mode adds router profiles; `journal`
+    off turns the store's record journal off (store.journal)."""
     lines = [
         "version: 1",
         "server:",
@@ -324,6 +325,7 @@ def routing_yaml(upstream_base: str, store: str, mode: str, tmp: Path) -> str:
         "store:",
         f"  backend: {store}",
         f"  sqlite_path: {tmp / 'tollgate.db'}",
+        f"  journal: {'true' if journal else 'false'}",
         # gateway keys on, as users run it (and as LiteLLM, which needs a master key, is run)
         "auth:",
         "  keys:",
@@ -454,16 +456,17 @@ class ServerProcess(Target):
 
 
 class Tollgate(ServerProcess):
-    def __init__(self, store: str = "none", mode: str = "pinned") -> None:
+    def __init__(self, store: str = "none", mode: str = "pinned", journal: bool = True) -> None:
         super().__init__()
         self.store = store
         self.mode = mode
-        self.name = f"tollgate {mode} store={store}"
+        self.journal = journal
+        self.name = f"tollgate {mode} store={store}" + ("" if journal else " journal=off")
         self.model = "auto" if mode == "auto" else "small"
 
     def command(self, upstream: FakeUpstream, tmp: Path) -> tuple[list[str], dict[str, str]]:
         cfg = tmp / "routing.yaml"
-        cfg.write_text(routing_yaml(upstream.base_url, self.store, self.mode, tmp))
+        cfg.write_text(routing_yaml(upstream.base_url, self.store, self.mode, tmp, self.journal))
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO)
         cmd = [
@@ -1301,6 +1304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--modes", default="pinned,auto", help="comma list of pinned,auto")
     p.add_argument("--store", default="none,sqlite", help="none|sqlite (comma list for both)")
     p.add_argument(
+        "--journal",
+        default="on",
+        help="on|off (comma list for both): the SQLite store's record journal (store.journal)",
+    )
+    p.add_argument(
         "--no-control",
         action="store_true",
         help=f"leave out the target {CONTROL!r} (the upstream measured twice)",
@@ -1309,12 +1317,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys = parse_list(args.scenarios, "abcd", "scenarios")
     modes = parse_list(args.modes, ("pinned", "auto"), "modes")
     stores = parse_list(args.store, ("none", "sqlite"), "store")
+    journals = parse_list(args.journal, ("on", "off"), "journal")
     setup_pinning()
     all_sc = make_scenarios(args.quick)
     targets: list[Target] = [Direct()]
     if not args.no_control:
         targets.append(Direct(CONTROL))
-    targets += [Tollgate(store=s, mode=m) for m in modes for s in stores]
+    targets += [
+        Tollgate(store=s, mode=m, journal=j == "on")
+        for m in modes
+        for s in stores
+        for j in (journals if s == "sqlite" else ["on"])
+    ]
     run = Run([all_sc[k] for k in keys], targets, args.quick, rounds_of(args))
     t0 = time.monotonic()
     load0 = loadavg()

@@ -7,7 +7,8 @@ and its 32-number prompt vector included) through `SQLiteStore.write_batch` in b
 as the recorder does, into a fresh database in a temporary directory, and prints the process
 CPU time (user + system, the writer thread included) per record, the wall time per record and
 the database bytes per record. It also times `Recorder.submit` (what the request path itself
-pays to hand a record over). Two kinds of request id are compared in the same run:
+pays to hand a record over) and `Recorder.commit` (the record journal's append, paid before
+the response's last byte). Two kinds of request id are compared in the same run:
 `random` (`tg-` + 24 random hex digits, the gateway's ids before) and `time-ordered` (what
 `gateway.proxy.new_request_id` makes now). The gateway pins its writer thread to the same core
 as the event loop, so every microsecond here is one the request path does not get.
@@ -28,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gateway.accounting.journal import Journal
 from gateway.accounting.metrics import Metrics
 from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import RequestRecord
@@ -71,19 +73,25 @@ async def _write(n: int, make_id: Callable[[], str]) -> tuple[float, float, floa
     return cpu / n * 1e6, wall / n * 1e6, size / n
 
 
-async def _submit_us(n: int) -> float:
-    """Wall µs per Recorder.submit, with nothing written meanwhile (flush interval 1 h)."""
+async def _hand_over_us(n: int, journal: bool) -> float:
+    """Wall µs per Recorder.submit, with nothing written meanwhile (flush interval 1 h); with
+    `journal`, per Recorder.commit (one journal line: orjson + os.write) instead."""
     rng = random.Random(2)
     features = [rng.uniform(-1, 1) for _ in range(32)]
     records = [_record(new_request_id, features) for _ in range(n)]
     with tempfile.TemporaryDirectory() as d:
         cfg = StoreConfig(queue_size=n + 10, batch_size=n + 10, flush_interval_s=3600)
-        rec = Recorder(SQLiteStore(os.path.join(d, "bench.db")), cfg, Metrics())
+        j = Journal(os.path.join(d, "bench.db.journal"), cfg.journal_max_bytes) if journal else None
+        rec = Recorder(SQLiteStore(os.path.join(d, "bench.db")), cfg, Metrics(), j)
         await rec.start()
+        step = rec.commit if journal else rec.submit
         t0 = time.perf_counter()
         for r in records:
-            rec.submit(r)
+            step(r)
         took = time.perf_counter() - t0
+        if journal:
+            for r in records:
+                rec.submit(r)
         await rec.close()
     return took / n * 1e6
 
@@ -99,8 +107,12 @@ def main() -> None:
         for name, make_id in (("random", _random_id), ("time-ordered", new_request_id)):
             cpu, wall, size = asyncio.run(_write(args.records, make_id))
             print(f"| {name} | {cpu:.1f} | {wall:.1f} | {size:,.0f} |")
-    subs = [asyncio.run(_submit_us(min(args.records, 10_000))) for _ in range(args.repeat)]
+    subs = [
+        asyncio.run(_hand_over_us(min(args.records, 10_000), False)) for _ in range(args.repeat)
+    ]
     print(f"\nRecorder.submit: {', '.join(f'{u:.2f}' for u in subs)} µs per record (wall)")
+    coms = [asyncio.run(_hand_over_us(min(args.records, 10_000), True)) for _ in range(args.repeat)]
+    print(f"Recorder.commit (journal): {', '.join(f'{u:.2f}' for u in coms)} µs per record (wall)")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.accounting import pricing
+from gateway.accounting.journal import make_journal
 from gateway.accounting.metrics import Metrics
 from gateway.accounting.quality import Judge
 from gateway.accounting.recorder import Recorder
@@ -76,7 +77,7 @@ class Gateway:
         self._metric_names()
         self.key_hashes = {k.sha256: k.id for k in cfg.auth.keys}
         self.store = make_store(cfg.store)
-        self.recorder = Recorder(self.store, cfg.store, self.metrics)
+        self.recorder = Recorder(self.store, cfg.store, self.metrics, make_journal(cfg.store))
         self.judge = Judge(cfg.judge, self._judge_call, self.recorder, self.metrics)
         self._proxy = Proxy(self)  # the judge's calls go the way client traffic goes
         self.judge_enabled = bool(cfg.judge.model and cfg.judge.sample_rate > 0)
@@ -85,6 +86,7 @@ class Gateway:
         self._mtime = self._stat()
         self._tasks: list[asyncio.Task[None]] = []
         self._finished: list[tuple[RequestRecord, Any, str | None]] = []
+        self.in_flight = 0  # client requests in Proxy.handle
         self.started_at = time.time()
         for up in self.pool.all():
             self.metrics.set_circuit(up.model_name, up.label, 0)
@@ -196,6 +198,12 @@ class Gateway:
     async def close(self) -> None:
         for t in self._tasks:
             t.cancel()
+        # Requests the server's drain just cancelled still answer their client and hand over
+        # their records: wait for them (briefly), then for their after-response work.
+        deadline = time.monotonic() + 2.0
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        self._drain_finished()
         await self.judge.close()
         await self.recorder.close(timeout=self.config.server.drain_timeout_s or 5.0)
         await self.pool.aclose()
@@ -214,6 +222,10 @@ class Gateway:
             rec.baseline_cost_usd = pricing.cost_at(rt.rates.get(base, pricing.FREE), *tokens)
         if rec.router_scores and rec.model in rec.router_scores:
             rec.quality_predicted = rec.router_scores[rec.model]
+
+    def commit(self, rec: RequestRecord) -> None:
+        """A final record, before its response's last byte: into the journal."""
+        self.recorder.commit(rec)
 
     def finish(self, rt: Runtime, rec: RequestRecord, messages: Any, answer: str | None) -> None:
         """Queue the after-response work; one loop callback drains whatever has piled up."""

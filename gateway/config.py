@@ -242,6 +242,10 @@ class StoreConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     flush_interval_s: float = Field(0.25, gt=0)
     retry_interval_s: float = Field(1.0, gt=0)
+    # each record on local disk before its response's last byte (gateway/accounting/journal.py)
+    journal: bool = True
+    journal_path: str | None = None  # default: <sqlite_path>.journal, or under var/ for Redis
+    journal_max_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
 
 
 class JudgeConfig(_Strict):

@@ -10,6 +10,7 @@ back (streamed chunks forwarded as they arrive), then hand the request record to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import email.utils
 import functools
@@ -47,7 +48,7 @@ from gateway.errors import (
     error_body,
 )
 from gateway.http import h1
-from gateway.http.server import ON_DISCONNECT
+from gateway.http.server import ANSWERED, ON_DISCONNECT
 from gateway.routing.runtime import Plan, Runtime
 from gateway.upstreams.pool import QueueFull, Upstream
 
@@ -60,8 +61,11 @@ class GatewayState(Protocol):
     key_hashes: dict[str, str]
     metrics: Metrics
     judge_enabled: bool
+    in_flight: int  # client requests in `Proxy.handle` now
 
     def price(self, rt: Runtime, rec: RequestRecord) -> None: ...
+
+    def commit(self, rec: RequestRecord) -> None: ...
 
     def finish(
         self, rt: Runtime, rec: RequestRecord, messages: Any, answer: str | None
@@ -132,19 +136,31 @@ os.register_at_fork(after_in_child=_fresh_entropy)
 class _Ctx:
     """Per-request state shared with the disconnect watcher."""
 
-    __slots__ = ("client_gone", "finished", "started", "task")
+    __slots__ = ("client_gone", "committed", "finished", "started", "state", "t0", "task")
 
-    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+    def __init__(self, task: asyncio.Task[Any] | None, t0: float, state: dict[str, Any]) -> None:
         self.task = task
+        self.t0 = t0
+        self.state = state
         self.client_gone = False
         self.finished = False  # the last byte is being sent: a disconnect now is normal
         self.started = False  # response headers sent
+        self.committed = False  # the record is final and journaled (`Proxy._commit`)
 
     def client_left(self) -> None:
         """The client went away: stop the request (it is still recorded, as a 499)."""
         if not self.finished and self.task is not None:
             self.client_gone = True
             self.task.cancel()
+
+
+class _Aborted(Exception):
+    """The request body never arrived whole: the client left (499), or the server answered
+    the request itself because the body broke the HTTP framing (the status it sent)."""
+
+    def __init__(self, answered: int) -> None:
+        self.status = answered or 499
+        self.type = "invalid_request_error" if answered else "client_disconnected"
 
 
 class _Retry(Exception):
@@ -239,9 +255,10 @@ class Proxy:
         rid = new_request_id()
         rec = RequestRecord(request_id=rid, ts=time.time(), endpoint=kind)
         task = asyncio.current_task()
-        ctx = _Ctx(task)
-        watch_later: asyncio.TimerHandle | None = None
         state: dict[str, Any] = {"upstream_s": 0.0, "answer": None, "messages": None}
+        ctx = _Ctx(task, t0, state)
+        watch_later: asyncio.TimerHandle | None = None
+        gw.in_flight += 1
         try:
             ct = b""
             length = -1
@@ -320,13 +337,22 @@ class Proxy:
             rec.error_type = e.type
             if not ctx.started:
                 await self._send_error(send, e, rid, rec, ctx)
+        except _Aborted as e:
+            ctx.started = ctx.finished = True  # nobody to answer: the client is gone
+            rec.status = e.status
+            rec.error_type = e.type
         except asyncio.CancelledError:
-            if not ctx.client_gone:
-                raise
             if task is not None:
                 task.uncancel()
-            rec.status = 499
-            rec.error_type = "client_disconnected"
+            if ctx.client_gone:
+                rec.status = 499
+                rec.error_type = "client_disconnected"
+            else:
+                # Not the client: the server's shutdown drain (server.drain_timeout_s) ran out
+                # and stopped the request. The client is told so, and the record says it.
+                rec.status = 503
+                rec.error_type = "cancelled_by_shutdown"
+                await self._stopped(send, rid, rec, ctx)
         except Exception:
             log.exception("unexpected error in request %s", rid)
             rec.status = 500
@@ -347,12 +373,44 @@ class Proxy:
             ctx.finished = True
             if watch_later is not None:
                 watch_later.cancel()
-            rec.latency_ms = (time.perf_counter() - t0) * 1000.0
-            rec.upstream_ms = state["upstream_s"] * 1000.0
-            rec.overhead_ms = max(0.0, rec.latency_ms - rec.upstream_ms)
+            self._commit(rec, ctx)  # no last byte went out (client gone): the record is final now
+            gw.in_flight -= 1
             gw.finish(rt, rec, state["messages"], state["answer"])
 
     # -- helpers ---------------------------------------------------------------------
+    def _commit(self, rec: RequestRecord, ctx: _Ctx, upstream_s: float | None = None) -> None:
+        """The record is final: its timings up to now, handed to the journal before the
+        response's last byte is sent, so that a gateway killed after it still has it. Once per
+        request; `upstream_s` is the upstream time when it is not `state["upstream_s"]`."""
+        if ctx.committed:
+            return
+        ctx.committed = True
+        rec.latency_ms = (time.perf_counter() - ctx.t0) * 1000.0
+        up = ctx.state["upstream_s"] if upstream_s is None else upstream_s
+        rec.upstream_ms = up * 1000.0
+        rec.overhead_ms = max(0.0, rec.latency_ms - rec.upstream_ms)
+        self.gw.commit(rec)
+
+    async def _stopped(self, send: Send, rid: str, rec: RequestRecord, ctx: _Ctx) -> None:
+        """Tell a client whose request the shutdown drain stopped: a 503 (or, mid-stream, an
+        error event that ends the stream), waiting at most a second for a slow reader."""
+        e = Unavailable(
+            "the gateway is shutting down and stopped this request when its drain time "
+            "(server.drain_timeout_s) ran out; send the request again",
+            code="shutting_down",
+            retry_after=1.0,
+        )
+        with contextlib.suppress(TimeoutError, OSError, RuntimeError):
+            async with asyncio.timeout(1.0):
+                if not ctx.started:
+                    await self._send_error(send, e, rid, rec, ctx)
+                elif not ctx.finished:
+                    self._commit(rec, ctx)
+                    ctx.finished = True
+                    await send(
+                        {"type": "http.response.body", "body": b"data: " + e.body() + b"\n\n"}
+                    )
+
     def _authenticate(self, auth: bytes) -> str:
         if not auth.lower().startswith(b"bearer "):
             raise AuthenticationFailed(
@@ -371,7 +429,7 @@ class Proxy:
         while True:
             msg = await receive()
             if msg["type"] == "http.disconnect":
-                raise asyncio.CancelledError
+                raise _Aborted(msg.get(ANSWERED, 0))
             b = msg.get("body", b"")
             if b:
                 size += len(b)
@@ -389,6 +447,7 @@ class Proxy:
         self, send: Send, e: GatewayError, rid: str, rec: RequestRecord, ctx: _Ctx
     ) -> None:
         ctx.started = ctx.finished = True
+        self._commit(rec, ctx)
         body = e.body()
         headers = [
             (b"content-type", b"application/json"),
@@ -716,6 +775,7 @@ class Proxy:
             (b"x-tollgate-cost-usd", pricing.format_usd(rec.cost_usd).encode()),
             *self._headers(rt, plan, rec, explain),
         ]
+        self._commit(rec, ctx)
         ctx.started = True
         ctx.finished = True
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -912,6 +972,9 @@ class Proxy:
                     if rec.ttft_ms is None:
                         rec.ttft_ms = (time.perf_counter() - t0) * 1000.0
                     body_out = out[0] if len(out) == 1 else b"".join(out)
+                    if saw_done:  # the answer is whole: its record is final before [DONE] goes
+                        self._settle_stream(rt, rec, body, kept, keep_text, usage_seen, state)
+                        self._commit(rec, ctx, state["upstream_s"] + time.perf_counter() - t_up)
                     await send({"type": "http.response.body", "body": body_out, "more_body": True})
                 if saw_done:
                     await self._end_stream(ctx, send)
@@ -942,6 +1005,8 @@ class Proxy:
             state["upstream_s"] += time.perf_counter() - t_up
             await resp.aclose()
             self._release(up)
+        if not ctx.committed:  # no [DONE]: the stream was cut
+            self._settle_stream(rt, rec, body, kept, keep_text, usage_seen, state)
         if failure is not None:
             up.circuit.failure()
             self.gw.metrics.upstream_error(up.model_name, failure_code or "stream_cut")
@@ -953,10 +1018,24 @@ class Proxy:
                 None,
                 failure_code or "stream_interrupted",
             )
+            self._commit(rec, ctx)
             ctx.finished = True
             await send({"type": "http.response.body", "body": b"data: " + err + b"\n\n"})
         else:
             await self._end_stream(ctx, send)
+
+    def _settle_stream(
+        self,
+        rt: Runtime,
+        rec: RequestRecord,
+        body: dict[str, Any],
+        kept: list[bytes],
+        keep_text: bool,
+        usage_seen: bool,
+        state: dict[str, Any],
+    ) -> None:
+        """A finished or cut stream's tokens (estimated when the upstream sent no usage),
+        answer text for the judge, and price: before the record is committed."""
         text = None
         if kept and (keep_text or not usage_seen):
             text = _stream_text(kept)

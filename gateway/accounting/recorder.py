@@ -14,6 +14,13 @@ whether a record "fit" is decided, and counted, at submit time, and a quality up
 never be dropped while its record stays. Anything still buffered when close() times out is
 counted as dropped too. Nothing is dropped silently.
 
+Journal (gateway/accounting/journal.py, when configured): `commit()`, called before the
+response's last byte, appends the record to this process's journal file; `submit()`, after the
+response, buffers it as above. Once the store has a batch, its journal lines are released;
+at start the journals of processes that died with records unwritten are replayed into the
+store. At shutdown, records the store would not take stay in the journal (not dropped) for
+the next start. A record the full journal (`journal_max_bytes`) refuses is dropped and counted.
+
 Quality scores (`attach_quality`) go through the same FIFO as records, so they can't overtake
 the record they belong to: a record still buffered is updated in place; one being written is
 followed by an update item; one already stored is updated directly (or queued while the store
@@ -30,6 +37,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway.accounting.journal import Journal, claim
 from gateway.accounting.metrics import Metrics
 from gateway.accounting.records import RequestRecord
 from gateway.accounting.store.base import QualitySource, Store, StoreError, check_source
@@ -70,10 +78,19 @@ _Item = RequestRecord | QualityUpdate
 
 
 class Recorder:
-    def __init__(self, store: Store | None, cfg: StoreConfig, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: Store | None,
+        cfg: StoreConfig,
+        metrics: Metrics,
+        journal: Journal | None = None,
+    ) -> None:
         self.store = store
         self.cfg = cfg
         self.metrics = metrics
+        self.journal = journal if store is not None else None
+        self._refused: set[str] = set()  # request ids the full journal refused
+        self._replay_due = self.journal is not None
         self._buf: deque[_Item] = deque()
         self._since = 0.0  # monotonic time the oldest buffered item arrived (about)
         self._inflight: list[_Item] = []
@@ -95,7 +112,15 @@ class Recorder:
         """Open the store (retried in the background if it is down) and start the writer."""
         if self.store is None or self._task is not None:
             return
-        await self._try_open()
+        if self.journal is not None:
+            try:
+                self.journal.open()
+            except OSError as e:
+                log.error("record journal at %s unavailable: %s", self.journal.prefix, e)
+                self.journal = None
+                self._replay_due = False
+        if await self._try_open() and self._replay_due:
+            await self._replay()
         self._task = asyncio.create_task(self._run(), name="tollgate-recorder")
 
     async def close(self, timeout: float = 10.0) -> None:
@@ -112,14 +137,34 @@ class Recorder:
             self._task = None
         left = len(self._buf) + len(self._inflight)
         if left:
-            log.error("store still failing at shutdown: dropping %d buffered items", left)
-            self._drop(left)
+            j = self.journal
+            kept = 0
+            if j is not None:
+                kept = sum(
+                    1 for it in (*self._buf, *self._inflight)
+                    if isinstance(it, RequestRecord) and j.holds(it.request_id)
+                )  # fmt: skip
+            if kept:
+                assert j is not None
+                log.error(
+                    "store still failing at shutdown: %d records stay in the journal %s* "
+                    "and are written at the next start",
+                    kept,
+                    j.prefix,
+                )
+            if left - kept:
+                log.error(
+                    "store still failing at shutdown: dropping %d buffered items", left - kept
+                )
+                self._drop(left - kept)
             self._buf.clear()
             self._inflight = []
             self._pending.clear()
             self._writing.clear()
             self._updates_waiting = 0
         self._closed = True
+        if self.journal is not None:
+            self.journal.close()
         self.metrics.store_queue_depth(0)
         if self.store is not None and self._opened:
             with contextlib.suppress(Exception):
@@ -131,13 +176,31 @@ class Recorder:
         return len(self._buf) + len(self._inflight)
 
     # -- request path -----------------------------------------------------------------------
+    def commit(self, record: RequestRecord) -> None:
+        """Journal a final record, before its response's last byte (see the module doc). A
+        few microseconds; never blocks on the store, never raises."""
+        j = self.journal
+        if j is None:
+            return
+        try:
+            if not j.append(record) and j.full:
+                self._refused.add(record.request_id)  # dropped, and counted, at submit()
+        except Exception:  # pragma: no cover - the request path must never see this
+            log.exception("recorder.commit failed")
+
     def submit(self, record: RequestRecord) -> None:
         """Buffer one record for writing. O(1); never blocks, never raises."""
         try:
             if self.store is None:
                 return
             self.submitted += 1
+            if self._refused and record.request_id in self._refused:
+                self._refused.discard(record.request_id)
+                self._drop(1)
+                return
             if not self._accept(record):
+                if self.journal is not None:
+                    self.journal.forget(record.request_id)
                 return
             self._pending[record.request_id] = record
         except Exception:  # pragma: no cover - the request path must never see this
@@ -276,9 +339,39 @@ class Recorder:
         closing: write more at once."""
         return self._closing or len(self._buf) >= 3 * self.cfg.batch_size
 
+    async def _replay(self) -> bool:
+        """Write the journals of processes that stopped with records unwritten into the
+        store (it skips the ones it has), then delete them. False when the store failed."""
+        assert self.store is not None and self.journal is not None
+        n = files = 0
+        for path in self.journal.orphans():
+            c = claim(path)
+            if c is None:  # a live process's, or replayed by another worker meanwhile
+                continue
+            try:
+                recs, bad = c.records()
+                for i in range(0, len(recs), 256):
+                    await self.store.write_batch(recs[i : i + 256])
+            except Exception as e:
+                c.release()
+                self.last_error = str(e)
+                log.warning("replaying the record journal %s failed, kept: %s", path, e)
+                return False
+            c.done()
+            n += len(recs)
+            files += 1
+            if bad:
+                log.warning("record journal %s: %d unreadable lines skipped", path, bad)
+        if files:
+            log.info("replayed %d journaled records from %d files into the store", n, files)
+        self._replay_due = False
+        return True
+
     async def _write_some(self) -> bool:
         assert self.store is not None
         if not await self._try_open():
+            return False
+        if self._replay_due and not await self._replay():
             return False
         self._take()
         batch = self._inflight
@@ -297,6 +390,8 @@ class Recorder:
                 self.written += len(recs)
                 for r in recs:
                     self._writing.discard(r.request_id)
+                if self.journal is not None:
+                    self.journal.stored(r.request_id for r in recs)
         except Exception as e:
             self.last_error = str(e)
             log.warning(

@@ -53,6 +53,9 @@ _NO_BODY = (204, 304)
 # the ASGI scope extension through which an app learns, without a task of its own, that the
 # client went away: scope["extensions"][ON_DISCONNECT](callback)
 ON_DISCONNECT = "tollgate.on_disconnect"
+# a key of the `http.disconnect` message an app gets when the server itself answered the
+# request (400: its body broke the HTTP framing after the headers): the status the client got
+ANSWERED = "tollgate.answered"
 
 
 def _status_line(code: int) -> bytes:
@@ -73,9 +76,9 @@ class _Exchange:
     """One request and its response: the ASGI `receive` and `send` of one app call."""
 
     __slots__ = (
-        "chunked", "complete", "conn", "disconnected", "expect_100", "head", "head_only",
-        "keep_alive", "left", "more", "on_gone", "parts", "read_all", "scope", "size", "started",
-        "waiters",
+        "answered", "chunked", "complete", "conn", "disconnected", "expect_100", "head",
+        "head_only", "keep_alive", "left", "more", "on_gone", "parts", "read_all", "scope", "size",
+        "started", "waiters",
     )  # fmt: skip
 
     def __init__(self, conn: H1Server, scope: dict[str, Any], keep_alive: bool) -> None:
@@ -91,6 +94,7 @@ class _Exchange:
         self.more = True  # more request body to come
         self.read_all = False  # the app has had the whole body
         self.disconnected = False
+        self.answered = 0  # the status the server answered with itself (ANSWERED), else 0
         self.started = self.complete = self.chunked = False
         self.left = 0  # Content-Length bytes still to send
         self.head: bytes | None = None  # held until the first body bytes
@@ -126,6 +130,8 @@ class _Exchange:
                 conn.resume_reading()
                 await self._wait()
             if self.disconnected:
+                if self.answered:
+                    return {"type": "http.disconnect", ANSWERED: self.answered}
                 return {"type": "http.disconnect"}
             parts = self.parts
             body = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -507,11 +513,16 @@ class H1Server(asyncio.Protocol):
 
     def _bad_request(self, msg: bytes) -> None:
         log.warning("Invalid HTTP request received.")
-        if self.current is None or not self.current.started:
+        ex = self.current
+        if ex is None or not ex.started:
             self.transport.write(
                 b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
                 b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(msg), msg)
             )
+            if ex is not None:  # its app is reading the body: it learns the client got a 400
+                ex.answered = 400
+                ex.disconnected = True
+                ex.wake()
         self.closing = True
         self.transport.close()
 
