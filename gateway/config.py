@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -210,6 +211,18 @@ class StoreConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     flush_interval_s: float = Field(0.25, gt=0)
     retry_interval_s: float = Field(1.0, gt=0)
+    redis_cluster: bool = Field(
+        False, description="redis_url names one node of a Redis Cluster (a startup node)"
+    )
+
+    @model_validator(mode="after")
+    def _cluster_db(self) -> StoreConfig:
+        if self.redis_cluster and urlsplit(self.redis_url).path.strip("/") not in ("", "0"):
+            raise ValueError(
+                f"redis_url {urlsplit(self.redis_url).path!r}: a Redis Cluster has database 0 "
+                "only; end redis_url with /0 (or no path) when redis_cluster is true"
+            )
+        return self
 
 
 class JudgeConfig(_Strict):
