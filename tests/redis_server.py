@@ -120,10 +120,11 @@ class RedisClusterServers:
     slots are split between them by `redis-cli --cluster create`. Each is stopped by its
     PID."""
 
-    def __init__(self, workdir: Path, size: int = 3) -> None:
+    def __init__(self, workdir: Path, size: int = 3, durable: bool = False) -> None:
         self.workdir = Path(workdir)
-        self.nodes = [
-            RedisServer(self.workdir, port=free_cluster_port(), cluster=True) for _ in range(size)
+        ports = [free_cluster_port() for _ in range(size)]
+        self.nodes = [  # a folder each: an AOF (durable) is a folder of fixed name
+            RedisServer(self.workdir / str(p), port=p, durable=durable, cluster=True) for p in ports
         ]
 
     @property

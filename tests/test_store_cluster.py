@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -18,8 +19,14 @@ from gateway.accounting.store import StoreUnavailable, describe_store, make_stor
 from gateway.accounting.store.redis_store import DEFAULT_PREFIX, RedisStore, hash_tag
 from gateway.config import ConfigError, StoreConfig, parse_config
 from tests.fake_upstream import FakeUpstream
-from tests.redis_server import RedisClusterServers, RedisServer, free_port, have_redis
-from tests.support import GatewayProcess, model_block
+from tests.redis_server import (
+    RedisClusterServers,
+    RedisServer,
+    free_port,
+    have_redis,
+    have_redis_cluster,
+)
+from tests.support import GatewayProcess, metric_samples, metric_total, model_block
 from tests.test_accounting_e2e import usage, wait_for
 
 pytestmark = pytest.mark.redis
@@ -108,6 +115,58 @@ def test_gateway_records_into_a_cluster(
     assert usage(gw)["data"][0]["quality_feedback_mean"] == pytest.approx(0.8)
     assert redis_cluster.cli(owner.port, "XLEN", DEFAULT_PREFIX + "records").strip() == "5"
     assert f"Redis Cluster at {startup.url}" in gw.logs()
+
+
+def test_cluster_node_killed_mid_burst_loses_no_record(
+    tmp_path: Path,
+    fakes: Callable[..., FakeUpstream],
+    gateway: Callable[..., GatewayProcess],
+) -> None:
+    """The node that owns the store's slot is killed during traffic: the gateway keeps
+    answering, feedback sent meanwhile is queued (not an error), and once the node is back
+    every record and the score are in the store."""
+    if not have_redis_cluster():
+        pytest.skip("redis-server / redis-cli not installed")
+    cluster = RedisClusterServers(tmp_path / "cluster", durable=True).start()
+    try:
+        owner = cluster.owner(DEFAULT_PREFIX + "records")
+        startup = next(n for n in cluster.nodes if n is not owner)
+        small = fakes("small")
+        store = (
+            f'{{backend: redis, redis_cluster: true, redis_url: "{startup.url}", '
+            "flush_interval_s: 0.05, retry_interval_s: 0.2}"
+        )
+        gw = gateway(f"store: {store}\nmodels:\n{model_block('small', 'small', small.base_url)}\n")
+
+        def burst(n: int) -> list[str]:
+            body = {"model": "small", "messages": [{"role": "user", "content": "x"}]}
+            with httpx.Client(timeout=10) as c:
+                rs = [c.post(f"{gw.base_url}/chat/completions", json=body) for _ in range(n)]
+            assert [r.status_code for r in rs] == [200] * n
+            return [r.headers["x-tollgate-request-id"] for r in rs]
+
+        ids = burst(20)
+        wait_for(lambda: usage(gw)["totals"]["requests"] == 20)
+        owner.kill()
+        ids += burst(30)  # the store's node is down: answered, buffered
+        fb = httpx.post(f"{gw.url}/v1/feedback", json={"request_id": ids[0], "score": 0.5})
+        assert fb.status_code == 202, fb.text
+        down = httpx.get(f"{gw.url}/v1/usage", params={"since": "1h"})
+        assert down.status_code == 503 and down.json()["error"]["code"] == "store_unavailable"
+        owner.start()
+        ids += burst(10)
+
+        def settled() -> dict[str, Any] | None:  # 503 until the cluster has healed
+            r = httpx.get(f"{gw.url}/v1/usage", params={"since": "1h"})
+            ok = r.status_code == 200 and r.json()["totals"]["requests"] == 60
+            return r.json() if ok else None
+
+        u = wait_for(settled, timeout=30)
+        assert u["data"][0]["quality_feedback_mean"] == pytest.approx(0.5)
+        samples = metric_samples(httpx.get(f"{gw.url}/metrics").text)
+        assert metric_total(samples, "tollgate_store_dropped_records_total") == 0
+    finally:
+        cluster.stop()
 
 
 async def test_cluster_store_down_is_unavailable() -> None:
