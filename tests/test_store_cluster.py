@@ -85,6 +85,24 @@ async def test_store_works_when_its_slot_lives_on_another_node(
         assert "sid" in redis_cluster.cli(owner.port, "HKEYS", f"{{{tag}}}:rec:req-7")
 
 
+def gateway_on(
+    cluster: RedisClusterServers,
+    fakes: Callable[..., FakeUpstream],
+    gateway: Callable[..., GatewayProcess],
+) -> tuple[GatewayProcess, RedisServer, RedisServer]:
+    """A gateway (one model, a fake upstream) whose store is `cluster`, told only a node
+    that does not own the store's slot; with the owner and that startup node."""
+    owner = cluster.owner(DEFAULT_PREFIX + "records")
+    startup = next(n for n in cluster.nodes if n is not owner)
+    small = fakes("small")
+    store = (
+        f'{{backend: redis, redis_cluster: true, redis_url: "{startup.url}", '
+        "flush_interval_s: 0.05, retry_interval_s: 0.2}"
+    )
+    gw = gateway(f"store: {store}\nmodels:\n{model_block('small', 'small', small.base_url)}\n")
+    return gw, owner, startup
+
+
 def test_gateway_records_into_a_cluster(
     redis_cluster: RedisClusterServers,
     fakes: Callable[..., FakeUpstream],
@@ -94,14 +112,7 @@ def test_gateway_records_into_a_cluster(
     store's slot: it serves, records, takes feedback, and /v1/usage shows the requests."""
     for n in redis_cluster.nodes:  # the session's cluster: start from empty
         redis_cluster.cli(n.port, "FLUSHALL")
-    owner = redis_cluster.owner(DEFAULT_PREFIX + "records")
-    startup = next(n for n in redis_cluster.nodes if n is not owner)
-    small = fakes("small")
-    store = (
-        f'{{backend: redis, redis_cluster: true, redis_url: "{startup.url}", '
-        "flush_interval_s: 0.05}"
-    )
-    gw = gateway(f"store: {store}\nmodels:\n{model_block('small', 'small', small.base_url)}\n")
+    gw, owner, startup = gateway_on(redis_cluster, fakes, gateway)
     c = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0, timeout=10)
     ids = []
     for i in range(5):
@@ -129,14 +140,7 @@ def test_cluster_node_killed_mid_burst_loses_no_record(
         pytest.skip("redis-server / redis-cli not installed")
     cluster = RedisClusterServers(tmp_path / "cluster", durable=True).start()
     try:
-        owner = cluster.owner(DEFAULT_PREFIX + "records")
-        startup = next(n for n in cluster.nodes if n is not owner)
-        small = fakes("small")
-        store = (
-            f'{{backend: redis, redis_cluster: true, redis_url: "{startup.url}", '
-            "flush_interval_s: 0.05, retry_interval_s: 0.2}"
-        )
-        gw = gateway(f"store: {store}\nmodels:\n{model_block('small', 'small', small.base_url)}\n")
+        gw, owner, _startup = gateway_on(cluster, fakes, gateway)
 
         def burst(n: int) -> list[str]:
             body = {"model": "small", "messages": [{"role": "user", "content": "x"}]}
