@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -246,6 +247,18 @@ class StoreConfig(_Strict):
     journal: bool = True
     journal_path: str | None = None  # default: <sqlite_path>.journal, or under var/ for Redis
     journal_max_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
+    redis_cluster: bool = Field(
+        False, description="redis_url names one node of a Redis Cluster (a startup node)"
+    )
+
+    @model_validator(mode="after")
+    def _cluster_db(self) -> StoreConfig:
+        if self.redis_cluster and urlsplit(self.redis_url).path.strip("/") not in ("", "0"):
+            raise ValueError(
+                f"redis_url {urlsplit(self.redis_url).path!r}: a Redis Cluster has database 0 "
+                "only; end redis_url with /0 (or no path) when redis_cluster is true"
+            )
+        return self
 
 
 class JudgeConfig(_Strict):

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.fake_upstream import FakeUpstream
+from tests.redis_server import RedisClusterServers, have_redis_cluster
 from tests.support import LOG_PREFIX, GatewayProcess
 
 # what makes each kind of skipped test run (by its marker)
@@ -94,3 +95,14 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     yield make
     for gp in started:
         gp.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A three-node Redis Cluster on loopback ports, shared by the session (it takes ~2 s to
+    start); tests keep apart by key prefix."""
+    if not have_redis_cluster():
+        pytest.skip("redis-server / redis-cli not installed")
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()

@@ -24,6 +24,7 @@ from gateway.accounting.journal import Journal
 from gateway.accounting.metrics import Metrics
 from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import RequestRecord
+from gateway.accounting.store.redis_store import DEFAULT_PREFIX
 from gateway.accounting.store.sqlite_store import SQLiteStore
 from gateway.config import StoreConfig
 from tests.fake_upstream import FakeUpstream
@@ -94,7 +95,7 @@ class _Stored:
         r = redis_client.Redis.from_url(self.redis.url)
         try:
             out = []
-            for _sid, fields in r.xrange("tollgate:records"):
+            for _sid, fields in r.xrange(DEFAULT_PREFIX + "records"):
                 rec = orjson.loads(fields[b"r"])
                 out.append((rec["request_id"], rec["status"]))
             return out

@@ -1,4 +1,5 @@
-"""One suite, run unchanged against every store backend: SQLite and a real redis-server."""
+"""One suite, run unchanged against every store backend: SQLite, a real redis-server and a
+real three-node Redis Cluster."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from gateway.accounting.store import Store, make_store
 from gateway.accounting.store.redis_store import RedisStore
 from gateway.accounting.store.sqlite_store import SQLiteStore, _statement_sizes
 from gateway.config import StoreConfig
-from tests.redis_server import RedisServer, have_redis
+from tests.redis_server import RedisClusterServers, RedisServer, have_redis
 
 T0 = 1_699_999_980.0  # a minute boundary (28_333_333 * 60), 180 s into a 300 s bucket
 
@@ -27,14 +28,18 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     srv.stop()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     s: Store
     if request.param == "sqlite":
         s = SQLiteStore(str(tmp_path / "sub" / "tollgate.db"))
-    else:
+    elif request.param == "redis":
         srv: RedisServer = request.getfixturevalue("redis_server")
         s = RedisStore(srv.url, stream_maxlen=100_000, prefix=f"t{uuid.uuid4().hex[:8]}:")
+    else:  # each test's own hash tag: its keys land in a slot of any of the three nodes
+        cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
+        tag = f"{{t{uuid.uuid4().hex[:8]}}}:"
+        s = RedisStore(cluster.url, stream_maxlen=100_000, prefix=tag, cluster=True)
     await s.open()
     yield s
     await s.close()

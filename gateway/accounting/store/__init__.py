@@ -28,7 +28,9 @@ def make_store(cfg: StoreConfig) -> Store | None:
         return SQLiteStore(cfg.sqlite_path)
     from gateway.accounting.store.redis_store import RedisStore
 
-    return RedisStore(cfg.redis_url, stream_maxlen=cfg.redis_stream_maxlen)
+    return RedisStore(
+        cfg.redis_url, stream_maxlen=cfg.redis_stream_maxlen, cluster=cfg.redis_cluster
+    )
 
 
 def sqlite_file(cfg: StoreConfig) -> Path | None:
@@ -40,14 +42,15 @@ def sqlite_file(cfg: StoreConfig) -> Path | None:
 
 
 def describe_store(cfg: StoreConfig) -> str:
-    """Which store this is, for an operator: "SQLite at /abs/path", "Redis at redis://..."
-    (password masked) or "none"."""
+    """Which store this is, for an operator: "SQLite at /abs/path", "Redis at redis://...",
+    "Redis Cluster at redis://..." (password masked) or "none"."""
     if cfg.backend == "none":
         return "none (store.backend: none, nothing is recorded)"
     if cfg.backend == "sqlite":
         f = sqlite_file(cfg)
         return f"SQLite at {f if f is not None else cfg.sqlite_path}"
-    return "Redis at " + re.sub(r"//[^@/]*@", "//****@", cfg.redis_url)
+    kind = "Redis Cluster" if cfg.redis_cluster else "Redis"
+    return f"{kind} at " + re.sub(r"//[^@/]*@", "//****@", cfg.redis_url)
 
 
 def describe_sources(config_path: str | os.PathLike[str], cfg: StoreConfig) -> str:

@@ -1,6 +1,7 @@
-"""Redis record store: shared by several gateway replicas.
+"""Redis record store: shared by several gateway replicas; a single Redis (or a primary with
+replicas) or a Redis Cluster (``store.redis_cluster: true``, ``redis_url`` naming any one node).
 
-Layout (prefix ``tollgate:``):
+Layout (prefix ``{tollgate}:``):
 
 - ``records``        stream, one entry per client record, field ``r`` = the record as
                      orjson, capped with ``XADD MAXLEN ~ redis_stream_maxlen``.
@@ -20,8 +21,23 @@ Layout (prefix ``tollgate:``):
 
 A batch is written by one Lua script: each record whose ``rec:{id}`` exists is skipped, so a
 batch retried after a lost reply is never counted twice, and a record and its rollups land
-together or not at all. (The script builds key names itself: single Redis or a primary with
-replicas, not Redis Cluster.)
+together or not at all.
+
+Redis Cluster: the ``{tollgate}`` in the prefix is a hash tag, so every key above hashes to
+one slot (the slot of "tollgate") and lives on one node. That is what lets the write script
+build ``rec:{id}`` and ``m:{minute}`` names itself: it declares the stream and ``minutes``
+(so the cluster client sends it to the node that owns the slot), and every key it builds is
+in that same slot. The pipelines (quality scores, rollup hashes) are non-transactional and
+same-slot too. The price is that one store's keys are served by one node: a cluster spreads
+several stores (other prefixes, other applications), not one store's records. A prefix given
+to a cluster store must carry a hash tag (``{...}``).
+
+Upgrading in place from a gateway that used the untagged prefix ``tollgate:``: on a single
+Redis where ``tollgate:records`` (or ``:judge``, ``:minutes``) exists and no ``{tollgate}:``
+key does, the store keeps using ``tollgate:``, so the records, rollups and scores written
+before stay readable and replicas upgraded one at a time keep writing to the same stream.
+A new Redis starts with ``{tollgate}:``. (Old data cannot be in a cluster: the untagged
+script fails there.) Nothing is renamed or copied.
 
 usage() reads the stream over the window (exact p50/p95 and quality; linear in the window,
 fine up to ~1e6 records) starting 5 minutes before ``since`` in stream-id time to absorb clock
@@ -38,10 +54,11 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ClusterError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.accounting.records import CLIENT, JUDGE, RequestRecord
@@ -134,6 +151,17 @@ return 1
 """
 _SKEW_S = 300.0
 _CHUNK = 5000
+DEFAULT_PREFIX = "{tollgate}:"
+LEGACY_PREFIX = "tollgate:"  # before the hash tag; still used where its data is
+_TOP_KEYS = ("records", "judge", "minutes")
+
+
+def hash_tag(prefix: str) -> str | None:
+    """The hash tag Redis Cluster reads from every key that starts with `prefix` (the text
+    between the first "{" and the next "}", if not empty); None when it has none."""
+    i = prefix.find("{")
+    j = prefix.find("}", i + 1) if i >= 0 else -1
+    return prefix[i + 1 : j] if j > i + 1 else None
 
 
 def _f(v: float) -> str:
@@ -147,22 +175,43 @@ class RedisStore(Store):
         self,
         url: str,
         stream_maxlen: int = 1_000_000,
-        prefix: str = "tollgate:",
+        prefix: str | None = None,
         record_ttl_s: int = 30 * 86400,
         socket_timeout_s: float = 5.0,
+        cluster: bool = False,
     ) -> None:
+        """`prefix` None: ``{tollgate}:``, or ``tollgate:`` where an older gateway's data
+        is (see the module docstring). `cluster`: `url` is one node of a Redis Cluster."""
+        if cluster and prefix is not None and hash_tag(prefix) is None:
+            raise ValueError(
+                f"the Redis Cluster key prefix {prefix!r} has no hash tag: put one in braces "
+                "(e.g. '{tollgate}:') so that the keys of one write share a slot"
+            )
         self.url = url
+        self.cluster = cluster
         self.stream_maxlen = stream_maxlen
-        self.prefix = prefix
         self.record_ttl_s = record_ttl_s
         self._timeout = socket_timeout_s
-        self._r: aioredis.Redis | None = None
+        self._r: aioredis.Redis | RedisCluster | None = None
+        self._prefix_settled = prefix is not None or cluster
+        self._use_prefix(prefix or DEFAULT_PREFIX)
+
+    def _use_prefix(self, prefix: str) -> None:
+        self.prefix = prefix
         self._k_stream = prefix + "records"
         self._k_minutes = prefix + "minutes"
         self._k_quality = prefix + "quality"
         self._k_judge = prefix + "judge"
 
-    def _client(self) -> aioredis.Redis:
+    async def _settle_prefix(self) -> None:
+        """Keep the untagged prefix on a Redis that has its data and none of the tagged."""
+        r = self._client()
+        tagged = await self._call(r.exists(*(DEFAULT_PREFIX + k for k in _TOP_KEYS)))
+        if not tagged and await self._call(r.exists(*(LEGACY_PREFIX + k for k in _TOP_KEYS))):
+            self._use_prefix(LEGACY_PREFIX)
+        self._prefix_settled = True
+
+    def _client(self) -> aioredis.Redis | RedisCluster:
         if self._r is None:
             raise StoreUnavailable("redis store is not open")
         return self._r
@@ -172,6 +221,8 @@ class RedisStore(Store):
             return await coro
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
             raise StoreUnavailable(f"redis {self._safe_url()}: {e}") from e
+        except (ClusterError, RedisClusterException) as e:  # cluster down, node unreachable
+            raise StoreUnavailable(f"redis cluster {self._safe_url()}: {e}") from e
         except RedisError as e:
             raise StoreError(f"redis {self._safe_url()}: {e}") from e
 
@@ -182,7 +233,8 @@ class RedisStore(Store):
     async def open(self) -> None:
         if self._r is None:
             # One quick retry only: the recorder owns retrying (and buffering meanwhile).
-            self._r = aioredis.from_url(
+            connect = RedisCluster.from_url if self.cluster else aioredis.from_url
+            self._r = connect(
                 self.url,
                 socket_timeout=self._timeout,
                 socket_connect_timeout=min(2.0, self._timeout),
@@ -192,6 +244,8 @@ class RedisStore(Store):
             self._write = self._r.register_script(_WRITE_LUA)
             self._quality = self._r.register_script(_QUALITY_LUA)
         await self._call(self._client().ping())
+        if not self._prefix_settled:
+            await self._settle_prefix()
 
     async def close(self) -> None:
         if self._r is not None:
