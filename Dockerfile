@@ -6,7 +6,7 @@ FROM python:3.11-slim AS build
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md LICENSE ./
 COPY gateway ./gateway
 COPY router_models ./router_models
 RUN pip wheel --no-cache-dir --no-deps -w /wheels .
@@ -18,7 +18,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 
 COPY --from=build /wheels /wheels
-COPY config ./config
 # the import check fails the build if the C featurizer did not compile (the numpy fallback
 # works but makes every routing decision ~100 us slower)
 RUN pip install /wheels/*.whl && rm -rf /wheels \
@@ -28,5 +27,7 @@ USER tollgate
 
 EXPOSE 8000
 # Inside the container the gateway listens on all interfaces so the published port works;
-# publish it on the host's loopback only (see docker-compose.yml).
-CMD ["tollgate", "serve", "--config", "/app/config/routing.yaml", "--host", "0.0.0.0", "--port", "8000"]
+# publish it on the host's loopback only (see docker-compose.yml). The routing file is the one
+# packaged in the wheel (its store under /app/var); mount your own at /app/tollgate.yaml (made by
+# `tollgate init`) or set TOLLGATE_CONFIG. `tollgate demo` and `tollgate report` run as they are.
+CMD ["tollgate", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck unit setup bench clean router-artifact
 
-$(STAMP): pyproject.toml router_models/_lexical.c
+$(STAMP): pyproject.toml setup.py router_models/_lexical.c
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'

@@ -300,7 +300,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# Tiers as in config/routing.yaml: (name, tier, router profile, pricing).
+# Tiers as in the packaged routing file, gateway/defaults/routing.yaml:
+# (name, tier, router profile, pricing).
 _HW = "{{hardware_usd_per_hour: {}, tokens_per_second: {}}}"
 TIERS = [
     ("small", "small", "gemma-2b-it", _HW.format(0.35, 120)),

@@ -16,7 +16,6 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -32,7 +31,7 @@ from gateway.accounting.quality import Judge
 from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import JUDGE, RequestRecord
 from gateway.accounting.store import make_store
-from gateway.config import ConfigError, RoutingConfig, load_config, mask_keys
+from gateway.config import ConfigError, RoutingConfig, find_config, load_config, mask_keys
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError, error_body
 from gateway.proxy import HOT_PATHS, Proxy, Receive, Scope, Send, new_request_id
 from gateway.routing.policies import POLICIES
@@ -471,15 +470,12 @@ class TollgateApp:
 
 
 def create_app(config_path: str | os.PathLike[str] | None = None) -> TollgateApp:
-    path = str(config_path) if config_path else os.environ.get("TOLLGATE_CONFIG")
-    if path is None:
-        from gateway.config import DEFAULT_CONFIG_PATH
-
-        path = str(DEFAULT_CONFIG_PATH)
+    path = str(find_config(config_path).path)
     cfg = load_config(path)
-    return TollgateApp(Gateway(cfg, str(Path(path))))
+    return TollgateApp(Gateway(cfg, path))
 
 
 def app_factory() -> TollgateApp:
-    """For `uvicorn --factory gateway.app:app_factory` (reads TOLLGATE_CONFIG)."""
+    """For `uvicorn --factory gateway.app:app_factory` ($TOLLGATE_CONFIG, else ./tollgate.yaml,
+    else the packaged default)."""
     return create_app()

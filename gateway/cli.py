@@ -1,4 +1,4 @@
-"""`tollgate` command line: serve, check-config, keys, router, report."""
+"""`tollgate` command line: serve, check-config, init, keys, router, report."""
 
 from __future__ import annotations
 
@@ -11,9 +11,17 @@ import secrets
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 from gateway.accounting.store import describe_sources
-from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, masked_dump
+from gateway.config import (
+    DEFAULT_CONFIG_PATH,
+    LOCAL_CONFIG_NAME,
+    ConfigError,
+    find_config,
+    load_config,
+    masked_dump,
+)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -21,13 +29,15 @@ def _serve(args: argparse.Namespace) -> int:
 
     from gateway.http.server import H1Server
 
-    path = args.config or os.environ.get("TOLLGATE_CONFIG") or str(DEFAULT_CONFIG_PATH)
+    source = find_config(args.config)
+    print(source, file=sys.stderr, flush=True)
+    path = str(source.path)
     try:
         cfg = load_config(path)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
-    os.environ["TOLLGATE_CONFIG"] = path
+    os.environ["TOLLGATE_CONFIG"] = path  # the workers (--workers) read the same file
     print(f"tollgate serve: {describe_sources(path, cfg.store)}", file=sys.stderr, flush=True)
     # One event loop per worker and matrices of a few dozen numbers: OpenBLAS's thread pool
     # (one thread per core, spinning after each call) would only compete with the loop.
@@ -77,6 +87,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    source = find_config(args.file)
+    print(source, file=sys.stderr)
+    args.file = str(source.path)
     try:
         cfg = load_config(args.file)
     except ConfigError as e:
@@ -109,6 +122,30 @@ def _check_config(args: argparse.Namespace) -> int:
                     f"{p.detail})",
                     file=sys.stderr,
                 )
+    return 0
+
+
+INIT_HEADER = "# Written by `tollgate init` from the packaged default routing file.\n"
+
+
+def _init(args: argparse.Namespace) -> int:
+    dest = Path(args.path)
+    if dest.is_dir():
+        dest = dest / LOCAL_CONFIG_NAME
+    if dest.exists() and not args.force:
+        print(
+            f"tollgate init: {dest.absolute()} exists; not overwritten (--force replaces it)",
+            file=sys.stderr,
+        )
+        return 1
+    text = INIT_HEADER + DEFAULT_CONFIG_PATH.read_text()
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(text)
+    except OSError as e:
+        print(f"tollgate init: cannot write {dest.absolute()}: {e.strerror}", file=sys.stderr)
+        return 1
+    print(f"wrote {dest.absolute()}; check it with: tollgate check-config {dest}")
     return 0
 
 
@@ -151,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     s.add_argument(
         "--config",
-        help="routing YAML (default: $TOLLGATE_CONFIG, else the embedded config/routing.yaml)",
+        help="routing YAML (default: $TOLLGATE_CONFIG, else ./tollgate.yaml, else the packaged "
+        "default; `tollgate init` writes a copy to edit)",
     )
     s.add_argument(
         "--host",
@@ -180,7 +218,27 @@ def main(argv: list[str] | None = None) -> int:
         help="HTTP/1.1 protocol: tollgate's own (default, gateway/http/server.py) or uvicorn's",
     )
     c = sub.add_parser("check-config", help="validate a routing YAML and print it resolved")
-    c.add_argument("file")
+    c.add_argument(
+        "file",
+        nargs="?",
+        help="routing YAML (default: $TOLLGATE_CONFIG, else ./tollgate.yaml, else the "
+        "packaged default)",
+    )
+    i = sub.add_parser(
+        "init",
+        help="write a commented starter routing file to edit (default ./tollgate.yaml)",
+        description="Write the packaged default routing file, with its comments, to PATH: "
+        "four tiers on loopback, the router's policies, the store. Edit the endpoints to "
+        "point at your servers, then run `tollgate check-config`.",
+    )
+    i.add_argument(
+        "path",
+        nargs="?",
+        default=LOCAL_CONFIG_NAME,
+        help=f"where to write it (default ./{LOCAL_CONFIG_NAME}; in a folder: its "
+        f"{LOCAL_CONFIG_NAME})",
+    )
+    i.add_argument("--force", action="store_true", help="replace an existing file")
     k = sub.add_parser("keys", help="make a gateway key and the hash to put in the config")
     k.add_argument("--id", required=True, help="a name for the key, used in reports")
     k.add_argument("--key", help="hash this key instead of generating one")
@@ -198,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.cmd == "check-config":
         return _check_config(args)
+    if args.cmd == "init":
+        return _init(args)
     if args.cmd == "keys":
         return _keys(args)
     return 2

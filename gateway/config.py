@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
@@ -25,7 +27,11 @@ from pydantic import (
 
 TIER_ORDER: dict[str, int] = {"small": 0, "medium": 1, "large": 2, "external": 3}
 Tier = Literal["small", "medium", "large", "external"]
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "routing.yaml"
+# The default routing file ships inside the package (the wheel has no config/ folder);
+# `tollgate init` writes a copy to start from.
+DEFAULT_CONFIG_PATH = Path(str(resources.files("gateway") / "defaults" / "routing.yaml"))
+# the routing file a command finds in its current directory
+LOCAL_CONFIG_NAME = "tollgate.yaml"
 
 PolicyKind = Literal["cheapest_above", "max_utility", "threshold"]
 # the virtual model names gateway/routing/policies.py resolves: router-<policy kind>-<number>
@@ -489,7 +495,7 @@ def _pydantic_problems(e: ValidationError) -> list[str]:
             hint = (
                 "did you mean " + " or ".join(repr(c) for c in close) + "?"
                 if close
-                else "check its spelling against config/routing.yaml"
+                else "check its spelling against the file `tollgate init` writes"
             )
             problems.append(f"{where}: unknown field {name!r}; {hint}")
             continue
@@ -524,7 +530,7 @@ def parse_config(text: str, path: str = "<string>") -> RoutingConfig:
             path,
             [
                 f"the file must be a YAML mapping with at least a `models:` list, but {got}; "
-                "start from config/routing.yaml"
+                "start from the file `tollgate init` writes"
             ],
         )
     problems: list[str] = []
@@ -535,6 +541,33 @@ def parse_config(text: str, path: str = "<string>") -> RoutingConfig:
         return RoutingConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(path, [mask_keys(p) for p in _pydantic_problems(e)]) from None
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """The routing file a command reads and why that one; `str()` is the line it prints."""
+
+    path: Path  # absolute
+    origin: str
+
+    def __str__(self) -> str:
+        return f"config: {self.path} ({self.origin})"
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> ConfigSource:
+    """`--config` > $TOLLGATE_CONFIG > ./tollgate.yaml > the packaged default.
+
+    Relative paths inside the file (store.sqlite_path, router.artifact) are relative to the
+    current directory, whichever file it is."""
+    if explicit:
+        return ConfigSource(Path(explicit).absolute(), "from --config")
+    env = os.environ.get("TOLLGATE_CONFIG")
+    if env:
+        return ConfigSource(Path(env).absolute(), "from $TOLLGATE_CONFIG")
+    local = Path(LOCAL_CONFIG_NAME)
+    if local.is_file():
+        return ConfigSource(local.absolute(), f"./{LOCAL_CONFIG_NAME} in the current directory")
+    return ConfigSource(DEFAULT_CONFIG_PATH, "the packaged default")
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> RoutingConfig:

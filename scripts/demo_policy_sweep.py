@@ -1,7 +1,7 @@
 """Which routing policy setting the shipped routing file should use for `auto`, chosen on the
 AlpacaEval prompts the router was trained on, never on the demo's held-out ones.
 
-    .venv/bin/python scripts/demo_policy_sweep.py [--config config/routing.yaml] [--heldout]
+    .venv/bin/python scripts/demo_policy_sweep.py [--config FILE] [--heldout]
 
 Replays the gateway's own routing decision (`Runtime.resolve("auto", ...)`, the shipped router
 and the routing file's models and prices) for every replayed instruction, takes the replayed

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.config import ConfigError, parse_config
+from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, parse_config
 from tests.fake_upstream import FakeUpstream
 from tests.support import REPO, GatewayProcess, model_block
 
@@ -56,11 +56,85 @@ def test_check_config_prints_resolved_config_with_secrets_masked(tmp_path: Path)
     assert "OK (1 models, 1 routes)" in r.stderr
 
 
-def test_check_config_default_file_is_valid() -> None:
-    r = run_cli("check-config", "config/routing.yaml", env={"TOLLGATE_DB": "/srv/t.db"})
+def run_in(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`tollgate ARGS` run from `cwd`, with no TOLLGATE_* variable but those given."""
+    import os
+
+    e = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
+    e.update(PYTHONPATH=str(REPO), **env)
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True,
+                          text=True, env=e, cwd=cwd, timeout=60)  # fmt: skip
+
+
+def test_check_config_default_file_is_valid(tmp_path: Path) -> None:
+    r = run_in(tmp_path, "check-config", TOLLGATE_DB="/srv/t.db")
     assert r.returncode == 0, r.stderr
-    # which routing file and which store the gateway would use
-    assert f"routing file {REPO / 'config' / 'routing.yaml'}, store SQLite at /srv/t.db" in r.stderr
+    # which routing file (and why that one) and which store the gateway would use
+    assert f"config: {DEFAULT_CONFIG_PATH} (the packaged default)" in r.stderr
+    assert f"routing file {DEFAULT_CONFIG_PATH}, store SQLite at /srv/t.db" in r.stderr
+    # it ships inside the package, so the wheel has it
+    assert DEFAULT_CONFIG_PATH.is_relative_to(REPO / "gateway")
+
+
+def _minimal(name: str) -> str:
+    return (
+        f"models:\n  - name: {name}\n    tier: small\n    endpoints:\n"
+        "      - base_url: http://127.0.0.1:9/v1\n        model: tiny\n"
+    )
+
+
+def test_config_is_found_by_flag_then_env_then_current_directory_then_package(
+    tmp_path: Path,
+) -> None:
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    (here / "tollgate.yaml").write_text(_minimal("local"))
+    (tmp_path / "env.yaml").write_text(_minimal("from-env"))
+    (tmp_path / "flag.yaml").write_text(_minimal("from-flag"))
+    env = {"TOLLGATE_CONFIG": str(tmp_path / "env.yaml")}
+    cases = [
+        (here, ["--config", str(tmp_path / "flag.yaml")], env, "flag.yaml (from --config)"),
+        (here, [], env, "env.yaml (from $TOLLGATE_CONFIG)"),
+        (here, [], {}, "tollgate.yaml (./tollgate.yaml in the current directory)"),
+        (elsewhere, [], {}, f"{DEFAULT_CONFIG_PATH} (the packaged default)"),
+    ]
+    for cwd, flag, extra, said in cases:
+        # report reads the store of the same file the gateway would serve with
+        r = run_in(cwd, "report", *flag, **extra)
+        line = next((ln for ln in r.stderr.splitlines() if ln.startswith("config: ")), "")
+        assert line.endswith(said), (flag, extra, r.stderr)
+        c = run_in(cwd, "check-config", *([flag[1]] if flag else []), **extra)
+        assert c.returncode == 0, c.stderr
+        assert said in c.stderr, c.stderr
+
+
+def test_init_writes_a_commented_starter_file_and_keeps_an_existing_one(
+    tmp_path: Path,
+) -> None:
+    r = run_in(tmp_path, "init")
+    assert r.returncode == 0, r.stderr
+    written = tmp_path / "tollgate.yaml"
+    text = written.read_text()
+    assert text.startswith("# ") and "\n# " in text  # commented for the operator
+    # the file it wrote is the one check-config (and serve) now find, and it is valid
+    c = run_in(tmp_path, "check-config")
+    assert c.returncode == 0, c.stderr
+    assert f"config: {written} (./tollgate.yaml in the current directory)" in c.stderr
+    assert f"{written}: OK (4 models, 1 routes)" in c.stderr
+
+    written.write_text("# mine\n" + text)
+    again = run_in(tmp_path, "init")
+    assert again.returncode == 1
+    assert f"{written} exists; not overwritten (--force replaces it)" in again.stderr
+    assert written.read_text().startswith("# mine\n")
+    forced = run_in(tmp_path, "init", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert written.read_text() == text
+
+    other = run_in(tmp_path, "init", "deploy/routing.yaml")
+    assert other.returncode == 0, other.stderr
+    assert (tmp_path / "deploy" / "routing.yaml").read_text() == text
 
 
 def test_report_without_arguments_names_the_missing_store_and_creates_nothing(

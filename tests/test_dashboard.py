@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from gateway.accounting.store.base import SAVINGS_DEFINITION
+from gateway.config import DEFAULT_CONFIG_PATH
 from gateway.demo.demo import demo_config
 from gateway.demo.procutil import stop_process
 from gateway.demo.replay import ReplayServer, dataset
@@ -40,9 +41,7 @@ def config_text(judge_url: str) -> str:
     """The default routing file (router profiles dropped: these tests use concrete models,
     so they do not depend on the router artifact) plus the replay judge."""
     base = "\n".join(
-        ln
-        for ln in (REPO / "config" / "routing.yaml").read_text().splitlines()
-        if "profile:" not in ln
+        ln for ln in DEFAULT_CONFIG_PATH.read_text().splitlines() if "profile:" not in ln
     )
     return demo_config(base, judge_url)
 

@@ -37,7 +37,7 @@ import numpy as np
 from gateway.accounting.records import RequestRecord
 from gateway.accounting.store import describe_sources, make_store, missing_store
 from gateway.accounting.usage import parse_time
-from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from gateway.config import ConfigError, find_config, load_config
 
 
 @dataclass
@@ -194,9 +194,9 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument(
         "--config",
-        default=str(DEFAULT_CONFIG_PATH),
+        default=None,
         help="routing file: its store, its models' profiles, its router.artifact "
-        "(default: config/routing.yaml)",
+        "(default: $TOLLGATE_CONFIG, else ./tollgate.yaml, else the packaged default)",
     )
     p.add_argument(
         "--since", default="30d", help="records newer than this (default 30d; ISO, unix)"
@@ -219,6 +219,9 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if not args.max_weight >= 1.0:
         p.error("--max-weight must be at least 1 (1 ignores the propensities)")
+    config = find_config(args.config)
+    print(config, file=sys.stderr)
+    args.config = str(config.path)
     try:
         cfg = load_config(args.config)
         from router_models import load_router, save_router

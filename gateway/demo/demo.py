@@ -41,14 +41,21 @@ import yaml
 
 from gateway.accounting import pricing
 from gateway.accounting.store.base import SAVINGS_DEFINITION, SAVINGS_NAME, percentile
-from gateway.config import DEFAULT_CONFIG_PATH, ModelConfig, Pricing, load_config
+from gateway.config import (
+    DEFAULT_CONFIG_PATH,
+    ConfigSource,
+    ModelConfig,
+    Pricing,
+    find_config,
+    load_config,
+)
 from gateway.demo.procutil import stop_process
 from gateway.demo.replay import dataset
 from gateway.demo.replay.process import ReplayServer
 from gateway.demo.shares import Shares, shares
 
 REPO = Path(__file__).resolve().parents[2]
-# tier -> (env var of its endpoint URL, default port of config/routing.yaml)
+# tier -> (env var of its endpoint URL, default port of the packaged routing file)
 TIER_PORTS: dict[str, tuple[str, int]] = {
     "small": ("TOLLGATE_SMALL_URL", 8101),
     "medium": ("TOLLGATE_MEDIUM_URL", 8102),
@@ -362,7 +369,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="which instructions (a seeded sample)")
     p.add_argument("--port", type=int, default=8000, help="gateway port (0 or taken: a free one)")
-    p.add_argument("--config", default=None, help="routing file (default: the embedded one)")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="routing file (default: the packaged one; unlike serve, the demo does not read "
+        "$TOLLGATE_CONFIG or ./tollgate.yaml, whose endpoints may be real, paid servers)",
+    )
     p.add_argument(
         "--dir",
         default=None,
@@ -453,6 +465,12 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
 def _run(
     args: argparse.Namespace, prompts: list[str], stack: Stack, workdir: Path, out: TextIO
 ) -> int:
+    source = (
+        find_config(args.config)
+        if args.config
+        else ConfigSource(DEFAULT_CONFIG_PATH, "the packaged default; --config for another")
+    )
+    print(source, file=sys.stderr, flush=True)
     # 1. replay backends: the default ports when all are free, else free ports for all
     defaults = [port for _, port in TIER_PORTS.values()]
     ports = defaults if all(port_free(p) for p in defaults) else [0] * len(defaults)
@@ -467,7 +485,7 @@ def _run(
         file=out,
     )
     # 2. the gateway on the routing file + the replay judge; SQLite in workdir
-    base = Path(args.config).absolute() if args.config else DEFAULT_CONFIG_PATH
+    base = source.path
     cfg_path = workdir / "routing.yaml"
     cfg_path.write_text(demo_config(base.read_text(), judge_url))
     env.update(TOLLGATE_STORE="sqlite", TOLLGATE_DB=str(workdir / "tollgate.db"))

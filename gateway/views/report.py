@@ -94,8 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config",
         default=None,
-        help="routing file whose store to read (default: config/routing.yaml, whose SQLite "
-        "store is $TOLLGATE_DB or var/tollgate.db under the current directory)",
+        help="routing file whose store to read (default: $TOLLGATE_CONFIG, else ./tollgate.yaml, "
+        "else the packaged default, whose SQLite store is $TOLLGATE_DB or var/tollgate.db under "
+        "the current directory)",
     )
     p.add_argument(
         "--url", default=None, help="read GET /v1/usage of a running gateway instead of a store"
@@ -137,9 +138,11 @@ def _fetch_http(args: argparse.Namespace) -> dict[str, Any]:
 async def _read_store(args: argparse.Namespace) -> dict[str, Any]:
     from gateway.accounting.store import describe_sources, make_store, missing_store
     from gateway.accounting.usage import parse_time, totals
-    from gateway.config import DEFAULT_CONFIG_PATH, load_config
+    from gateway.config import find_config, load_config
 
-    path = args.config or str(DEFAULT_CONFIG_PATH)
+    config = find_config(args.config)
+    print(config, file=sys.stderr)
+    path = str(config.path)
     cfg = load_config(path)
     store = make_store(cfg.store)
     if store is None:

@@ -33,7 +33,7 @@ class Speed:
 
 
 # model -> (tier, speed). The tokens/s of the three local tiers are the `tokens_per_second`
-# of one stream (not the batched throughput that config/routing.yaml prices); the external
+# of one stream (not the batched throughput that the packaged routing file prices); the external
 # API's 80 tokens/s is an assumption.
 REPLAY_MODELS: Final[dict[str, tuple[str, Speed]]] = {
     "gemma-2b-it": ("small", Speed(0.15, 120.0)),
