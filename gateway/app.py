@@ -31,6 +31,7 @@ from gateway.accounting.quality import Judge
 from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import JUDGE, RequestRecord
 from gateway.accounting.store import make_store
+from gateway.cache.store import ResponseCache
 from gateway.config import ConfigError, RoutingConfig, find_config, load_config, mask_keys
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError, error_body
 from gateway.proxy import HOT_PATHS, Proxy, Receive, Scope, Send, new_request_id
@@ -76,6 +77,7 @@ class Gateway:
         self._metric_names()
         self.key_hashes = {k.sha256: k.id for k in cfg.auth.keys}
         self.store = make_store(cfg.store)
+        self.cache = ResponseCache(cfg)
         self.recorder = Recorder(self.store, cfg.store, self.metrics, make_journal(cfg.store))
         self.judge = Judge(cfg.judge, self._judge_call, self.recorder, self.metrics)
         self._proxy = Proxy(self)  # the judge's calls go the way client traffic goes
@@ -147,6 +149,7 @@ class Gateway:
         self.key_hashes = {k.sha256: k.id for k in cfg.auth.keys}
         self.judge_enabled = bool(cfg.judge.model and cfg.judge.sample_rate > 0)
         self.judge.update(cfg.judge)
+        self.cache.configure(cfg)  # opt-ins, TTL and bounds; the backend stays until restart
         self.reload_error = None
         self.loaded_at = time.time()
         for up in self.pool.all():
@@ -205,6 +208,7 @@ class Gateway:
         self._drain_finished()
         await self.judge.close()
         await self.recorder.close(timeout=self.config.server.drain_timeout_s or 5.0)
+        await self.cache.close()
         await self.pool.aclose()
 
     # -- after the response ------------------------------------------------------------

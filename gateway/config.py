@@ -182,12 +182,14 @@ class ModelConfig(_Strict):
     queue_timeout_s: float = Field(5.0, gt=0)
     retries: int = Field(2, ge=0, le=10, description="extra attempts on the same model")
     kinds: list[Literal["chat", "completions", "embeddings"]] = ["chat", "completions"]
+    cache: bool = Field(False, description="cache deterministic answers asked of this name")
 
 
 class RouteConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     models: list[str] = Field(min_length=1, description="model names in fallback order")
     reference: str | None = Field(None, description="baseline model for savings")
+    cache: bool = Field(False, description="cache deterministic answers of this route")
 
 
 class PolicyConfig(_Strict):
@@ -304,10 +306,32 @@ class GatewayKey(_Strict):
     explore_share: float | None = Field(
         None, ge=0, le=1, description="overrides router.explore for this key's routed requests"
     )
+    cache: bool = Field(False, description="cache this key's deterministic requests")
 
 
 class AuthConfig(_Strict):
     keys: list[GatewayKey] = []
+
+
+class CacheConfig(_Strict):
+    """The response cache (gateway/cache/): opt-in per route, model or key (`cache: true`)
+    or per request (header `x-tollgate-cache: 1`); deterministic requests only."""
+
+    enabled: bool = Field(True, description="false: no request is cached, whatever opts in")
+    backend: Literal["memory", "redis"] = "memory"
+    ttl_s: float = Field(3600.0, gt=0, description="an entry's lifetime")
+    max_entries: int = Field(10_000, ge=1, description="memory backend: entries kept (LRU)")
+    max_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="memory backend: bytes kept (LRU)"
+    )
+    max_entry_bytes: int = Field(
+        1024 * 1024, ge=256, description="an answer larger than this is not cached"
+    )
+    shared_across_keys: bool = Field(
+        False, description="true: one key's cached answer may serve another key"
+    )
+    redis_url: str | None = Field(None, description="redis backend; None: store.redis_url")
+    redis_timeout_s: float = Field(0.25, gt=0, description="a slower Redis lookup counts as a miss")
 
 
 class RoutingConfig(_Strict):
@@ -318,6 +342,7 @@ class RoutingConfig(_Strict):
     router: RouterConfig = RouterConfig()
     judge: JudgeConfig = JudgeConfig()
     auth: AuthConfig = AuthConfig()
+    cache: CacheConfig = CacheConfig()
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     routes: list[RouteConfig] = []
 
@@ -588,4 +613,6 @@ def masked_dump(cfg: RoutingConfig) -> dict[str, Any]:
                 ep["api_key"] = mask(ep["api_key"])
     if "redis_url" in data["store"]:
         data["store"]["redis_url"] = re.sub(r"//[^@/]*@", "//****@", data["store"]["redis_url"])
+    if data["cache"].get("redis_url"):
+        data["cache"]["redis_url"] = re.sub(r"//[^@/]*@", "//****@", data["cache"]["redis_url"])
     return data

@@ -34,6 +34,8 @@ from gateway.api.validation import (
     validate_completion,
     validate_embeddings,
 )
+from gateway.cache import sse
+from gateway.cache.store import SKIP, Entry, ResponseCache
 from gateway.errors import (
     AuthenticationFailed,
     BodyTooLarge,
@@ -60,6 +62,7 @@ class GatewayState(Protocol):
     runtime: Runtime
     key_hashes: dict[str, str]
     metrics: Metrics
+    cache: ResponseCache
     judge_enabled: bool
     in_flight: int  # client requests in `Proxy.handle` now
 
@@ -255,7 +258,13 @@ class Proxy:
         rid = new_request_id()
         rec = RequestRecord(request_id=rid, ts=time.time(), endpoint=kind)
         task = asyncio.current_task()
-        state: dict[str, Any] = {"upstream_s": 0.0, "answer": None, "messages": None}
+        state: dict[str, Any] = {
+            "upstream_s": 0.0,
+            "answer": None,
+            "messages": None,
+            "cache": None,  # the response cache's key for this request's answer (a miss)
+            "cache_hdr": (),  # x-tollgate-cache, when the cache applied
+        }
         ctx = _Ctx(task, t0, state)
         watch_later: asyncio.TimerHandle | None = None
         gw.in_flight += 1
@@ -300,6 +309,8 @@ class Proxy:
             rec.route = body["model"]
             stream = bool(body.get("stream"))
             rec.stream = stream
+            if await self._cache_lookup(scope, kind, body, rec, ctx, send, state):
+                return  # served from the response cache
             max_cost = None if ceiling is None else _max_cost(ceiling)
             plan = rt.resolve(rec.route, kind, body, rid, rec.key_id, max_cost)
             rec.policy = plan.policy
@@ -410,6 +421,96 @@ class Proxy:
                     await send(
                         {"type": "http.response.body", "body": b"data: " + e.body() + b"\n\n"}
                     )
+
+    # -- the response cache (gateway/cache/) --------------------------------------------
+    async def _cache_lookup(
+        self,
+        scope: Scope,
+        kind: str,
+        body: dict[str, Any],
+        rec: RequestRecord,
+        ctx: _Ctx,
+        send: Send,
+        state: dict[str, Any],
+    ) -> bool:
+        """Before routing: answer from the response cache when it applies and has the answer
+        (True: answered). A miss leaves the entry's key in `state["cache"]` for
+        `_cache_store`."""
+        cache = self.gw.cache
+        key = cache.key_for(scope["headers"], kind, body, rec.key_id)
+        if key is None:
+            return False
+        if key == SKIP:
+            state["cache_hdr"] = ((b"x-tollgate-cache", b"skip"),)
+            self.gw.metrics.cache("skip")
+            return False
+        e = await cache.get(key)
+        if e is None:
+            state["cache"] = key
+            state["cache_hdr"] = ((b"x-tollgate-cache", b"miss"),)
+            self.gw.metrics.cache("miss")
+            return False
+        self.gw.metrics.cache("hit", e.cost_usd)
+        rec.cache_hit = True
+        rec.model, rec.tier = e.model, e.tier
+        rec.baseline_model = e.model
+        rec.baseline_cost_usd = e.cost_usd  # what the original cost: the hit's saving
+        rec.prompt_tokens, rec.completion_tokens = e.prompt_tokens, e.completion_tokens
+        rec.cached_tokens, rec.tokens_estimated = e.cached_tokens, e.tokens_estimated
+        headers = [
+            (b"x-tollgate-request-id", rec.request_id.encode()),
+            (b"x-tollgate-model", (e.model or "").encode()),
+            (b"x-tollgate-tier", (e.tier or "").encode()),
+            (b"x-tollgate-attempts", b"0"),
+            (b"x-tollgate-cost-usd", pricing.format_usd(0.0).encode()),
+            (b"x-tollgate-cache", b"hit"),
+        ]
+        if rec.stream:
+            so = body.get("stream_options")
+            usage = isinstance(so, dict) and so.get("include_usage") is True
+            out = sse.synthesize(e.body, kind, usage)
+            headers[:0] = _SSE_HEADERS
+            rec.ttft_ms = (time.perf_counter() - ctx.t0) * 1000.0
+        else:
+            out = e.body
+            headers[:0] = [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(out)),
+            ]
+        self._commit(rec, ctx)
+        ctx.started = ctx.finished = True
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": out})
+        return True
+
+    async def _cache_store(self, key: str, rec: RequestRecord, answer: bytes) -> None:
+        """After a complete 200 answer (before its last byte): keep it, and what it cost."""
+        e = Entry(
+            answer,
+            rec.model,
+            rec.tier,
+            rec.cost_usd,
+            rec.prompt_tokens,
+            rec.completion_tokens,
+            rec.cached_tokens,
+            rec.tokens_estimated,
+        )
+        await self.gw.cache.put(key, e)
+
+    async def _cache_store_stream(self, key: str, rec: RequestRecord, sent: list[bytes]) -> None:
+        """A complete stream, kept as the completion its chunks add up to."""
+        usage: dict[str, Any] | None = None
+        if not rec.tokens_estimated:  # the usage chunk the client did not ask for
+            usage = {
+                "prompt_tokens": rec.prompt_tokens,
+                "completion_tokens": rec.completion_tokens,
+                "total_tokens": rec.prompt_tokens + rec.completion_tokens,
+            }
+            if rec.cached_tokens:
+                usage["prompt_tokens_details"] = {"cached_tokens": rec.cached_tokens}
+        answer = sse.assemble(sent, rec.endpoint, usage)
+        if answer is not None:
+            await self._cache_store(key, rec, answer)
 
     def _authenticate(self, auth: bytes) -> str:
         if not auth.lower().startswith(b"bearer "):
@@ -774,7 +875,10 @@ class Proxy:
             (b"content-length", b"%d" % len(out)),
             (b"x-tollgate-cost-usd", pricing.format_usd(rec.cost_usd).encode()),
             *self._headers(rt, plan, rec, explain),
+            *state["cache_hdr"],
         ]
+        if state["cache"] is not None:
+            await self._cache_store(state["cache"], rec, out)
         self._commit(rec, ctx)
         ctx.started = True
         ctx.finished = True
@@ -887,10 +991,11 @@ class Proxy:
         usage_seen = False
         kept: list[bytes] = []
         keep_text = state["messages"] is not None
+        sent: list[bytes] | None = None if state["cache"] is None else []  # for the cache
         failure: str | None = None
         failure_code: str | None = None  # else stream_interrupted (stream_cut in /metrics)
         try:
-            headers = [*_SSE_HEADERS, *self._headers(rt, plan, rec, explain)]
+            headers = [*_SSE_HEADERS, *self._headers(rt, plan, rec, explain), *state["cache_hdr"]]
             ctx.started = True
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             async for chunk in resp.aiter_raw():
@@ -972,9 +1077,13 @@ class Proxy:
                     if rec.ttft_ms is None:
                         rec.ttft_ms = (time.perf_counter() - t0) * 1000.0
                     body_out = out[0] if len(out) == 1 else b"".join(out)
+                    if sent is not None:
+                        sent.append(body_out)
                     if saw_done:  # the answer is whole: its record is final before [DONE] goes
                         self._settle_stream(rt, rec, body, kept, keep_text, usage_seen, state)
                         self._commit(rec, ctx, state["upstream_s"] + time.perf_counter() - t_up)
+                        if sent is not None:
+                            await self._cache_store_stream(state["cache"], rec, sent)
                     await send({"type": "http.response.body", "body": body_out, "more_body": True})
                 if saw_done:
                     await self._end_stream(ctx, send)

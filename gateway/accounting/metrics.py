@@ -358,6 +358,22 @@ class Metrics:
             ["model", "direction"],
             registry=reg,
         )
+        # the response cache (gateway/cache/): requests it applied to, by result
+        self.cache_requests = Counter(
+            "tollgate_cache_requests",
+            "Requests the response cache applied to (cache: true on the route, model or key, "
+            "or x-tollgate-cache: 1), by result: hit (served from the cache), miss (sent "
+            "upstream, its answer kept), skip (not deterministic: sent upstream, not kept)",
+            ["result"],
+            registry=reg,
+        )
+        for result in ("hit", "miss", "skip"):
+            self.cache_requests.labels(result)
+        self.cache_saved = Counter(
+            "tollgate_cache_saved_usd",
+            "USD the response cache saved: what each hit's original request cost upstream",
+            registry=reg,
+        )
 
     def names(self, known: Iterable[str], routed_prefixes: Iterable[str] = ()) -> None:
         """The configured route and model names (kept as label values), and the prefixes of
@@ -568,6 +584,12 @@ class Metrics:
                 c(self.judge_tokens, model, "input").inc(r.prompt_tokens)
             if r.completion_tokens:
                 c(self.judge_tokens, model, "output").inc(r.completion_tokens)
+
+    def cache(self, result: str, saved_usd: float = 0.0) -> None:
+        """One request the response cache applied to: hit, miss or skip."""
+        self.cache_requests.labels(result).inc()
+        if saved_usd > 0:
+            self.cache_saved.inc(saved_usd)
 
     # -- exposition -------------------------------------------------------------------------
     def render(self) -> tuple[bytes, str]:
