@@ -168,6 +168,8 @@ def test_hit_has_original_content_both_ways_for_nothing(
     assert rows[3]["baseline_cost_usd"] == pytest.approx(rows[2]["cost_usd"], abs=1e-15)
     u = httpx.get(f"{gw.url}/v1/usage", params={"since": "1h"}).json()["totals"]
     assert u["requests"] == 4
+    assert u["cache_hits"] == 2
+    assert u["cache_saved_usd"] == pytest.approx(rows[0]["cost_usd"] + rows[2]["cost_usd"])
     assert u["cost_usd"] == pytest.approx(rows[0]["cost_usd"] + rows[2]["cost_usd"], abs=1e-12)
     m = metric_samples(httpx.get(f"{gw.url}/metrics").text)
     assert metric_total(m, "tollgate_cache_requests_total", result="hit") == 2

@@ -157,6 +157,16 @@ async def test_usage_groups_and_window(store: Store) -> None:
         await store.usage(None, None, "colour")
 
 
+async def test_usage_counts_cache_hits_and_what_they_saved(store: Store) -> None:
+    # a hit costs nothing; its reference is what the original request cost
+    hits = [rec(i, cost_usd=0.0, baseline_cost_usd=0.003, cache_hit=True) for i in range(3)]
+    await store.write_batch([rec(10), rec(11), *hits])
+    (row,) = await store.usage(None, None, "model")
+    assert row["requests"] == 5 and row["cache_hits"] == 3
+    assert row["cache_saved_usd"] == pytest.approx(0.009, abs=1e-12)
+    assert row["cost_usd"] == pytest.approx(0.002, abs=1e-12)
+
+
 async def test_quality_scores_and_means(store: Store) -> None:
     await store.write_batch(
         [

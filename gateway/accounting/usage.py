@@ -86,7 +86,7 @@ def _unavailable(message: str) -> Response:
 def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Sums over groups; quality_mean weighted by the records it covers."""
     keys = ("requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens",
-            "estimated", "cost_usd")  # fmt: skip
+            "estimated", "cost_usd", "cache_hits", "cache_saved_usd")  # fmt: skip
     out: dict[str, Any] = {k: sum(r[k] for r in rows) for k in keys}
     out.update(savings_fields(out["cost_usd"], sum(r["reference_cost_usd"] for r in rows)))
     qn = sum(r["quality_n"] for r in rows)

@@ -162,7 +162,8 @@ def aggregate(records: Iterable[RequestRecord], group_by: str) -> list[dict[str,
     """Usage rows, sorted by cost descending then group name.
 
     Keys: group, requests, errors (status >= 400), prompt_tokens, cached_tokens,
-    completion_tokens, estimated (records whose tokens were estimated), cost_usd, the
+    completion_tokens, estimated (records whose tokens were estimated), cost_usd, cache_hits
+    and cache_saved_usd (answers the response cache served, and what their originals cost), the
     `savings_fields()` (reference_cost_usd, savings_vs_reference_usd/_pct and their old
     names baseline_cost_usd, savings_usd, savings_pct), latency_p50_ms, latency_p95_ms,
     quality_mean (mean over records of feedback-else-judge, records with neither left out),
@@ -183,6 +184,8 @@ def aggregate(records: Iterable[RequestRecord], group_by: str) -> list[dict[str,
                 "completion_tokens": 0,
                 "estimated": 0,
                 "cost_usd": 0.0,
+                "cache_hits": 0,
+                "cache_saved_usd": 0.0,
                 "baseline_cost_usd": 0.0,
                 "lat": [],
                 "q": [],
@@ -198,6 +201,9 @@ def aggregate(records: Iterable[RequestRecord], group_by: str) -> list[dict[str,
         a["estimated"] += 1 if r.tokens_estimated else 0
         a["cost_usd"] += r.cost_usd
         a["baseline_cost_usd"] += r.baseline_cost_usd
+        if r.cache_hit:  # served by the response cache: its reference is the original's cost
+            a["cache_hits"] += 1
+            a["cache_saved_usd"] += r.baseline_cost_usd
         a["lat"].append(r.latency_ms)
         q = record_quality(r)
         if q is not None:
