@@ -4,6 +4,7 @@ request is answered without the upstream, with the original's content, for $0.""
 from __future__ import annotations
 
 import hashlib
+import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -33,6 +34,11 @@ models:
     pricing: {{input_per_mtok: 0.5, output_per_mtok: 1.5}}
     retries: 0
     endpoints: [{{base_url: "{url}", model: up-small}}]
+  - name: emb
+    tier: small
+    kinds: [embeddings]
+    cache: true
+    endpoints: [{{base_url: "{url}", model: up-emb}}]
 routes:
   - name: cached
     models: [small]
@@ -219,6 +225,40 @@ def test_only_deterministic_opted_in_requests_are_cached(fakes: Fakes, gateway: 
     assert metric_total(m, "tollgate_cache_requests_total", result="hit") == 2
 
 
+def test_completions_both_ways_and_embeddings(fakes: Fakes, gateway: Gw) -> None:
+    fake = fakes("small", completion_tokens=10)
+    gw = gateway(config(fake))
+    c = client(gw)
+    raw = c.completions.with_raw_response.create(model="cached", prompt="a b c", temperature=0)
+    assert raw.headers["x-tollgate-cache"] == "miss"
+    first = raw.parse()
+    raw_s = c.completions.with_raw_response.create(
+        model="cached",
+        prompt="a b c",
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    assert raw_s.headers["x-tollgate-cache"] == "hit"
+    text, finish, usage = "", None, None
+    for chunk in raw_s.parse():
+        for ch in chunk.choices:
+            text += ch.text
+            finish = ch.finish_reason or finish
+        usage = chunk.usage or usage
+    assert (text, finish) == (first.choices[0].text, first.choices[0].finish_reason)
+    assert usage == first.usage
+    # embeddings are deterministic: cached whatever the temperature (they have none)
+    for want in ("miss", "hit"):
+        raw_e = c.embeddings.with_raw_response.create(model="emb", input="hello there")
+        assert raw_e.headers["x-tollgate-cache"] == want
+    assert (
+        raw_e.parse().data[0].embedding
+        == c.embeddings.create(model="emb", input="hello there").data[0].embedding
+    )
+    assert fake.stats()["requests"] == 2
+
+
 def test_keys_do_not_share_entries_unless_told(fakes: Fakes, gateway: Gw) -> None:
     fake = fakes("small")
     # opted in by the keys (`cache: true` on each), on a model that is not
@@ -324,6 +364,49 @@ def test_redis_backend_shares_hits_between_gateways(
         assert rows[0]["baseline_cost_usd"] == pytest.approx(records(gw1, 1)[0]["cost_usd"])
     finally:
         redis.stop()
+
+
+def test_a_silent_redis_costs_a_miss_not_the_request(fakes: Fakes, gateway: Gw) -> None:
+    # a "Redis" that takes the connection and never answers: each lookup and store gives up
+    # after cache.redis_timeout_s and the request goes upstream as a miss
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        fake = fakes("small")
+        gw = gateway(
+            config(fake, cache=f'{{backend: redis, redis_url: "{url}", redis_timeout_s: 0.2}}')
+        )
+        c = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0, timeout=5.0)
+        for _ in range(2):
+            raw = c.chat.completions.with_raw_response.create(
+                model="cached", messages=MSGS, temperature=0
+            )
+            assert raw.headers["x-tollgate-cache"] == "miss"
+            assert raw.parse().choices[0].message.content
+        assert fake.stats()["requests"] == 2
+
+
+def test_reload_turns_the_cache_off(fakes: Fakes, gateway: Gw) -> None:
+    fake = fakes("small")
+    text = config(fake)
+    gw = gateway(text)
+    c = client(gw)
+    assert [ask(c, "a"), ask(c, "a")] == ["miss", "hit"]
+    gw.write_config(text.replace("cache: {}", "cache: {enabled: false}"))
+    gw.sighup()
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:  # until the reload is in
+        raw = c.chat.completions.with_raw_response.create(
+            model="cached", messages=MSGS, temperature=0
+        )
+        if "x-tollgate-cache" not in raw.headers:
+            break
+        time.sleep(0.05)
+    assert "x-tollgate-cache" not in raw.headers
+    before = fake.stats()["requests"]
+    c.chat.completions.create(model="cached", messages=MSGS, temperature=0)
+    assert fake.stats()["requests"] == before + 1
 
 
 def redis_keys(redis: RedisServer) -> list[str]:

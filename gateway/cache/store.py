@@ -125,6 +125,8 @@ class ResponseCache:
 
     def configure(self, cfg: RoutingConfig) -> None:
         c: CacheConfig = cfg.cache
+        if c.backend != self.backend:
+            log.warning("cache.backend changed to %s; it takes effect on restart", c.backend)
         self.cfg = c
         self.enabled = c.enabled
         self.names = frozenset(
