@@ -43,10 +43,13 @@ def _control(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
 
 
-def _post(c: httpx.Client, url: str, model: str, stream: bool) -> None:
+def _post(c: httpx.Client, url: str, model: str, stream: bool, cache: str = "") -> None:
+    body = ov.chat_body(model, stream, ov.SAME_SEED if cache else ov.NO_SEED)
+    if cache in ("off", "miss"):  # a request not seen before
+        body = body.replace(str(ov.SEED0).encode(), str(next(ov.SEEDS)).encode())
     r = c.post(
         url,
-        content=ov.chat_body(model, stream),
+        content=body,
         headers={"content-type": "application/json", "authorization": f"Bearer {ov.BEARER}"},
     )
     if r.status_code != 200 or (stream and b"[DONE]" not in r.content):
@@ -61,11 +64,13 @@ def measure(
     latency_ms: float = 0.0,
     store: str = "none",
     journal: bool = True,
+    cache: str = "",
 ) -> tuple[int, list[str]]:
     fu = ov.PinnedFake(name="bench", latency_ms=latency_ms, chunks=20, completion_tokens=32).start()
     out = tmp / f"callgrind-{mode}-{'stream' if stream else 'unary'}.out"
     cfg = tmp / f"routing-{mode}.yaml"
-    cfg.write_text(ov.routing_yaml(fu.base_url, store, mode, tmp, journal))
+    on = cache in ("miss", "hit")
+    cfg.write_text(ov.routing_yaml(fu.base_url, store, mode, tmp, journal, on))
     port = ov.free_port()
     env = dict(os.environ, PYTHONPATH=str(ov.REPO))
     cmd = [
@@ -100,10 +105,10 @@ def measure(
                     raise SystemExit(f"gateway under valgrind did not start; see {log.name}")
                 time.sleep(0.5)
             for _ in range(50):
-                _post(c, url, model, stream)
+                _post(c, url, model, stream, cache)
             _control(proc.pid, "-z")  # zero the counters: only the window below counts
             for _ in range(requests):
-                _post(c, url, model, stream)
+                _post(c, url, model, stream, cache)
             time.sleep(1.0)  # let the after-response work of the last requests run: counted
             _control(proc.pid, "-d")
     finally:
@@ -155,14 +160,23 @@ def main() -> int:
         default="on",
         help="on|off (comma list for both): the SQLite store's record journal (store.journal)",
     )
+    p.add_argument(
+        "--cache",
+        default="",
+        help="comma list of off,miss,hit: seeded requests, each new (off: the response cache "
+        "off; miss: on) or all the same (hit); pinned model and one store only",
+    )
     args = p.parse_args()
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind not found: apt-get install -y valgrind")
     rows = []
     with tempfile.TemporaryDirectory(prefix="tollgate-ir-") as d:
+        caches = args.cache.split(",") if args.cache else [""]
         for mode in args.modes.split(","):
             for kind in args.kinds.split(","):
-                for store, journal in _stores(args.store, args.journal):
+                for (store, journal), cache in (
+                    (sj, c) for sj in _stores(args.store, args.journal) for c in caches
+                ):
                     total, top = measure(
                         mode,
                         kind == "stream",
@@ -171,9 +185,11 @@ def main() -> int:
                         args.latency_ms,
                         store,
                         journal == "on",
+                        cache,
                     )
                     per = total / args.requests
                     where = store if store == "none" else f"{store}, journal {journal}"
+                    where += f", cache {cache}" if cache else ""
                     rows.append((mode, kind, where, per))
                     print(f"\n== {mode} {kind} ({where}): {per:,.0f} instructions per request")
                     for ln in top:

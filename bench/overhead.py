@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -262,12 +263,18 @@ class TargetUnavailable(Exception):
     pass
 
 
+NO_SEED, SAME_SEED, NEW_SEED = 0, 1, 2
+SEED0 = 1_000_000_000  # 10 digits: a new seed per request keeps the body's length
+SEEDS = itertools.count(SEED0 + 1)  # never the same twice in a run: warm-ups and rounds too
+
+
 class Target:
     """Something the load is sent to. `start` returns (host, port)."""
 
     name = "target"
     model = "fake-model"
     pid: int | None = None
+    seeded = NO_SEED  # --cache runs: the requests carry a seed, the same one or a new one each
 
     def start(self, upstream: FakeUpstream) -> tuple[str, int]:
         raise NotImplementedError
@@ -316,9 +323,12 @@ TIERS = [
 ]
 
 
-def routing_yaml(upstream_base: str, store: str, mode: str, tmp: Path, journal: bool = True) -> str:
+def routing_yaml(
+    upstream_base: str, store: str, mode: str, tmp: Path, journal: bool = True, cache: bool = False
+) -> str:
     """Every tier points at the fake upstream; `auto` mode adds router profiles; `journal`
-    off turns the store's record journal off (store.journal)."""
+    off turns the store's record journal off (store.journal); `cache` turns the response
+    cache on for every model (`cache: true`)."""
     lines = [
         "version: 1",
         "server:",
@@ -337,6 +347,8 @@ def routing_yaml(upstream_base: str, store: str, mode: str, tmp: Path, journal: 
         lines += [f"  - name: {name}", f"    tier: {tier}"]
         if mode == "auto":
             lines.append(f"    profile: {profile}")
+        if cache:
+            lines.append("    cache: true")
         lines += [
             f"    pricing: {price}",
             "    endpoints:",
@@ -353,7 +365,7 @@ def tollgate_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "gateway.cli"]
 
 
-def chat_body(model: str, stream: bool) -> bytes:
+def chat_body(model: str, stream: bool, seeded: int = NO_SEED) -> bytes:
     body: dict[str, Any] = {
         "model": model,
         "messages": [{"role": "user", "content": PROMPT}],
@@ -361,6 +373,8 @@ def chat_body(model: str, stream: bool) -> bytes:
     }
     if stream:
         body["stream"] = True
+    if seeded != NO_SEED:
+        body["seed"] = SEED0  # deterministic: what the response cache keeps
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -457,17 +471,26 @@ class ServerProcess(Target):
 
 
 class Tollgate(ServerProcess):
-    def __init__(self, store: str = "none", mode: str = "pinned", journal: bool = True) -> None:
+    def __init__(
+        self, store: str = "none", mode: str = "pinned", journal: bool = True, cache: str = ""
+    ) -> None:
         super().__init__()
         self.store = store
         self.mode = mode
         self.journal = journal
+        self.cache = cache  # "" | off | miss | hit (--cache)
         self.name = f"tollgate {mode} store={store}" + ("" if journal else " journal=off")
+        if cache:
+            self.name += f" cache={cache}"
+            self.seeded = SAME_SEED if cache == "hit" else NEW_SEED
         self.model = "auto" if mode == "auto" else "small"
 
     def command(self, upstream: FakeUpstream, tmp: Path) -> tuple[list[str], dict[str, str]]:
         cfg = tmp / "routing.yaml"
-        cfg.write_text(routing_yaml(upstream.base_url, self.store, self.mode, tmp, self.journal))
+        on = self.cache in ("miss", "hit")
+        cfg.write_text(
+            routing_yaml(upstream.base_url, self.store, self.mode, tmp, self.journal, on)
+        )
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO)
         cmd = [
@@ -660,12 +683,14 @@ async def _client_run(
     duration_s: float,
     requests: int,
     stream: bool,
+    new_seed: bool = False,
 ) -> dict[str, Any]:
     req = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
         f"Content-Type: application/json\r\nAuthorization: Bearer {BEARER}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
+    seed_at = req.rfind(str(SEED0).encode()) if new_seed else -1
     totals: list[float] = []
     ttfbs: list[float] = []
     errors = 0
@@ -686,8 +711,13 @@ async def _client_run(
                 if writer is None:
                     reader, writer = await asyncio.open_connection(host, port)
                 assert reader is not None
-                t0 = time.perf_counter()
-                writer.write(req)
+                if seed_at >= 0:  # a request the gateway has not seen: a cache miss
+                    seed = str(next(SEEDS)).encode()
+                    writer.write(req[:seed_at] + seed + req[seed_at + len(seed) :])
+                    t0 = time.perf_counter()
+                else:
+                    t0 = time.perf_counter()
+                    writer.write(req)
                 status, first, keep, data = await asyncio.wait_for(_read_response(reader, t0), 30.0)
                 total = time.perf_counter() - t0
                 ok = status == 200 and (not stream or b"[DONE]" in data)
@@ -739,11 +769,13 @@ def run_client(
     duration_s: float,
     requests: int = 0,
     stream: bool = False,
+    seeded: int = NO_SEED,
 ) -> dict[str, Any]:
     import uvloop
 
+    body = chat_body(model, stream, seeded)
     coro = _client_run(
-        host, port, chat_body(model, stream), concurrency, duration_s, requests, stream
+        host, port, body, concurrency, duration_s, requests, stream, seeded == NEW_SEED
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
@@ -766,16 +798,24 @@ class Run:
 
 
 def measure(
-    sc: Scenario, host: str, port: int, model: str, quick: bool, warm_s: float | None = None
+    sc: Scenario,
+    host: str,
+    port: int,
+    model: str,
+    quick: bool,
+    warm_s: float | None = None,
+    seeded: int = NO_SEED,
 ) -> dict[str, Any]:
     warm_s = (0.5 if quick else 2.0) if warm_s is None else warm_s
 
     def load(seconds: float, requests: int) -> dict[str, Any]:
-        """`requests` one at a time (capped at 300 s), or `seconds` at the concurrency."""
+        """`requests` one at a time (capped at 300 s), or `seconds` at the concurrency. With
+        a seed (--cache runs) the asyncio client sends them, wrk or not."""
         conc = 1 if requests else sc.concurrency
-        if have_wrk() and not sc.stream:
+        if have_wrk() and not sc.stream and seeded == NO_SEED:
             return run_wrk(host, port, model, conc, 300 if requests else seconds, requests)
-        return run_client(host, port, model, conc, 0 if requests else seconds, requests, sc.stream)
+        secs = 0 if requests else seconds
+        return run_client(host, port, model, conc, secs, requests, sc.stream, seeded)
 
     n = sc.requests or 0
     if warm_s > 0:
@@ -901,7 +941,7 @@ def run_matrix(run: Run) -> None:
                         try:
                             warm = None if i == 0 else (0.1 if run.quick else 0.5)
                             c0, st0 = proc_cpu_s(t.pid), steal_ms()
-                            res = measure(part, host, port, t.model, run.quick, warm_s=warm)
+                            res = measure(part, host, port, t.model, run.quick, warm, t.seeded)
                             c1, st1 = proc_cpu_s(t.pid), steal_ms()
                         except Exception as e:
                             failed[t.name] = f"{type(e).__name__}: {e}"
@@ -1310,6 +1350,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="on|off (comma list for both): the SQLite store's record journal (store.journal)",
     )
     p.add_argument(
+        "--cache",
+        default="",
+        help="comma list of off,miss,hit: one pinned Tollgate per item, its requests seeded "
+        "(deterministic) and each new (off, miss: the response cache off / on and missing) or "
+        "all the same (hit: served from the cache); replaces the --modes/--store targets",
+    )
+    p.add_argument(
         "--no-control",
         action="store_true",
         help=f"leave out the target {CONTROL!r} (the upstream measured twice)",
@@ -1324,12 +1371,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets: list[Target] = [Direct()]
     if not args.no_control:
         targets.append(Direct(CONTROL))
-    targets += [
-        Tollgate(store=s, mode=m, journal=j == "on")
-        for m in modes
-        for s in stores
-        for j in (journals if s == "sqlite" else ["on"])
-    ]
+    if args.cache:
+        caches = parse_list(args.cache, ("off", "miss", "hit"), "cache")
+        for t in targets:
+            t.seeded = NEW_SEED  # the same requests as `off` and `miss`
+        targets += [Tollgate(store=stores[0], cache=c) for c in caches]
+    else:
+        targets += [
+            Tollgate(store=s, mode=m, journal=j == "on")
+            for m in modes
+            for s in stores
+            for j in (journals if s == "sqlite" else ["on"])
+        ]
     run = Run([all_sc[k] for k in keys], targets, args.quick, rounds_of(args))
     t0 = time.monotonic()
     load0 = loadavg()

@@ -367,8 +367,7 @@ class Metrics:
             ["result"],
             registry=reg,
         )
-        for result in ("hit", "miss", "skip"):
-            self.cache_requests.labels(result)
+        self._cache_children = {r: self.cache_requests.labels(r) for r in ("hit", "miss", "skip")}
         self.cache_saved = Counter(
             "tollgate_cache_saved_usd",
             "USD the response cache saved: what each hit's original request cost upstream",
@@ -587,7 +586,7 @@ class Metrics:
 
     def cache(self, result: str, saved_usd: float = 0.0) -> None:
         """One request the response cache applied to: hit, miss or skip."""
-        self.cache_requests.labels(result).inc()
+        self._cache_children[result].inc()
         if saved_usd > 0:
             self.cache_saved.inc(saved_usd)
 

@@ -159,7 +159,11 @@ class ResponseCache:
             return None
         if not deterministic(kind, body):
             return SKIP
-        kept = {k: v for k, v in body.items() if k not in _IGNORED}
+        kept = body
+        for name in _IGNORED:
+            if name in body:  # most bodies have none of them: no copy then
+                kept = {f: v for f, v in body.items() if f not in _IGNORED}
+                break
         h = hashlib.sha256(kind.encode())
         h.update(b"\0")
         if not self.cfg.shared_across_keys and key_id is not None:
