@@ -309,7 +309,8 @@ class Proxy:
             rec.route = body["model"]
             stream = bool(body.get("stream"))
             rec.stream = stream
-            if await self._cache_lookup(scope, kind, body, rec, ctx, send, state):
+            ck = gw.cache.key_for(scope["headers"], kind, body, rec.key_id)
+            if ck is not None and await self._cache_lookup(ck, body, rec, ctx, send, state):
                 return  # served from the response cache
             max_cost = None if ceiling is None else _max_cost(ceiling)
             plan = rt.resolve(rec.route, kind, body, rid, rec.key_id, max_cost)
@@ -425,21 +426,17 @@ class Proxy:
     # -- the response cache (gateway/cache/) --------------------------------------------
     async def _cache_lookup(
         self,
-        scope: Scope,
-        kind: str,
+        key: str,
         body: dict[str, Any],
         rec: RequestRecord,
         ctx: _Ctx,
         send: Send,
         state: dict[str, Any],
     ) -> bool:
-        """Before routing: answer from the response cache when it applies and has the answer
-        (True: answered). A miss leaves the entry's key in `state["cache"]` for
-        `_cache_store`."""
+        """Before routing, when the response cache applies (`key`, from `key_for`): answer
+        from it if it has the answer (True: answered). A miss leaves the entry's key in
+        `state["cache"]` for `_cache_store`."""
         cache = self.gw.cache
-        key = cache.key_for(scope["headers"], kind, body, rec.key_id)
-        if key is None:
-            return False
         if key == SKIP:
             state["cache_hdr"] = ((b"x-tollgate-cache", b"skip"),)
             self.gw.metrics.cache("skip")
@@ -468,7 +465,7 @@ class Proxy:
         if rec.stream:
             so = body.get("stream_options")
             usage = isinstance(so, dict) and so.get("include_usage") is True
-            out = sse.synthesize(e.body, kind, usage)
+            out = sse.synthesize(e.body, rec.endpoint, usage)
             headers[:0] = _SSE_HEADERS
             rec.ttft_ms = (time.perf_counter() - ctx.t0) * 1000.0
         else:
