@@ -309,10 +309,10 @@ class Proxy:
             rec.route = body["model"]
             stream = bool(body.get("stream"))
             rec.stream = stream
+            max_cost = None if ceiling is None else _max_cost(ceiling)
             ck = gw.cache.key_for(scope["headers"], kind, body, rec.key_id)
             if ck is not None and await self._cache_lookup(ck, body, rec, ctx, send, state):
                 return  # served from the response cache
-            max_cost = None if ceiling is None else _max_cost(ceiling)
             plan = rt.resolve(rec.route, kind, body, rid, rec.key_id, max_cost)
             rec.policy = plan.policy
             rec.baseline_model = plan.baseline_model
@@ -442,7 +442,8 @@ class Proxy:
             self.gw.metrics.cache("skip")
             return False
         e = await cache.get(key)
-        if e is None:
+        out = None if e is None else self._cache_answer(e, rec.stream, body)
+        if e is None or out is None:
             state["cache"] = key
             state["cache_hdr"] = ((b"x-tollgate-cache", b"miss"),)
             self.gw.metrics.cache("miss")
@@ -454,7 +455,15 @@ class Proxy:
         rec.baseline_cost_usd = e.cost_usd  # what the original cost: the hit's saving
         rec.prompt_tokens, rec.completion_tokens = e.prompt_tokens, e.completion_tokens
         rec.cached_tokens, rec.tokens_estimated = e.cached_tokens, e.tokens_estimated
-        headers = [
+        if rec.stream:
+            headers = list(_SSE_HEADERS)
+            rec.ttft_ms = (time.perf_counter() - ctx.t0) * 1000.0
+        else:
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(out)),
+            ]
+        headers += [
             (b"x-tollgate-request-id", rec.request_id.encode()),
             (b"x-tollgate-model", (e.model or "").encode()),
             (b"x-tollgate-tier", (e.tier or "").encode()),
@@ -462,26 +471,32 @@ class Proxy:
             (b"x-tollgate-cost-usd", pricing.format_usd(0.0).encode()),
             (b"x-tollgate-cache", b"hit"),
         ]
-        if rec.stream:
-            so = body.get("stream_options")
-            usage = isinstance(so, dict) and so.get("include_usage") is True
-            out = sse.synthesize(e.body, rec.endpoint, usage)
-            headers[:0] = _SSE_HEADERS
-            rec.ttft_ms = (time.perf_counter() - ctx.t0) * 1000.0
-        else:
-            out = e.body
-            headers[:0] = [
-                (b"content-type", b"application/json"),
-                (b"content-length", b"%d" % len(out)),
-            ]
         self._commit(rec, ctx)
         ctx.started = ctx.finished = True
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": out})
         return True
 
-    async def _cache_store(self, key: str, rec: RequestRecord, answer: bytes) -> None:
-        """After a complete 200 answer (before its last byte): keep it, and what it cost."""
+    @staticmethod
+    def _cache_answer(e: Entry, stream: bool, body: dict[str, Any]) -> bytes | None:
+        """A hit's response body: JSON, or SSE when the client streams (the original's
+        own stream when it was one and had the usage chunk just when this client asks for
+        it); None when a kept stream does not add up to a completion (served as a miss)."""
+        if not stream:
+            return e.answer()
+        so = body.get("stream_options")
+        usage = isinstance(so, dict) and so.get("include_usage") is True
+        if e.sse and e.sse_usage == usage:
+            return e.body
+        answer = e.answer()
+        return None if answer is None else sse.synthesize(answer, e.kind, usage)
+
+    async def _cache_store(
+        self, key: str, rec: RequestRecord, answer: bytes, sse_usage: bool | None = None
+    ) -> None:
+        """After a complete 200 answer (before its last byte): keep it, and what it cost.
+        A stream (`sse_usage` given: whether its client got the usage chunk) is kept as the
+        SSE body its client got; it is assembled into a completion only if a hit needs it."""
         e = Entry(
             answer,
             rec.model,
@@ -491,23 +506,11 @@ class Proxy:
             rec.completion_tokens,
             rec.cached_tokens,
             rec.tokens_estimated,
+            rec.endpoint,
+            sse_usage is not None,
+            bool(sse_usage),
         )
         await self.gw.cache.put(key, e)
-
-    async def _cache_store_stream(self, key: str, rec: RequestRecord, sent: list[bytes]) -> None:
-        """A complete stream, kept as the completion its chunks add up to."""
-        usage: dict[str, Any] | None = None
-        if not rec.tokens_estimated:  # the usage chunk the client did not ask for
-            usage = {
-                "prompt_tokens": rec.prompt_tokens,
-                "completion_tokens": rec.completion_tokens,
-                "total_tokens": rec.prompt_tokens + rec.completion_tokens,
-            }
-            if rec.cached_tokens:
-                usage["prompt_tokens_details"] = {"cached_tokens": rec.cached_tokens}
-        answer = sse.assemble(sent, rec.endpoint, usage)
-        if answer is not None:
-            await self._cache_store(key, rec, answer)
 
     def _authenticate(self, auth: bytes) -> str:
         if not auth.lower().startswith(b"bearer "):
@@ -1080,7 +1083,9 @@ class Proxy:
                         self._settle_stream(rt, rec, body, kept, keep_text, usage_seen, state)
                         self._commit(rec, ctx, state["upstream_s"] + time.perf_counter() - t_up)
                         if sent is not None:
-                            await self._cache_store_stream(state["cache"], rec, sent)
+                            answer = b"".join(sent)
+                            has_usage = client_wants_usage and usage_seen
+                            await self._cache_store(state["cache"], rec, answer, has_usage)
                     await send({"type": "http.response.body", "body": body_out, "more_body": True})
                 if saw_done:
                     await self._end_stream(ctx, send)

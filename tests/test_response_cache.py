@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from tests.fake_upstream import FakeUpstream
-from tests.redis_server import RedisServer, have_redis
+from tests.redis_server import RedisClusterServers, RedisServer, have_redis
 from tests.support import GatewayProcess, metric_samples, metric_total
 
 Fakes = Callable[..., FakeUpstream]
@@ -183,6 +183,32 @@ def test_hit_has_original_content_both_ways_for_nothing(
     assert metric_total(m, "tollgate_cache_saved_usd_total") == pytest.approx(
         rows[0]["cost_usd"] + rows[2]["cost_usd"], abs=1e-12
     )
+
+
+def test_a_streamed_hit_replays_the_original_stream(fakes: Fakes, gateway: Gw) -> None:
+    fake = fakes("small", completion_tokens=12)
+    gw = gateway(config(fake))
+    req = {
+        "model": "cached",
+        "messages": MSGS,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    url = f"{gw.base_url}/chat/completions"
+    first = httpx.post(url, json=req)
+    again = httpx.post(url, json=req)
+    assert (first.headers["x-tollgate-cache"], again.headers["x-tollgate-cache"]) == ("miss", "hit")
+    assert again.content == first.content  # byte for byte what the first client got
+    assert first.content.endswith(b"data: [DONE]\n\n") and b'"usage":{' in first.content
+    # without the usage chunk: synthesised from the completion the stream adds up to
+    c = client(gw)
+    plain = c.chat.completions.create(model="cached", messages=MSGS, temperature=0, stream=True)
+    got = streamed(plain)
+    unary_hit = unary(c.chat.completions.create(model="cached", messages=MSGS, temperature=0))
+    assert got == {**unary_hit, "usage": None}
+    assert unary_hit["usage"] == (9, 12)
+    assert fake.stats()["requests"] == 1
 
 
 def test_only_deterministic_opted_in_requests_are_cached(fakes: Fakes, gateway: Gw) -> None:
@@ -364,6 +390,27 @@ def test_redis_backend_shares_hits_between_gateways(
         assert rows[0]["baseline_cost_usd"] == pytest.approx(records(gw1, 1)[0]["cost_usd"])
     finally:
         redis.stop()
+
+
+def test_redis_cluster_of_the_store_holds_the_cache(
+    redis_cluster: RedisClusterServers, fakes: Fakes, gateway: Gw
+) -> None:
+    # no cache.redis_url: the cache goes where the store's Redis Cluster is, told only a node
+    # that does not own the cache's slot
+    owner = redis_cluster.owner("{tollgate-cache}:x")
+    startup = next(n for n in redis_cluster.nodes if n is not owner)
+    fake = fakes("small")
+    text = config(fake, cache="{backend: redis}").replace(
+        'store: {backend: sqlite, sqlite_path: "${TOLLGATE_DB}", flush_interval_s: 0.05}',
+        f'store: {{backend: redis, redis_cluster: true, redis_url: "{startup.url}"}}',
+    )
+    gw = gateway(text)
+    c = client(gw)
+    probe = f"cluster {time.monotonic_ns()}"  # the session's cluster: a request of its own
+    assert [ask(c, probe), ask(c, probe)] == ["miss", "hit"]
+    assert fake.stats()["requests"] == 1
+    keys = redis_cluster.cli(owner.port, "KEYS", "{tollgate-cache}:*").split()
+    assert keys and all(k.startswith("{tollgate-cache}:") for k in keys)
 
 
 def test_a_silent_redis_costs_a_miss_not_the_request(fakes: Fakes, gateway: Gw) -> None:

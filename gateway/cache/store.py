@@ -12,8 +12,9 @@ the client asked for included.
 
 Entries live in this process's memory (an LRU bounded by `cache.max_entries` and
 `cache.max_bytes`, each expiring after `cache.ttl_s`) or in Redis (`cache.backend: redis`;
-keys `{tollgate-cache}:<sha256>`, expiry by SET PX, size bounded by Redis itself; every
-gateway process on that Redis serves the others' entries).
+keys `{tollgate-cache}:<sha256>`, all in one slot, expiry by SET PX, size bounded by Redis
+itself; every gateway process on that Redis serves the others' entries). Without
+`cache.redis_url` it is the store's Redis, a Redis Cluster when `store.redis_cluster`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from gateway.cache import sse
 from gateway.config import CacheConfig, RoutingConfig
 
 log = logging.getLogger("tollgate.cache")
@@ -40,7 +42,11 @@ _ENTRY_OVERHEAD = 300  # bytes an entry costs besides its answer (object, key, i
 
 @dataclass(slots=True)
 class Entry:
-    """A complete 200 answer (the JSON completion) and what the original request cost."""
+    """A complete 200 answer and what the original request cost. `body` is the JSON answer,
+    or for a streamed original (`sse`) the SSE body its client got, [DONE] included, with
+    the usage chunk when `sse_usage`: a streamed hit that asks the same replays it as it is,
+    anything else is served from the completion it adds up to (`answer()`, assembled once
+    an entry in memory)."""
 
     body: bytes
     model: str | None
@@ -50,7 +56,32 @@ class Entry:
     completion_tokens: int
     cached_tokens: int
     tokens_estimated: bool
+    kind: str = "chat"
+    sse: bool = False
+    sse_usage: bool = False
     expires: float = 0.0  # time.monotonic() (memory backend)
+    assembled: bytes | None = None
+
+    def answer(self) -> bytes | None:
+        """The JSON completion (None: a stream that does not add up to one)."""
+        if not self.sse:
+            return self.body
+        if self.assembled is None:
+            self.assembled = sse.assemble([self.body], self.kind, self.usage())
+        return self.assembled
+
+    def usage(self) -> dict[str, Any] | None:
+        """The original's usage as recorded (for a stream whose client did not ask for it)."""
+        if self.tokens_estimated:
+            return None
+        u: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+        if self.cached_tokens:
+            u["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return u
 
     def encode(self) -> bytes:
         meta = [
@@ -61,14 +92,20 @@ class Entry:
             self.completion_tokens,
             self.cached_tokens,
             self.tokens_estimated,
+            self.kind,
+            self.sse,
+            self.sse_usage,
         ]
         return orjson.dumps(meta) + b"\n" + self.body
 
     @classmethod
     def decode(cls, raw: bytes) -> Entry:
         meta, _, body = raw.partition(b"\n")
-        m, t, c, pt, ct, cached, est = orjson.loads(meta)
-        return cls(body, m, t, float(c), int(pt), int(ct), int(cached), bool(est))
+        m, t, c, pt, ct, cached, est, kind, is_sse, sse_usage = orjson.loads(meta)
+        return cls(
+            body, m, t, float(c), int(pt), int(ct), int(cached), bool(est), str(kind),
+            bool(is_sse), bool(sse_usage),
+        )  # fmt: skip
 
 
 class _Memory:
@@ -116,10 +153,16 @@ class ResponseCache:
         self._redis: Any = None
         if c.backend == "redis":
             import redis.asyncio as aioredis
+            from redis.asyncio.cluster import RedisCluster
 
-            url = c.redis_url or cfg.store.redis_url
             t = c.redis_timeout_s
-            self._redis = aioredis.from_url(url, socket_timeout=t, socket_connect_timeout=t)
+            if c.redis_url is None and cfg.store.redis_cluster:  # the store's Redis Cluster
+                self._redis = RedisCluster.from_url(
+                    cfg.store.redis_url, socket_timeout=t, socket_connect_timeout=t
+                )
+            else:
+                url = c.redis_url or cfg.store.redis_url
+                self._redis = aioredis.from_url(url, socket_timeout=t, socket_connect_timeout=t)
         self._warned = 0.0
         self.configure(cfg)
 
