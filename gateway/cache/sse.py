@@ -1,8 +1,8 @@
 """A cached answer in both shapes: the final completion assembled from a stream's chunks, and
 SSE chunks (OpenAI's chunk shape) synthesised from a completion.
 
-An entry always holds the JSON completion a non-streamed request would have received, so a
-hit can be served either way whatever the original request asked for.
+An entry holds what its original client got: the JSON completion, or the SSE body. A hit
+asked the other way is served through these, so either original serves both.
 """
 
 from __future__ import annotations
