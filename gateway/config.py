@@ -202,7 +202,7 @@ class RouterConfig(_Strict):
 
 
 class StoreConfig(_Strict):
-    backend: Literal["sqlite", "redis", "none"] = "sqlite"
+    backend: Literal["sqlite", "redis", "postgres", "none"] = "sqlite"
     sqlite_path: str = "var/tollgate.db"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_stream_maxlen: int = Field(1_000_000, ge=1000)
@@ -210,6 +210,15 @@ class StoreConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     flush_interval_s: float = Field(0.25, gt=0)
     retry_interval_s: float = Field(1.0, gt=0)
+    # PostgreSQL (backend "postgres"): a libpq URL or conninfo string; each replica keeps a
+    # pool of postgres_pool_min..postgres_pool_max connections.
+    postgres_url: str = "postgresql://postgres@127.0.0.1:5432/tollgate"
+    postgres_pool_min: int = Field(1, ge=0)
+    postgres_pool_max: int = Field(4, ge=1)
+    postgres_timeout_s: float = Field(5.0, gt=0, description="connect and pool wait limit")
+    retention_days: float | None = Field(
+        None, gt=0, description="records older than this are deleted (hourly); None keeps all"
+    )
 
 
 class JudgeConfig(_Strict):

@@ -1,9 +1,9 @@
-"""Record stores behind one interface: SQLite (embedded default) and Redis (shared by replicas)."""
+"""Record stores behind one interface: SQLite (embedded default), Redis and PostgreSQL (shared
+by replicas)."""
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from gateway.accounting.store.base import (
@@ -13,6 +13,7 @@ from gateway.accounting.store.base import (
     Store,
     StoreError,
     StoreUnavailable,
+    mask_password,
     record_quality,
 )
 from gateway.config import StoreConfig
@@ -25,10 +26,22 @@ def make_store(cfg: StoreConfig) -> Store | None:
     if cfg.backend == "sqlite":
         from gateway.accounting.store.sqlite_store import SQLiteStore
 
-        return SQLiteStore(cfg.sqlite_path)
+        return SQLiteStore(cfg.sqlite_path, retention_days=cfg.retention_days)
+    if cfg.backend == "postgres":
+        from gateway.accounting.store.postgres_store import PostgresStore
+
+        return PostgresStore(
+            cfg.postgres_url,
+            pool_min=cfg.postgres_pool_min,
+            pool_max=cfg.postgres_pool_max,
+            timeout_s=cfg.postgres_timeout_s,
+            retention_days=cfg.retention_days,
+        )
     from gateway.accounting.store.redis_store import RedisStore
 
-    return RedisStore(cfg.redis_url, stream_maxlen=cfg.redis_stream_maxlen)
+    return RedisStore(
+        cfg.redis_url, stream_maxlen=cfg.redis_stream_maxlen, retention_days=cfg.retention_days
+    )
 
 
 def sqlite_file(cfg: StoreConfig) -> Path | None:
@@ -40,14 +53,16 @@ def sqlite_file(cfg: StoreConfig) -> Path | None:
 
 
 def describe_store(cfg: StoreConfig) -> str:
-    """Which store this is, for an operator: "SQLite at /abs/path", "Redis at redis://..."
-    (password masked) or "none"."""
+    """Which store this is, for an operator: "SQLite at /abs/path", "Redis at redis://...",
+    "PostgreSQL at postgresql://..." (passwords masked) or "none"."""
     if cfg.backend == "none":
         return "none (store.backend: none, nothing is recorded)"
     if cfg.backend == "sqlite":
         f = sqlite_file(cfg)
         return f"SQLite at {f if f is not None else cfg.sqlite_path}"
-    return "Redis at " + re.sub(r"//[^@/]*@", "//****@", cfg.redis_url)
+    if cfg.backend == "postgres":
+        return "PostgreSQL at " + mask_password(cfg.postgres_url)
+    return "Redis at " + mask_password(cfg.redis_url)
 
 
 def describe_sources(config_path: str | os.PathLike[str], cfg: StoreConfig) -> str:
@@ -82,6 +97,7 @@ __all__ = [
     "describe_sources",
     "describe_store",
     "make_store",
+    "mask_password",
     "missing_store",
     "record_quality",
     "sqlite_file",
