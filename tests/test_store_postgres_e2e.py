@@ -3,7 +3,6 @@ database of its own on the test server, /v1/usage read back; and a store outage.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 from tests.fake_upstream import FakeUpstream
 from tests.postgres_server import TcpCut, postgres_url
 from tests.support import GatewayProcess, metric_samples, metric_total
-from tests.test_accounting_e2e import config, usage, wait_for
+from tests.test_accounting_e2e import burst, config, usage, wait_for
 
 __all__ = ["postgres_url"]  # a fixture
 
@@ -73,24 +72,16 @@ def test_postgres_outage_loses_no_record(fakes: Fakes, gateway: Gw, postgres_url
         small, large = fakes("small"), fakes("large")
         gw = gateway(config(small, large, store=_store(cut.via(postgres_url))))
 
-        async def burst(n: int) -> list[int]:
-            async with httpx.AsyncClient(timeout=10) as c:
-                body = {"model": "small", "messages": [{"role": "user", "content": "x"}]}
-                rs = await asyncio.gather(
-                    *[c.post(f"{gw.base_url}/chat/completions", json=body) for _ in range(n)]
-                )
-                return [r.status_code for r in rs]
-
-        sent = asyncio.run(burst(40))
+        sent = burst(gw, 40)
         wait_for(lambda: usage(gw)["totals"]["requests"] == 40)
         cut.cut()
-        sent += asyncio.run(burst(60))  # store down: the gateway keeps serving
+        sent += burst(gw, 60)  # store down: the gateway keeps serving
         time.sleep(0.5)  # let the recorder try (and fail) a write or two
         down = httpx.get(f"{gw.url}/v1/usage", params={"since": "1h"}, timeout=10)
         assert down.status_code == 503 and "postgres store is unavailable" in down.text
         assert httpx.get(f"{gw.url}/readyz").json()["status"] == "ready"
         cut.start()
-        sent += asyncio.run(burst(20))
+        sent += burst(gw, 20)
         assert sent == [200] * 120
         wait_for(lambda: sum(n for _m, n, _c in _rows(postgres_url)) == 120, timeout=30)
         assert usage(gw)["totals"]["requests"] == 120
