@@ -55,9 +55,9 @@ def db_url(name: str) -> str:
 
 
 @contextmanager
-def scratch_database() -> Iterator[str]:
+def scratch_database(prefix: str = "tollgate_test_") -> Iterator[str]:
     """A new, empty database on the test server; its URL. Dropped on exit."""
-    name = f"tollgate_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}{uuid.uuid4().hex[:12]}"
     with _admin() as c:
         c.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
     try:

@@ -101,12 +101,19 @@ _INSERT = (
     "ON CONFLICT (request_id) DO NOTHING"
 )
 _JSON_AT = _FIELDS.index("router_scores")
+_VECTOR_AT = _FIELDS.index("router_features")
+_USAGE_WORK_MEM = "64MB"  # per usage() query, for its sort
 
 
 def _row(rec: RequestRecord) -> list[Any]:
     out = [getattr(rec, n) for n in _FIELDS]
     if out[_JSON_AT] is not None:
         out[_JSON_AT] = Jsonb(out[_JSON_AT], dumps=_dumps)
+    vec = out[_VECTOR_AT]
+    if vec is not None:
+        # an array literal (the column's type gives it meaning): psycopg's list dumper checks
+        # every element in Python, ~100 us for the router's 32 numbers, 3/4 of a record's cost
+        out[_VECTOR_AT] = "{" + ",".join(map(repr, vec)) + "}"
     return out
 
 
@@ -231,6 +238,13 @@ class PostgresStore(Store):
 
         await self.retention.run_if_due(delete)
 
+    async def table_bytes(self) -> int:
+        """Bytes the records table takes with its indexes and TOAST."""
+        async with self._conn() as conn:
+            cur = await conn.execute(f"SELECT pg_total_relation_size('{TABLE}')")  # type: ignore[arg-type]
+            row = await cur.fetchone()
+        return int(row[0]) if row is not None else 0
+
     async def set_quality(self, request_id: str, source: QualitySource, score: float) -> bool:
         check_source(source)
         async with self._conn() as conn:
@@ -274,7 +288,8 @@ class PostgresStore(Store):
         kind = check_purpose(purpose)
         lo = float("-inf") if since is None else float(since)
         hi = float("inf") if until is None else float(until)
-        g = f"COALESCE(NULLIF({col}::text, ''), '{NONE_GROUP}')"
+        # "C": the group key is sorted by bytes, not by the database's locale (~2x faster)
+        g = f"COALESCE(NULLIF({col}::text, ''), '{NONE_GROUP}') COLLATE \"C\""
         sql = f"""
             SELECT {g} AS g, count(*) AS requests,
                    count(*) FILTER (WHERE status >= 400) AS errors,
@@ -284,18 +299,26 @@ class PostgresStore(Store):
                    count(*) FILTER (WHERE tokens_estimated) AS estimated,
                    COALESCE(sum(cost_usd), 0) AS cost_usd,
                    COALESCE(sum(baseline_cost_usd), 0) AS baseline_cost_usd,
-                   percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,
-                   percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95,
+                   percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY latency_ms) AS p,
                    avg(COALESCE(quality_feedback, quality_judge)) AS quality_mean,
                    count(COALESCE(quality_feedback, quality_judge)) AS quality_n,
                    avg(quality_feedback) AS quality_feedback_mean,
                    avg(quality_judge) AS quality_judge_mean,
                    avg(quality_predicted) AS quality_predicted_mean
             FROM {TABLE} WHERE purpose = %s AND ts >= %s AND ts < %s GROUP BY 1"""
-        async with self._conn() as conn, conn.cursor(row_factory=dict_row) as cur:
+        # the sort by group and latency of a 30-day window outgrows the default work_mem
+        # (4 MB) and would spill to disk
+        work_mem = f"SET LOCAL work_mem = '{_USAGE_WORK_MEM}'"
+        conn: psycopg.AsyncConnection[Any]
+        async with (
+            self._conn() as conn,
+            conn.transaction(),
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
+            await cur.execute(work_mem)  # type: ignore[arg-type]
             await cur.execute(sql, (kind, lo, hi))  # type: ignore[arg-type]
             got = await cur.fetchall()
-        rows = [usage_row(a, a["p50"], a["p95"]) for a in got]
+        rows = [usage_row(a, *(a["p"] or (None, None))) for a in got]
         rows.sort(key=lambda row: (-row["cost_usd"], row["group"]))
         return rows
 
