@@ -3,6 +3,7 @@ database of its own on the test server, /v1/usage read back; and a store outage.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -62,6 +63,52 @@ def test_gateway_records_in_postgres_and_usage_reads_them(
     assert stored["large"][1] == pytest.approx(rows["large"]["cost_usd"], rel=1e-9)
     tiers = {r["group"]: r["requests"] for r in usage(gw, "tier")["data"]}
     assert tiers == {"small": 3, "large": 2}
+
+
+def test_pool_holds_between_min_and_max_connections(
+    fakes: Fakes, gateway: Gw, postgres_url: str
+) -> None:
+    """store.postgres_pool_min / _max: the gateway keeps at least min connections to the
+    database and never more than max, even with 30 /v1/usage reads at once."""
+    small, large = fakes("small"), fakes("large")
+    store = _store(postgres_url).replace("}", ", postgres_pool_min: 2, postgres_pool_max: 3}")
+    gw = gateway(config(small, large, store=store))
+    name = postgres_url.rsplit("/", 1)[1]
+
+    def connections() -> int:
+        with psycopg.connect(postgres_url) as c:
+            row = c.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> "
+                "pg_backend_pid()",
+                (name,),
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    wait_for(lambda: connections() == 2)  # min, opened at start
+
+    async def reads(n: int) -> list[int]:
+        async with httpx.AsyncClient(timeout=10) as c:
+            rs = await asyncio.gather(
+                *[c.get(f"{gw.url}/v1/usage", params={"since": "1h"}) for _ in range(n)]
+            )
+            return [r.status_code for r in rs]
+
+    seen: list[int] = []
+    done = asyncio.run(_while_sampling(reads(30), connections, seen))
+    assert done == [200] * 30
+    assert max(seen) <= 3 and max(seen) >= 2
+    assert connections() <= 3
+
+
+async def _while_sampling(work: Any, sample: Callable[[], int], seen: list[int]) -> Any:
+    """Run `work`, sampling `sample()` (in a thread) until it is done."""
+    task = asyncio.ensure_future(work)
+    for _ in range(200):
+        seen.append(await asyncio.to_thread(sample))
+        if task.done():
+            break
+    return await task
 
 
 def test_postgres_outage_loses_no_record(fakes: Fakes, gateway: Gw, postgres_url: str) -> None:

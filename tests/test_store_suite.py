@@ -20,6 +20,7 @@ from gateway.accounting.store import (
     describe_store,
     make_store,
 )
+from gateway.accounting.store.base import Retention
 from gateway.accounting.store.postgres_store import PostgresStore
 from gateway.accounting.store.redis_store import RedisStore
 from gateway.accounting.store.sqlite_store import SQLiteStore, _statement_sizes
@@ -646,3 +647,23 @@ async def test_postgres_down_raises_store_unavailable() -> None:
         await asyncio.wait_for(s.open(), 10)
     with pytest.raises(StoreUnavailable):
         await s.write_batch([rec(1)])
+
+
+def test_retention_passes_run_on_open_then_at_most_every_period() -> None:
+    """A store asks Retention after every write: the first ask (at open) runs a pass, the
+    next ones within `every_s` (an hour by default) do not; a failed pass is retried at the
+    next write; no retention_days, no pass ever."""
+    r = Retention(30)
+    assert r.every_s == 3600.0
+    first = r.due()
+    assert first is not None and abs(first - (time.time() - 30 * 86400)) < 60
+    assert [r.due() for _ in range(100)] == [None] * 100
+
+    async def failing(cutoff: float) -> int:
+        raise StoreUnavailable("down")
+
+    again = Retention(30)
+    asyncio.run(again.run_if_due(failing))  # logged, not raised
+    assert again.due() is not None  # retried at the next write
+    assert Retention(None).due() is None
+    assert StoreConfig().retention_days is None
