@@ -495,4 +495,12 @@ def masked_dump(cfg: RoutingConfig) -> dict[str, Any]:
                 ep["api_key"] = mask(ep["api_key"])
     if "redis_url" in data["store"]:
         data["store"]["redis_url"] = re.sub(r"//[^@/]*@", "//****@", data["store"]["redis_url"])
+    if "postgres_url" in data["store"]:
+        data["store"]["postgres_url"] = mask_url_password(data["store"]["postgres_url"])
     return data
+
+
+def mask_url_password(url: str) -> str:
+    """A store URL (or libpq conninfo string) with its password replaced by ****."""
+    url = re.sub(r"//[^@/]*@", "//****@", url)
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1****", url)

@@ -159,3 +159,15 @@ def test_gateway_keys_are_checked_hashed_and_never_logged(
     gw.stop()
     assert key not in gw.logs()
     assert f"tollgate serve: routing file {gw.config_path}, store none" in gw.logs()
+
+
+def test_check_config_masks_the_postgres_password() -> None:
+    """A PostgreSQL store URL's password never reaches check-config's output or the line
+    naming the store."""
+    url = "postgresql://tollgate:pg-secret-pass@db.example:5432/tollgate"
+    env = {"TOLLGATE_STORE": "postgres", "TOLLGATE_POSTGRES_URL": url}
+    r = run_cli("check-config", "config/routing.yaml", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "pg-secret-pass" not in r.stdout + r.stderr
+    assert '"postgres_url": "postgresql://****@db.example:5432/tollgate"' in r.stdout
+    assert "store PostgreSQL at postgresql://****@db.example:5432/tollgate" in r.stderr

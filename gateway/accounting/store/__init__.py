@@ -13,10 +13,9 @@ from gateway.accounting.store.base import (
     Store,
     StoreError,
     StoreUnavailable,
-    mask_password,
     record_quality,
 )
-from gateway.config import StoreConfig
+from gateway.config import StoreConfig, mask_url_password
 
 
 def make_store(cfg: StoreConfig) -> Store | None:
@@ -61,8 +60,8 @@ def describe_store(cfg: StoreConfig) -> str:
         f = sqlite_file(cfg)
         return f"SQLite at {f if f is not None else cfg.sqlite_path}"
     if cfg.backend == "postgres":
-        return "PostgreSQL at " + mask_password(cfg.postgres_url)
-    return "Redis at " + mask_password(cfg.redis_url)
+        return "PostgreSQL at " + mask_url_password(cfg.postgres_url)
+    return "Redis at " + mask_url_password(cfg.redis_url)
 
 
 def describe_sources(config_path: str | os.PathLike[str], cfg: StoreConfig) -> str:
@@ -97,7 +96,6 @@ __all__ = [
     "describe_sources",
     "describe_store",
     "make_store",
-    "mask_password",
     "missing_store",
     "record_quality",
     "sqlite_file",

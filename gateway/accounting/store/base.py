@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
@@ -328,9 +327,3 @@ class Retention:
         if cutoff is None:
             return records
         return [r for r in records if r.ts >= cutoff]
-
-
-def mask_password(url: str) -> str:
-    """A store URL (or libpq conninfo string) with its password replaced by ****."""
-    url = re.sub(r"//[^@/]*@", "//****@", url)
-    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1****", url)

@@ -45,10 +45,10 @@ from gateway.accounting.store.base import (
     check_group_by,
     check_purpose,
     check_source,
-    mask_password,
     record_from_dict,
     usage_row,
 )
+from gateway.config import mask_url_password
 
 log = logging.getLogger("tollgate.store")
 
@@ -171,7 +171,7 @@ class PostgresStore(Store):
 
     # -- plumbing ---------------------------------------------------------------------------
     def _where(self) -> str:
-        return f"PostgreSQL {mask_password(self.url)}"
+        return f"PostgreSQL {mask_url_password(self.url)}"
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
