@@ -7,7 +7,9 @@ latencies and costs varied) into a fresh store of each kind: SQLite in a tempora
 private redis-server on a free port, a new database `tollgate_bench_<random>` on the
 PostgreSQL at 127.0.0.1:5432 (dropped after). Then times `store.usage(now - 30 d, None,
 "model")`, what `/v1/usage?since=30d&group_by=model` runs, `--repeat` times, and prints the
-median and the slowest, with the wall time of the load.
+median and the slowest wall time, the median CPU time (this process and the store's server
+process: what the query costs on a machine busy with other work, where wall time also counts
+the wait for a core), and the wall time of the load.
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import random
+import resource
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+
+import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -57,9 +63,14 @@ def records(n: int, now: float, seed: int = 1) -> list[RequestRecord]:
 
 
 @contextlib.asynccontextmanager
-async def open_store(kind: str, workdir: Path) -> AsyncIterator[Store]:
-    """A fresh, open store of `kind`; everything it made is removed on exit."""
+async def open_store(
+    kind: str, workdir: Path, pids: list[int] | None = None
+) -> AsyncIterator[Store]:
+    """A fresh, open store of `kind`; everything it made is removed on exit. The PIDs of the
+    server processes that do its work are appended to `pids` (the redis-server; the one
+    PostgreSQL backend of a one-connection pool)."""
     s: Store
+    pids = [] if pids is None else pids
     with contextlib.ExitStack() as stack:
         if kind == "sqlite":
             s = SQLiteStore(str(workdir / "bench.db"))
@@ -67,34 +78,56 @@ async def open_store(kind: str, workdir: Path) -> AsyncIterator[Store]:
             srv = RedisServer(workdir / "redis").start()
             stack.callback(srv.stop)
             s = RedisStore(srv.url, stream_maxlen=10_000_000)
+            assert srv.proc is not None
+            pids.append(srv.proc.pid)
         elif kind == "postgres":
-            s = PostgresStore(stack.enter_context(scratch_database("tollgate_bench_")))
+            url = stack.enter_context(scratch_database("tollgate_bench_"))
+            s = PostgresStore(url, pool_min=1, pool_max=1)
         else:
             raise SystemExit(f"unknown store {kind!r}: sqlite, redis or postgres")
         await s.open()
+        if kind == "postgres":
+            with psycopg.connect(url) as c:
+                sql = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                pids += [pid for (pid,) in c.execute(sql + "AND pid <> pg_backend_pid()")]
         try:
             yield s
         finally:
             await s.close()
 
 
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by this process and `pids`: what a query
+    costs whatever else the machine is doing, where wall time counts the wait for a core."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    total = ru.ru_utime + ru.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 async def run(kind: str, n: int, repeat: int) -> str:
     now = time.time()
     recs = records(n, now)
     with tempfile.TemporaryDirectory() as d:
-        async with open_store(kind, Path(d)) as store:
+        pids: list[int] = []
+        async with open_store(kind, Path(d), pids) as store:
             t0 = time.perf_counter()
             for i in range(0, n, 5000):
                 await store.write_batch(recs[i : i + 5000])
             load = time.perf_counter() - t0
             assert await store.count() == n, "the load lost records"
-            times = []
+            times, cpus = [], []
             for _ in range(repeat):
-                t0 = time.perf_counter()
+                c0, t0 = cpu_s(pids), time.perf_counter()
                 rows = await store.usage(now - 30 * DAY, None, "model")
                 times.append((time.perf_counter() - t0) * 1000)
+                cpus.append((cpu_s(pids) - c0) * 1000)
             assert sum(r["requests"] for r in rows) == n
-    return f"| {kind} | {n:,} | {statistics.median(times):.0f} | {max(times):.0f} | {load:.1f} |"
+    wall, cpu = statistics.median(times), statistics.median(cpus)
+    return f"| {kind} | {n:,} | {wall:.0f} | {max(times):.0f} | {cpu:.0f} | {load:.1f} |"
 
 
 def main() -> None:
@@ -103,8 +136,8 @@ def main() -> None:
     p.add_argument("--stores", default="sqlite,redis,postgres")
     p.add_argument("--repeat", type=int, default=7)
     args = p.parse_args()
-    print("| store | records | usage() median ms | slowest ms | load s |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("| store | records | usage() median ms | slowest ms | CPU ms | load s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for kind in args.stores.split(","):
         print(asyncio.run(run(kind.strip(), args.records, args.repeat)), flush=True)
 
