@@ -667,3 +667,33 @@ def test_retention_passes_run_on_open_then_at_most_every_period() -> None:
     assert again.due() is not None  # retried at the next write
     assert Retention(None).due() is None
     assert StoreConfig().retention_days is None
+
+
+@pytest.mark.postgres
+async def test_postgres_analyzes_its_table_where_autovacuum_is_off(postgres_url: str) -> None:
+    """With the server's autovacuum off nothing gathers the table's statistics, and the
+    30-day usage query is planned as if the table were empty (an index walk): the store
+    runs ANALYZE itself after a tenth of the table (and at least 1,000 records) is new.
+    With autovacuum on it leaves that to the server."""
+    import psycopg
+
+    def analyzed() -> tuple[bool, int]:
+        with psycopg.connect(postgres_url, autocommit=True) as c:
+            on = c.execute("SELECT current_setting('autovacuum') = 'on'").fetchone()
+            row = c.execute("SELECT reltuples FROM pg_class WHERE relname = 'tollgate_requests'")
+            got = row.fetchone()
+        assert on is not None and got is not None
+        return bool(on[0]), int(got[0])
+
+    s = PostgresStore(postgres_url)
+    await s.open()
+    await s.write_batch([rec(i) for i in range(900)])
+    autovacuum, rows = analyzed()
+    assert rows <= 0  # never analyzed yet (-1 on PostgreSQL 14+, 0 before)
+    await s.write_batch([rec(i) for i in range(900, 1500)])
+    autovacuum, rows = analyzed()
+    await s.close()
+    if autovacuum:
+        assert rows <= 0 or rows == 1500  # the server's own autovacuum may have run
+    else:
+        assert rows == 1500
