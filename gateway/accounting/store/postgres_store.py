@@ -1,7 +1,8 @@
 """PostgreSQL record store: one database shared by many gateway replicas.
 
-psycopg 3 in asyncio, connections from a psycopg_pool.AsyncConnectionPool (autocommit; a
-batch is one pipelined executemany, so it lands whole or not at all).
+psycopg 3 in asyncio, connections from a psycopg_pool.AsyncConnectionPool
+(store.postgres_pool_min.._max per replica); a batch is one pipelined executemany in a
+transaction, so it lands whole or not at all.
 
 Layout: table `tollgate_requests` (one row per record, one column per RequestRecord field,
 primary key request_id in the "C" collation, so `INSERT ... ON CONFLICT (request_id) DO
@@ -13,7 +14,10 @@ the missing migrations at open, in order, in one transaction under an advisory l
 replicas starting together migrate once; a database migrated by a newer gateway is refused.
 
 usage() and timeseries() aggregate in the database (GROUP BY, percentile_cont for p50/p95:
-the same linear interpolation as base.percentile), over the (purpose, ts) index.
+the same linear interpolation as base.percentile); the (purpose, ts) index serves short
+windows, recent() and count(). Where the server's autovacuum is off the store runs ANALYZE
+itself as the table grows (see _analyze). Retention (store.retention_days) is a DELETE by
+ts, at open and then at most hourly from the write path.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ log = logging.getLogger("tollgate.store")
 
 TABLE = "tollgate_requests"
 VERSION_TABLE = "tollgate_schema_version"
-_LOCK_ID = 0x70_6C_67_61_74_65  # pg_advisory_xact_lock key of the migrations ("tollgate")
+_LOCK_ID = 0x70_6C_67_61_74_65  # the migrations' pg_advisory_xact_lock key (any fixed number)
 
 _FIELDS = [f.name for f in fields(RequestRecord)]
 _BOOL = {"stream", "tokens_estimated", "cache_hit", "explored"}
