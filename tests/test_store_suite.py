@@ -459,6 +459,16 @@ async def test_records_before_schema_4_read_back_without_propensity(
         c = sqlite3.connect(store.path)
         assert c.execute("SELECT version FROM tollgate_schema").fetchone()[0] == SCHEMA_VERSION
         c.close()
+    elif isinstance(store, PostgresStore):
+        import psycopg
+
+        # a row given only the columns a schema-3 writer knew: the rest take their defaults
+        with psycopg.connect(store.url, autocommit=True) as pg:
+            pg.execute(
+                "INSERT INTO tollgate_requests (request_id, ts, route, model, status, "
+                "schema_version) VALUES ('req-1', %s, 'auto', 'small', 200, 3)",
+                (T0 + 1,),
+            )
     else:
         # a schema-3 writer: the same record JSON without the two fields
 
