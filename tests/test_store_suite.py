@@ -493,10 +493,18 @@ async def test_records_before_schema_4_read_back_without_propensity(
     assert got["req-3"].propensity == pytest.approx(0.15) and got["req-3"].explored is True
 
 
-async def test_retention_deletes_old_records_and_keeps_new(make: MakeStore) -> None:
+async def test_retention_deletes_old_records_and_keeps_new(
+    make: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """store.retention_days: a store opened with it deletes the records older than that
-    (client and judge alike), on open and then from the write path; a late write of a record
-    already that old is not kept; newer records stay, in every read."""
+    (client and judge alike, in chunks: 2 records here), on open and then from the write
+    path; a late write of a record already that old is not kept; newer records stay, in
+    every read."""
+    import gateway.accounting.store.postgres_store as postgres_store
+    import gateway.accounting.store.sqlite_store as sqlite_store
+
+    monkeypatch.setattr(postgres_store, "_CHUNK", 2)
+    monkeypatch.setattr(sqlite_store, "_CHUNK", 2)
     day = 86400.0
     now = time.time()
     old = [rec(i, ts=now - 10 * day + i) for i in range(3)]
@@ -526,7 +534,11 @@ async def test_retention_deletes_old_records_and_keeps_new(make: MakeStore) -> N
     await pruned.write_batch([rec(22, ts=time.time() - 5 * day + 0.3)])
     assert await pruned.get("req-22") is not None
     await asyncio.sleep(0.5)
-    await pruned.write_batch([rec(23, ts=time.time())])
+    await pruned.write_batch([rec(23, ts=time.time())])  # starts a pass, in a task
+    for _ in range(200):
+        if await pruned.get("req-22") is None:
+            break
+        await asyncio.sleep(0.01)
     assert await pruned.get("req-22") is None
     assert await pruned.count() == 5  # req-10..12, 21, 23
 
@@ -673,7 +685,7 @@ def test_retention_passes_run_on_open_then_at_most_every_period() -> None:
         raise StoreUnavailable("down")
 
     again = Retention(30)
-    asyncio.run(again.run_if_due(failing))  # logged, not raised
+    asyncio.run(again.run_if_due(failing, wait=True))  # logged, not raised
     assert again.due() is not None  # retried at the next write
     assert Retention(None).due() is None
     assert StoreConfig().retention_days is None

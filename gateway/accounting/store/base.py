@@ -6,6 +6,8 @@ for the same records (the store test suite runs unchanged against each).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -287,15 +289,18 @@ DAY_S = 86400.0
 class Retention:
     """When a store deletes its old records (`store.retention_days`; None keeps them all).
 
-    A store asks `due()` on open and after each write: it answers the cutoff (records with
-    ts before it go) at most once per `every_s`, else None. `keep()` drops records already
-    past the cutoff from a batch, so a late write (a recorder that buffered through an
-    outage, a replayed journal) does not bring back what retention removed."""
+    A store calls `run_if_due()` on open (waiting for the pass) and after each write (the
+    pass then runs as a task of its own, so a long first delete never holds up the writes
+    behind it): a pass runs at most once per `every_s`. Stores delete in chunks, so their
+    writes interleave with a long pass. `keep()` drops records already past the cutoff from
+    a batch, so a late write (a recorder that buffered through an outage, a replayed
+    journal) does not bring back what retention removed."""
 
     def __init__(self, days: float | None, every_s: float = 3600.0) -> None:
         self.days = days
         self.every_s = every_s
         self._next = 0.0  # monotonic time of the next pass; 0: on open
+        self._task: asyncio.Task[None] | None = None
 
     def cutoff(self) -> float | None:
         return None if self.days is None else time.time() - self.days * DAY_S
@@ -306,13 +311,24 @@ class Retention:
         self._next = time.monotonic() + self.every_s
         return self.cutoff()
 
-    async def run_if_due(self, delete: Callable[[float], Awaitable[int]]) -> None:
-        """Call `delete(cutoff)` (which deletes the records with ts < cutoff and answers how
-        many) when a pass is due; a store error is logged and the pass retried at the next
-        write, never raised: the batch that triggered it is already written."""
+    async def run_if_due(
+        self, delete: Callable[[float], Awaitable[int]], wait: bool = False
+    ) -> None:
+        """Run a pass, `delete(cutoff)` (which deletes the records with ts < cutoff and
+        answers how many), when one is due and none is running: awaited with `wait`, else
+        in a task. A store error is logged and the pass retried at the next write, never
+        raised: the batch that triggered it is already written."""
+        if self._task is not None and not self._task.done():
+            return
         cutoff = self.due()
         if cutoff is None:
             return
+        if wait:
+            await self._pass(delete, cutoff)
+        else:
+            self._task = asyncio.create_task(self._pass(delete, cutoff))
+
+    async def _pass(self, delete: Callable[[float], Awaitable[int]], cutoff: float) -> None:
         try:
             n = await delete(cutoff)
         except StoreError as e:
@@ -320,7 +336,15 @@ class Retention:
             log.warning("retention: deleting old records failed, retried later: %s", e)
             return
         if n:
-            log.info("retention: deleted %d records older than %d days", n, self.days)
+            log.info("retention: deleted %d records older than %s days", n, self.days)
+
+    async def stop(self) -> None:
+        """End a pass still running (the store is closing; the next open starts over)."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def keep(self, records: list[RequestRecord]) -> list[RequestRecord]:
         cutoff = self.cutoff()

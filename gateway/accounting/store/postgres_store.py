@@ -106,6 +106,10 @@ _INSERT = (
 )
 _JSON_AT = _FIELDS.index("router_scores")
 _VECTOR_AT = _FIELDS.index("router_features")
+_CHUNK = 10_000  # records deleted per statement by retention
+_DELETE_CHUNK = (
+    f"DELETE FROM {TABLE} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {TABLE} WHERE ts < %s LIMIT %s))"
+)
 _USAGE_WORK_MEM = "64MB"  # per usage() query, for its sort
 
 
@@ -226,9 +230,10 @@ class PostgresStore(Store):
             await pool.close()
             raise
         self._pool = pool
-        await self._prune_if_due()
+        await self._prune_if_due(wait=True)
 
     async def close(self) -> None:
+        await self.retention.stop()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -261,13 +266,17 @@ class PostgresStore(Store):
             return
         self._analyzed_rows = max(0, int(row[0])) if row is not None else 0
 
-    async def _prune_if_due(self) -> None:
+    async def _prune_if_due(self, wait: bool = False) -> None:
         async def delete(cutoff: float) -> int:
-            async with self._conn() as conn:
-                cur = await conn.execute(f"DELETE FROM {TABLE} WHERE ts < %s", (cutoff,))  # type: ignore[arg-type]
-                return cur.rowcount
+            total = 0
+            while True:  # in chunks: each a short transaction, writes go on in between
+                async with self._conn() as conn:
+                    cur = await conn.execute(_DELETE_CHUNK, (cutoff, _CHUNK))
+                total += cur.rowcount
+                if cur.rowcount < _CHUNK:
+                    return total
 
-        await self.retention.run_if_due(delete)
+        await self.retention.run_if_due(delete, wait=wait)
 
     async def table_bytes(self) -> int:
         """Bytes the records table takes with its indexes and TOAST."""

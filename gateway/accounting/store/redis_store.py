@@ -218,9 +218,10 @@ class RedisStore(Store):
             self._write = self._r.register_script(_WRITE_LUA)
             self._quality = self._r.register_script(_QUALITY_LUA)
         await self._call(self._client().ping())
-        await self.retention.run_if_due(self._delete_before)
+        await self.retention.run_if_due(self._delete_before, wait=True)
 
     async def close(self) -> None:
+        await self.retention.stop()
         if self._r is not None:
             r, self._r = self._r, None
             with contextlib.suppress(RedisError, OSError):

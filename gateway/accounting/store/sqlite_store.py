@@ -88,6 +88,10 @@ _VECTOR_AT = _FIELDS.index(_VECTOR)
 _BOOL_AT = [_FIELDS.index(n) for n in sorted(_BOOL)]
 
 
+_CHUNK = 5000  # records deleted per statement by retention
+_DELETE_CHUNK = (
+    "DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests WHERE ts < ? LIMIT ?)"
+)
 _ROW_MARKS = f"({', '.join('?' * len(_FIELDS))})"
 
 
@@ -239,9 +243,10 @@ class SQLiteStore(Store):
             raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
         except OSError as e:
             raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
-        await self._prune_if_due()
+        await self._prune_if_due(wait=True)
 
     async def close(self) -> None:
+        await self.retention.stop()
         w, r = self._w, self._r
         self._w = self._r = None
 
@@ -261,15 +266,21 @@ class SQLiteStore(Store):
             await self._write(records)
         await self._prune_if_due()
 
-    async def _prune_if_due(self) -> None:
-        def delete(cutoff: float) -> int:
+    async def _prune_if_due(self, wait: bool = False) -> None:
+        def chunk(cutoff: float) -> int:
             c = self._wc()
             with c:
-                return c.execute("DELETE FROM requests WHERE ts < ?", (cutoff,)).rowcount
+                return c.execute(_DELETE_CHUNK, (cutoff, _CHUNK)).rowcount
 
-        await self.retention.run_if_due(
-            lambda cutoff: self._run(self._wlock, lambda: delete(cutoff))
-        )
+        async def delete(cutoff: float) -> int:
+            total = 0
+            while True:  # the write lock is released between chunks: writes go on
+                n = await self._run(self._wlock, lambda: chunk(cutoff))
+                total += n
+                if n < _CHUNK:
+                    return total
+
+        await self.retention.run_if_due(delete, wait=wait)
 
     async def _write(self, records: list[RequestRecord]) -> None:
         per = self._rows_per_insert
