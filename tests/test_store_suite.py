@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -516,8 +516,8 @@ async def test_retention_deletes_old_records_and_keeps_new(
     assert await keep_all.count() == 6
 
     pruned = make(retention_days=5, retention_every_s=0.0)
-    await pruned.open()  # the first pass runs on open
-    assert await pruned.count() == 3
+    await pruned.open()  # the first pass starts on open, in a task
+    await until(lambda: pruned.count(), 3)
     for r in old:
         assert await pruned.get(r.request_id) is None
     assert {r.request_id for r in await pruned.recent(10)} == {r.request_id for r in new}
@@ -535,12 +535,19 @@ async def test_retention_deletes_old_records_and_keeps_new(
     assert await pruned.get("req-22") is not None
     await asyncio.sleep(0.5)
     await pruned.write_batch([rec(23, ts=time.time())])  # starts a pass, in a task
-    for _ in range(200):
-        if await pruned.get("req-22") is None:
-            break
-        await asyncio.sleep(0.01)
-    assert await pruned.get("req-22") is None
+    await until(lambda: pruned.get("req-22"), None)
     assert await pruned.count() == 5  # req-10..12, 21, 23
+
+
+async def until(read: Callable[[], Awaitable[object]], want: object) -> None:
+    """Wait (2 s at most) for `read()` to answer `want`; fail with what it answered."""
+    got = None
+    for _ in range(200):
+        got = await read()
+        if got == want:
+            return
+        await asyncio.sleep(0.01)
+    assert got == want
 
 
 @pytest.mark.redis

@@ -289,9 +289,9 @@ DAY_S = 86400.0
 class Retention:
     """When a store deletes its old records (`store.retention_days`; None keeps them all).
 
-    A store calls `run_if_due()` on open (waiting for the pass) and after each write (the
-    pass then runs as a task of its own, so a long first delete never holds up the writes
-    behind it): a pass runs at most once per `every_s`. Stores delete in chunks, so their
+    A store calls `run_if_due()` on open and after each write: a pass runs at most once per
+    `every_s`, in a task of its own, so a long first delete never holds up the open or the
+    writes behind it. Stores delete in chunks, so their
     writes interleave with a long pass. `keep()` drops records already past the cutoff from
     a batch, so a late write (a recorder that buffered through an outage, a replayed
     journal) does not bring back what retention removed."""

@@ -230,7 +230,7 @@ class PostgresStore(Store):
             await pool.close()
             raise
         self._pool = pool
-        await self._prune_if_due(wait=True)
+        await self._prune_if_due()
 
     async def close(self) -> None:
         await self.retention.stop()

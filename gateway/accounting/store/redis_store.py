@@ -218,7 +218,7 @@ class RedisStore(Store):
             self._write = self._r.register_script(_WRITE_LUA)
             self._quality = self._r.register_script(_QUALITY_LUA)
         await self._call(self._client().ping())
-        await self.retention.run_if_due(self._delete_before, wait=True)
+        await self.retention.run_if_due(self._delete_before)
 
     async def close(self) -> None:
         await self.retention.stop()

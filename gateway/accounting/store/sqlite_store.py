@@ -243,7 +243,7 @@ class SQLiteStore(Store):
             raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
         except OSError as e:
             raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
-        await self._prune_if_due(wait=True)
+        await self._prune_if_due()
 
     async def close(self) -> None:
         await self.retention.stop()
