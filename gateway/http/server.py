@@ -27,6 +27,21 @@ takes it, `Expect: 100-continue` is answered when the app first asks for the bod
 that goes away turns `receive()` into `http.disconnect`, an app error before the response
 started becomes a 500 (after it, the connection is closed), an unparsable request gets a 400,
 and `shutdown()` lets a request in progress finish, then closes.
+
+What one client may make it hold is bounded (the routing file's `server:` settings, passed as
+`limits`; a short plain answer and `connection: close` where one is due, as nginx):
+a request line and headers past `max_header_bytes` get 431 (a URL alone, 414), counted per
+read so the parser never buffers more than that and one read; a request head or body that
+does not arrive within `header_timeout_s` / `body_timeout_s` in total gets 408; past
+`max_pipelined_requests` waiting answers nothing more is parsed and the connection closes
+after the last of them; a connection past `max_connections` gets 503 at once; a client whose
+socket takes no answer bytes for `write_timeout_s` is dropped (the app hears it through the
+disconnect callback and frees what it holds upstream). The deadlines share the keep-alive
+timer, which is moved earlier only when a deadline falls before it. An HTTP/1.1 request needs
+exactly one Host (400) and the only transfer coding taken is one `chunked` (501), as h11 and
+nginx. `connection_lost` drops the parser (which refers back to the protocol) and what a
+request left behind, so a closed connection is freed by reference counting, not at the next
+full collection.
 """
 
 from __future__ import annotations
@@ -42,6 +57,8 @@ from http import HTTPStatus
 from typing import Any
 
 import httptools
+
+from gateway.config import ServerConfig
 
 log = logging.getLogger("uvicorn.error")
 
@@ -67,6 +84,19 @@ _STATUS = {code: _status_line(code) for code in range(100, 600)}
 _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 _PLAIN_URL = re.compile(rb"/[^%?#]*")
 _DEFAULT_HEAD: list[Any] = [None, b""]  # (uvicorn's default header list, rendered)
+_DEFAULT_LIMITS = ServerConfig()
+_QUIET_S = 10.0  # a refused connection is logged at most once in this long (a flood would spam)
+_last_refusal_log = [0.0]
+
+
+class _Refuse(Exception):
+    """Raised from a parser callback: the request gets a short plain answer, then the connection
+    is closed (the status and text are on the protocol, set before raising)."""
+
+
+class _Stop(Exception):
+    """Raised from on_message_begin: as many requests as allowed are waiting for their answers;
+    parse nothing more on this connection (it closes after the last answer)."""
 
 
 class _Exchange:
@@ -232,6 +262,7 @@ class H1Server(asyncio.Protocol):
         server_state: Any,
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
+        limits: ServerConfig | None = None,
     ) -> None:
         if not config.loaded:
             config.load()
@@ -242,7 +273,15 @@ class H1Server(asyncio.Protocol):
         self.root_path: str = config.root_path
         self.limit = config.limit_concurrency
         self.keep_alive_s: float = config.timeout_keep_alive
-        self.parser = httptools.HttpRequestParser(self)
+        lim = limits or _DEFAULT_LIMITS
+        self.max_head = lim.max_header_bytes
+        self.max_pending = lim.max_pipelined_requests
+        self.max_connections = lim.max_connections
+        self.header_timeout_s = lim.header_timeout_s
+        self.body_timeout_s = lim.body_timeout_s
+        self.write_timeout_s = lim.write_timeout_s
+        # Any: None once the connection is gone (the parser refers back to this protocol)
+        self.parser: Any = httptools.HttpRequestParser(self)
         # answer the first of pipelined requests even when the client closes early (as uvicorn;
         # httptools < 0.6.3 has no such switch)
         with contextlib.suppress(AttributeError):
@@ -260,13 +299,29 @@ class H1Server(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.expect_100 = False  # the request being parsed asked for 100-continue
+        self.hosts = 0  # Host headers of the request being parsed
+        self.tes = 0  # its Transfer-Encoding headers
+        self.te = b""  # the last one's value
+        self.in_head = True  # waiting for (the rest of) a request line and headers
+        self.head_size = 0  # bytes received since that began (counted per read)
+        self.stopped = False  # parse nothing more (max_pipelined_requests reached)
+        self.refusal: tuple[int, bytes] = (400, b"")  # what a _Refuse answers
         self.idle_since = 0.0
+        # one timer per connection: keep-alive, and the read and write deadlines (0.0: none)
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.read_deadline = 0.0
+        self.read_what = b""  # what the read deadline waits for: b"headers" or b"body"
+        self.write_deadline = 0.0
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.server_state.connections.add(self)
+        connections = self.server_state.connections
+        if len(connections) >= self.max_connections:
+            self._refuse_connection()
+            return
+        connections.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -284,6 +339,19 @@ class H1Server(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self._gone()
+        self._wake_writers()
+        # The parser refers back to this protocol (its callbacks): drop it and everything a
+        # request left here, so that all of it is freed now by reference counting. Left in a
+        # cycle, a large request head would wait for a full collection, which gc.freeze()
+        # (Gateway.start) makes rare.
+        self.parser = None
+        self.current = self.parsing = None
+        self.url = b""
+        self.headers = []
+
+    def _gone(self) -> None:
+        """Every exchange of this connection learns that the client is gone (or will be)."""
         for ex in (self.current, self.parsing, *self.queue):
             if ex is not None and not ex.complete:
                 ex.disconnected = True
@@ -295,15 +363,26 @@ class H1Server(asyncio.Protocol):
                     except Exception:  # the app's callback must not break the protocol
                         log.exception("tollgate.on_disconnect callback failed")
         self.queue.clear()
-        self._wake_writers()
 
     def eof_received(self) -> None:
         pass
 
     def data_received(self, data: bytes) -> None:
         self.idle_since = 0.0
+        if self.in_head:
+            if self.stopped:
+                return  # past max_pipelined_requests: the client sends these again
+            self.head_size += len(data)
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, _Stop):
+                self._stop()
+            elif isinstance(e.__context__, _Refuse):
+                self._refuse(*self.refusal)
+            else:
+                self._bad_request(b"Invalid HTTP request received.")
+            return
         except httptools.HttpParserUpgrade:
             # no WebSocket or h2c here: serve the request as HTTP/1.1 (whatever body came with
             # its headers), then close; the parser reads nothing more on this connection
@@ -314,32 +393,69 @@ class H1Server(asyncio.Protocol):
                 self.on_message_complete()
         except httptools.HttpParserError:
             self._bad_request(b"Invalid HTTP request received.")
+            return
+        if self.in_head and self.head_size > self.max_head and not self.closing:
+            self._refuse(431, self._too_large(b"Request header fields too large"))
+
+    def _too_large(self, what: bytes) -> bytes:
+        return (
+            b"%s: at most %d bytes of request line and headers are accepted "
+            % (
+                what,
+                self.max_head,
+            )
+            + b"(server.max_header_bytes)."
+        )
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        # the client takes no more answer bytes for now: it has write_timeout_s to start again
+        self.write_deadline = deadline = self.loop.time() + self.write_timeout_s
+        if deadline < self.timer_at or self.timer is None:
+            self._wake_at(deadline)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.write_deadline = 0.0
         self._wake_writers()
 
     # -- httptools callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self.current is not None and len(self.queue) + 1 >= self.max_pending:
+            raise _Stop
         self.url = b""
         self.headers = []
         self.expect_100 = False
+        self.hosts = self.tes = 0
+        self.read_what = b"headers"
+        self.read_deadline = deadline = self.loop.time() + self.header_timeout_s
+        if deadline < self.timer_at or self.timer is None:
+            self._wake_at(deadline)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > self.max_head:
+            self.refusal = (414, self._too_large(b"URI too long"))
+            raise _Refuse
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
+        if name == b"host":
+            self.hosts += 1
+        elif name == b"transfer-encoding":
+            self.tes += 1
+            self.te = value
+        elif name == b"expect" and value.lower() == b"100-continue":
             self.expect_100 = True
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
         version = parser.get_http_version()
+        if self.hosts != 1 or self.tes:
+            self._check_framing(version)
+        self.in_head = False
+        self.head_size = 0
         url = self.url
         if _PLAIN_URL.fullmatch(url):
             raw_path, query = url, b""
@@ -372,9 +488,33 @@ class H1Server(asyncio.Protocol):
         self.parsing = ex
         if self.current is None:
             self._run(ex)
-        else:  # pipelined: wait for the response in progress
+            # the body, if any, has body_timeout_s from now (on_message_complete clears it)
+            self.read_what = b"body"
+            self.read_deadline = deadline = self.loop.time() + self.body_timeout_s
+            if deadline < self.timer_at:
+                self._wake_at(deadline)
+        else:  # pipelined: wait for the response in progress (its body deadline starts then)
             self.queue.append(ex)
+            self.read_deadline = 0.0
             self.pause_reading()
+
+    def _check_framing(self, version: str) -> None:
+        """Refuse what h11 and nginx refuse: an HTTP/1.1 request without exactly one Host, two
+        Host headers in any version, a transfer coding other than one `chunked` (a framing a
+        server on the way may read differently: request smuggling)."""
+        if self.hosts > 1 or (self.hosts == 0 and version != "1.0"):
+            self.refusal = (
+                400,
+                b"Bad Request: an HTTP/1.1 request carries exactly one Host header.",
+            )
+            raise _Refuse
+        if self.tes > 1 or (self.tes and self.te.strip().lower() != b"chunked"):
+            self.refusal = (
+                501,
+                b"Not Implemented: the only transfer coding accepted is one "
+                b"'Transfer-Encoding: chunked'.",
+            )
+            raise _Refuse
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
@@ -389,6 +529,8 @@ class H1Server(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self.parsing
         self.parsing = None
+        self.in_head = True
+        self.read_deadline = 0.0
         if ex is not None:
             ex.more = False
             ex.wake()
@@ -445,7 +587,13 @@ class H1Server(asyncio.Protocol):
             self.transport.close()
             return
         if self.queue:
-            self._run(self.queue.popleft())
+            nxt = self.queue.popleft()
+            self._run(nxt)
+            if nxt is self.parsing:  # its body is still to come: from now on it has a deadline
+                self.read_what = b"body"
+                self.read_deadline = deadline = self.loop.time() + self.body_timeout_s
+                if deadline < self.timer_at or self.timer is None:
+                    self._wake_at(deadline)
         self.resume_reading()
         if self.current is None:
             self._idle()
@@ -466,23 +614,74 @@ class H1Server(asyncio.Protocol):
 
     # -- timers, flow control -------------------------------------------------------------------
     def _idle(self) -> None:
-        self.idle_since = self.loop.time()
+        self.idle_since = now = self.loop.time()
         if self.timer is None:
-            self.timer = self.loop.call_later(self.keep_alive_s, self._on_timer)
+            self._wake_at(now + self.keep_alive_s)
+
+    def _wake_at(self, when: float) -> None:
+        """(Re)arm the connection's one timer for `when` (loop time)."""
+        if self.closing:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_at = when
+        self.timer = self.loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
+        """Keep-alive and deadlines. The timer is not moved for every request: it fires at
+        least once per keep-alive timeout and is re-armed earlier only for a deadline that
+        falls before it."""
         self.timer = None
         if self.closing:
             return
-        if self.current is not None or self.idle_since == 0.0:
-            self._idle()  # busy or bytes came in: look again one timeout later
-            return
-        left = self.idle_since + self.keep_alive_s - self.loop.time()
-        if left > 0:
-            self.timer = self.loop.call_later(left, self._on_timer)
-        else:
+        now = self.loop.time()
+        read_by, write_by = self.read_deadline, self.write_deadline
+        if read_by and now >= read_by:
+            self._read_timeout()
+            if self.closing:
+                return
+            read_by = 0.0
+        if write_by and now >= write_by:
+            log.info(
+                "a client took no response bytes for %.1f s (server.write_timeout_s): "
+                "connection aborted",
+                self.write_timeout_s,
+            )
             self.closing = True
-            self.transport.close()
+            self.transport.abort()  # the app learns it in connection_lost: it stops the request
+            return
+        if self.current is not None or self.idle_since == 0.0:
+            # busy or bytes came in: look again one timeout later
+            self.idle_since = now
+            nxt = now + self.keep_alive_s
+        else:
+            nxt = self.idle_since + self.keep_alive_s
+            if nxt <= now:
+                self.closing = True
+                self.transport.close()
+                return
+        for by in (read_by, write_by):
+            if by and by < nxt:
+                nxt = by
+        self._wake_at(nxt)
+
+    def _read_timeout(self) -> None:
+        what = self.read_what
+        ex = self.current
+        if ex is not None and ex is not self.parsing:
+            # an earlier request is being answered: do not cut it; read no more, and close
+            # once its answer is complete
+            self.read_deadline = 0.0
+            self.stopped = True
+            ex.keep_alive = False
+            self.pause_reading()
+            return
+        timeout = self.header_timeout_s if what == b"headers" else self.body_timeout_s
+        self._refuse(
+            408,
+            b"Request Timeout: the request %s did not arrive within %g s (server.%s_timeout_s)."
+            % (what, timeout, b"header" if what == b"headers" else b"body"),
+        )
 
     def pause_reading(self) -> None:
         if not self.read_paused and not self.closing:
@@ -490,7 +689,7 @@ class H1Server(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.read_paused and not self.closing:
+        if self.read_paused and not self.closing and not self.stopped:
             self.read_paused = False
             self.transport.resume_reading()
 
@@ -507,13 +706,50 @@ class H1Server(asyncio.Protocol):
 
     def _bad_request(self, msg: bytes) -> None:
         log.warning("Invalid HTTP request received.")
+        self._answer_and_close(400, msg)
+
+    def _refuse(self, status: int, msg: bytes) -> None:
+        """A request over a limit or against the protocol: a short plain answer, then close."""
+        log.warning("HTTP request refused with %d: %s", status, msg.decode("latin-1"))
+        self._answer_and_close(status, msg)
+
+    def _answer_and_close(self, status: int, msg: bytes) -> None:
         if self.current is None or not self.current.started:
             self.transport.write(
-                b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(msg), msg)
+                b"%scontent-type: text/plain; charset=utf-8\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                % (_STATUS[status], len(msg), msg)
             )
         self.closing = True
+        self._gone()  # an app still reading this request sees the client gone, writes nothing
         self.transport.close()
+
+    def _stop(self) -> None:
+        """max_pipelined_requests are waiting: parse nothing more; the last of them is answered
+        with `connection: close` and the connection closed after it. HTTP/1.1 clients send the
+        requests that got no answer again (RFC 9112, 9.3.2)."""
+        self.stopped = True
+        self.pause_reading()
+        last = self.queue[-1] if self.queue else self.current
+        if last is not None:
+            last.keep_alive = False
+
+    def _refuse_connection(self) -> None:
+        """Over max_connections: a 503 and close, before reading anything."""
+        self.closing = True
+        msg = b"Service Unavailable: too many open connections (server.max_connections)."
+        self.transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(msg), msg)
+        )
+        self.transport.close()
+        now = self.loop.time()
+        if now - _last_refusal_log[0] > _QUIET_S:
+            _last_refusal_log[0] = now
+            log.warning(
+                "%d open connections (server.max_connections): new ones are refused with 503",
+                self.max_connections,
+            )
 
     # -- uvicorn's server calls this on graceful shutdown ---------------------------------------
     def shutdown(self) -> None:
