@@ -249,7 +249,7 @@ class Proxy:
                     f"send the body as JSON with 'Content-Type: application/json' "
                     f"(got {ct.decode('latin-1') or 'no content type'!r})"
                 )
-            raw = await self._read_body(receive, limit)
+            raw = await self._read_body(receive, limit, ctx)
             if not raw:
                 raise InvalidRequest("the request body is empty; send a JSON object")
             try:
@@ -342,12 +342,14 @@ class Proxy:
         return key_id
 
     @staticmethod
-    async def _read_body(receive: Receive, limit: int) -> bytes:
+    async def _read_body(receive: Receive, limit: int, ctx: _Ctx) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
             msg = await receive()
             if msg["type"] == "http.disconnect":
+                # gone before the body was complete (or its server.body_timeout_s passed): a 499
+                ctx.client_gone = True
                 raise asyncio.CancelledError
             b = msg.get("body", b"")
             if b:
