@@ -417,14 +417,8 @@ class H1Server(asyncio.Protocol):
             self._refuse(431, self._too_large(b"Request header fields too large"))
 
     def _too_large(self, what: bytes) -> bytes:
-        return (
-            b"%s: at most %d bytes of request line and headers are accepted "
-            % (
-                what,
-                self.max_head,
-            )
-            + b"(server.max_header_bytes)."
-        )
+        limit = b"at most %d bytes of request line and headers" % self.max_head
+        return b"%s: %s are accepted (server.max_header_bytes)." % (what, limit)
 
     def pause_writing(self) -> None:
         self.write_paused = True  # the client has write_timeout_s to take bytes again
