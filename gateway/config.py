@@ -233,8 +233,9 @@ class ServerConfig(_Strict):
     max_header_bytes: int = Field(
         64 * 1024,
         ge=1024,
-        description="most bytes of a request line and headers (nginx's large buffers); more "
-        "gets 431, a URL alone over it 414, and the connection is closed",
+        description="most bytes of a request line and headers, and of a chunked body's "
+        "trailer fields (nginx's large buffers); more gets 431, a URL alone over it 414, and "
+        "the connection is closed",
     )
     max_pipelined_requests: int = Field(
         16,

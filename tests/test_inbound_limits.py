@@ -156,6 +156,27 @@ def test_a_chunked_request_body_is_still_accepted(gw: GatewayProcess) -> None:
         assert sock.recv(100).startswith(b"HTTP/1.1 200 ")
 
 
+def test_trailer_fields_count_against_max_header_bytes(gw: GatewayProcess) -> None:
+    """Fields after a chunked body's last chunk are buffered like headers: the same cap."""
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\nX-Trailer: " % (len(CHAT), CHAT)
+    )
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        sock.sendall(head)
+        sent = 0
+        try:
+            while sent < 16 << 20:
+                sock.settimeout(2)
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        except OSError:
+            pass
+        data = _answer(sock)
+    assert sent < 16 << 20, "the gateway took 16 MiB of trailer"
+    assert data.startswith(b"HTTP/1.1 431 "), data[:200]
+
+
 # -- 5. slow requests ----------------------------------------------------------------------------
 
 

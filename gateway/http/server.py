@@ -30,8 +30,9 @@ and `shutdown()` lets a request in progress finish, then closes.
 
 What one client may make it hold is bounded (the routing file's `server:` settings, passed as
 `limits`; a short plain answer and `connection: close` where one is due, as nginx):
-a request line and headers past `max_header_bytes` get 431 (a URL alone, 414), counted per
-read so the parser never buffers more than that and one read; a request head or body that
+a request line and headers (or a chunked body's trailer fields) past `max_header_bytes` get
+431 (a URL alone, 414), counted per read so the parser never buffers more than that and one
+read; a request head or body that
 does not arrive within `header_timeout_s` / `body_timeout_s` in total gets 408; past
 `max_pipelined_requests` waiting answers nothing more is parsed and the connection closes
 after the last of them; a connection past `max_connections` gets 503 at once; a client whose
@@ -517,7 +518,13 @@ class H1Server(asyncio.Protocol):
             )
             raise _Refuse
 
+    def on_chunk_header(self) -> None:
+        # a chunked body's last chunk may be followed by trailer fields: the bytes of a read
+        # that brings no body bytes count against max_header_bytes, like a head's
+        self.in_head = True
+
     def on_body(self, body: bytes) -> None:
+        self.head_size = 0  # (bytes of body came: not trailers)
         ex = self.parsing
         if ex is None or ex.complete:
             return
@@ -531,6 +538,7 @@ class H1Server(asyncio.Protocol):
         ex = self.parsing
         self.parsing = None
         self.in_head = True
+        self.head_size = 0  # (trailers counted here are not the next head's)
         self.reading_since = 0.0
         if ex is not None:
             ex.more = False
@@ -621,11 +629,14 @@ class H1Server(asyncio.Protocol):
         # waiting for a request head (bytes of one came) or for the body of the request the
         # app serves (a queued request's body is not read yet: its time has not begun)
         ex = self.current
-        if (self.in_head and self.head_size) or (ex is not None and ex is self.parsing):
+        parsing = self.parsing
+        if (self.in_head and self.head_size and parsing is None) or (
+            ex is not None and ex is parsing
+        ):
             if not self.reading_since:
                 self.reading_since = now
             elif now - self.reading_since >= (
-                self.header_timeout_s if self.in_head else self.body_timeout_s
+                self.header_timeout_s if parsing is None else self.body_timeout_s
             ):
                 self._read_timeout()
                 if self.closing:
@@ -657,7 +668,7 @@ class H1Server(asyncio.Protocol):
         self.timer = self.loop.call_at(nxt, self._on_timer)
 
     def _read_timeout(self) -> None:
-        head = self.in_head
+        head = self.parsing is None  # else a body (or its trailers) is late
         ex = self.current
         if head and ex is not None:
             # an earlier request is being answered: do not cut it; read no more, and close
