@@ -331,6 +331,12 @@ def _openai_error(
     )
 
 
+def _shown(path: str, most: int = 200) -> str:
+    """A client's path as an error message quotes it: the start of a long one, not all of it
+    (a path may be as long as server.max_header_bytes)."""
+    return path if len(path) <= most else path[:most] + "..."
+
+
 def build_fastapi(gw: Gateway) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -350,7 +356,7 @@ def build_fastapi(gw: Gateway) -> FastAPI:
         if exc.status_code == 404:
             return _openai_error(
                 404,
-                f"no such endpoint: {request.method} {request.url.path}; "
+                f"no such endpoint: {request.method} {_shown(request.url.path)}; "
                 "see GET /v1/models and the OpenAI API paths",
                 "invalid_request_error",
                 code="not_found",
@@ -358,7 +364,7 @@ def build_fastapi(gw: Gateway) -> FastAPI:
         if exc.status_code == 405:
             return _openai_error(
                 405,
-                f"{request.method} is not allowed on {request.url.path}",
+                f"{request.method} is not allowed on {_shown(request.url.path)}",
                 "invalid_request_error",
                 code="method_not_allowed",
             )

@@ -306,6 +306,40 @@ class ServerConfig(_Strict):
     max_sse_event_bytes: int = Field(
         1024 * 1024, ge=1024, description="a streamed event over this ends the stream"
     )
+    # limits of the gateway's own HTTP/1.1 protocol (gateway/http/server.py), read at start
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="most bytes of a request line and headers, and of a chunked body's "
+        "trailer fields (nginx's large buffers); more gets 431, a URL alone over it 414, and "
+        "the connection is closed",
+    )
+    max_pipelined_requests: int = Field(
+        16,
+        ge=1,
+        description="requests one connection may have waiting for their answers; past it the "
+        "gateway reads nothing more from that connection and closes it after the last answer "
+        "(the client sends the rest again, as HTTP/1.1 pipelining allows)",
+    )
+    max_connections: int = Field(
+        4096,
+        ge=1,
+        description="open client connections per worker; one more gets 503 and is closed. "
+        "Each takes a file descriptor (and one upstream connection while a request is in "
+        "flight): keep it under half of `ulimit -n`",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a request's line and headers must arrive within this; else 408"
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="a request's body must arrive within this of its headers; else 408"
+    )
+    write_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a client that takes no answer bytes for this long (the socket's buffers "
+        "full) is disconnected, which frees its upstream slot",
+    )
 
 
 class GatewayKey(_Strict):
