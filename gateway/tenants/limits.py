@@ -41,6 +41,7 @@ from gateway.config import (
 )
 from gateway.errors import GatewayError
 from gateway.routing.runtime import Runtime
+from gateway.tenants.resp import RespClient
 
 log = logging.getLogger("tollgate.limits")
 
@@ -95,18 +96,29 @@ class Outcome:
     wait: float = 0.0
 
 
+_WINDOWS: dict[str, tuple[float, float, int]] = {}  # kind -> (start, end, id) last seen
+
+
 def window_of(window: str, now: float) -> tuple[int, float]:
     """(a number naming the UTC calendar window `now` is in, seconds until it ends)."""
+    got = _WINDOWS.get(window)
+    if got is not None and got[0] <= now < got[1]:
+        return got[2], got[1] - now
     day = int(now // 86400)
     if window == "day":
-        return day, (day + 1) * 86400 - now
-    if window == "week":  # ISO weeks start on Monday; 1970-01-01 was a Thursday
-        week = (day + 3) // 7
-        return week, (week * 7 - 3 + 7) * 86400 - now
-    d = datetime.datetime.fromtimestamp(now, datetime.UTC)
-    month = d.year * 12 + d.month - 1
-    nxt = datetime.datetime((month + 1) // 12, (month + 1) % 12 + 1, 1, tzinfo=datetime.UTC)
-    return month, nxt.timestamp() - now
+        wid, start, end = day, day * 86400.0, (day + 1) * 86400.0
+    elif window == "week":  # ISO weeks start on Monday; 1970-01-01 was a Thursday
+        wid = (day + 3) // 7
+        start = (wid * 7 - 3) * 86400.0
+        end = start + 7 * 86400.0
+    else:
+        d = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        wid = d.year * 12 + d.month - 1
+        start = datetime.datetime(d.year, d.month, 1, tzinfo=datetime.UTC).timestamp()
+        nxt = datetime.datetime((wid + 1) // 12, (wid + 1) % 12 + 1, 1, tzinfo=datetime.UTC)
+        end = nxt.timestamp()
+    _WINDOWS[window] = (start, end, wid)
+    return wid, end - now
 
 
 def _duration(s: float) -> str:
@@ -337,22 +349,32 @@ def _redis_keys(spec: Spec, at: float) -> list[str]:
 
 
 class RedisBackend:
-    def __init__(self, url: str, cluster: bool) -> None:
-        import redis.asyncio as aioredis
-        from redis.asyncio.cluster import RedisCluster
+    """A single Redis through the lean pipelined client (gateway/tenants/resp.py); a Redis
+    Cluster through redis-py's cluster client (it follows the slots)."""
 
-        connect: Any = RedisCluster.from_url if cluster else aioredis.from_url
-        self.r = connect(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-        self._reserve = self.r.register_script(_RESERVE_LUA)
-        self._settle = self.r.register_script(_SETTLE_LUA)
+    def __init__(self, url: str, cluster: bool) -> None:
+        self.lean: RespClient | None = None
+        self.r: Any = None
+        if cluster:
+            from redis.asyncio.cluster import RedisCluster
+
+            self.r = RedisCluster.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        else:
+            self.lean = RespClient(url)
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def _script(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        if self.lean is not None:
+            return await self.lean.script(source, keys, args)
+        return await self.r.eval(source, len(keys), *keys, *args)
 
     async def reserve(self, spec: Spec, tokens: float, cost: float) -> Outcome:
         now = time.time()
         left = window_of(spec.window, now)[1] if spec.budget is not None else 0.0
-        got = await self._reserve(
-            keys=_redis_keys(spec, now),
-            args=[
+        got = await self._script(
+            _RESERVE_LUA,
+            _redis_keys(spec, now),
+            [
                 spec.rpm or 0,
                 spec.tpm or 0,
                 "" if spec.budget is None else repr(spec.budget),
@@ -378,7 +400,7 @@ class RedisBackend:
             "" if spec.budget is None else repr(float(cost_delta)),
         ]
         t = asyncio.get_running_loop().create_task(
-            self._settle(keys=_redis_keys(spec, at), args=args)
+            self._script(_SETTLE_LUA, _redis_keys(spec, at), args)
         )
         self._tasks.add(t)
         t.add_done_callback(self._settled)
@@ -389,17 +411,21 @@ class RedisBackend:
             log.warning("settling a limits reservation in Redis failed: %s", t.exception())
 
     async def spent(self, spec: Spec) -> float:
-        v = await self.r.get(_redis_keys(spec, time.time())[1])
+        key = _redis_keys(spec, time.time())[1]
+        v = await (self.lean.call("GET", key) if self.lean is not None else self.r.get(key))
         return float(v) if v is not None else 0.0
 
     def close(self) -> None:
-        pass
+        if self.lean is not None:
+            self.lean.close()
 
     async def aclose(self) -> None:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2.0)
-        with contextlib.suppress(Exception):
-            await self.r.aclose()
+        self.close()
+        if self.r is not None:
+            with contextlib.suppress(Exception):
+                await self.r.aclose()
 
 
 Backend = LocalBackend | RedisBackend
