@@ -15,8 +15,9 @@ import httpx
 import openai
 import pytest
 
+from gateway.tenants.limits import window_of
 from tests.fake_upstream import FakeUpstream
-from tests.redis_server import RedisServer, have_redis
+from tests.redis_server import RedisClusterServers, RedisServer, have_redis
 from tests.support import GatewayProcess, metric_samples, metric_total, tier_models
 
 # a key that may send 6 requests a minute, and one with a budget of $0.1
@@ -125,6 +126,43 @@ def test_two_replicas_on_one_redis_enforce_one_rpm_and_one_budget(
     a = gateway(config(up.base_url, tmp_path / "a", limits))
     b = gateway(config(up.base_url, tmp_path / "b", limits))
     _check_shared([a.url, b.url])
+
+
+@pytest.mark.redis
+def test_a_redis_cluster_takes_the_limits_too(
+    fakes: Callable[..., FakeUpstream],
+    gateway: Callable[..., GatewayProcess],
+    redis_cluster: RedisClusterServers,
+    tmp_path: Path,
+) -> None:
+    """Each scope's keys hash to one slot: the scripts run on a cluster (no CROSSSLOT)."""
+    up = fakes("m")
+    # a key id of its own: the session's cluster is shared by tests
+    tag = f"c{time.time_ns()}"
+    keys = [
+        f"    - {{id: {tag}-rpm, sha256: {sha(RPM_KEY)}, rpm: 6}}",
+        f"    - {{id: {tag}-budget, sha256: {sha(BUDGET_KEY)}, budget_usd: 0.1}}",
+    ]
+    limits = ["  backend: redis", f"  redis_url: {redis_cluster.url}", "  redis_cluster: true"]
+    a = gateway(config(up.base_url, tmp_path / "a", limits, keys))
+    b = gateway(config(up.base_url, tmp_path / "b", limits, keys))
+    _check_shared([a.url, b.url])
+
+
+def test_budget_windows_are_utc_calendar_days_iso_weeks_and_months() -> None:
+    import datetime as dt
+
+    def at(*a: int) -> float:
+        return dt.datetime(*a, tzinfo=dt.UTC).timestamp()
+
+    sunday_night, monday = at(2026, 12, 6, 23, 59, 59), at(2026, 12, 7)
+    assert window_of("week", sunday_night)[0] + 1 == window_of("week", monday)[0]
+    assert window_of("week", sunday_night)[1] == pytest.approx(1.0)
+    assert window_of("day", monday)[1] == pytest.approx(86400.0)
+    new_year = at(2027, 1, 1)
+    assert window_of("month", new_year - 1)[0] + 1 == window_of("month", new_year)[0]
+    assert window_of("month", new_year - 1)[1] == pytest.approx(1.0)
+    assert window_of("month", at(2027, 2, 1) - 1)[1] == pytest.approx(1.0)
 
 
 def test_four_workers_without_redis_enforce_one_rpm_and_one_budget(
@@ -302,3 +340,26 @@ def test_no_limits_means_no_limits_file(
         for _ in range(10):
             assert chat(c, gw.url, RPM_KEY).status_code == 200
     assert not path.exists()
+
+
+def test_limits_added_to_the_file_apply_after_a_reload(
+    fakes: Callable[..., FakeUpstream], gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    up = fakes("m")
+    limits = [f"  local_path: {tmp_path / 'limits.bin'}"]
+    plain = [f"    - {{id: a, sha256: {sha(RPM_KEY)}}}"]
+    gw = gateway(config(up.base_url, tmp_path, limits, plain))
+    with httpx.Client(timeout=10) as c:
+        assert all(chat(c, gw.url, RPM_KEY).status_code == 200 for _ in range(3))
+        gw.write_config(
+            config(
+                up.base_url, tmp_path, limits, [f"    - {{id: a, sha256: {sha(RPM_KEY)}, rpm: 1}}"]
+            )
+        )
+        gw.sighup()
+        deadline = time.monotonic() + 10
+        statuses: list[int] = []
+        while time.monotonic() < deadline and 429 not in statuses:
+            statuses.append(chat(c, gw.url, RPM_KEY).status_code)
+    assert 429 in statuses, "the rpm of 1 never applied after the reload"
+    assert statuses[-1] == 429 and statuses.count(200) <= 3
