@@ -310,8 +310,8 @@ class Proxy:
                 res = await self._reserve(lim, rt, rec, body)
                 state["limits"] = res
             if res is not None and res.thrifty is not None:
-                rec.budget_soft = True
                 plan = rt.resolve(rec.route, kind, body, rid, rec.key_id, max_cost, res.thrifty)
+                rec.budget_soft = plan.decision is not None  # only a routed name goes thrifty
             else:
                 plan = rt.resolve(rec.route, kind, body, rid, rec.key_id, max_cost)
             rec.policy = plan.policy
@@ -509,6 +509,8 @@ class Proxy:
         if d is not None:
             h.append((b"x-tollgate-router-score", f"{d.score:.4f}".encode()))
             h.append((b"x-tollgate-policy", (plan.policy or "").encode()))
+            if rec.budget_soft:  # past its budget's soft share: routed thriftily
+                h.append((b"x-tollgate-budget-soft", b"1"))
             ex = plan.exploration
             if ex is not None:  # exploration is on for this request
                 if ex.explored:

@@ -308,6 +308,8 @@ def test_past_the_soft_share_auto_leaves_out_the_top_tier_and_the_record_says_so
     assert spent >= 0.005
     after = sdk.chat.completions.with_raw_response.create(model="auto", messages=msgs)
     assert after.headers["x-tollgate-model"] == "medium"
+    assert after.headers["x-tollgate-budget-soft"] == "1"
+    assert "x-tollgate-budget-soft" not in first.headers
     rid = after.headers["x-tollgate-request-id"]
     deadline = time.monotonic() + 20
     row = None

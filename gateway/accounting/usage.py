@@ -8,7 +8,7 @@ numbers under their earlier names, kept for existing clients.
 /v1/usage's `data` and `totals` are client traffic; `judge` is the sampled judge's own spend.
 
 Plain Starlette handlers; they find the live gateway at ``request.app.state.gw`` (attributes
-``store``, ``recorder``, ``metrics``, ``config``).
+``store``, ``recorder``, ``metrics``, ``config``, and ``limits`` when there is one).
 """
 
 from __future__ import annotations
@@ -135,8 +135,9 @@ async def usage_endpoint(request: Request) -> Response:
         "judge": judge_spend(judge_rows),
         "pending_records": gw.recorder.queue_depth,
     }
-    if group_by == "key":
-        out["limits"] = await key_limits(gw.limits, rows)
+    limits = getattr(gw, "limits", None)  # absent: an app without rate limits and budgets
+    if group_by == "key" and limits is not None:
+        out["limits"] = await key_limits(limits, rows)
     return _json(out)
 
 
