@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -365,3 +366,17 @@ def test_limits_added_to_the_file_apply_after_a_reload(
             statuses.append(chat(c, gw.url, RPM_KEY).status_code)
     assert 429 in statuses, "the rpm of 1 never applied after the reload"
     assert statuses[-1] == 429 and statuses.count(200) <= 3
+
+
+def test_with_the_limits_redis_down_requests_still_pass_and_the_log_says_why(
+    fakes: Callable[..., FakeUpstream], gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    up = fakes("m")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    limits = ["  backend: redis", f"  redis_url: redis://127.0.0.1:{dead}/0"]
+    gw = gateway(config(up.base_url, tmp_path, limits))
+    with httpx.Client(timeout=10) as c:
+        assert [chat(c, gw.url, RPM_KEY).status_code for _ in range(8)] == [200] * 8
+    assert "limits backend unavailable, requests pass unlimited" in gw.logs()

@@ -399,9 +399,10 @@ class RedisBackend:
             repr(float(token_refund)),
             "" if spec.budget is None else repr(float(cost_delta)),
         ]
-        t = asyncio.get_running_loop().create_task(
-            self._script(_SETTLE_LUA, _redis_keys(spec, at), args)
-        )
+        keys = _redis_keys(spec, at)
+        if self.lean is not None and self.lean.script_nowait(_SETTLE_LUA, keys, args):
+            return  # written on the connection; no task, no wait
+        t = asyncio.get_running_loop().create_task(self._script(_SETTLE_LUA, keys, args))
         self._tasks.add(t)
         t.add_done_callback(self._settled)
 

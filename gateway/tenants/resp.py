@@ -11,9 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hashlib
+import logging
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+log = logging.getLogger("tollgate.limits")
+
+
+def _log_failure(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("a limits command to Redis failed: %s", fut.exception())
 
 
 class RespError(Exception):
@@ -85,6 +94,9 @@ class _Proto(asyncio.Protocol):
             value, at = got
             if waiting:
                 fut = waiting.popleft()
+                sent = self.client._sent_at
+                if len(sent) > len(waiting):
+                    sent.popleft()
                 if not fut.done():  # a caller that timed out left its future behind
                     if isinstance(value, RespError):
                         fut.set_exception(value)
@@ -107,6 +119,8 @@ class RespClient:
         self.timeout = timeout
         self._proto: _Proto | None = None
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._sent_at: collections.deque[float] = collections.deque()  # when each was sent
+        self._watchdog: asyncio.TimerHandle | None = None
         self._connecting: asyncio.Lock | None = None
         self._shas: dict[str, str] = {}
 
@@ -129,19 +143,45 @@ class RespClient:
 
     def _lost(self, exc: Exception | None) -> None:
         self._proto = None
+        self._sent_at.clear()
         waiting, self._waiting = self._waiting, collections.deque()
         for fut in waiting:
             if not fut.done():
                 fut.set_exception(RespError(f"the connection to Redis closed ({exc})"))
 
+    def send(self, proto: _Proto, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """Write one command; its reply resolves the future. One timer per connection (not
+        one per command) watches for a reply that does not come within the timeout: the
+        connection is then closed, which fails every command still waiting."""
+        assert proto.transport is not None
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._waiting.append(fut)
+        self._sent_at.append(loop.time())
+        proto.transport.write(encode(args))
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self.timeout, self._watch, proto)
+        return fut
+
+    def _watch(self, proto: _Proto) -> None:
+        self._watchdog = None
+        sent, waiting = self._sent_at, self._waiting
+        while len(sent) > len(waiting):  # replies arrived for these
+            sent.popleft()
+        if not sent or self._proto is not proto:
+            return
+        loop = asyncio.get_running_loop()
+        late = loop.time() - sent[0]
+        if late >= self.timeout:
+            if proto.transport is not None:
+                proto.transport.abort()  # connection_lost fails the waiting commands
+            self._lost(TimeoutError(f"no reply from Redis in {self.timeout:g} s"))
+            return
+        self._watchdog = loop.call_later(self.timeout - late, self._watch, proto)
+
     async def call(self, *args: Any) -> Any:
         proto = self._proto or await self._connect()
-        assert proto.transport is not None
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting.append(fut)
-        proto.transport.write(encode(args))
-        async with asyncio.timeout(self.timeout):
-            return await fut
+        return await self.send(proto, args)
 
     async def script(self, source: str, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, or EVAL once when this Redis does not have the script yet."""
@@ -154,6 +194,31 @@ class RespClient:
             if not str(e).startswith("NOSCRIPT"):
                 raise
             return await self.call("EVAL", source, len(keys), *keys, *args)
+
+    def script_nowait(self, source: str, keys: list[str], args: list[Any]) -> bool:
+        """Send a script without waiting for its reply (an error reply is logged); False
+        when there is no connection now (then `await script(...)`)."""
+        proto = self._proto
+        if proto is None:
+            return False
+        sha = self._shas.get(source)
+        if sha is None:
+            sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
+        fut = self.send(proto, ("EVALSHA", sha, len(keys), *keys, *args))
+        fut.add_done_callback(functools.partial(self._nowait_done, source, keys, args))
+        return True
+
+    def _nowait_done(
+        self, source: str, keys: list[str], args: list[Any], fut: asyncio.Future[Any]
+    ) -> None:
+        if fut.cancelled() or fut.exception() is None:
+            return
+        e = fut.exception()
+        if str(e).startswith("NOSCRIPT") and self._proto is not None:
+            again = self.send(self._proto, ("EVAL", source, len(keys), *keys, *args))
+            again.add_done_callback(_log_failure)
+        else:
+            _log_failure(fut)
 
     def close(self) -> None:
         if self._proto is not None and self._proto.transport is not None:
