@@ -821,6 +821,8 @@ class Proxy:
             (b"x-tollgate-cost-usd", pricing.format_usd(rec.cost_usd).encode()),
             *self._headers(rt, plan, rec, explain),
         ]
+        if "limits" in state:  # OpenAI's x-ratelimit-* headers, as on every OpenAI answer
+            headers += state["limits"].headers()
         self._commit(rec, ctx)
         ctx.started = True
         ctx.finished = True
@@ -937,6 +939,8 @@ class Proxy:
         failure_code: str | None = None  # else stream_interrupted (stream_cut in /metrics)
         try:
             headers = [*_SSE_HEADERS, *self._headers(rt, plan, rec, explain)]
+            if "limits" in state:  # OpenAI's x-ratelimit-* headers
+                headers += state["limits"].headers()
             ctx.started = True
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             async for chunk in resp.aiter_raw():

@@ -215,8 +215,12 @@ def test_over_limit_answers_are_openai_429s_with_rate_limit_headers(
     ]
     gw = gateway(config(up.base_url, tmp_path, limits, keys, server=["  metrics_per_key: true"]))
     sdk = openai.OpenAI(base_url=gw.base_url, api_key=RPM_KEY, max_retries=0)
-    for _ in range(2):
-        sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    for left in ("1", "0"):  # an answer carries the headers too, as OpenAI's do
+        ok = sdk.chat.completions.with_raw_response.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], stream=left == "0"
+        )
+        assert ok.headers["x-ratelimit-limit-requests"] == "2"
+        assert ok.headers["x-ratelimit-remaining-requests"] == left
     with pytest.raises(openai.RateLimitError) as exc:
         sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     r = exc.value.response
@@ -270,21 +274,27 @@ def test_a_models_rpm_counts_every_key_and_a_route_falls_back(
     assert routed.status_code == 200 and routed.headers["x-tollgate-model"] == "n"
 
 
-def test_past_the_soft_share_auto_leaves_out_the_top_tier_and_the_record_says_so(
-    fakes: Callable[..., FakeUpstream], gateway: Callable[..., GatewayProcess], tmp_path: Path
-) -> None:
+PRIMES = [{"role": "user", "content": "Prove that there are infinitely many primes."}]
+
+
+def routed_gateway(
+    fakes: Callable[..., FakeUpstream],
+    gateway: Callable[..., GatewayProcess],
+    tmp_path: Path,
+    head: list[str],
+    policies: list[str],
+) -> openai.OpenAI:
+    """Three tiers behind `auto`, a key with a $0.01 budget, and its SDK client; the
+    `balanced` policy's target is out of reach, so the best predicted quality (the large
+    tier) wins while the budget is fresh."""
     ups = {n: fakes(n) for n in ("small", "medium", "large")}
     lines = [
         "version: 1",
-        "store:",
-        f"  sqlite_path: {tmp_path / 'tollgate.db'}",
-        "  flush_interval_s: 0.05",
-        "limits:",
-        f"  local_path: {tmp_path / 'limits.bin'}",
-        "  budget_soft: {share: 0.5, drop_top_tiers: 1}",
+        *head,
         "router:",
-        # nothing reaches the target: the best predicted quality wins, the large tier
-        "  policies: {balanced: {kind: cheapest_above, target: 0.9999}}",
+        "  policies:",
+        "    balanced: {kind: cheapest_above, target: 0.9999}",
+        *policies,
         "auth:",
         "  keys:",
         f"    - {{id: t, sha256: {sha(BUDGET_KEY)}, budget_usd: 0.01}}",
@@ -292,8 +302,23 @@ def test_past_the_soft_share_auto_leaves_out_the_top_tier_and_the_record_says_so
         *tier_models({n: u.base_url for n, u in ups.items()}),
     ]
     gw = gateway("\n".join(lines) + "\n")
-    sdk = openai.OpenAI(base_url=gw.base_url, api_key=BUDGET_KEY, max_retries=0)
-    msgs = [{"role": "user", "content": "Prove that there are infinitely many primes."}]
+    return openai.OpenAI(base_url=gw.base_url, api_key=BUDGET_KEY, max_retries=0)
+
+
+def test_past_the_soft_share_auto_leaves_out_the_top_tier_and_the_record_says_so(
+    fakes: Callable[..., FakeUpstream], gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    head = [
+        "store:",
+        f"  sqlite_path: {tmp_path / 'tollgate.db'}",
+        "  flush_interval_s: 0.05",
+        "limits:",
+        f"  local_path: {tmp_path / 'limits.bin'}",
+        "  budget_soft: {share: 0.5, drop_top_tiers: 1}",
+    ]
+    sdk = routed_gateway(fakes, gateway, tmp_path, head, [])
+    msgs = PRIMES
+    gw_url = str(sdk.base_url).removesuffix("/v1/").removesuffix("/v1")
     first = sdk.chat.completions.with_raw_response.create(model="auto", messages=msgs)
     assert first.headers["x-tollgate-model"] == "large"
     served = [first.headers["x-tollgate-model"]]
@@ -322,7 +347,7 @@ def test_past_the_soft_share_auto_leaves_out_the_top_tier_and_the_record_says_so
             ).fetchone()
         time.sleep(0.05)
     assert row == (1, "medium", 5)
-    usage = httpx.get(f"{gw.url}/v1/usage", params={"group_by": "key"}).json()
+    usage = httpx.get(f"{gw_url}/v1/usage", params={"group_by": "key"}).json()
     lim = usage["limits"]["t"]
     assert lim["budget_usd"] == 0.01 and lim["budget_window"] == "month"
     assert lim["budget_spent_usd"] == pytest.approx(
@@ -380,3 +405,44 @@ def test_with_the_limits_redis_down_requests_still_pass_and_the_log_says_why(
     with httpx.Client(timeout=10) as c:
         assert [chat(c, gw.url, RPM_KEY).status_code for _ in range(8)] == [200] * 8
     assert "limits backend unavailable, requests pass unlimited" in gw.logs()
+
+
+def test_a_routes_soft_rule_can_switch_auto_to_a_thrifty_policy(
+    fakes: Callable[..., FakeUpstream], gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    head = [
+        "store: {backend: none}",
+        "limits:",
+        f"  local_path: {tmp_path / 'limits.bin'}",
+        # auto past 1% of a key's budget: the thrifty policy, every tier still a candidate
+        "  budget_soft_routes: {auto: {share: 0.01, drop_top_tiers: 0, policy: thrifty}}",
+    ]
+    thrifty = ["    thrifty: {kind: max_utility, cost_weight: 1000000000}"]
+    sdk = routed_gateway(fakes, gateway, tmp_path, head, thrifty)
+    msgs = PRIMES
+    first = sdk.chat.completions.with_raw_response.create(model="auto", messages=msgs)
+    assert first.headers["x-tollgate-model"] == "large"
+    assert first.headers["x-tollgate-policy"] == "balanced"
+    assert float(first.headers["x-tollgate-cost-usd"]) > 0.0001  # past 1% of $0.01
+    after = sdk.chat.completions.with_raw_response.create(model="auto", messages=msgs)
+    assert after.headers["x-tollgate-policy"] == "thrifty"
+    assert after.headers["x-tollgate-model"] == "small"
+    assert after.headers["x-tollgate-budget-soft"] == "1"
+    # a concrete model is not routed: served as asked
+    pinned = sdk.chat.completions.with_raw_response.create(model="large", messages=msgs)
+    assert pinned.headers["x-tollgate-model"] == "large"
+    assert "x-tollgate-budget-soft" not in pinned.headers
+
+
+def test_a_soft_rule_naming_an_unknown_policy_is_refused_with_the_known_ones() -> None:
+    from gateway.config import ConfigError, parse_config
+
+    text = (
+        "limits: {budget_soft: {share: 0.8, policy: thrify}}\n"
+        "router: {policies: {balanced: {kind: cheapest_above, target: 0.6}, "
+        "thrifty: {kind: max_utility, cost_weight: 100}}}\n"
+        "models: [{name: m, tier: small, endpoints: [{base_url: 'http://127.0.0.1:9/v1'}]}]\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "r.yaml")
+    assert "limits.budget_soft.policy" in str(e.value) and "'thrifty'" in str(e.value)

@@ -444,6 +444,14 @@ class Reservation:
     models: list[Spec]
     limits: Limits | None
     thrifty: BudgetSoftConfig | None  # past the key's soft share: route thriftily
+    seen: Outcome | None = None  # the key's buckets after the reservation
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The key's x-ratelimit-* headers for the answer (none when it has no rpm/tpm)."""
+        key, seen = self.key, self.seen
+        if key is None or seen is None or (key.rpm is None and key.tpm is None):
+            return []
+        return rate_headers(key, seen)
 
 
 def make_backend(cfg: LimitsConfig, store: StoreConfig) -> Backend:
@@ -538,7 +546,7 @@ class Limits:
             return res
         if spec.budget is not None:
             res.cost = self._max_cost(rt, route, prompt_tokens, out_tokens)
-        o = await self._call(spec, tokens, res.cost)
+        o = res.seen = await self._call(spec, tokens, res.cost)
         if not o.ok:
             res.key = None  # nothing was taken
             raise self._refusal(spec, o, spec.scope[4:])
