@@ -175,22 +175,35 @@ def test_four_workers_without_redis_enforce_one_rpm_and_one_budget(
     _check_shared([gw.url])
 
 
+@pytest.mark.parametrize("backend", ["local", pytest.param("redis", marks=pytest.mark.redis)])
 def test_a_hundred_concurrent_requests_overspend_by_at_most_one_request(
-    fakes: Callable[..., FakeUpstream], gateway: Callable[..., GatewayProcess], tmp_path: Path
+    fakes: Callable[..., FakeUpstream],
+    gateway: Callable[..., GatewayProcess],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    backend: str,
 ) -> None:
+    """local: one gateway with two workers; redis: two replicas, the requests split."""
     up = fakes("m", latency_ms=100)  # every request reserves before the first one settles
-    limits = ["  backend: local", f"  local_path: {tmp_path / 'limits.bin'}"]
     budget = 0.5
     keys = [f"    - {{id: t, sha256: {sha(BUDGET_KEY)}, budget_usd: {budget}}}"]
-    gw = gateway(config(up.base_url, tmp_path, limits, keys), args=["--workers", "2"])
+    if backend == "local":
+        limits = ["  backend: local", f"  local_path: {tmp_path / 'limits.bin'}"]
+        gws = [gateway(config(up.base_url, tmp_path, limits, keys), args=["--workers", "2"])]
+    else:
+        srv: RedisServer = request.getfixturevalue("redis_server")
+        limits = ["  backend: redis", f"  redis_url: {srv.url}"]
+        gws = [gateway(config(up.base_url, tmp_path / n, limits, keys)) for n in "ab"]
 
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=100)) as c:
             body = {"model": "m", "messages": [{"role": "user", "content": "hi"}],
                     "max_tokens": 16}  # fmt: skip
             h = {"authorization": f"Bearer {BUDGET_KEY}"}
-            url = f"{gw.base_url}/chat/completions"
-            return await asyncio.gather(*(c.post(url, json=body, headers=h) for _ in range(100)))
+            urls = [f"{gw.base_url}/chat/completions" for gw in gws]
+            return await asyncio.gather(
+                *(c.post(urls[i % len(urls)], json=body, headers=h) for i in range(100))
+            )
 
     got = asyncio.run(run())
     ok = [r for r in got if r.status_code == 200]
