@@ -459,3 +459,25 @@ def test_a_soft_rule_naming_an_unknown_policy_is_refused_with_the_known_ones() -
     with pytest.raises(ConfigError) as e:
         parse_config(text, "r.yaml")
     assert "limits.budget_soft.policy" in str(e.value) and "'thrifty'" in str(e.value)
+
+
+def test_a_streamed_answer_settles_its_tokens_on_the_real_usage(
+    fakes: Callable[..., FakeUpstream], gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    up = fakes("m")
+    limits = [f"  local_path: {tmp_path / 'limits.bin'}"]
+    keys = [f"    - {{id: t, sha256: {sha(BUDGET_KEY)}, tpm: 1000}}"]
+    gw = gateway(config(up.base_url, tmp_path, limits, keys))
+    sdk = openai.OpenAI(base_url=gw.base_url, api_key=BUDGET_KEY, max_retries=0)
+    left = []
+    for _ in range(2):
+        # reserves 8 estimated + 200 tokens; the answer uses 5 + 16
+        with sdk.chat.completions.with_streaming_response.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=200, stream=True
+        ) as r:
+            left.append(int(r.headers["x-ratelimit-remaining-tokens"]))
+            assert b"[DONE]" in r.read()
+    assert left[0] == 1000 - 208
+    # the first gave back the 187 it did not use (plus what a second refills, at most 17
+    # a second); unsettled, 584 would be left
+    assert 1000 - 21 - 208 <= left[1] <= 1000 - 21 - 208 + 40
