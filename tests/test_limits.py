@@ -285,6 +285,10 @@ def test_a_models_rpm_counts_every_key_and_a_route_falls_back(
         assert r.headers["x-ratelimit-limit-requests"] == "2"
         routed = chat(c, gw.url, RPM_KEY, model="r")
     assert routed.status_code == 200 and routed.headers["x-tollgate-model"] == "n"
+    # without server.metrics_per_key no key id is a label value
+    samples = metric_samples(httpx.get(f"{gw.url}/metrics").text)
+    assert metric_total(samples, "tollgate_limit_rejections_total", key="all", kind="rpm") == 2
+    assert metric_total(samples, "tollgate_limit_rejections_total", key="a") == 0
 
 
 PRIMES = [{"role": "user", "content": "Prove that there are infinitely many primes."}]
