@@ -21,6 +21,7 @@ the interpreter loop.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import shutil
@@ -61,11 +62,12 @@ def measure(
     latency_ms: float = 0.0,
     store: str = "none",
     journal: bool = True,
+    limits: str = "off",
 ) -> tuple[int, list[str]]:
     fu = ov.PinnedFake(name="bench", latency_ms=latency_ms, chunks=20, completion_tokens=32).start()
     out = tmp / f"callgrind-{mode}-{'stream' if stream else 'unary'}.out"
     cfg = tmp / f"routing-{mode}.yaml"
-    cfg.write_text(ov.routing_yaml(fu.base_url, store, mode, tmp, journal))
+    cfg.write_text(ov.routing_yaml(fu.base_url, store, mode, tmp, journal, limits))
     port = ov.free_port()
     env = dict(os.environ, PYTHONPATH=str(ov.REPO))
     cmd = [
@@ -155,6 +157,12 @@ def main() -> int:
         default="on",
         help="on|off (comma list for both): the SQLite store's record journal (store.journal)",
     )
+    p.add_argument(
+        "--limits",
+        default="off",
+        help="off|local (comma list for both): the bench key with an rpm, a tpm and a budget "
+        "counted in a shared file (limits.backend local)",
+    )
     args = p.parse_args()
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind not found: apt-get install -y valgrind")
@@ -162,7 +170,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tollgate-ir-") as d:
         for mode in args.modes.split(","):
             for kind in args.kinds.split(","):
-                for store, journal in _stores(args.store, args.journal):
+                for (store, journal), lim in itertools.product(
+                    _stores(args.store, args.journal), args.limits.split(",")
+                ):
                     total, top = measure(
                         mode,
                         kind == "stream",
@@ -171,9 +181,11 @@ def main() -> int:
                         args.latency_ms,
                         store,
                         journal == "on",
+                        lim,
                     )
                     per = total / args.requests
                     where = store if store == "none" else f"{store}, journal {journal}"
+                    where += "" if lim == "off" else f", limits {lim}"
                     rows.append((mode, kind, where, per))
                     print(f"\n== {mode} {kind} ({where}): {per:,.0f} instructions per request")
                     for ln in top:

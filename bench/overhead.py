@@ -316,9 +316,18 @@ TIERS = [
 ]
 
 
-def routing_yaml(upstream_base: str, store: str, mode: str, tmp: Path, journal: bool = True) -> str:
+def routing_yaml(
+    upstream_base: str,
+    store: str,
+    mode: str,
+    tmp: Path,
+    journal: bool = True,
+    limits: str = "off",
+    redis_url: str | None = None,
+) -> str:
     """Every tier points at the fake upstream; `auto` mode adds router profiles; `journal`
-    off turns the store's record journal off (store.journal)."""
+    off turns the store's record journal off (store.journal); `limits` local or redis gives
+    the bench key an rpm, a tpm and a budget it never reaches (limits.backend)."""
     lines = [
         "version: 1",
         "server:",
@@ -330,9 +339,14 @@ def routing_yaml(upstream_base: str, store: str, mode: str, tmp: Path, journal: 
         # gateway keys on, as users run it (and as LiteLLM, which needs a master key, is run)
         "auth:",
         "  keys:",
-        f"    - {{id: bench, sha256: {hashlib.sha256(BEARER.encode()).hexdigest()}}}",
-        "models:",
+        f"    - {{id: bench, sha256: {hashlib.sha256(BEARER.encode()).hexdigest()}"
+        + (", rpm: 100000000, tpm: 100000000000, budget_usd: 1e12}" if limits != "off" else "}"),
     ]
+    if limits != "off":
+        lines += ["limits:", f"  backend: {limits}", f"  local_path: {tmp / 'limits.bin'}"]
+        if redis_url:
+            lines.append(f"  redis_url: {redis_url}")
+    lines.append("models:")
     for name, tier, profile, price in TIERS:
         lines += [f"  - name: {name}", f"    tier: {tier}"]
         if mode == "auto":
@@ -448,6 +462,10 @@ class ServerProcess(Target):
 
     def stop(self) -> None:
         stop_process(self.proc, grace=15)
+        redis = getattr(self, "redis", None)
+        if redis is not None:
+            redis.stop()
+            self.redis = None
         if self.logf is not None:
             self.logf.close()
             self.logf = None
@@ -457,17 +475,37 @@ class ServerProcess(Target):
 
 
 class Tollgate(ServerProcess):
-    def __init__(self, store: str = "none", mode: str = "pinned", journal: bool = True) -> None:
+    def __init__(
+        self, store: str = "none", mode: str = "pinned", journal: bool = True, limits: str = "off"
+    ) -> None:
         super().__init__()
         self.store = store
         self.mode = mode
         self.journal = journal
-        self.name = f"tollgate {mode} store={store}" + ("" if journal else " journal=off")
+        self.limits = limits
+        self.redis: Any = None
+        self.name = (
+            f"tollgate {mode} store={store}"
+            + ("" if journal else " journal=off")
+            + ("" if limits == "off" else f" limits={limits}")
+        )
         self.model = "auto" if mode == "auto" else "small"
 
     def command(self, upstream: FakeUpstream, tmp: Path) -> tuple[list[str], dict[str, str]]:
         cfg = tmp / "routing.yaml"
-        cfg.write_text(routing_yaml(upstream.base_url, self.store, self.mode, tmp, self.journal))
+        url = None
+        if self.limits == "redis":  # a private redis-server on the load core
+            from tests.redis_server import RedisServer
+
+            self.redis = RedisServer(tmp / "redis").start()
+            if can_pin():
+                subprocess.run(["taskset", "-pc", LOAD_CORE, str(self.redis.proc.pid)],
+                               capture_output=True, check=False)  # fmt: skip
+            url = self.redis.url
+        text = routing_yaml(
+            upstream.base_url, self.store, self.mode, tmp, self.journal, self.limits, url
+        )
+        cfg.write_text(text)
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO)
         cmd = [
@@ -1310,6 +1348,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="on|off (comma list for both): the SQLite store's record journal (store.journal)",
     )
     p.add_argument(
+        "--limits",
+        default="off",
+        help="off|local|redis (comma list): the bench key with an rpm, a tpm and a budget it "
+        "never reaches, counted in limits.backend local (a shared file) or redis (a private "
+        "redis-server)",
+    )
+    p.add_argument(
         "--no-control",
         action="store_true",
         help=f"leave out the target {CONTROL!r} (the upstream measured twice)",
@@ -1319,16 +1364,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     modes = parse_list(args.modes, ("pinned", "auto"), "modes")
     stores = parse_list(args.store, ("none", "sqlite"), "store")
     journals = parse_list(args.journal, ("on", "off"), "journal")
+    limit_modes = parse_list(args.limits, ("off", "local", "redis"), "limits")
     setup_pinning()
     all_sc = make_scenarios(args.quick)
     targets: list[Target] = [Direct()]
     if not args.no_control:
         targets.append(Direct(CONTROL))
     targets += [
-        Tollgate(store=s, mode=m, journal=j == "on")
+        Tollgate(store=s, mode=m, journal=j == "on", limits=lim)
         for m in modes
         for s in stores
         for j in (journals if s == "sqlite" else ["on"])
+        for lim in limit_modes
     ]
     run = Run([all_sc[k] for k in keys], targets, args.quick, rounds_of(args))
     t0 = time.monotonic()

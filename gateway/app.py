@@ -37,6 +37,7 @@ from gateway.proxy import HOT_PATHS, Proxy, Receive, Scope, Send, new_request_id
 from gateway.routing.policies import POLICIES
 from gateway.routing.profiles import wants_router
 from gateway.routing.runtime import Runtime, UpstreamPool
+from gateway.tenants.limits import Backend, Limits, RedisBackend, make_backend
 from gateway.upstreams.pool import STATE_NAMES, Upstream
 
 LOOP_LAG_INTERVAL_S = 0.1  # tollgate_event_loop_lag_seconds: ten samples a second
@@ -75,6 +76,9 @@ class Gateway:
         self.runtime = Runtime(cfg, self.pool, self.router, config_path or "the routing file")
         self._metric_names()
         self.key_hashes = {k.sha256: k.id for k in cfg.auth.keys}
+        self._limits_backend: Backend | None = None
+        self._retired_limits: list[Backend] = []
+        self.limits = self._limits_for(cfg)
         self.store = make_store(cfg.store)
         self.recorder = Recorder(self.store, cfg.store, self.metrics, make_journal(cfg.store))
         self.judge = Judge(cfg.judge, self._judge_call, self.recorder, self.metrics)
@@ -103,6 +107,19 @@ class Gateway:
         router = _load_router(cfg.router.artifact)
         self._router_spec = cfg.router.artifact
         return router
+
+    def _limits_for(self, cfg: RoutingConfig) -> Limits:
+        """The limits of `cfg`; their backend is opened when something is limited, and kept
+        while `limits:` and the store's Redis settings stay the same."""
+        if not Limits.needed(cfg):
+            return Limits(cfg, None)
+        old = getattr(self, "limits", None)
+        b = self._limits_backend
+        if b is None or old is None or (old.config, old.store) != (cfg.limits, cfg.store):
+            if b is not None:
+                self._retired_limits.append(b)
+            b = self._limits_backend = make_backend(cfg.limits, cfg.store)
+        return Limits(cfg, b)
 
     def _stat(self) -> tuple[float, int] | None:
         if not self.config_path:
@@ -143,6 +160,7 @@ class Gateway:
             return False
         self.router = router
         self.runtime = runtime
+        self.limits = self._limits_for(cfg)
         self._metric_names()
         self.key_hashes = {k.sha256: k.id for k in cfg.auth.keys}
         self.judge_enabled = bool(cfg.judge.model and cfg.judge.sample_rate > 0)
@@ -206,6 +224,11 @@ class Gateway:
         await self.judge.close()
         await self.recorder.close(timeout=self.config.server.drain_timeout_s or 5.0)
         await self.pool.aclose()
+        for b in [*self._retired_limits, *([self._limits_backend] if self._limits_backend else [])]:
+            if isinstance(b, RedisBackend):
+                await b.aclose()
+            else:
+                b.close()
 
     # -- after the response ------------------------------------------------------------
     def price(self, rt: Runtime, rec: RequestRecord) -> None:

@@ -182,6 +182,10 @@ class ModelConfig(_Strict):
     queue_timeout_s: float = Field(5.0, gt=0)
     retries: int = Field(2, ge=0, le=10, description="extra attempts on the same model")
     kinds: list[Literal["chat", "completions", "embeddings"]] = ["chat", "completions"]
+    # per-model limits for every key together (gateway/tenants/limits.py): token buckets
+    # of this many requests / tokens a minute (bursts up to one minute's worth)
+    rpm: int | None = Field(None, ge=1, description="requests per minute to this model")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute to this model")
 
 
 class RouteConfig(_Strict):
@@ -348,6 +352,49 @@ class GatewayKey(_Strict):
     explore_share: float | None = Field(
         None, ge=0, le=1, description="overrides router.explore for this key's routed requests"
     )
+    rpm: int | None = Field(None, ge=1, description="requests per minute for this key")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute for this key")
+    budget_usd: float | None = Field(None, ge=0, description="spend per budget_window (USD)")
+    budget_window: Literal["day", "week", "month"] = "month"
+    models: list[str] | None = None
+    budget_soft_share: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="past this share of budget_usd, `auto` routes thriftily "
+        "(limits.budget_soft); overrides its share",
+    )
+
+
+class BudgetSoftConfig(_Strict):
+    """How a routed request (`auto`, router-<policy>-<value>) of a key past `share` of its
+    budget is routed: without the `drop_top_tiers` most expensive tiers of the candidates,
+    and with `policy` (a router.policies entry, e.g. max_utility with a high cost_weight)
+    instead of the usual one when set."""
+
+    share: float = Field(0.8, gt=0, le=1, description="share of the key's budget spent")
+    drop_top_tiers: int = Field(1, ge=0, description="most expensive tiers left out")
+    policy: str | None = Field(None, description="router.policies entry to route with")
+
+
+class LimitsConfig(_Strict):
+    """Where rate limits and budgets (gateway/tenants/limits.py) are counted: `local` is one
+    memory-mapped file every worker process of this host shares (under a lock), `redis` one
+    Redis every replica shares."""
+
+    backend: Literal["local", "redis"] = "local"
+    local_path: str = "var/tollgate-limits.bin"
+    redis_url: str | None = Field(None, description="default: store.redis_url")
+    redis_cluster: bool = False
+    default_completion_tokens: int = Field(
+        256, ge=0, description="completion tokens reserved when a request sets no max_tokens"
+    )
+    budget_soft: BudgetSoftConfig | None = Field(
+        None, description="thrifty routing past a share of a key's budget (every routed name)"
+    )
+    budget_soft_routes: dict[str, BudgetSoftConfig] = Field(
+        {}, description="the same per routed model name (auto, router-<policy>-<value>)"
+    )
 
 
 class AuthConfig(_Strict):
@@ -362,6 +409,7 @@ class RoutingConfig(_Strict):
     router: RouterConfig = RouterConfig()
     judge: JudgeConfig = JudgeConfig()
     auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     routes: list[RouteConfig] = []
 
@@ -401,6 +449,13 @@ class RoutingConfig(_Strict):
         for i, cand in enumerate(self.router.candidates or []):
             if cand not in first:
                 problems.append(f"router.candidates[{i}]: {unknown_name('model', cand, known)}")
+        soft = [self.limits.budget_soft, *self.limits.budget_soft_routes.values()]
+        for b in soft:
+            if b is not None and b.policy is not None and b.policy not in pol:
+                problems.append(
+                    "limits.budget_soft.policy: "
+                    + unknown_name("policy", b.policy, list(pol), "router.policies")
+                )
         if self.judge.model and self.judge.model not in first:
             problems.append(f"judge.model: {unknown_name('model', self.judge.model, known)}")
         if problems:
@@ -634,6 +689,8 @@ def masked_dump(cfg: RoutingConfig) -> dict[str, Any]:
         data["store"]["redis_url"] = re.sub(r"//[^@/]*@", "//****@", data["store"]["redis_url"])
     if "postgres_url" in data["store"]:
         data["store"]["postgres_url"] = mask_url_password(data["store"]["postgres_url"])
+    if data.get("limits", {}).get("redis_url"):
+        data["limits"]["redis_url"] = mask_url_password(data["limits"]["redis_url"])
     return data
 
 

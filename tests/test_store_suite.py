@@ -631,8 +631,9 @@ def same(a: object, b: object) -> bool:
 @pytest.mark.postgres
 async def test_postgres_schema_is_created_and_migrated(postgres_url: str) -> None:
     """An empty database gets every migration; one left at an older version (here: before
-    the indexes) is brought up to date with its records kept; replicas opening an empty
-    database at once migrate it once; a database a newer gateway migrated is refused."""
+    the indexes and the budget_soft column) is brought up to date with its records kept;
+    replicas opening an empty database at once migrate it once; a database a newer gateway
+    migrated is refused."""
     import psycopg
 
     from gateway.accounting.store.postgres_store import MIGRATIONS, SCHEMA, VERSION_TABLE
@@ -658,12 +659,18 @@ async def test_postgres_schema_is_created_and_migrated(postgres_url: str) -> Non
     with psycopg.connect(postgres_url, autocommit=True) as c:  # what a v1 gateway left
         c.execute("DROP INDEX tollgate_requests_purpose_ts")
         c.execute("DROP INDEX tollgate_requests_ts")
+        c.execute("ALTER TABLE tollgate_requests DROP COLUMN budget_soft")  # record schema 5
         c.execute(f"UPDATE {VERSION_TABLE} SET version = 1")  # type: ignore[arg-type]
     again = PostgresStore(postgres_url)
     await again.open()
     version, indexes = version_and_indexes()
     assert version == SCHEMA and "tollgate_requests_purpose_ts" in indexes
     assert await again.count() == 2
+    old = await again.get("req-1")
+    assert old is not None and old.budget_soft is False
+    await again.write_batch([rec(3, budget_soft=True)])
+    new = await again.get("req-3")
+    assert new is not None and new.budget_soft is True
     await again.close()
 
     with psycopg.connect(postgres_url, autocommit=True) as c:

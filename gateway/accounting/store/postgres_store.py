@@ -61,7 +61,17 @@ VERSION_TABLE = "tollgate_schema_version"
 _LOCK_ID = 0x70_6C_67_61_74_65  # the migrations' pg_advisory_xact_lock key (any fixed number)
 
 _FIELDS = [f.name for f in fields(RequestRecord)]
-_BOOL = {"stream", "tokens_estimated", "cache_hit", "explored"}
+# the table's columns as migration 1 created them (record schema 4); frozen, as a shipped
+# migration must be: a field added to RequestRecord later gets its own ADD COLUMN below
+_V1_FIELDS = [
+    "request_id", "ts", "endpoint", "key_id", "route", "policy", "model", "tier",
+    "router_score", "router_scores", "router_features", "propensity", "explored", "attempts",
+    "fallbacks", "status", "error_type", "stream", "prompt_tokens", "cached_tokens",
+    "completion_tokens", "tokens_estimated", "cost_usd", "baseline_cost_usd", "baseline_model",
+    "latency_ms", "ttft_ms", "upstream_ms", "overhead_ms", "cache_hit", "quality_predicted",
+    "quality_feedback", "quality_judge", "purpose", "schema_version",
+]  # fmt: skip
+_BOOL = {"stream", "tokens_estimated", "cache_hit", "explored", "budget_soft"}
 _TYPES = {
     "request_id": 'text COLLATE "C" PRIMARY KEY',
     "ts": "double precision NOT NULL",
@@ -89,13 +99,15 @@ def _pg_type(name: str) -> str:
 # Ordered; migration N (1-based) brings a database from version N-1 to N. Never edit one that
 # has shipped: append. A RequestRecord field added later is a new "ALTER TABLE ... ADD COLUMN".
 MIGRATIONS: list[tuple[str, ...]] = [
-    (f"CREATE TABLE {TABLE} ({', '.join(f'{n} {_pg_type(n)}' for n in _FIELDS)})",),
+    (f"CREATE TABLE {TABLE} ({', '.join(f'{n} {_pg_type(n)}' for n in _V1_FIELDS)})",),
     (
         # recent(), count(), usage() and timeseries() read one purpose over a ts range
         f"CREATE INDEX {TABLE}_purpose_ts ON {TABLE} (purpose, ts, request_id)",
         # retention deletes by ts alone
         f"CREATE INDEX {TABLE}_ts ON {TABLE} (ts)",
     ),
+    # record schema 5: the key was past its budget's soft share (limits.budget_soft)
+    (f"ALTER TABLE {TABLE} ADD COLUMN budget_soft boolean NOT NULL DEFAULT false",),
 ]
 SCHEMA = len(MIGRATIONS)
 

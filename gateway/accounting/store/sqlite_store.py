@@ -52,7 +52,7 @@ from gateway.accounting.store.base import (
 T = TypeVar("T")
 
 _FIELDS = [f.name for f in fields(RequestRecord)]
-_BOOL = {"stream", "tokens_estimated", "cache_hit", "explored"}
+_BOOL = {"stream", "tokens_estimated", "cache_hit", "explored", "budget_soft"}
 _JSON = {"router_scores"}
 _VECTOR = "router_features"  # list[float] <-> little-endian float32 bytes
 _TYPES = {
