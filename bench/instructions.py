@@ -21,6 +21,7 @@ the interpreter loop.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import shutil
@@ -64,13 +65,14 @@ def measure(
     latency_ms: float = 0.0,
     store: str = "none",
     journal: bool = True,
+    limits: str = "off",
     cache: str = "",
 ) -> tuple[int, list[str]]:
     fu = ov.PinnedFake(name="bench", latency_ms=latency_ms, chunks=20, completion_tokens=32).start()
     out = tmp / f"callgrind-{mode}-{'stream' if stream else 'unary'}.out"
     cfg = tmp / f"routing-{mode}.yaml"
     on = cache in ("miss", "hit")
-    cfg.write_text(ov.routing_yaml(fu.base_url, store, mode, tmp, journal, on))
+    cfg.write_text(ov.routing_yaml(fu.base_url, store, mode, tmp, journal, limits, cache=on))
     port = ov.free_port()
     env = dict(os.environ, PYTHONPATH=str(ov.REPO))
     cmd = [
@@ -161,6 +163,12 @@ def main() -> int:
         help="on|off (comma list for both): the SQLite store's record journal (store.journal)",
     )
     p.add_argument(
+        "--limits",
+        default="off",
+        help="off|local (comma list for both): the bench key with an rpm, a tpm and a budget "
+        "counted in a shared file (limits.backend local)",
+    )
+    p.add_argument(
         "--cache",
         default="",
         help="comma list of off,miss,hit: seeded requests, each new (off: the response cache "
@@ -174,8 +182,8 @@ def main() -> int:
         caches = args.cache.split(",") if args.cache else [""]
         for mode in args.modes.split(","):
             for kind in args.kinds.split(","):
-                for (store, journal), cache in (
-                    (sj, c) for sj in _stores(args.store, args.journal) for c in caches
+                for (store, journal), lim, cache in itertools.product(
+                    _stores(args.store, args.journal), args.limits.split(","), caches
                 ):
                     total, top = measure(
                         mode,
@@ -185,10 +193,12 @@ def main() -> int:
                         args.latency_ms,
                         store,
                         journal == "on",
+                        lim,
                         cache,
                     )
                     per = total / args.requests
                     where = store if store == "none" else f"{store}, journal {journal}"
+                    where += "" if lim == "off" else f", limits {lim}"
                     where += f", cache {cache}" if cache else ""
                     rows.append((mode, kind, where, per))
                     print(f"\n== {mode} {kind} ({where}): {per:,.0f} instructions per request")

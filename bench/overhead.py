@@ -324,11 +324,19 @@ TIERS = [
 
 
 def routing_yaml(
-    upstream_base: str, store: str, mode: str, tmp: Path, journal: bool = True, cache: bool = False
+    upstream_base: str,
+    store: str,
+    mode: str,
+    tmp: Path,
+    journal: bool = True,
+    limits: str = "off",
+    redis_url: str | None = None,
+    cache: bool = False,
 ) -> str:
     """Every tier points at the fake upstream; `auto` mode adds router profiles; `journal`
-    off turns the store's record journal off (store.journal); `cache` turns the response
-    cache on for every model (`cache: true`)."""
+    off turns the store's record journal off (store.journal); `limits` local or redis gives
+    the bench key an rpm, a tpm and a budget it never reaches (limits.backend); `cache` turns
+    the response cache on for every model (`cache: true`)."""
     lines = [
         "version: 1",
         "server:",
@@ -340,9 +348,14 @@ def routing_yaml(
         # gateway keys on, as users run it (and as LiteLLM, which needs a master key, is run)
         "auth:",
         "  keys:",
-        f"    - {{id: bench, sha256: {hashlib.sha256(BEARER.encode()).hexdigest()}}}",
-        "models:",
+        f"    - {{id: bench, sha256: {hashlib.sha256(BEARER.encode()).hexdigest()}"
+        + (", rpm: 100000000, tpm: 100000000000, budget_usd: 1e12}" if limits != "off" else "}"),
     ]
+    if limits != "off":
+        lines += ["limits:", f"  backend: {limits}", f"  local_path: {tmp / 'limits.bin'}"]
+        if redis_url:
+            lines.append(f"  redis_url: {redis_url}")
+    lines.append("models:")
     for name, tier, profile, price in TIERS:
         lines += [f"  - name: {name}", f"    tier: {tier}"]
         if mode == "auto":
@@ -462,6 +475,10 @@ class ServerProcess(Target):
 
     def stop(self) -> None:
         stop_process(self.proc, grace=15)
+        redis = getattr(self, "redis", None)
+        if redis is not None:
+            redis.stop()
+            self.redis = None
         if self.logf is not None:
             self.logf.close()
             self.logf = None
@@ -472,14 +489,25 @@ class ServerProcess(Target):
 
 class Tollgate(ServerProcess):
     def __init__(
-        self, store: str = "none", mode: str = "pinned", journal: bool = True, cache: str = ""
+        self,
+        store: str = "none",
+        mode: str = "pinned",
+        journal: bool = True,
+        limits: str = "off",
+        cache: str = "",
     ) -> None:
         super().__init__()
         self.store = store
         self.mode = mode
         self.journal = journal
+        self.limits = limits
+        self.redis: Any = None
+        self.name = (
+            f"tollgate {mode} store={store}"
+            + ("" if journal else " journal=off")
+            + ("" if limits == "off" else f" limits={limits}")
+        )
         self.cache = cache  # "" | off | miss | hit (--cache)
-        self.name = f"tollgate {mode} store={store}" + ("" if journal else " journal=off")
         if cache:
             self.name += f" cache={cache}"
             self.seeded = SAME_SEED if cache == "hit" else NEW_SEED
@@ -487,10 +515,26 @@ class Tollgate(ServerProcess):
 
     def command(self, upstream: FakeUpstream, tmp: Path) -> tuple[list[str], dict[str, str]]:
         cfg = tmp / "routing.yaml"
-        on = self.cache in ("miss", "hit")
-        cfg.write_text(
-            routing_yaml(upstream.base_url, self.store, self.mode, tmp, self.journal, on)
+        url = None
+        if self.limits == "redis":  # a private redis-server on the load core
+            from tests.redis_server import RedisServer
+
+            self.redis = RedisServer(tmp / "redis").start()
+            if can_pin():
+                subprocess.run(["taskset", "-pc", LOAD_CORE, str(self.redis.proc.pid)],
+                               capture_output=True, check=False)  # fmt: skip
+            url = self.redis.url
+        text = routing_yaml(
+            upstream.base_url,
+            self.store,
+            self.mode,
+            tmp,
+            self.journal,
+            self.limits,
+            url,
+            self.cache in ("miss", "hit"),
         )
+        cfg.write_text(text)
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO)
         cmd = [
@@ -1350,6 +1394,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="on|off (comma list for both): the SQLite store's record journal (store.journal)",
     )
     p.add_argument(
+        "--limits",
+        default="off",
+        help="off|local|redis (comma list): the bench key with an rpm, a tpm and a budget it "
+        "never reaches, counted in limits.backend local (a shared file) or redis (a private "
+        "redis-server)",
+    )
+    p.add_argument(
         "--cache",
         default="",
         help="comma list of off,miss,hit: one pinned Tollgate per item, its requests seeded "
@@ -1366,6 +1417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     modes = parse_list(args.modes, ("pinned", "auto"), "modes")
     stores = parse_list(args.store, ("none", "sqlite"), "store")
     journals = parse_list(args.journal, ("on", "off"), "journal")
+    limit_modes = parse_list(args.limits, ("off", "local", "redis"), "limits")
     setup_pinning()
     all_sc = make_scenarios(args.quick)
     targets: list[Target] = [Direct()]
@@ -1378,10 +1430,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         targets += [Tollgate(store=stores[0], cache=c) for c in caches]
     else:
         targets += [
-            Tollgate(store=s, mode=m, journal=j == "on")
+            Tollgate(store=s, mode=m, journal=j == "on", limits=lim)
             for m in modes
             for s in stores
             for j in (journals if s == "sqlite" else ["on"])
+            for lim in limit_modes
         ]
     run = Run([all_sc[k] for k in keys], targets, args.quick, rounds_of(args))
     t0 = time.monotonic()

@@ -38,6 +38,7 @@ from gateway.proxy import HOT_PATHS, Proxy, Receive, Scope, Send, new_request_id
 from gateway.routing.policies import POLICIES
 from gateway.routing.profiles import wants_router
 from gateway.routing.runtime import Runtime, UpstreamPool
+from gateway.tenants.limits import Backend, Limits, RedisBackend, make_backend
 from gateway.upstreams.pool import STATE_NAMES, Upstream
 
 LOOP_LAG_INTERVAL_S = 0.1  # tollgate_event_loop_lag_seconds: ten samples a second
@@ -76,6 +77,9 @@ class Gateway:
         self.runtime = Runtime(cfg, self.pool, self.router, config_path or "the routing file")
         self._metric_names()
         self.key_hashes = {k.sha256: k.id for k in cfg.auth.keys}
+        self._limits_backend: Backend | None = None
+        self._retired_limits: list[Backend] = []
+        self.limits = self._limits_for(cfg)
         self.store = make_store(cfg.store)
         self.cache = ResponseCache(cfg)
         self.recorder = Recorder(self.store, cfg.store, self.metrics, make_journal(cfg.store))
@@ -105,6 +109,19 @@ class Gateway:
         router = _load_router(cfg.router.artifact)
         self._router_spec = cfg.router.artifact
         return router
+
+    def _limits_for(self, cfg: RoutingConfig) -> Limits:
+        """The limits of `cfg`; their backend is opened when something is limited, and kept
+        while `limits:` and the store's Redis settings stay the same."""
+        if not Limits.needed(cfg):
+            return Limits(cfg, None)
+        old = getattr(self, "limits", None)
+        b = self._limits_backend
+        if b is None or old is None or (old.config, old.store) != (cfg.limits, cfg.store):
+            if b is not None:
+                self._retired_limits.append(b)
+            b = self._limits_backend = make_backend(cfg.limits, cfg.store)
+        return Limits(cfg, b)
 
     def _stat(self) -> tuple[float, int] | None:
         if not self.config_path:
@@ -145,6 +162,7 @@ class Gateway:
             return False
         self.router = router
         self.runtime = runtime
+        self.limits = self._limits_for(cfg)
         self._metric_names()
         self.key_hashes = {k.sha256: k.id for k in cfg.auth.keys}
         self.judge_enabled = bool(cfg.judge.model and cfg.judge.sample_rate > 0)
@@ -210,6 +228,11 @@ class Gateway:
         await self.recorder.close(timeout=self.config.server.drain_timeout_s or 5.0)
         await self.cache.close()
         await self.pool.aclose()
+        for b in [*self._retired_limits, *([self._limits_backend] if self._limits_backend else [])]:
+            if isinstance(b, RedisBackend):
+                await b.aclose()
+            else:
+                b.close()
 
     # -- after the response ------------------------------------------------------------
     def price(self, rt: Runtime, rec: RequestRecord) -> None:
@@ -335,6 +358,12 @@ def _openai_error(
     )
 
 
+def _shown(path: str, most: int = 200) -> str:
+    """A client's path as an error message quotes it: the start of a long one, not all of it
+    (a path may be as long as server.max_header_bytes)."""
+    return path if len(path) <= most else path[:most] + "..."
+
+
 def build_fastapi(gw: Gateway) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -354,7 +383,7 @@ def build_fastapi(gw: Gateway) -> FastAPI:
         if exc.status_code == 404:
             return _openai_error(
                 404,
-                f"no such endpoint: {request.method} {request.url.path}; "
+                f"no such endpoint: {request.method} {_shown(request.url.path)}; "
                 "see GET /v1/models and the OpenAI API paths",
                 "invalid_request_error",
                 code="not_found",
@@ -362,7 +391,7 @@ def build_fastapi(gw: Gateway) -> FastAPI:
         if exc.status_code == 405:
             return _openai_error(
                 405,
-                f"{request.method} is not allowed on {request.url.path}",
+                f"{request.method} is not allowed on {_shown(request.url.path)}",
                 "invalid_request_error",
                 code="method_not_allowed",
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -54,9 +55,11 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         loop="uvloop",
-        # httptools parsing, leaner per request than uvicorn's (gateway/http/server.py); uvicorn's
-        # own protocols stay one flag away
-        http=H1Server if args.http == "tollgate" else args.http,
+        # httptools parsing, leaner per request than uvicorn's (gateway/http/server.py), with the
+        # routing file's server limits; uvicorn's own protocols stay one flag away
+        http=functools.partial(H1Server, limits=cfg.server)
+        if args.http == "tollgate"
+        else args.http,
         access_log=False,
         proxy_headers=False,  # loopback service; the middleware costs time on every request
         log_level=args.log_level,

@@ -182,6 +182,10 @@ class ModelConfig(_Strict):
     queue_timeout_s: float = Field(5.0, gt=0)
     retries: int = Field(2, ge=0, le=10, description="extra attempts on the same model")
     kinds: list[Literal["chat", "completions", "embeddings"]] = ["chat", "completions"]
+    # per-model limits for every key together (gateway/tenants/limits.py): token buckets
+    # of this many requests / tokens a minute (bursts up to one minute's worth)
+    rpm: int | None = Field(None, ge=1, description="requests per minute to this model")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute to this model")
     cache: bool = Field(False, description="cache deterministic answers asked of this name")
 
 
@@ -243,7 +247,7 @@ class RouterConfig(_Strict):
 
 
 class StoreConfig(_Strict):
-    backend: Literal["sqlite", "redis", "none"] = "sqlite"
+    backend: Literal["sqlite", "redis", "postgres", "none"] = "sqlite"
     sqlite_path: str = "var/tollgate.db"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_stream_maxlen: int = Field(1_000_000, ge=1000)
@@ -257,6 +261,16 @@ class StoreConfig(_Strict):
     journal_max_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
     redis_cluster: bool = Field(
         False, description="redis_url names one node of a Redis Cluster (a startup node)"
+    )
+
+    # PostgreSQL (backend "postgres"): a libpq URL or conninfo string; each replica keeps a
+    # pool of postgres_pool_min..postgres_pool_max connections.
+    postgres_url: str = "postgresql://postgres@127.0.0.1:5432/tollgate"
+    postgres_pool_min: int = Field(1, ge=0)
+    postgres_pool_max: int = Field(4, ge=1)
+    postgres_timeout_s: float = Field(5.0, gt=0, description="connect and pool wait limit")
+    retention_days: float | None = Field(
+        None, gt=0, description="records older than this are deleted (hourly); None keeps all"
     )
 
     @model_validator(mode="after")
@@ -298,6 +312,40 @@ class ServerConfig(_Strict):
     max_sse_event_bytes: int = Field(
         1024 * 1024, ge=1024, description="a streamed event over this ends the stream"
     )
+    # limits of the gateway's own HTTP/1.1 protocol (gateway/http/server.py), read at start
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="most bytes of a request line and headers, and of a chunked body's "
+        "trailer fields (nginx's large buffers); more gets 431, a URL alone over it 414, and "
+        "the connection is closed",
+    )
+    max_pipelined_requests: int = Field(
+        16,
+        ge=1,
+        description="requests one connection may have waiting for their answers; past it the "
+        "gateway reads nothing more from that connection and closes it after the last answer "
+        "(the client sends the rest again, as HTTP/1.1 pipelining allows)",
+    )
+    max_connections: int = Field(
+        4096,
+        ge=1,
+        description="open client connections per worker; one more gets 503 and is closed. "
+        "Each takes a file descriptor (and one upstream connection while a request is in "
+        "flight): keep it under half of `ulimit -n`",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a request's line and headers must arrive within this; else 408"
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="a request's body must arrive within this of its headers; else 408"
+    )
+    write_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a client that takes no answer bytes for this long (the socket's buffers "
+        "full) is disconnected, which frees its upstream slot",
+    )
 
 
 class GatewayKey(_Strict):
@@ -306,7 +354,50 @@ class GatewayKey(_Strict):
     explore_share: float | None = Field(
         None, ge=0, le=1, description="overrides router.explore for this key's routed requests"
     )
+    rpm: int | None = Field(None, ge=1, description="requests per minute for this key")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute for this key")
+    budget_usd: float | None = Field(None, ge=0, description="spend per budget_window (USD)")
+    budget_window: Literal["day", "week", "month"] = "month"
+    models: list[str] | None = None
+    budget_soft_share: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="past this share of budget_usd, `auto` routes thriftily "
+        "(limits.budget_soft); overrides its share",
+    )
     cache: bool = Field(False, description="cache this key's deterministic requests")
+
+
+class BudgetSoftConfig(_Strict):
+    """How a routed request (`auto`, router-<policy>-<value>) of a key past `share` of its
+    budget is routed: without the `drop_top_tiers` most expensive tiers of the candidates,
+    and with `policy` (a router.policies entry, e.g. max_utility with a high cost_weight)
+    instead of the usual one when set."""
+
+    share: float = Field(0.8, gt=0, le=1, description="share of the key's budget spent")
+    drop_top_tiers: int = Field(1, ge=0, description="most expensive tiers left out")
+    policy: str | None = Field(None, description="router.policies entry to route with")
+
+
+class LimitsConfig(_Strict):
+    """Where rate limits and budgets (gateway/tenants/limits.py) are counted: `local` is one
+    memory-mapped file every worker process of this host shares (under a lock), `redis` one
+    Redis every replica shares."""
+
+    backend: Literal["local", "redis"] = "local"
+    local_path: str = "var/tollgate-limits.bin"
+    redis_url: str | None = Field(None, description="default: store.redis_url")
+    redis_cluster: bool = False
+    default_completion_tokens: int = Field(
+        256, ge=0, description="completion tokens reserved when a request sets no max_tokens"
+    )
+    budget_soft: BudgetSoftConfig | None = Field(
+        None, description="thrifty routing past a share of a key's budget (every routed name)"
+    )
+    budget_soft_routes: dict[str, BudgetSoftConfig] = Field(
+        {}, description="the same per routed model name (auto, router-<policy>-<value>)"
+    )
 
 
 class AuthConfig(_Strict):
@@ -342,6 +433,7 @@ class RoutingConfig(_Strict):
     router: RouterConfig = RouterConfig()
     judge: JudgeConfig = JudgeConfig()
     auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
     cache: CacheConfig = CacheConfig()
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     routes: list[RouteConfig] = []
@@ -382,6 +474,13 @@ class RoutingConfig(_Strict):
         for i, cand in enumerate(self.router.candidates or []):
             if cand not in first:
                 problems.append(f"router.candidates[{i}]: {unknown_name('model', cand, known)}")
+        soft = [self.limits.budget_soft, *self.limits.budget_soft_routes.values()]
+        for b in soft:
+            if b is not None and b.policy is not None and b.policy not in pol:
+                problems.append(
+                    "limits.budget_soft.policy: "
+                    + unknown_name("policy", b.policy, list(pol), "router.policies")
+                )
         if self.judge.model and self.judge.model not in first:
             problems.append(f"judge.model: {unknown_name('model', self.judge.model, known)}")
         if problems:
@@ -613,6 +712,16 @@ def masked_dump(cfg: RoutingConfig) -> dict[str, Any]:
                 ep["api_key"] = mask(ep["api_key"])
     if "redis_url" in data["store"]:
         data["store"]["redis_url"] = re.sub(r"//[^@/]*@", "//****@", data["store"]["redis_url"])
+    if "postgres_url" in data["store"]:
+        data["store"]["postgres_url"] = mask_url_password(data["store"]["postgres_url"])
+    if data.get("limits", {}).get("redis_url"):
+        data["limits"]["redis_url"] = mask_url_password(data["limits"]["redis_url"])
     if data["cache"].get("redis_url"):
         data["cache"]["redis_url"] = re.sub(r"//[^@/]*@", "//****@", data["cache"]["redis_url"])
     return data
+
+
+def mask_url_password(url: str) -> str:
+    """A store URL (or libpq conninfo string) with its password replaced by ****."""
+    url = re.sub(r"//[^@/]*@", "//****@", url)
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1****", url)

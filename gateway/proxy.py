@@ -36,6 +36,7 @@ from gateway.api.validation import (
 )
 from gateway.cache import sse
 from gateway.cache.store import SKIP, Entry, ResponseCache
+from gateway.config import GatewayKey
 from gateway.errors import (
     AuthenticationFailed,
     BodyTooLarge,
@@ -52,6 +53,7 @@ from gateway.errors import (
 from gateway.http import h1
 from gateway.http.server import ANSWERED, ON_DISCONNECT
 from gateway.routing.runtime import Plan, Runtime
+from gateway.tenants.limits import LimitExceeded, Limits, Reservation
 from gateway.upstreams.pool import QueueFull, Upstream
 
 
@@ -61,6 +63,7 @@ class GatewayState(Protocol):
 
     runtime: Runtime
     key_hashes: dict[str, str]
+    limits: Limits  # rate limits and budgets (gateway/tenants/limits.py)
     metrics: Metrics
     cache: ResponseCache
     judge_enabled: bool
@@ -267,6 +270,8 @@ class Proxy:
         }
         ctx = _Ctx(task, t0, state)
         watch_later: asyncio.TimerHandle | None = None
+        lim = gw.limits
+        res: Reservation | None = None
         gw.in_flight += 1
         try:
             ct = b""
@@ -313,7 +318,14 @@ class Proxy:
             ck = gw.cache.key_for(scope["headers"], kind, body, rec.key_id)
             if ck is not None and await self._cache_lookup(ck, body, rec, ctx, send, state):
                 return  # served from the response cache
-            plan = rt.resolve(rec.route, kind, body, rid, rec.key_id, max_cost)
+            if lim.active:  # else no work here: nothing is limited
+                res = await self._reserve(lim, rt, rec, body)
+                state["limits"] = res
+            if res is not None and res.thrifty is not None:
+                plan = rt.resolve(rec.route, kind, body, rid, rec.key_id, max_cost, res.thrifty)
+                rec.budget_soft = plan.decision is not None  # only a routed name goes thrifty
+            else:
+                plan = rt.resolve(rec.route, kind, body, rid, rec.key_id, max_cost)
             rec.policy = plan.policy
             rec.baseline_model = plan.baseline_model
             if plan.decision is not None:
@@ -386,6 +398,8 @@ class Proxy:
             if watch_later is not None:
                 watch_later.cancel()
             self._commit(rec, ctx)  # no last byte went out (client gone): the record is final now
+            if res is not None:
+                lim.settle(res, rec.model, rec.prompt_tokens + rec.completion_tokens, rec.cost_usd)
             gw.in_flight -= 1
             gw.finish(rt, rec, state["messages"], state["answer"])
 
@@ -422,6 +436,26 @@ class Proxy:
                     await send(
                         {"type": "http.response.body", "body": b"data: " + e.body() + b"\n\n"}
                     )
+
+    async def _reserve(
+        self, lim: Limits, rt: Runtime, rec: RequestRecord, body: dict[str, Any]
+    ) -> Reservation:
+        """The request's reservation against its key's limits (a 429 when over one)."""
+        out = body.get("max_completion_tokens") or body.get("max_tokens")
+        key = self._gateway_key(rec.key_id) if rec.key_id is not None else None
+        try:
+            return await lim.reserve(rt, key, rec.route or "", _estimate_prompt(body), out)
+        except LimitExceeded as e:
+            self._rejected(e, rec.key_id)
+            raise
+
+    def _rejected(self, e: LimitExceeded, key_id: str | None) -> None:
+        per_key = self.gw.runtime.config.server.metrics_per_key
+        self.gw.metrics.limit_rejection((key_id or "none") if per_key else "all", e.kind)
+
+    def _gateway_key(self, key_id: str) -> GatewayKey | None:
+        """The GatewayKey entry of the request's key (its limits live there), or None."""
+        return self.gw.limits.entries.get(key_id)
 
     # -- the response cache (gateway/cache/) --------------------------------------------
     async def _cache_lookup(
@@ -576,6 +610,8 @@ class Proxy:
         if d is not None:
             h.append((b"x-tollgate-router-score", f"{d.score:.4f}".encode()))
             h.append((b"x-tollgate-policy", (plan.policy or "").encode()))
+            if rec.budget_soft:  # past its budget's soft share: routed thriftily
+                h.append((b"x-tollgate-budget-soft", b"1"))
             ex = plan.exploration
             if ex is not None:  # exploration is on for this request
                 if ex.explored:
@@ -652,9 +688,19 @@ class Proxy:
         last: GatewayError | None = None
         tried_models = 0
         metrics = self.gw.metrics
+        res: Reservation | None = state.get("limits")
+        model_limits = res is not None and res.limits is not None and res.limits.models
         for name in plan.models:
             mcfg = rt.models[name]
             ups = rt.upstreams[name]
+            if model_limits:  # this model's own rpm/tpm, for every key together
+                assert res is not None and res.limits is not None
+                try:
+                    await res.limits.reserve_model(res, name)
+                except LimitExceeded as e:
+                    self._rejected(e, rec.key_id)
+                    last = e
+                    continue
             if tried_models:
                 rec.fallbacks += 1
                 rec.propensity = None  # a fallback serves: not what the policy picked
@@ -877,6 +923,8 @@ class Proxy:
             *self._headers(rt, plan, rec, explain),
             *state["cache_hdr"],
         ]
+        if "limits" in state:  # OpenAI's x-ratelimit-* headers, as on every OpenAI answer
+            headers += state["limits"].headers()
         if state["cache"] is not None:
             await self._cache_store(state["cache"], rec, out)
         self._commit(rec, ctx)
@@ -996,6 +1044,8 @@ class Proxy:
         failure_code: str | None = None  # else stream_interrupted (stream_cut in /metrics)
         try:
             headers = [*_SSE_HEADERS, *self._headers(rt, plan, rec, explain), *state["cache_hdr"]]
+            if "limits" in state:  # OpenAI's x-ratelimit-* headers
+                headers += state["limits"].headers()
             ctx.started = True
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             async for chunk in resp.aiter_raw():

@@ -190,9 +190,10 @@ async def test_single_redis_new_store_uses_the_tagged_prefix(tmp_path: Path) -> 
         await s.open()
         await s.write_batch([rec(1)])
         await s.close()
+        # "late": the record's ts is long before it was written (see the retention notes)
         assert sorted(srv_keys(srv)) == [
-            "{tollgate}:m:1699999980", "{tollgate}:minutes", "{tollgate}:rec:req-1",
-            "{tollgate}:records",
+            "{tollgate}:late", "{tollgate}:m:1699999980", "{tollgate}:minutes",
+            "{tollgate}:rec:req-1", "{tollgate}:records",
         ]  # fmt: skip
     finally:
         srv.stop()

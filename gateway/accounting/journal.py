@@ -216,8 +216,8 @@ def claim(path: Path) -> Claimed | None:
 
 def journal_prefix(cfg: StoreConfig) -> Path | None:
     """Where this store's journal lives (`store.journal_path`, else next to the SQLite file,
-    else under var/ named after the Redis URL); None when it is off (`store.journal: false`,
-    no store, an in-memory SQLite)."""
+    else under var/ named after the Redis or PostgreSQL URL); None when it is off
+    (`store.journal: false`, no store, an in-memory SQLite)."""
     if not cfg.journal or cfg.backend == "none":
         return None
     if cfg.journal_path:
@@ -226,8 +226,9 @@ def journal_prefix(cfg: StoreConfig) -> Path | None:
         if cfg.sqlite_path == ":memory:":
             return None
         return Path(cfg.sqlite_path + ".journal").expanduser().absolute()
-    url = hashlib.sha256(cfg.redis_url.encode()).hexdigest()[:12]
-    return Path("var", f"tollgate-redis-{url}.journal").absolute()
+    url = cfg.postgres_url if cfg.backend == "postgres" else cfg.redis_url
+    tag = hashlib.sha256(url.encode()).hexdigest()[:12]
+    return Path("var", f"tollgate-{cfg.backend}-{tag}.journal").absolute()
 
 
 def make_journal(cfg: StoreConfig) -> Journal | None:

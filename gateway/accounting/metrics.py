@@ -288,6 +288,13 @@ class Metrics:
             ["route", "model"],
             registry=reg,
         )
+        self.limit_rejections = Counter(
+            "tollgate_limit_rejections",
+            "Requests refused over a rate limit or budget (gateway/tenants/limits.py), by kind "
+            "(rpm, tpm, budget) and key (its id with server.metrics_per_key, else all)",
+            ["key", "kind"],
+            registry=reg,
+        )
         self.fallbacks = Counter(
             "tollgate_fallbacks",
             "Switches to the next model of a route",
@@ -536,6 +543,10 @@ class Metrics:
     def upstream_error(self, model: str, kind: str) -> None:
         lab = self._label
         self._child(self.upstream_errors, lab("model", model), lab("kind", kind)).inc()
+
+    def limit_rejection(self, key: str, kind: str) -> None:
+        lab = self._label
+        self._child(self.limit_rejections, lab("key", key), lab("kind", kind)).inc()
 
     def set_circuit(self, model: str, endpoint: str, state: int) -> None:
         lab = self._label

@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 # 2: router_features; 3: SQLite keeps them as float32 bytes; 4: purpose (client | judge),
-# propensity and explored (router.explore)
-SCHEMA_VERSION = 4
+# propensity and explored (router.explore); 5: budget_soft
+SCHEMA_VERSION = 5
 CLIENT = "client"  # a request a client sent through the gateway
 JUDGE = "judge"  # the sampled judge's own grading call (gateway/accounting/quality.py)
 
@@ -34,6 +34,9 @@ class RequestRecord:
     # written before schema 4. Training weights a scored record by 1 / propensity.
     propensity: float | None = None
     explored: bool = False  # the request went to an alternative, not the router's choice
+    # the key was past its budget's soft share (limits.budget_soft): routed thriftily, without
+    # the most expensive tiers or with the thrifty policy (False in records before schema 5)
+    budget_soft: bool = False
     attempts: int = 0
     fallbacks: int = 0
     status: int = 200

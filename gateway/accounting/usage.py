@@ -8,7 +8,7 @@ numbers under their earlier names, kept for existing clients.
 /v1/usage's `data` and `totals` are client traffic; `judge` is the sampled judge's own spend.
 
 Plain Starlette handlers; they find the live gateway at ``request.app.state.gw`` (attributes
-``store``, ``recorder``, ``metrics``, ``config``).
+``store``, ``recorder``, ``metrics``, ``config``, and ``limits`` when there is one).
 """
 
 from __future__ import annotations
@@ -118,25 +118,49 @@ async def usage_endpoint(request: Request) -> Response:
     if gw.store is None:
         return _unavailable(
             "usage needs a record store; this gateway runs with store.backend: none "
-            "(set it to sqlite or redis in the routing file)"
+            "(set it to sqlite, redis or postgres in the routing file)"
         )
     try:
         rows = await gw.store.usage(since, until, group_by)
         judge_rows = await gw.store.usage(since, until, "model", purpose="judge")
     except StoreError as e:
         return _unavailable(f"the {gw.store.name} store is unavailable: {e}")
-    return _json(
-        {
-            "object": "usage",
-            "since": since,
-            "until": until,
-            "group_by": group_by,
-            "data": rows,
-            "totals": totals(rows),
-            "judge": judge_spend(judge_rows),
-            "pending_records": gw.recorder.queue_depth,
-        }
-    )
+    out = {
+        "object": "usage",
+        "since": since,
+        "until": until,
+        "group_by": group_by,
+        "data": rows,
+        "totals": totals(rows),
+        "judge": judge_spend(judge_rows),
+        "pending_records": gw.recorder.queue_depth,
+    }
+    limits = getattr(gw, "limits", None)  # absent: an app without rate limits and budgets
+    if group_by == "key" and limits is not None:
+        out["limits"] = await key_limits(limits, rows)
+    return _json(out)
+
+
+async def key_limits(limits: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each limited key's limits and its budget window's spend so far (gateway/tenants/
+    limits.py), by key id; a row of a key with a budget gets `budget_remaining_usd`."""
+    out: dict[str, Any] = {}
+    for key in limits.entries.values():
+        spec = limits.spec(key)
+        if spec is None:
+            continue
+        spent = await limits.spent(spec)
+        entry: dict[str, Any] = {"rpm": spec.rpm, "tpm": spec.tpm, "budget_usd": spec.budget}
+        if spec.budget is not None:
+            entry["budget_window"] = spec.window
+            entry["budget_spent_usd"] = spent
+            entry["budget_remaining_usd"] = None if spent is None else max(0.0, spec.budget - spent)
+        out[key.id] = entry
+    for row in rows:
+        got = out.get(row["group"])
+        if got is not None and "budget_remaining_usd" in got:
+            row["budget_remaining_usd"] = got["budget_remaining_usd"]
+    return out
 
 
 def judge_spend(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -202,7 +226,7 @@ async def feedback_endpoint(request: Request) -> Response:
     if gw.store is None:
         return _unavailable(
             "feedback needs a record store; this gateway runs with store.backend: none "
-            "(set it to sqlite or redis in the routing file)"
+            "(set it to sqlite, redis or postgres in the routing file)"
         )
     try:
         got = await gw.recorder.attach_quality(rid, "feedback", score)

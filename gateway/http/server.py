@@ -27,6 +27,23 @@ takes it, `Expect: 100-continue` is answered when the app first asks for the bod
 that goes away turns `receive()` into `http.disconnect`, an app error before the response
 started becomes a 500 (after it, the connection is closed), an unparsable request gets a 400,
 and `shutdown()` lets a request in progress finish, then closes.
+
+What one client may make it hold is bounded (the routing file's `server:` settings, passed as
+`limits`; a short plain answer and `connection: close` where one is due, as nginx):
+a request line and headers (or a chunked body's trailer fields) past `max_header_bytes` get
+431 (a URL alone, 414), counted per read so the parser never buffers more than that and one
+read; a request head or body that
+does not arrive within `header_timeout_s` / `body_timeout_s` in total gets 408; past
+`max_pipelined_requests` waiting answers nothing more is parsed and the connection closes
+after the last of them; a connection past `max_connections` gets 503 at once; a client whose
+socket takes no answer bytes for `write_timeout_s` is dropped (the app hears it through the
+disconnect callback and frees what it holds upstream). The deadlines share the keep-alive
+timer and cost a request no clock read: it ticks every min(keep-alive timeout, deadlines)
+seconds, so a deadline passes by at most one tick (5 s on defaults). An HTTP/1.1 request needs
+exactly one Host (400) and the only transfer coding taken is one `chunked` (501), as h11 and
+nginx. `connection_lost` drops the parser (which refers back to the protocol) and what a
+request left behind, so a closed connection is freed by reference counting, not at the next
+full collection.
 """
 
 from __future__ import annotations
@@ -42,6 +59,8 @@ from http import HTTPStatus
 from typing import Any
 
 import httptools
+
+from gateway.config import ServerConfig
 
 log = logging.getLogger("uvicorn.error")
 
@@ -68,8 +87,22 @@ def _status_line(code: int) -> bytes:
 
 _STATUS = {code: _status_line(code) for code in range(100, 600)}
 _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+_NOTED = frozenset((b"host", b"transfer-encoding", b"expect"))  # request headers looked at
 _PLAIN_URL = re.compile(rb"/[^%?#]*")
 _DEFAULT_HEAD: list[Any] = [None, b""]  # (uvicorn's default header list, rendered)
+_DEFAULT_LIMITS = ServerConfig()
+_QUIET_S = 10.0  # a refused connection is logged at most once in this long (a flood would spam)
+_last_refusal_log = [0.0]
+
+
+class _Refuse(Exception):
+    """Raised from a parser callback: the request gets a short plain answer, then the connection
+    is closed (the status and text are on the protocol, set before raising)."""
+
+
+class _Stop(Exception):
+    """Raised from on_message_begin: as many requests as allowed are waiting for their answers;
+    parse nothing more on this connection (it closes after the last answer)."""
 
 
 class _Exchange:
@@ -232,12 +265,25 @@ class _Exchange:
 class H1Server(asyncio.Protocol):
     """One client connection (uvicorn creates one per accepted socket)."""
 
+    # Slots: past 30 attributes an instance's dict stops sharing its keys with the class's
+    # other instances, and CPython 3.11 no longer specializes the attribute reads of the
+    # hot path (+8,000 instructions a request measured with the limits' attributes added).
+    __slots__ = (
+        "app", "app_state", "body_timeout_s", "client", "closing", "current", "drain_waiters",
+        "expect_100", "head_size", "header_timeout_s", "headers", "hosts", "idle_since",
+        "in_head", "keep_alive_s", "limit", "loop", "max_connections", "max_head",
+        "max_pending", "parser", "parsing", "queue", "read_paused", "reading_since", "refusal",
+        "root_path", "scheme", "server", "server_state", "stopped", "stuck_since", "te", "tes",
+        "tick", "timer", "transport", "url", "write_paused", "write_timeout_s",
+    )  # fmt: skip
+
     def __init__(
         self,
         config: Any,
         server_state: Any,
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
+        limits: ServerConfig | None = None,
     ) -> None:
         if not config.loaded:
             config.load()
@@ -248,7 +294,15 @@ class H1Server(asyncio.Protocol):
         self.root_path: str = config.root_path
         self.limit = config.limit_concurrency
         self.keep_alive_s: float = config.timeout_keep_alive
-        self.parser = httptools.HttpRequestParser(self)
+        lim = limits or _DEFAULT_LIMITS
+        self.max_head = lim.max_header_bytes
+        self.max_pending = lim.max_pipelined_requests
+        self.max_connections = lim.max_connections
+        self.header_timeout_s = lim.header_timeout_s
+        self.body_timeout_s = lim.body_timeout_s
+        self.write_timeout_s = lim.write_timeout_s
+        # Any: None once the connection is gone (the parser refers back to this protocol)
+        self.parser: Any = httptools.HttpRequestParser(self)
         # answer the first of pipelined requests even when the client closes early (as uvicorn;
         # httptools < 0.6.3 has no such switch)
         with contextlib.suppress(AttributeError):
@@ -266,13 +320,34 @@ class H1Server(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.expect_100 = False  # the request being parsed asked for 100-continue
+        self.hosts = 0  # Host headers of the request being parsed
+        self.tes = 0  # its Transfer-Encoding headers
+        self.te = b""  # the last one's value
+        self.in_head = True  # waiting for (the rest of) a request line and headers
+        self.head_size = 0  # bytes received since that began (counted per read)
+        self.stopped = False  # parse nothing more (max_pipelined_requests reached)
+        self.refusal: tuple[int, bytes] = (400, b"")  # what a _Refuse answers
         self.idle_since = 0.0
+        # One timer per connection, for the keep-alive timeout and the deadlines. It ticks at
+        # least every `tick` s; no request reads the clock for a deadline: a tick notes when
+        # it first saw the connection wait for a request head or body, or for the client to
+        # take answer bytes (the callbacks reset these at each phase's end), and a later tick
+        # compares. A deadline passes by at most one tick.
+        self.tick = min(
+            self.keep_alive_s, self.header_timeout_s, self.body_timeout_s, self.write_timeout_s
+        )
         self.timer: asyncio.TimerHandle | None = None
+        self.reading_since = 0.0  # head or body of the request being parsed (0.0: not seen)
+        self.stuck_since = 0.0  # writes paused by a full buffer (0.0: not seen)
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.server_state.connections.add(self)
+        connections = self.server_state.connections
+        if len(connections) >= self.max_connections:
+            self._refuse_connection()
+            return
+        connections.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -290,6 +365,19 @@ class H1Server(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self._gone()
+        self._wake_writers()
+        # The parser refers back to this protocol (its callbacks): drop it and everything a
+        # request left here, so that all of it is freed now by reference counting. Left in a
+        # cycle, a large request head would wait for a full collection, which gc.freeze()
+        # (Gateway.start) makes rare.
+        self.parser = None
+        self.current = self.parsing = None
+        self.url = b""
+        self.headers = []
+
+    def _gone(self) -> None:
+        """Every exchange of this connection learns that the client is gone (or will be)."""
         for ex in (self.current, self.parsing, *self.queue):
             if ex is not None and not ex.complete:
                 ex.disconnected = True
@@ -301,15 +389,26 @@ class H1Server(asyncio.Protocol):
                     except Exception:  # the app's callback must not break the protocol
                         log.exception("tollgate.on_disconnect callback failed")
         self.queue.clear()
-        self._wake_writers()
 
     def eof_received(self) -> None:
         pass
 
     def data_received(self, data: bytes) -> None:
         self.idle_since = 0.0
+        if self.in_head:
+            if self.stopped:
+                return  # past max_pipelined_requests: the client sends these again
+            self.head_size += len(data)
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, _Stop):
+                self._stop()
+            elif isinstance(e.__context__, _Refuse):
+                self._refuse(*self.refusal)
+            else:
+                self._bad_request(b"Invalid HTTP request received.")
+            return
         except httptools.HttpParserUpgrade:
             # no WebSocket or h2c here: serve the request as HTTP/1.1 (whatever body came with
             # its headers), then close; the parser reads nothing more on this connection
@@ -320,32 +419,57 @@ class H1Server(asyncio.Protocol):
                 self.on_message_complete()
         except httptools.HttpParserError:
             self._bad_request(b"Invalid HTTP request received.")
+            return
+        if self.in_head and self.head_size > self.max_head and not self.closing:
+            self._refuse(431, self._too_large(b"Request header fields too large"))
+
+    def _too_large(self, what: bytes) -> bytes:
+        limit = b"at most %d bytes of request line and headers" % self.max_head
+        return b"%s: %s are accepted (server.max_header_bytes)." % (what, limit)
 
     def pause_writing(self) -> None:
-        self.write_paused = True
+        self.write_paused = True  # the client has write_timeout_s to take bytes again
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.stuck_since = 0.0
         self._wake_writers()
 
     # -- httptools callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self.current is not None and len(self.queue) + 1 >= self.max_pending:
+            raise _Stop
         self.url = b""
         self.headers = []
         self.expect_100 = False
+        self.hosts = self.tes = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > self.max_head:
+            self.refusal = (414, self._too_large(b"URI too long"))
+            raise _Refuse
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
-            self.expect_100 = True
+        if name in _NOTED:  # one set lookup a header, not a comparison for each name
+            if name == b"host":
+                self.hosts += 1
+            elif name == b"transfer-encoding":
+                self.tes += 1
+                self.te = value
+            elif value.lower() == b"100-continue":
+                self.expect_100 = True
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
         version = parser.get_http_version()
+        if self.hosts != 1 or self.tes:
+            self._check_framing(version)
+        self.in_head = False
+        self.head_size = 0
+        self.reading_since = 0.0  # the head is in; the body's time starts
         url = self.url
         if _PLAIN_URL.fullmatch(url):
             raw_path, query = url, b""
@@ -378,11 +502,35 @@ class H1Server(asyncio.Protocol):
         self.parsing = ex
         if self.current is None:
             self._run(ex)
-        else:  # pipelined: wait for the response in progress
+        else:  # pipelined: wait for the response in progress (its body's time starts then)
             self.queue.append(ex)
             self.pause_reading()
 
+    def _check_framing(self, version: str) -> None:
+        """Refuse what h11 and nginx refuse: an HTTP/1.1 request without exactly one Host, two
+        Host headers in any version, a transfer coding other than one `chunked` (a framing a
+        server on the way may read differently: request smuggling)."""
+        if self.hosts > 1 or (self.hosts == 0 and version != "1.0"):
+            self.refusal = (
+                400,
+                b"Bad Request: an HTTP/1.1 request carries exactly one Host header.",
+            )
+            raise _Refuse
+        if self.tes > 1 or (self.tes and self.te.strip().lower() != b"chunked"):
+            self.refusal = (
+                501,
+                b"Not Implemented: the only transfer coding accepted is one "
+                b"'Transfer-Encoding: chunked'.",
+            )
+            raise _Refuse
+
+    def on_chunk_header(self) -> None:
+        # a chunked body's last chunk may be followed by trailer fields: the bytes of a read
+        # that brings no body bytes count against max_header_bytes, like a head's
+        self.in_head = True
+
     def on_body(self, body: bytes) -> None:
+        self.head_size = 0  # (bytes of body came: not trailers)
         ex = self.parsing
         if ex is None or ex.complete:
             return
@@ -395,6 +543,9 @@ class H1Server(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self.parsing
         self.parsing = None
+        self.in_head = True
+        self.head_size = 0  # (trailers counted here are not the next head's)
+        self.reading_since = 0.0
         if ex is not None:
             ex.more = False
             ex.wake()
@@ -472,23 +623,75 @@ class H1Server(asyncio.Protocol):
 
     # -- timers, flow control -------------------------------------------------------------------
     def _idle(self) -> None:
-        self.idle_since = self.loop.time()
-        if self.timer is None:
-            self.timer = self.loop.call_later(self.keep_alive_s, self._on_timer)
+        self.idle_since = now = self.loop.time()
+        if self.timer is None and not self.closing:
+            self.timer = self.loop.call_at(now + self.tick, self._on_timer)
 
     def _on_timer(self) -> None:
         self.timer = None
         if self.closing:
             return
-        if self.current is not None or self.idle_since == 0.0:
-            self._idle()  # busy or bytes came in: look again one timeout later
-            return
-        left = self.idle_since + self.keep_alive_s - self.loop.time()
-        if left > 0:
-            self.timer = self.loop.call_later(left, self._on_timer)
+        now = self.loop.time()
+        # waiting for a request head (bytes of one came) or for the body of the request the
+        # app serves (a queued request's body is not read yet: its time has not begun)
+        ex = self.current
+        parsing = self.parsing
+        if (self.in_head and self.head_size and parsing is None) or (
+            ex is not None and ex is parsing
+        ):
+            if not self.reading_since:
+                self.reading_since = now
+            elif now - self.reading_since >= (
+                self.header_timeout_s if parsing is None else self.body_timeout_s
+            ):
+                self._read_timeout()
+                if self.closing:
+                    return
         else:
-            self.closing = True
-            self.transport.close()
+            self.reading_since = 0.0
+        if self.write_paused:
+            if not self.stuck_since:
+                self.stuck_since = now
+            elif now - self.stuck_since >= self.write_timeout_s:
+                log.info(
+                    "a client took no response bytes for %.1f s (server.write_timeout_s): "
+                    "connection aborted",
+                    now - self.stuck_since,
+                )
+                self.closing = True
+                self.transport.abort()  # connection_lost tells the app, which stops the request
+                return
+        if ex is not None or self.idle_since == 0.0:
+            self.idle_since = now  # busy, or bytes came in: the keep-alive time starts again
+            nxt = now + self.tick
+        else:
+            nxt = self.idle_since + self.keep_alive_s
+            if nxt <= now:
+                self.closing = True
+                self.transport.close()
+                return
+            nxt = min(nxt, now + self.tick)
+        self.timer = self.loop.call_at(nxt, self._on_timer)
+
+    def _read_timeout(self) -> None:
+        head = self.parsing is None  # else a body (or its trailers) is late
+        ex = self.current
+        if head and ex is not None:
+            # an earlier request is being answered: do not cut it; read no more, and close
+            # once its answer is complete
+            self.stopped = True
+            self.reading_since = 0.0
+            ex.keep_alive = False
+            self.pause_reading()
+            return
+        what, timeout = (
+            (b"headers", self.header_timeout_s) if head else (b"body", self.body_timeout_s)
+        )
+        self._refuse(
+            408,
+            b"Request Timeout: the request %s did not arrive within %g s (server.%s_timeout_s)."
+            % (what, timeout, b"header" if head else b"body"),
+        )
 
     def pause_reading(self) -> None:
         if not self.read_paused and not self.closing:
@@ -496,7 +699,7 @@ class H1Server(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.read_paused and not self.closing:
+        if self.read_paused and not self.closing and not self.stopped:
             self.read_paused = False
             self.transport.resume_reading()
 
@@ -513,18 +716,55 @@ class H1Server(asyncio.Protocol):
 
     def _bad_request(self, msg: bytes) -> None:
         log.warning("Invalid HTTP request received.")
+        self._answer_and_close(400, msg)
+
+    def _refuse(self, status: int, msg: bytes) -> None:
+        """A request over a limit or against the protocol: a short plain answer, then close."""
+        log.warning("HTTP request refused with %d: %s", status, msg.decode("latin-1"))
+        self._answer_and_close(status, msg)
+
+    def _answer_and_close(self, status: int, msg: bytes) -> None:
         ex = self.current
         if ex is None or not ex.started:
             self.transport.write(
-                b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(msg), msg)
+                b"%scontent-type: text/plain; charset=utf-8\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                % (_STATUS[status], len(msg), msg)
             )
-            if ex is not None:  # its app is reading the body: it learns the client got a 400
-                ex.answered = 400
+            if ex is not None:  # its app is reading the body: it learns what the client got
+                ex.answered = status
                 ex.disconnected = True
                 ex.wake()
         self.closing = True
+        self._gone()  # an app still reading this request sees the client gone, writes nothing
         self.transport.close()
+
+    def _stop(self) -> None:
+        """max_pipelined_requests are waiting: parse nothing more; the last of them is answered
+        with `connection: close` and the connection closed after it. HTTP/1.1 clients send the
+        requests that got no answer again (RFC 9112, 9.3.2)."""
+        self.stopped = True
+        self.pause_reading()
+        last = self.queue[-1] if self.queue else self.current
+        if last is not None:
+            last.keep_alive = False
+
+    def _refuse_connection(self) -> None:
+        """Over max_connections: a 503 and close, before reading anything."""
+        self.closing = True
+        msg = b"Service Unavailable: too many open connections (server.max_connections)."
+        self.transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(msg), msg)
+        )
+        self.transport.close()
+        now = self.loop.time()
+        if now - _last_refusal_log[0] > _QUIET_S:
+            _last_refusal_log[0] = now
+            log.warning(
+                "%d open connections (server.max_connections): new ones are refused with 503",
+                self.max_connections,
+            )
 
     # -- uvicorn's server calls this on graceful shutdown ---------------------------------------
     def shutdown(self) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.accounting import pricing
 from gateway.config import (
     TIER_ORDER,
+    BudgetSoftConfig,
     ModelConfig,
     Pricing,
     RoutingConfig,
@@ -198,10 +199,12 @@ class Runtime:
         request_id: str = "",
         key_id: str | None = None,
         max_cost: float | None = None,
+        thrifty: BudgetSoftConfig | None = None,
     ) -> Plan:
         """The plan for model `name`. For routed names, `max_cost` (the client's ceiling,
-        estimated USD) removes every candidate estimated above it, and `request_id` and
-        `key_id` decide exploration."""
+        estimated USD) removes every candidate estimated above it, `request_id` and
+        `key_id` decide exploration, and `thrifty` (a key past its budget's soft share)
+        leaves out the most expensive tiers and may switch the policy."""
         m = self.models.get(name)
         if m is not None:
             if kind not in m.kinds:
@@ -217,8 +220,10 @@ class Runtime:
         if kind == "chat" and self.router is not None and self.candidates:
             if name == "auto":
                 pname = self.config.router.default_policy
+                if thrifty is not None and thrifty.policy is not None:
+                    pname = thrifty.policy
                 return self._route(
-                    name, pname, self.policies[pname], body, request_id, key_id, max_cost
+                    name, pname, self.policies[pname], body, request_id, key_id, max_cost, thrifty
                 )
             from gateway.routing.policies import parse_virtual_model, policy_from_virtual
 
@@ -228,7 +233,12 @@ class Runtime:
                     pol = policy_from_virtual(virtual[0], virtual[1], None, None)
                 except ValueError as e:
                     raise ModelNotFound(f"{name!r}: {e}", param="model") from None
-                return self._route(name, name, pol, body, request_id, key_id, max_cost)
+                if thrifty is not None and thrifty.policy is not None:
+                    name_p, pol = thrifty.policy, self.policies[thrifty.policy]
+                    return self._route(
+                        name, name_p, pol, body, request_id, key_id, max_cost, thrifty
+                    )
+                return self._route(name, name, pol, body, request_id, key_id, max_cost, thrifty)
         # a client may send any name, 1 MB long: the answer quotes it cut short, and only a
         # name of a plausible length is compared with the known ones
         close = close_names(name, self.public_names(), 2) if len(name) <= 200 else []
@@ -250,6 +260,7 @@ class Runtime:
         request_id: str = "",
         key_id: str | None = None,
         max_cost: float | None = None,
+        thrifty: BudgetSoftConfig | None = None,
     ) -> Plan:
         t0 = time.perf_counter()
         router = self.router
@@ -271,6 +282,9 @@ class Runtime:
                 down.add(n)
             cands.append(Candidate(n, tier, rank, profile, cost, up))
         allowed: set[str] | None = None
+        if thrifty is not None and thrifty.drop_top_tiers:
+            cands = self._without_top_tiers(cands, thrifty.drop_top_tiers)
+            allowed = {c.name for c in cands}
         if max_cost is not None:
             cands = self._under_ceiling(cands, max_cost, prompt_tokens, out_tokens)
             allowed = {c.name for c in cands}
@@ -325,6 +339,13 @@ class Runtime:
             order = list(climb)
         decision.order = order
         decision.chosen = order[0]
+
+    @staticmethod
+    def _without_top_tiers(cands: list[Candidate], n: int) -> list[Candidate]:
+        """The candidates without the `n` highest tiers among them (the lowest tier stays)."""
+        ranks = sorted({c.tier_rank for c in cands})
+        keep = ranks[: max(1, len(ranks) - n)]
+        return [c for c in cands if c.tier_rank <= keep[-1]]
 
     @staticmethod
     def _under_ceiling(

@@ -1,0 +1,1 @@
+"""Teams on one gateway: per-key limits and budgets."""
