@@ -1,7 +1,7 @@
-"""CPU the SQLite (or PostgreSQL) store spends per request record, as the recorder writes them.
+"""CPU the SQLite (Redis, PostgreSQL) store spends per request record, as the recorder writes them.
 
     taskset -c 0 .venv/bin/python bench/store_write.py [--records 60000] [--repeat 2]
-        [--backend sqlite|postgres]
+        [--backend sqlite|redis|postgres]
 
 Writes `--records` records shaped like a routed request's (`model="auto"`: the router's scores
 and its 32-number prompt vector included) through `SQLiteStore.write_batch` in batches of 32,
@@ -70,6 +70,7 @@ async def _write(
                 await store.write_batch(records[i : i + 32])
             wall = time.perf_counter() - t0
             r1 = resource.getrusage(resource.RUSAGE_SELF)
+            size = float("nan")  # Redis: not measured (memory, not a file)
             if isinstance(store, PostgresStore):
                 size = float(await store.table_bytes())
         if backend == "sqlite":
@@ -106,9 +107,9 @@ def main() -> None:
     p.add_argument("--records", type=int, default=60000)
     p.add_argument("--repeat", type=int, default=2, help="alternating runs of each kind")
     p.add_argument(
-        "--backend", default="sqlite", choices=["sqlite", "postgres"],
-        help="postgres: a new database on 127.0.0.1:5432, dropped after (CPU is this "
-        "process's only; the server's is not counted)",
+        "--backend", default="sqlite", choices=["sqlite", "redis", "postgres"],
+        help="redis: a private redis-server; postgres: a new database on 127.0.0.1:5432, "
+        "dropped after (CPU is this process's only; the server's is not counted)",
     )  # fmt: skip
     args = p.parse_args()
     print(f"{args.backend}:")

@@ -105,6 +105,9 @@ _NO_BODY_STATUS = (204, 205, 304)  # with 1xx: statuses that carry no body (HTTP
 _DONE_EV, _DONE_EV2 = b"data: [DONE]", b"data:[DONE]"
 
 
+_ROUTE_CHARS = 256  # most characters of the requested model name a record keeps
+
+
 def new_request_id() -> str:
     """`tg-`, the Unix time in milliseconds (11 hex digits), 64 random bits (16 hex digits).
 
@@ -311,7 +314,10 @@ class Proxy:
             except orjson.JSONDecodeError as e:
                 raise _not_json(raw, e) from None
             check(body)
-            rec.route = body["model"]
+            model = body["model"]
+            # the record keeps the start of a name no one configured, however long the client
+            # made it (a store row per request must not carry a 1 MB name)
+            rec.route = model if len(model) <= _ROUTE_CHARS else model[:_ROUTE_CHARS]
             stream = bool(body.get("stream"))
             rec.stream = stream
             max_cost = None if ceiling is None else _max_cost(ceiling)
@@ -322,10 +328,10 @@ class Proxy:
                 res = await self._reserve(lim, rt, rec, body)
                 state["limits"] = res
             if res is not None and res.thrifty is not None:
-                plan = rt.resolve(rec.route, kind, body, rid, rec.key_id, max_cost, res.thrifty)
+                plan = rt.resolve(model, kind, body, rid, rec.key_id, max_cost, res.thrifty)
                 rec.budget_soft = plan.decision is not None  # only a routed name goes thrifty
             else:
-                plan = rt.resolve(rec.route, kind, body, rid, rec.key_id, max_cost)
+                plan = rt.resolve(model, kind, body, rid, rec.key_id, max_cost)
             rec.policy = plan.policy
             rec.baseline_model = plan.baseline_model
             if plan.decision is not None:

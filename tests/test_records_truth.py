@@ -191,3 +191,22 @@ def test_request_stopped_by_the_shutdown_drain_is_recorded_as_such(
     rows = _rows(db)
     assert rows == [(r.headers["x-tollgate-request-id"], 503, "cancelled_by_shutdown")]
     _no_traceback(logs)
+
+
+def test_a_huge_model_name_is_stored_cut_not_whole(fakes: Fakes, gateway: Gw) -> None:
+    """A client that names a 1 MB model gets its 404 and a record of it, but the record
+    keeps only the start of the name: a client cannot grow the store by 1 MB a request."""
+    up = fakes("m")
+    gw = gateway(CONFIG.format(url=up.base_url))
+    name = "x" * 1_000_000
+    r = httpx.post(
+        f"{gw.base_url}/chat/completions",
+        json={"model": name, "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert r.status_code == 404 and len(r.content) < 4096
+    assert _wait_rows(gw.tmp / "tollgate.db", 1)[0][1] == 404
+    with sqlite3.connect(gw.tmp / "tollgate.db") as c:
+        (route,) = c.execute("SELECT route FROM requests").fetchone()
+    assert route.startswith("xxx") and len(route) <= 256
+    assert (gw.tmp / "tollgate.db").stat().st_size < 500_000
