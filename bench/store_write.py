@@ -1,6 +1,7 @@
-"""CPU the SQLite store spends per request record, as the recorder writes them.
+"""CPU the SQLite (or PostgreSQL) store spends per request record, as the recorder writes them.
 
     taskset -c 0 .venv/bin/python bench/store_write.py [--records 60000] [--repeat 2]
+        [--backend sqlite|postgres]
 
 Writes `--records` records shaped like a routed request's (`model="auto"`: the router's scores
 and its 32-number prompt vector included) through `SQLiteStore.write_batch` in batches of 32,
@@ -29,10 +30,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.store_usage import open_store
 from gateway.accounting.journal import Journal
 from gateway.accounting.metrics import Metrics
 from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import RequestRecord
+from gateway.accounting.store.postgres_store import PostgresStore
 from gateway.accounting.store.sqlite_store import SQLiteStore
 from gateway.config import StoreConfig
 from gateway.proxy import new_request_id
@@ -53,22 +56,24 @@ def _record(make_id: Callable[[], str], features: list[float]) -> RequestRecord:
     )  # fmt: skip
 
 
-async def _write(n: int, make_id: Callable[[], str]) -> tuple[float, float, float]:
+async def _write(
+    n: int, make_id: Callable[[], str], backend: str = "sqlite"
+) -> tuple[float, float, float]:
     rng = random.Random(1)
     features = [rng.uniform(-1, 1) for _ in range(32)]
     records = [_record(make_id, features) for _ in range(n)]
     with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "bench.db")
-        store = SQLiteStore(path)
-        await store.open()
-        r0 = resource.getrusage(resource.RUSAGE_SELF)
-        t0 = time.perf_counter()
-        for i in range(0, n, 32):
-            await store.write_batch(records[i : i + 32])
-        wall = time.perf_counter() - t0
-        r1 = resource.getrusage(resource.RUSAGE_SELF)
-        await store.close()
-        size = sum(p.stat().st_size for p in Path(d).iterdir())
+        async with open_store(backend, Path(d)) as store:
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
+            t0 = time.perf_counter()
+            for i in range(0, n, 32):
+                await store.write_batch(records[i : i + 32])
+            wall = time.perf_counter() - t0
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            if isinstance(store, PostgresStore):
+                size = float(await store.table_bytes())
+        if backend == "sqlite":
+            size = sum(p.stat().st_size for p in Path(d).iterdir())
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     return cpu / n * 1e6, wall / n * 1e6, size / n
 
@@ -100,12 +105,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--records", type=int, default=60000)
     p.add_argument("--repeat", type=int, default=2, help="alternating runs of each kind")
+    p.add_argument(
+        "--backend", default="sqlite", choices=["sqlite", "postgres"],
+        help="postgres: a new database on 127.0.0.1:5432, dropped after (CPU is this "
+        "process's only; the server's is not counted)",
+    )  # fmt: skip
     args = p.parse_args()
+    print(f"{args.backend}:")
     print("| request ids | CPU µs/record | wall µs/record | bytes/record |")
     print("| --- | ---: | ---: | ---: |")
     for _ in range(args.repeat):
         for name, make_id in (("random", _random_id), ("time-ordered", new_request_id)):
-            cpu, wall, size = asyncio.run(_write(args.records, make_id))
+            cpu, wall, size = asyncio.run(_write(args.records, make_id, args.backend))
             print(f"| {name} | {cpu:.1f} | {wall:.1f} | {size:,.0f} |")
     subs = [
         asyncio.run(_hand_over_us(min(args.records, 10_000), False)) for _ in range(args.repeat)

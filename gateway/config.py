@@ -241,7 +241,7 @@ class RouterConfig(_Strict):
 
 
 class StoreConfig(_Strict):
-    backend: Literal["sqlite", "redis", "none"] = "sqlite"
+    backend: Literal["sqlite", "redis", "postgres", "none"] = "sqlite"
     sqlite_path: str = "var/tollgate.db"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_stream_maxlen: int = Field(1_000_000, ge=1000)
@@ -255,6 +255,15 @@ class StoreConfig(_Strict):
     journal_max_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
     redis_cluster: bool = Field(
         False, description="redis_url names one node of a Redis Cluster (a startup node)"
+    )
+    # PostgreSQL (backend "postgres"): a libpq URL or conninfo string; each replica keeps a
+    # pool of postgres_pool_min..postgres_pool_max connections.
+    postgres_url: str = "postgresql://postgres@127.0.0.1:5432/tollgate"
+    postgres_pool_min: int = Field(1, ge=0)
+    postgres_pool_max: int = Field(4, ge=1)
+    postgres_timeout_s: float = Field(5.0, gt=0, description="connect and pool wait limit")
+    retention_days: float | None = Field(
+        None, gt=0, description="records older than this are deleted (hourly); None keeps all"
     )
 
     @model_validator(mode="after")
@@ -588,4 +597,12 @@ def masked_dump(cfg: RoutingConfig) -> dict[str, Any]:
                 ep["api_key"] = mask(ep["api_key"])
     if "redis_url" in data["store"]:
         data["store"]["redis_url"] = re.sub(r"//[^@/]*@", "//****@", data["store"]["redis_url"])
+    if "postgres_url" in data["store"]:
+        data["store"]["postgres_url"] = mask_url_password(data["store"]["postgres_url"])
     return data
+
+
+def mask_url_password(url: str) -> str:
+    """A store URL (or libpq conninfo string) with its password replaced by ****."""
+    url = re.sub(r"//[^@/]*@", "//****@", url)
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1****", url)

@@ -16,6 +16,7 @@ from tests.support import LOG_PREFIX, GatewayProcess
 RUN_SKIPPED = {
     "llamacpp": "scripts/local-model install   (builds llama.cpp once per machine; .ci/run does)",
     "redis": "apt-get install -y redis-server",
+    "postgres": "apt-get install -y postgresql && pg_ctlcluster 15 main start",
     "browser": "apt-get install -y chromium chromium-driver",
 }
 

@@ -75,6 +75,20 @@ def usage(gw: GatewayProcess, group_by: str = "model") -> dict[str, Any]:
     return r.json()
 
 
+def burst(gw: GatewayProcess, n: int) -> list[int]:
+    """n concurrent chat requests to model small; their status codes."""
+
+    async def send() -> list[int]:
+        async with httpx.AsyncClient(timeout=10) as c:
+            body = {"model": "small", "messages": [{"role": "user", "content": "x"}]}
+            rs = await asyncio.gather(
+                *[c.post(f"{gw.base_url}/chat/completions", json=body) for _ in range(n)]
+            )
+            return [r.status_code for r in rs]
+
+    return asyncio.run(send())
+
+
 def test_cost_is_exact_and_streamed_equals_unary(fakes: Fakes, gateway: Gw) -> None:
     small, large = fakes("small", completion_tokens=40), fakes("large", completion_tokens=40)
     gw = gateway(config(small, large))
@@ -235,22 +249,13 @@ def test_redis_killed_mid_burst_loses_no_record(fakes: Fakes, gateway: Gw, tmp_p
         small, large = fakes("small"), fakes("large")
         store = f'{{backend: redis, redis_url: "{redis.url}", retry_interval_s: 0.2}}'
         gw = gateway(config(small, large, store=store))
-
-        async def burst(n: int) -> list[int]:
-            async with httpx.AsyncClient(timeout=10) as c:
-                body = {"model": "small", "messages": [{"role": "user", "content": "x"}]}
-                rs = await asyncio.gather(
-                    *[c.post(f"{gw.base_url}/chat/completions", json=body) for _ in range(n)]
-                )
-                return [r.status_code for r in rs]
-
-        sent = asyncio.run(burst(100))
+        sent = burst(gw, 100)
         redis.kill()
-        sent += asyncio.run(burst(150))  # store down: the gateway keeps serving
+        sent += burst(gw, 150)  # store down: the gateway keeps serving
         ready = httpx.get(f"{gw.url}/readyz").json()
         assert ready["status"] == "ready"
         redis.start()
-        sent += asyncio.run(burst(50))
+        sent += burst(gw, 50)
         assert sent == [200] * 300
         u = wait_for(lambda: (u := usage(gw))["totals"]["requests"] == 300 and u, timeout=20)
         assert u["totals"]["requests"] == 300

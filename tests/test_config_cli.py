@@ -274,3 +274,15 @@ def test_yaml_error_in_a_reload_shows_no_line_of_the_file_at_readyz(
     assert cli.returncode == 1
     assert at in cli.stderr and "the line reads 'api_key: ****9c: rotated'" in (cli.stderr)
     assert key not in cli.stdout + cli.stderr
+
+
+def test_check_config_masks_the_postgres_password() -> None:
+    """A PostgreSQL store URL's password never reaches check-config's output or the line
+    naming the store."""
+    url = "postgresql://tollgate:pg-secret-pass@db.example:5432/tollgate"
+    env = {"TOLLGATE_STORE": "postgres", "TOLLGATE_POSTGRES_URL": url}
+    r = run_cli("check-config", "gateway/defaults/routing.yaml", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "pg-secret-pass" not in r.stdout + r.stderr
+    assert '"postgres_url": "postgresql://****@db.example:5432/tollgate"' in r.stdout
+    assert "store PostgreSQL at postgresql://****@db.example:5432/tollgate" in r.stderr

@@ -1,20 +1,34 @@
 """One suite, run unchanged against every store backend: SQLite, a real redis-server and a
-real three-node Redis Cluster."""
+real three-node Redis Cluster and a real PostgreSQL (a database of its own per test)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.accounting.records import CLIENT, JUDGE, SCHEMA_VERSION, RequestRecord
-from gateway.accounting.store import Store, make_store
+from gateway.accounting.store import (
+    Store,
+    StoreError,
+    StoreUnavailable,
+    describe_store,
+    make_store,
+)
+from gateway.accounting.store.base import Retention
+from gateway.accounting.store.postgres_store import PostgresStore
 from gateway.accounting.store.redis_store import RedisStore
 from gateway.accounting.store.sqlite_store import SQLiteStore, _statement_sizes
 from gateway.config import StoreConfig
+from tests.postgres_server import postgres_url
 from tests.redis_server import RedisClusterServers, RedisServer, have_redis
+
+__all__ = ["postgres_url"]  # a fixture
 
 T0 = 1_699_999_980.0  # a minute boundary (28_333_333 * 60), 180 s into a 300 s bucket
 
@@ -28,21 +42,52 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     srv.stop()
 
 
-@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store
+MakeStore = Callable[..., Store]
+
+
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster", "postgres"])
+async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MakeStore]:
+    """Factory of stores of one backend that share their records (one SQLite file, one Redis
+    prefix, one PostgreSQL database); keyword arguments go to the store. Closed at the end."""
+    made: list[Store] = []
     if request.param == "sqlite":
-        s = SQLiteStore(str(tmp_path / "sub" / "tollgate.db"))
+        path = str(tmp_path / "sub" / "tollgate.db")
+
+        def new(**kw: Any) -> Store:
+            return SQLiteStore(path, **kw)
     elif request.param == "redis":
-        srv: RedisServer = request.getfixturevalue("redis_server")
-        s = RedisStore(srv.url, stream_maxlen=100_000, prefix=f"t{uuid.uuid4().hex[:8]}:")
-    else:  # each test's own hash tag: its keys land in a slot of any of the three nodes
+        url = request.getfixturevalue("redis_server").url
+        prefix = f"t{uuid.uuid4().hex[:8]}:"
+
+        def new(**kw: Any) -> Store:
+            return RedisStore(url, stream_maxlen=100_000, prefix=prefix, **kw)
+    elif request.param == "redis-cluster":
+        # each test's own hash tag: its keys land in a slot of any of the three nodes
         cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
         tag = f"{{t{uuid.uuid4().hex[:8]}}}:"
-        s = RedisStore(cluster.url, stream_maxlen=100_000, prefix=tag, cluster=True)
+
+        def new(**kw: Any) -> Store:
+            return RedisStore(cluster.url, stream_maxlen=100_000, prefix=tag, cluster=True, **kw)
+    else:
+        pg: str = request.getfixturevalue("postgres_url")
+
+        def new(**kw: Any) -> Store:
+            return PostgresStore(pg, **kw)
+
+    def tracked(**kw: Any) -> Store:
+        made.append(s := new(**kw))
+        return s
+
+    yield tracked
+    for s in made:
+        await s.close()
+
+
+@pytest.fixture
+async def store(make: MakeStore) -> Store:
+    s = make()
     await s.open()
-    yield s
-    await s.close()
+    return s
 
 
 def rec(i: int, **kw: object) -> RequestRecord:
@@ -282,6 +327,13 @@ def test_make_store_picks_backend(tmp_path: Path) -> None:
     s = make_store(StoreConfig(backend="sqlite", sqlite_path=str(tmp_path / "x.db")))
     assert isinstance(s, SQLiteStore)
     assert isinstance(make_store(StoreConfig(backend="redis")), RedisStore)
+    url = "postgresql://tg:s3cret@db.internal:5432/tollgate"
+    pg = make_store(StoreConfig(backend="postgres", postgres_url=url, postgres_pool_max=9))
+    assert isinstance(pg, PostgresStore) and pg.pool_max == 9
+    told = describe_store(StoreConfig(backend="postgres", postgres_url=url))
+    assert told == "PostgreSQL at postgresql://****@db.internal:5432/tollgate"
+    conninfo = "host=db user=tg password=s3cret dbname=tollgate"
+    assert "s3cret" not in describe_store(StoreConfig(backend="postgres", postgres_url=conninfo))
 
 
 async def test_sqlite_schema_version_and_wal(tmp_path: Path) -> None:
@@ -414,6 +466,16 @@ async def test_records_before_schema_4_read_back_without_propensity(
         c = sqlite3.connect(store.path)
         assert c.execute("SELECT version FROM tollgate_schema").fetchone()[0] == SCHEMA_VERSION
         c.close()
+    elif isinstance(store, PostgresStore):
+        import psycopg
+
+        # a row given only the columns a schema-3 writer knew: the rest take their defaults
+        with psycopg.connect(store.url, autocommit=True) as pg:
+            pg.execute(
+                "INSERT INTO tollgate_requests (request_id, ts, route, model, status, "
+                "schema_version) VALUES ('req-1', %s, 'auto', 'small', 200, 3)",
+                (T0 + 1,),
+            )
     else:
         # a schema-3 writer: the same record JSON without the two fields
 
@@ -436,3 +498,238 @@ async def test_records_before_schema_4_read_back_without_propensity(
     assert got["req-1"].propensity is None and got["req-1"].explored is False
     assert got["req-2"].propensity == pytest.approx(0.7) and got["req-2"].explored is False
     assert got["req-3"].propensity == pytest.approx(0.15) and got["req-3"].explored is True
+
+
+async def test_retention_deletes_old_records_and_keeps_new(
+    make: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """store.retention_days: a store opened with it deletes the records older than that
+    (client and judge alike, in chunks: 2 records here), on open and then from the write
+    path; a late write of a record already that old is not kept; newer records stay, in
+    every read."""
+    import gateway.accounting.store.postgres_store as postgres_store
+    import gateway.accounting.store.sqlite_store as sqlite_store
+
+    monkeypatch.setattr(postgres_store, "_CHUNK", 2)
+    monkeypatch.setattr(sqlite_store, "_CHUNK", 2)
+    day = 86400.0
+    now = time.time()
+    old = [rec(i, ts=now - 10 * day + i) for i in range(3)]
+    old.append(rec(9, ts=now - 10 * day, purpose=JUDGE, model="grader"))
+    new = [rec(10 + i, ts=now - i * day) for i in range(3)]  # now, 1 and 2 days ago
+    keep_all = make()
+    await keep_all.open()
+    await keep_all.write_batch(old + new)
+    assert await keep_all.count() == 6
+
+    pruned = make(retention_days=5, retention_every_s=0.0)
+    await pruned.open()  # the first pass starts on open, in a task
+    await until(lambda: pruned.count(), 3)
+    for r in old:
+        assert await pruned.get(r.request_id) is None
+    assert {r.request_id for r in await pruned.recent(10)} == {r.request_id for r in new}
+    [row] = await pruned.usage(None, None, "model")
+    assert row["requests"] == 3
+    assert await pruned.usage(None, None, "model", purpose="judge") == []
+    assert sum(r["requests"] for r in await pruned.timeseries(None, 60)) == 3
+    assert sum(r["requests"] for r in await pruned.timeseries(None, 30)) == 3
+
+    # a record written late but already past retention is not kept
+    await pruned.write_batch([rec(20, ts=now - 6 * day), rec(21, ts=now)])
+    assert await pruned.get("req-20") is None and await pruned.get("req-21") is not None
+    # a record that ages past retention goes at a later write (every pass here: every_s=0)
+    await pruned.write_batch([rec(22, ts=time.time() - 5 * day + 0.3)])
+    assert await pruned.get("req-22") is not None
+    await asyncio.sleep(0.5)
+    await pruned.write_batch([rec(23, ts=time.time())])  # starts a pass, in a task
+    await until(lambda: pruned.get("req-22"), None)
+    assert await pruned.count() == 5  # req-10..12, 21, 23
+
+
+async def until(read: Callable[[], Awaitable[object]], want: object) -> None:
+    """Wait (2 s at most) for `read()` to answer `want`; fail with what it answered."""
+    got = None
+    for _ in range(200):
+        got = await read()
+        if got == want:
+            return
+        await asyncio.sleep(0.01)
+    assert got == want
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+async def test_backends_agree_on_usage(
+    redis_server: RedisServer, postgres_url: str, tmp_path: Path
+) -> None:
+    """The same records give the same usage rows, timeseries and recent records in every
+    store (PostgreSQL aggregates in SQL, the others in Python)."""
+    import random
+
+    rnd = random.Random(7)
+    records = [
+        rec(
+            i,
+            ts=T0 + rnd.uniform(0, 3600),
+            model=rnd.choice(["small", "large", "mid", None]),
+            tier=rnd.choice(["small", "large", ""]),
+            key_id=rnd.choice(["k1", "k2", None]),
+            route=rnd.choice(["chat", "auto"]),
+            status=rnd.choice([200, 200, 200, 429, 502]),
+            prompt_tokens=rnd.randint(0, 5000),
+            cached_tokens=rnd.randint(0, 100),
+            completion_tokens=rnd.randint(0, 900),
+            tokens_estimated=rnd.random() < 0.2,
+            cost_usd=rnd.uniform(0, 0.05),
+            baseline_cost_usd=rnd.uniform(0, 0.1),
+            latency_ms=rnd.uniform(5, 3000),
+            quality_predicted=rnd.choice([None, rnd.random()]),
+            purpose=JUDGE if rnd.random() < 0.1 else CLIENT,
+        )
+        for i in range(400)
+    ]
+    stores: list[Store] = [
+        SQLiteStore(str(tmp_path / "t.db")),
+        RedisStore(redis_server.url, prefix=f"agree{uuid.uuid4().hex[:6]}:"),
+        PostgresStore(postgres_url),
+    ]
+    answers = []
+    for s in stores:
+        await s.open()
+        await s.write_batch(records)
+        for r in records[::7]:
+            await s.set_quality(r.request_id, "judge", 0.25)
+        for r in records[::11]:
+            await s.set_quality(r.request_id, "feedback", 1.0)
+        got = {"recent": [r.request_id for r in await s.recent(25)], "count": await s.count()}
+        for group_by in ("model", "tier", "key", "route"):
+            got[group_by] = await s.usage(None, None, group_by)
+        got["window"] = await s.usage(T0 + 600, T0 + 1800, "model")
+        got["judge"] = await s.usage(None, None, "model", purpose="judge")
+        for b in (60, 300, 45):
+            got[f"series{b}"] = await s.timeseries(T0 + 100, b)
+        answers.append(got)
+        await s.close()
+    first = answers[0]
+    assert first["count"] > 300 and len(first["model"]) == 4 and first["judge"]
+    for other in answers[1:]:
+        assert other.keys() == first.keys()
+        for k, v in first.items():
+            assert same(other[k], v), k
+
+
+def same(a: object, b: object) -> bool:
+    """Equal, floats within summation-order rounding, recursively."""
+    if isinstance(a, float) or isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-9, abs=1e-9)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+@pytest.mark.postgres
+async def test_postgres_schema_is_created_and_migrated(postgres_url: str) -> None:
+    """An empty database gets every migration; one left at an older version (here: before
+    the indexes) is brought up to date with its records kept; replicas opening an empty
+    database at once migrate it once; a database a newer gateway migrated is refused."""
+    import psycopg
+
+    from gateway.accounting.store.postgres_store import MIGRATIONS, SCHEMA, VERSION_TABLE
+
+    def version_and_indexes() -> tuple[int, set[str]]:
+        with psycopg.connect(postgres_url, autocommit=True) as c:
+            row = c.execute(f"SELECT version FROM {VERSION_TABLE}").fetchone()  # type: ignore[arg-type]
+            names = c.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s",
+                              ("tollgate_requests",)).fetchall()  # fmt: skip
+        assert row is not None
+        return int(row[0]), {n for (n,) in names}
+
+    replicas = [PostgresStore(postgres_url) for _ in range(3)]
+    await asyncio.gather(*(s.open() for s in replicas))
+    assert SCHEMA == len(MIGRATIONS) >= 2
+    version, indexes = version_and_indexes()
+    assert version == SCHEMA
+    assert {"tollgate_requests_purpose_ts", "tollgate_requests_ts"} <= indexes
+    await replicas[0].write_batch([rec(1), rec(2)])
+    for s in replicas:
+        await s.close()
+
+    with psycopg.connect(postgres_url, autocommit=True) as c:  # what a v1 gateway left
+        c.execute("DROP INDEX tollgate_requests_purpose_ts")
+        c.execute("DROP INDEX tollgate_requests_ts")
+        c.execute(f"UPDATE {VERSION_TABLE} SET version = 1")  # type: ignore[arg-type]
+    again = PostgresStore(postgres_url)
+    await again.open()
+    version, indexes = version_and_indexes()
+    assert version == SCHEMA and "tollgate_requests_purpose_ts" in indexes
+    assert await again.count() == 2
+    await again.close()
+
+    with psycopg.connect(postgres_url, autocommit=True) as c:
+        c.execute(f"UPDATE {VERSION_TABLE} SET version = %s", (SCHEMA + 1,))  # type: ignore[arg-type]
+    with pytest.raises(StoreError, match="upgrade the gateway"):
+        await PostgresStore(postgres_url).open()
+
+
+async def test_postgres_down_raises_store_unavailable() -> None:
+    """No server at the URL: open() raises StoreUnavailable (the recorder buffers and
+    retries), within the configured timeout."""
+    from tests.redis_server import free_port
+
+    s = PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/x", timeout_s=1.0)
+    with pytest.raises(StoreUnavailable, match="PostgreSQL postgresql://"):
+        await asyncio.wait_for(s.open(), 10)
+    with pytest.raises(StoreUnavailable):
+        await s.write_batch([rec(1)])
+
+
+def test_retention_passes_run_on_open_then_at_most_every_period() -> None:
+    """A store asks Retention after every write: the first ask (at open) runs a pass, the
+    next ones within `every_s` (an hour by default) do not; a failed pass is retried at the
+    next write; no retention_days, no pass ever."""
+    r = Retention(30)
+    assert r.every_s == 3600.0
+    first = r.due()
+    assert first is not None and abs(first - (time.time() - 30 * 86400)) < 60
+    assert [r.due() for _ in range(100)] == [None] * 100
+
+    async def failing(cutoff: float) -> int:
+        raise StoreUnavailable("down")
+
+    again = Retention(30)
+    asyncio.run(again.run_if_due(failing, wait=True))  # logged, not raised
+    assert again.due() is not None  # retried at the next write
+    assert Retention(None).due() is None
+    assert StoreConfig().retention_days is None
+
+
+@pytest.mark.postgres
+async def test_postgres_analyzes_its_table_where_autovacuum_is_off(postgres_url: str) -> None:
+    """With the server's autovacuum off nothing gathers the table's statistics, and the
+    30-day usage query is planned as if the table were empty (an index walk): the store
+    runs ANALYZE itself after a tenth of the table (and at least 1,000 records) is new.
+    With autovacuum on it leaves that to the server."""
+    import psycopg
+
+    def analyzed() -> tuple[bool, int]:
+        with psycopg.connect(postgres_url, autocommit=True) as c:
+            on = c.execute("SELECT current_setting('autovacuum') = 'on'").fetchone()
+            row = c.execute("SELECT reltuples FROM pg_class WHERE relname = 'tollgate_requests'")
+            got = row.fetchone()
+        assert on is not None and got is not None
+        return bool(on[0]), int(got[0])
+
+    s = PostgresStore(postgres_url)
+    await s.open()
+    await s.write_batch([rec(i) for i in range(900)])
+    autovacuum, rows = analyzed()
+    assert rows <= 0  # never analyzed yet (-1 on PostgreSQL 14+, 0 before)
+    await s.write_batch([rec(i) for i in range(900, 1500)])
+    autovacuum, rows = analyzed()
+    await s.close()
+    if autovacuum:
+        assert rows <= 0 or rows == 1500  # the server's own autovacuum may have run
+    else:
+        assert rows == 1500

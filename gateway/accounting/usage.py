@@ -118,7 +118,7 @@ async def usage_endpoint(request: Request) -> Response:
     if gw.store is None:
         return _unavailable(
             "usage needs a record store; this gateway runs with store.backend: none "
-            "(set it to sqlite or redis in the routing file)"
+            "(set it to sqlite, redis or postgres in the routing file)"
         )
     try:
         rows = await gw.store.usage(since, until, group_by)
@@ -202,7 +202,7 @@ async def feedback_endpoint(request: Request) -> Response:
     if gw.store is None:
         return _unavailable(
             "feedback needs a record store; this gateway runs with store.backend: none "
-            "(set it to sqlite or redis in the routing file)"
+            "(set it to sqlite, redis or postgres in the routing file)"
         )
     try:
         got = await gw.recorder.attach_quality(rid, "feedback", score)

@@ -1,9 +1,9 @@
-"""Record stores behind one interface: SQLite (embedded default) and Redis (shared by replicas)."""
+"""Record stores behind one interface: SQLite (embedded default), Redis and PostgreSQL (shared
+by replicas)."""
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from gateway.accounting.store.base import (
@@ -15,7 +15,7 @@ from gateway.accounting.store.base import (
     StoreUnavailable,
     record_quality,
 )
-from gateway.config import StoreConfig
+from gateway.config import StoreConfig, mask_url_password
 
 
 def make_store(cfg: StoreConfig) -> Store | None:
@@ -25,11 +25,24 @@ def make_store(cfg: StoreConfig) -> Store | None:
     if cfg.backend == "sqlite":
         from gateway.accounting.store.sqlite_store import SQLiteStore
 
-        return SQLiteStore(cfg.sqlite_path)
+        return SQLiteStore(cfg.sqlite_path, retention_days=cfg.retention_days)
+    if cfg.backend == "postgres":
+        from gateway.accounting.store.postgres_store import PostgresStore
+
+        return PostgresStore(
+            cfg.postgres_url,
+            pool_min=cfg.postgres_pool_min,
+            pool_max=cfg.postgres_pool_max,
+            timeout_s=cfg.postgres_timeout_s,
+            retention_days=cfg.retention_days,
+        )
     from gateway.accounting.store.redis_store import RedisStore
 
     return RedisStore(
-        cfg.redis_url, stream_maxlen=cfg.redis_stream_maxlen, cluster=cfg.redis_cluster
+        cfg.redis_url,
+        stream_maxlen=cfg.redis_stream_maxlen,
+        cluster=cfg.redis_cluster,
+        retention_days=cfg.retention_days,
     )
 
 
@@ -43,14 +56,17 @@ def sqlite_file(cfg: StoreConfig) -> Path | None:
 
 def describe_store(cfg: StoreConfig) -> str:
     """Which store this is, for an operator: "SQLite at /abs/path", "Redis at redis://...",
-    "Redis Cluster at redis://..." (password masked) or "none"."""
+    "Redis Cluster at redis://...", "PostgreSQL at postgresql://..." (passwords masked) or
+    "none"."""
     if cfg.backend == "none":
         return "none (store.backend: none, nothing is recorded)"
     if cfg.backend == "sqlite":
         f = sqlite_file(cfg)
         return f"SQLite at {f if f is not None else cfg.sqlite_path}"
+    if cfg.backend == "postgres":
+        return "PostgreSQL at " + mask_url_password(cfg.postgres_url)
     kind = "Redis Cluster" if cfg.redis_cluster else "Redis"
-    return f"{kind} at " + re.sub(r"//[^@/]*@", "//****@", cfg.redis_url)
+    return f"{kind} at " + mask_url_password(cfg.redis_url)
 
 
 def describe_sources(config_path: str | os.PathLike[str], cfg: StoreConfig) -> str:

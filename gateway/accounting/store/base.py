@@ -6,9 +6,13 @@ for the same records (the store test suite runs unchanged against each).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import math
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import fields
 from typing import Any, Literal
 
@@ -20,6 +24,7 @@ Purpose = Literal["client", "judge"]  # RequestRecord.purpose
 PURPOSES: tuple[str, ...] = ("client", "judge")
 QUALITY_SOURCES: tuple[str, ...] = ("feedback", "judge")
 NONE_GROUP = "(none)"
+log = logging.getLogger("tollgate.store")
 
 
 _RECORD_FIELDS = frozenset(f.name for f in fields(RequestRecord))
@@ -230,6 +235,30 @@ def aggregate(records: Iterable[RequestRecord], group_by: str) -> list[dict[str,
     return rows
 
 
+def usage_row(a: dict[str, Any], p50: float | None, p95: float | None) -> dict[str, Any]:
+    """An `aggregate()` row from one SQL GROUP BY row (the SQL stores' sums and means, named
+    as there, with the group in "g") and the group's latency percentiles."""
+    cost = float(a["cost_usd"])
+    return {
+        "group": a["g"],
+        "requests": int(a["requests"]),
+        "errors": int(a["errors"]),
+        "prompt_tokens": int(a["prompt_tokens"]),
+        "cached_tokens": int(a["cached_tokens"]),
+        "completion_tokens": int(a["completion_tokens"]),
+        "estimated": int(a["estimated"]),
+        "cost_usd": cost,
+        **savings_fields(cost, float(a["baseline_cost_usd"])),
+        "latency_p50_ms": p50,
+        "latency_p95_ms": p95,
+        "quality_mean": a["quality_mean"],
+        "quality_n": int(a["quality_n"]),
+        "quality_feedback_mean": a["quality_feedback_mean"],
+        "quality_judge_mean": a["quality_judge_mean"],
+        "quality_predicted_mean": a["quality_predicted_mean"],
+    }
+
+
 def bucket_start(ts: float, bucket_s: int) -> float:
     return float(math.floor(ts / bucket_s) * bucket_s)
 
@@ -252,3 +281,73 @@ def check_bucket(bucket_s: int) -> int:
     if int(bucket_s) < 1:
         raise ValueError(f"bucket_s must be a positive number of seconds; got {bucket_s!r}")
     return int(bucket_s)
+
+
+DAY_S = 86400.0
+
+
+class Retention:
+    """When a store deletes its old records (`store.retention_days`; None keeps them all).
+
+    A store calls `run_if_due()` on open and after each write: a pass runs at most once per
+    `every_s`, in a task of its own, so a long first delete never holds up the open or the
+    writes behind it. Stores delete in chunks, so their
+    writes interleave with a long pass. `keep()` drops records already past the cutoff from
+    a batch, so a late write (a recorder that buffered through an outage, a replayed
+    journal) does not bring back what retention removed."""
+
+    def __init__(self, days: float | None, every_s: float = 3600.0) -> None:
+        self.days = days
+        self.every_s = every_s
+        self._next = 0.0  # monotonic time of the next pass; 0: on open
+        self._task: asyncio.Task[None] | None = None
+
+    def cutoff(self) -> float | None:
+        return None if self.days is None else time.time() - self.days * DAY_S
+
+    def due(self) -> float | None:
+        if self.days is None or time.monotonic() < self._next:
+            return None
+        self._next = time.monotonic() + self.every_s
+        return self.cutoff()
+
+    async def run_if_due(
+        self, delete: Callable[[float], Awaitable[int]], wait: bool = False
+    ) -> None:
+        """Run a pass, `delete(cutoff)` (which deletes the records with ts < cutoff and
+        answers how many), when one is due and none is running: awaited with `wait`, else
+        in a task. A store error is logged and the pass retried at the next write, never
+        raised: the batch that triggered it is already written."""
+        if self._task is not None and not self._task.done():
+            return
+        cutoff = self.due()
+        if cutoff is None:
+            return
+        if wait:
+            await self._pass(delete, cutoff)
+        else:
+            self._task = asyncio.create_task(self._pass(delete, cutoff))
+
+    async def _pass(self, delete: Callable[[float], Awaitable[int]], cutoff: float) -> None:
+        try:
+            n = await delete(cutoff)
+        except StoreError as e:
+            self._next = 0.0
+            log.warning("retention: deleting old records failed, retried later: %s", e)
+            return
+        if n:
+            log.info("retention: deleted %d records older than %s days", n, self.days)
+
+    async def stop(self) -> None:
+        """End a pass still running (the store is closing; the next open starts over)."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def keep(self, records: list[RequestRecord]) -> list[RequestRecord]:
+        cutoff = self.cutoff()
+        if cutoff is None:
+            return records
+        return [r for r in records if r.ts >= cutoff]

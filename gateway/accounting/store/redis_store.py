@@ -18,6 +18,12 @@ Layout (prefix ``{tollgate}:``):
                      record_ttl_s / 60 kept).
 - ``quality``        sorted set (score = record ts) of request ids that received a quality
                      score, so usage() fetches only those scores (newest stream_maxlen kept).
+- ``late``           sorted set (score = record ts) of "stream entry-id" for records written
+                     more than the clock skew after their ts (newest stream_maxlen kept).
+
+Retention (``retention_days``) deletes by stream id time, which is write time: XTRIM MINID at
+the cutoff less the clock skew, then one by one the entries written near the cutoff or listed
+in ``late`` whose ts is older; and the rollups and quality index of before the cutoff.
 
 A batch is written by one Lua script: each record whose ``rec:{id}`` exists is skipped, so a
 batch retried after a lost reply is never counted twice, and a record and its rollups land
@@ -65,6 +71,7 @@ from gateway.accounting.records import CLIENT, JUDGE, RequestRecord
 from gateway.accounting.store.base import (
     Purpose,
     QualitySource,
+    Retention,
     Store,
     StoreError,
     StoreUnavailable,
@@ -81,14 +88,24 @@ from gateway.accounting.store.base import (
 
 _DIMS = ("model", "tier", "key", "route")
 _WRITE_LUA = """
-local stream, minutes = KEYS[1], KEYS[2]
+local stream, minutes, late = KEYS[1], KEYS[2], KEYS[3]
 local maxlen, ttl, prefix, keep_minutes = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local rollup = ARGV[5] == '1'
 local dims = {'model', 'tier', 'key', 'route'}
 local metrics = {'requests', 'errors', 'prompt_tokens', 'completion_tokens',
                  'cost_usd', 'baseline_cost_usd', 'latency_ms_sum'}
 local sums, order = {}, {}
-local written = 0
+local written, lates = 0, 0
+-- a record written more than the clock skew after its ts (a recorder that buffered through an
+-- outage, a replayed journal) is indexed by ts, for retention to find: it deletes the rest by
+-- stream id time
+local function mark_late(sid, ts)
+  local ms = tonumber(string.match(sid, '^(%d+)'))
+  if tonumber(ts) * 1000 < ms - 300000 then
+    redis.call('ZADD', late, ts, stream .. ' ' .. sid)
+    lates = lates + 1
+  end
+end
 local i = 6
 while i <= #ARGV do
   local rid, ts, json, minute = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
@@ -97,11 +114,13 @@ while i <= #ARGV do
     -- written before: skip
   elseif not rollup then
     local sid = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'r', json)
+    mark_late(sid, ts)
     redis.call('HSET', rk, 'sid', sid, 'ts', ts, 'stream', stream)
     redis.call('EXPIRE', rk, ttl)
     written = written + 1
   else
     local sid = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'r', json)
+    mark_late(sid, ts)
     redis.call('HSET', rk, 'sid', sid, 'ts', ts)
     redis.call('EXPIRE', rk, ttl)
     -- rollups are summed here and written once per (minute, field) below
@@ -138,6 +157,9 @@ for _, minute in ipairs(order) do
   redis.call('ZADD', minutes, minute, minute)
 end
 redis.call('ZREMRANGEBYRANK', minutes, 0, -1 - tonumber(keep_minutes))
+if lates > 0 then
+  redis.call('ZREMRANGEBYRANK', late, 0, -1 - tonumber(maxlen))
+end
 return written
 """
 _PER_RECORD_ARGS = 14
@@ -179,6 +201,8 @@ class RedisStore(Store):
         record_ttl_s: int = 30 * 86400,
         socket_timeout_s: float = 5.0,
         cluster: bool = False,
+        retention_days: float | None = None,
+        retention_every_s: float = 3600.0,
     ) -> None:
         """`prefix` None: ``{tollgate}:``, or ``tollgate:`` where an older gateway's data
         is (see the module docstring). `cluster`: `url` is one node of a Redis Cluster."""
@@ -189,6 +213,7 @@ class RedisStore(Store):
             )
         self.url = url
         self.cluster = cluster
+        self.retention = Retention(retention_days, retention_every_s)
         self.stream_maxlen = stream_maxlen
         self.record_ttl_s = record_ttl_s
         self._timeout = socket_timeout_s
@@ -202,6 +227,7 @@ class RedisStore(Store):
         self._k_minutes = prefix + "minutes"
         self._k_quality = prefix + "quality"
         self._k_judge = prefix + "judge"
+        self._k_late = prefix + "late"
 
     async def _settle_prefix(self) -> None:
         """Keep the untagged prefix on a Redis that has its data and none of the tagged."""
@@ -246,16 +272,53 @@ class RedisStore(Store):
         await self._call(self._client().ping())
         if not self._prefix_settled:
             await self._settle_prefix()
+        await self.retention.run_if_due(self._delete_before)
 
     async def close(self) -> None:
+        await self.retention.stop()
         if self._r is not None:
             r, self._r = self._r, None
             with contextlib.suppress(RedisError, OSError):
                 await r.aclose()
 
     async def write_batch(self, records: list[RequestRecord]) -> None:
-        if not records:
-            return
+        records = self.retention.keep(records)
+        if records:
+            await self._write_records(records)
+        await self.retention.run_if_due(self._delete_before)
+
+    async def _delete_before(self, cutoff: float) -> int:
+        """Delete the records with ts < cutoff: whole stream head written before cutoff - skew
+        (XTRIM MINID), then the entries written within the skew of the cutoff and the late ones
+        whose ts is older, one by one; and the rollups and quality index entries of before."""
+        r = self._client()
+        deleted = 0
+        minid = max(0, int((cutoff - _SKEW_S) * 1000))
+        for stream in (self._k_stream, self._k_judge):
+            deleted += await self._call(r.xtrim(stream, minid=minid, approximate=False))
+            start, end = str(minid), str(int((cutoff + _SKEW_S) * 1000))
+            while True:
+                chunk = await self._call(r.xrange(stream, start, end, count=_CHUNK))
+                old = [sid for sid, f in chunk if self._decode(f).ts < cutoff]
+                if old:
+                    deleted += await self._call(r.xdel(stream, *old))
+                if len(chunk) < _CHUNK:
+                    break
+                start = "(" + chunk[-1][0].decode()
+        late = await self._call(r.zrangebyscore(self._k_late, "-inf", f"({cutoff!r}"))
+        for member in late:
+            stream, _, sid = member.decode().partition(" ")
+            deleted += await self._call(r.xdel(stream, sid))
+        await self._call(r.zremrangebyscore(self._k_late, "-inf", f"({cutoff!r}"))
+        before = bucket_start(cutoff, 60) - 60  # the minute holding the cutoff stays whole
+        minutes = await self._call(r.zrangebyscore(self._k_minutes, "-inf", before))
+        if minutes:
+            await self._call(r.delete(*[self.prefix.encode() + b"m:" + m for m in minutes]))
+            await self._call(r.zremrangebyscore(self._k_minutes, "-inf", before))
+        await self._call(r.zremrangebyscore(self._k_quality, "-inf", f"({cutoff!r}"))
+        return int(deleted)
+
+    async def _write_records(self, records: list[RequestRecord]) -> None:
         self._client()
         client = [r for r in records if r.purpose == CLIENT]
         if len(client) < len(records):
@@ -291,7 +354,7 @@ class RedisStore(Store):
                 group_value(r.route),
             ]
         assert len(args) == 5 + _PER_RECORD_ARGS * len(records)
-        await self._call(self._write(keys=[stream, self._k_minutes], args=args))
+        await self._call(self._write(keys=[stream, self._k_minutes, self._k_late], args=args))
 
     async def set_quality(self, request_id: str, source: QualitySource, score: float) -> bool:
         check_source(source)

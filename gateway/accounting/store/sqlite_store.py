@@ -34,6 +34,7 @@ from gateway.accounting.store.base import (
     NONE_GROUP,
     Purpose,
     QualitySource,
+    Retention,
     Store,
     StoreError,
     StoreUnavailable,
@@ -45,7 +46,7 @@ from gateway.accounting.store.base import (
     check_source,
     percentile,
     record_from_dict,
-    savings_fields,
+    usage_row,
 )
 
 T = TypeVar("T")
@@ -87,6 +88,10 @@ _VECTOR_AT = _FIELDS.index(_VECTOR)
 _BOOL_AT = [_FIELDS.index(n) for n in sorted(_BOOL)]
 
 
+_CHUNK = 5000  # records deleted per statement by retention
+_DELETE_CHUNK = (
+    "DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests WHERE ts < ? LIMIT ?)"
+)
 _ROW_MARKS = f"({', '.join('?' * len(_FIELDS))})"
 
 
@@ -153,8 +158,11 @@ def _record(row: sqlite3.Row) -> RequestRecord:
 class SQLiteStore(Store):
     name = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(
+        self, path: str, retention_days: float | None = None, retention_every_s: float = 3600.0
+    ) -> None:
         self.path = path
+        self.retention = Retention(retention_days, retention_every_s)
         self._w: sqlite3.Connection | None = None  # writes
         self._r: sqlite3.Connection | None = None  # reads, so reports never wait on writes
         self._wlock = threading.Lock()
@@ -235,8 +243,10 @@ class SQLiteStore(Store):
             raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
         except OSError as e:
             raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
+        await self._prune_if_due()
 
     async def close(self) -> None:
+        await self.retention.stop()
         w, r = self._w, self._r
         self._w = self._r = None
 
@@ -251,8 +261,28 @@ class SQLiteStore(Store):
         await asyncio.to_thread(shut)
 
     async def write_batch(self, records: list[RequestRecord]) -> None:
-        if not records:
-            return
+        records = self.retention.keep(records)
+        if records:
+            await self._write(records)
+        await self._prune_if_due()
+
+    async def _prune_if_due(self, wait: bool = False) -> None:
+        def chunk(cutoff: float) -> int:
+            c = self._wc()
+            with c:
+                return c.execute(_DELETE_CHUNK, (cutoff, _CHUNK)).rowcount
+
+        async def delete(cutoff: float) -> int:
+            total = 0
+            while True:  # the write lock is released between chunks: writes go on
+                n = await self._run(self._wlock, lambda: chunk(cutoff))
+                total += n
+                if n < _CHUNK:
+                    return total
+
+        await self.retention.run_if_due(delete, wait=wait)
+
+    async def _write(self, records: list[RequestRecord]) -> None:
         per = self._rows_per_insert
 
         def write() -> None:
@@ -347,33 +377,15 @@ class SQLiteStore(Store):
             lats: dict[str, list[float]] = {}
             for r in c.execute(lat_sql, (lo, hi, kind)):
                 lats.setdefault(r[0], []).append(float(r[1]))
-            return [self._finish(a, lats.get(k, [])) for k, a in aggs.items()]
+            return [
+                usage_row(a, percentile(lat, 50), percentile(lat, 95))
+                for k, a in aggs.items()
+                for lat in [lats.get(k, [])]
+            ]
 
         rows = await self._run(self._rlock, q)
         rows.sort(key=lambda row: (-row["cost_usd"], row["group"]))
         return rows
-
-    @staticmethod
-    def _finish(a: dict[str, Any], lat: list[float]) -> dict[str, Any]:
-        cost = float(a["cost_usd"])
-        return {
-            "group": a["g"],
-            "requests": int(a["requests"]),
-            "errors": int(a["errors"]),
-            "prompt_tokens": int(a["prompt_tokens"]),
-            "cached_tokens": int(a["cached_tokens"]),
-            "completion_tokens": int(a["completion_tokens"]),
-            "estimated": int(a["estimated"]),
-            "cost_usd": cost,
-            **savings_fields(cost, float(a["baseline_cost_usd"])),
-            "latency_p50_ms": percentile(lat, 50),
-            "latency_p95_ms": percentile(lat, 95),
-            "quality_mean": a["quality_mean"],
-            "quality_n": int(a["quality_n"]),
-            "quality_feedback_mean": a["quality_feedback_mean"],
-            "quality_judge_mean": a["quality_judge_mean"],
-            "quality_predicted_mean": a["quality_predicted_mean"],
-        }
 
     async def timeseries(self, since: float | None, bucket_s: int) -> list[dict[str, Any]]:
         b = check_bucket(bucket_s)
