@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hmac
 import logging
 import os
 import signal
@@ -37,6 +38,9 @@ from gateway.proxy import HOT_PATHS, Proxy, Receive, Scope, Send, new_request_id
 from gateway.routing.policies import POLICIES
 from gateway.routing.profiles import wants_router
 from gateway.routing.runtime import Runtime, UpstreamPool
+from gateway.tenants import admin
+from gateway.tenants.auth import caller, presented_key, refuse
+from gateway.tenants.keys import KeyRefresher, KeyTable, make_key_store
 from gateway.upstreams.pool import STATE_NAMES, Upstream
 
 LOOP_LAG_INTERVAL_S = 0.1  # tollgate_event_loop_lag_seconds: ten samples a second
@@ -74,7 +78,10 @@ class Gateway:
         self.router = self._router_for(cfg)
         self.runtime = Runtime(cfg, self.pool, self.router, config_path or "the routing file")
         self._metric_names()
-        self.key_hashes = {k.sha256: k.id for k in cfg.auth.keys}
+        self.keys: KeyTable  # set by the refresher: the routing file's keys, then the store's
+        self.key_refresher = KeyRefresher(self, make_key_store(cfg.store))
+        self.key_refresher.rebuild(cfg)
+        self.key_refresher.apply(self.key_refresher.fetch())
         self.store = make_store(cfg.store)
         self.recorder = Recorder(self.store, cfg.store, self.metrics, make_journal(cfg.store))
         self.judge = Judge(cfg.judge, self._judge_call, self.recorder, self.metrics)
@@ -144,7 +151,7 @@ class Gateway:
         self.router = router
         self.runtime = runtime
         self._metric_names()
-        self.key_hashes = {k.sha256: k.id for k in cfg.auth.keys}
+        self.key_refresher.rebuild(cfg)
         self.judge_enabled = bool(cfg.judge.model and cfg.judge.sample_rate > 0)
         self.judge.update(cfg.judge)
         self.reload_error = None
@@ -190,6 +197,7 @@ class Gateway:
         await self.recorder.start()
         self._tasks.append(asyncio.create_task(self._watch_config()))
         self._tasks.append(asyncio.create_task(self._watch_loop_lag()))
+        self.key_refresher.start(lambda: self.config.auth.refresh_interval_s)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
@@ -204,6 +212,7 @@ class Gateway:
             await asyncio.sleep(0.01)
         self._drain_finished()
         await self.judge.close()
+        await self.key_refresher.close()
         await self.recorder.close(timeout=self.config.server.drain_timeout_s or 5.0)
         await self.pool.aclose()
 
@@ -304,6 +313,7 @@ class Gateway:
             }
         body = {
             "status": "ready" if any_up else "no_upstream_available",
+            "auth_required": self.keys.required,
             "config": self.config_path or "(built in)",
             "config_loaded_at": self.loaded_at,
             "config_error": self.reload_error,
@@ -386,21 +396,37 @@ def build_fastapi(gw: Gateway) -> FastAPI:
         return {"status": "ok", "uptime_s": round(time.time() - gw.started_at, 3)}
 
     @app.get("/readyz")
-    async def readyz() -> Response:
+    async def readyz(request: Request) -> Response:
         ok, body = gw.readiness()
+        if gw.keys.required and not gw.keys.is_master(
+            gw.keys.lookup(presented_key(request.headers) or "")
+        ):
+            # open: ready or not; the details (config errors, circuits) need the master key
+            body = {
+                "status": body["status"],
+                "auth_required": True,
+                "details": "send the master key (TOLLGATE_MASTER_KEY) as a bearer token for "
+                "config errors, circuits and the store",
+            }
         return Response(
             orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json"
         )
 
     @app.get("/v1/models")
-    async def models() -> Response:
+    async def models(request: Request) -> Response:
+        who = caller(request, "GET /v1/models")
+        if isinstance(who, Response):
+            return who
         return Response(
             orjson.dumps({"object": "list", "data": gw.runtime.models_listing()}),
             media_type="application/json",
         )
 
     @app.get("/v1/models/{model_id:path}")
-    async def model(model_id: str) -> Response:
+    async def model(model_id: str, request: Request) -> Response:
+        who = caller(request, "GET /v1/models")
+        if isinstance(who, Response):
+            return who
         for m in gw.runtime.models_listing():
             if m["id"] == model_id:
                 return Response(orjson.dumps(m), media_type="application/json")
@@ -414,7 +440,17 @@ def build_fastapi(gw: Gateway) -> FastAPI:
         )
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        token = gw.config.server.metrics_token
+        if token and not hmac.compare_digest(
+            (request.headers.get("authorization") or "").encode(), f"Bearer {token}".encode()
+        ):
+            return refuse(
+                401,
+                "/metrics needs its token: send 'Authorization: Bearer <server.metrics_token>' "
+                "(the scraper's bearer_token)",
+                "missing_metrics_token",
+            )
         gw.metrics.store_queue_depth(gw.recorder.queue_depth)
         body, ctype = gw.metrics.render()
         return Response(body, media_type=ctype)
@@ -423,6 +459,7 @@ def build_fastapi(gw: Gateway) -> FastAPI:
 
     app.add_route("/v1/usage", usage_endpoint, methods=["GET"])
     app.add_route("/v1/feedback", feedback_endpoint, methods=["POST"])
+    admin.mount(app)
     _mount_extras(app)
     return app
 

@@ -305,6 +305,9 @@ class ServerConfig(_Strict):
     max_sse_event_bytes: int = Field(
         1024 * 1024, ge=1024, description="a streamed event over this ends the stream"
     )
+    # /metrics answers only `Authorization: Bearer <metrics_token>` when set (from the env:
+    # metrics_token: ${TOLLGATE_METRICS_TOKEN})
+    metrics_token: str | None = None
 
 
 class GatewayKey(_Strict):
@@ -313,10 +316,26 @@ class GatewayKey(_Strict):
     explore_share: float | None = Field(
         None, ge=0, le=1, description="overrides router.explore for this key's routed requests"
     )
+    # limits carried by the authenticated request (None: no limit of that kind)
+    rpm: int | None = Field(None, ge=1, description="requests per minute")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute")
+    budget_usd: float | None = Field(None, gt=0, description="spend allowed per budget_window")
+    budget_window: Literal["day", "week", "month"] = "month"
+    models: list[str] | None = Field(
+        None, description="the model names this key may call (None: any)"
+    )
 
 
 class AuthConfig(_Strict):
     keys: list[GatewayKey] = []
+    # False only where running without gateway keys is meant (a laptop, a trusted network):
+    # then requests without a key are served, and the side API is open
+    required: bool = True
+    # how often each replica reloads the keys created with `tollgate keys create` (and the
+    # admin API) from the key store: a revoked key is refused everywhere within this
+    refresh_interval_s: float = Field(1.0, gt=0, le=3600)
+    # a dashboard sign-in lasts this long
+    session_ttl_s: float = Field(12 * 3600.0, gt=0)
 
 
 class RoutingConfig(_Strict):
@@ -597,6 +616,8 @@ def masked_dump(cfg: RoutingConfig) -> dict[str, Any]:
                 ep["api_key"] = mask(ep["api_key"])
     if "redis_url" in data["store"]:
         data["store"]["redis_url"] = re.sub(r"//[^@/]*@", "//****@", data["store"]["redis_url"])
+    if data["server"].get("metrics_token"):
+        data["server"]["metrics_token"] = mask(data["server"]["metrics_token"])
     if "postgres_url" in data["store"]:
         data["store"]["postgres_url"] = mask_url_password(data["store"]["postgres_url"])
     return data

@@ -34,11 +34,13 @@ from gateway.api.validation import (
     validate_completion,
     validate_embeddings,
 )
+from gateway.config import GatewayKey
 from gateway.errors import (
     AuthenticationFailed,
     BodyTooLarge,
     GatewayError,
     InvalidRequest,
+    PermissionDenied,
     RateLimited,
     Unavailable,
     UnsupportedMediaType,
@@ -50,6 +52,7 @@ from gateway.errors import (
 from gateway.http import h1
 from gateway.http.server import ANSWERED, ON_DISCONNECT
 from gateway.routing.runtime import Plan, Runtime
+from gateway.tenants.keys import KeyTable
 from gateway.upstreams.pool import QueueFull, Upstream
 
 
@@ -58,7 +61,7 @@ class GatewayState(Protocol):
     current runtime, the key table, the metrics, and the after-response hooks."""
 
     runtime: Runtime
-    key_hashes: dict[str, str]
+    keys: KeyTable
     metrics: Metrics
     judge_enabled: bool
     in_flight: int  # client requests in `Proxy.handle` now
@@ -270,14 +273,16 @@ class Proxy:
                     ct = v
                 elif k == b"content-length":
                     length = int(v) if v.isdigit() else -1
-                elif k == b"authorization":
-                    auth = v
+                elif k == b"authorization" or (k == b"x-api-key" and not auth):
+                    auth = v if k == b"authorization" else b"bearer " + v
                 elif k == b"x-tollgate-explain":
                     explain = v in (b"1", b"true", b"yes")
                 elif k == b"x-tollgate-max-cost-usd":
                     ceiling = v
-            if gw.key_hashes:
-                rec.key_id = self._authenticate(auth)
+            key = None
+            if gw.keys.required:
+                key = self._authenticate(auth)
+                rec.key_id = key.id
             limit = rt.config.server.max_body_bytes
             if length > limit:
                 raise BodyTooLarge(
@@ -298,6 +303,13 @@ class Proxy:
                 raise _not_json(raw, e) from None
             check(body)
             rec.route = body["model"]
+            if key is not None and key.models is not None and rec.route not in key.models:
+                raise PermissionDenied(
+                    f"the gateway key {key.id!r} may not call model {rec.route[:80]!r}; it may "
+                    f"call: {', '.join(key.models)} (ask for a key with this model in --models)",
+                    param="model",
+                    code="model_not_allowed",
+                )
             stream = bool(body.get("stream"))
             rec.stream = stream
             max_cost = None if ceiling is None else _max_cost(ceiling)
@@ -411,16 +423,22 @@ class Proxy:
                         {"type": "http.response.body", "body": b"data: " + e.body() + b"\n\n"}
                     )
 
-    def _authenticate(self, auth: bytes) -> str:
+    def _authenticate(self, auth: bytes) -> GatewayKey:
+        """The key (its id and limits) of `Authorization: Bearer <key>` (or `x-api-key`):
+        one sha256 and one dict lookup in the current key table."""
         if not auth.lower().startswith(b"bearer "):
             raise AuthenticationFailed(
-                "missing gateway key: send 'Authorization: Bearer <key>' (api_key in the SDK)"
+                "missing gateway key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>' "
+                "(api_key in the SDK)"
             )
         digest = hashlib.sha256(auth[7:].strip()).hexdigest()
-        key_id = self.gw.key_hashes.get(digest)
-        if key_id is None:
-            raise AuthenticationFailed("the gateway key is not valid; check the api_key you sent")
-        return key_id
+        key = self.gw.keys.by_hash.get(digest)
+        if key is None:
+            raise AuthenticationFailed(
+                "the gateway key is not valid (unknown or revoked); check the api_key you sent "
+                "or ask for a new one (tollgate keys create)"
+            )
+        return key
 
     @staticmethod
     async def _read_body(receive: Receive, limit: int) -> bytes:
