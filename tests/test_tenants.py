@@ -287,3 +287,36 @@ def test_dashboard_sign_in_form_sets_a_strict_httponly_session_cookie(
         # revoked: the session ends with the key
         httpx.delete(f"{gw.url}/admin/keys/team-a", headers=bearer(MASTER))
         assert c.get("/dashboard/data").status_code == 401
+
+
+@pytest.mark.browser
+def test_dashboard_sign_in_in_headless_chromium(
+    up: FakeUpstream, gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """A real browser: the form, the redirect, the page polling with its cookie, which
+    scripts cannot read; the page counts team-a's requests only."""
+    from tests.test_dashboard import Chromium, chromium_binary
+
+    chromium_binary()
+    gw = gateway(routing(up, tmp_path / "t.db"), env={"TOLLGATE_MASTER_KEY": MASTER})
+    a, b = admin_create(gw, "team-a"), admin_create(gw, "team-b")
+    for key in (a, a, b):
+        assert chat(gw, bearer(key)).status_code == 200
+    until(lambda: usage(gw, MASTER)["totals"]["requests"] >= 3)
+    browser = Chromium(tmp_path / "profile")
+    try:
+        browser.call("Page.enable")
+        browser.call("Runtime.enable")
+        browser.call("Page.navigate", url=f"{gw.url}/dashboard")
+        browser.wait_for("!!document.getElementById('signin')")
+        browser.eval(
+            f"document.getElementById('key').value = {a!r};"
+            "document.getElementById('signin').submit(); true"
+        )
+        browser.wait_for("document.body && document.body.dataset.loaded >= '1'")
+        requests = browser.eval("document.getElementById('kpi-requests').textContent")
+        assert requests == "2"
+        assert browser.eval("document.cookie") == ""  # HttpOnly
+        assert browser.eval("location.href") == f"{gw.url}/dashboard"
+    finally:
+        browser.close()
