@@ -433,6 +433,12 @@ class Proxy:
             )
         digest = hashlib.sha256(auth[7:].strip()).hexdigest()
         key = self.gw.keys.by_hash.get(digest)
+        if key is None and not self.gw.keys.by_hash:
+            raise AuthenticationFailed(
+                "this gateway requires gateway keys (auth.required) and has none yet: create "
+                "one with `tollgate keys create --name NAME`, or set auth.required: false in "
+                "the routing file"
+            )
         if key is None:
             raise AuthenticationFailed(
                 "the gateway key is not valid (unknown or revoked); check the api_key you sent "

@@ -21,7 +21,10 @@ import openai
 import pytest
 
 from tests.fake_upstream import FakeUpstream
-from tests.support import REPO, GatewayProcess, model_block
+from tests.postgres_server import postgres_url
+from tests.support import REPO, GatewayProcess, free_port, model_block
+
+__all__ = ["postgres_url"]  # a fixture
 
 MASTER = "tg-master-4b1d9e7c2a6f8e0d5c3b1a9f7e"
 METRICS_TOKEN = "mt-2f6e9a1c4d8b7e3f0a5c"
@@ -320,3 +323,49 @@ def test_dashboard_sign_in_in_headless_chromium(
         assert browser.eval("location.href") == f"{gw.url}/dashboard"
     finally:
         browser.close()
+
+
+def pg_routing(up: FakeUpstream, url: str, file_key: str | None = None) -> str:
+    keys = f", keys: [{{id: ops, sha256: {digest(file_key)}}}]" if file_key else ""
+    return "\n".join(
+        [
+            "server: {drain_timeout_s: 1}",
+            f'store: {{backend: postgres, postgres_url: "{url}", postgres_timeout_s: 1}}',
+            f"auth: {{required: true, refresh_interval_s: 0.2{keys}}}",
+            "models:",
+            model_block("small", "small", up.base_url),
+        ]
+    )
+
+
+def digest(key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def test_postgres_key_store_is_shared_by_replicas_and_a_dead_one_serves_file_keys(
+    up: FakeUpstream, gateway: Callable[..., GatewayProcess], postgres_url: str
+) -> None:
+    g1 = gateway(pg_routing(up, postgres_url))
+    g2 = gateway(pg_routing(up, postgres_url))
+    made = keys_cli(g1.config_path, "create", "--name", "team-a", "--models", "small")
+    assert made.returncode == 0, made.stderr
+    assert "PostgreSQL at" in made.stdout
+    key = created_key(made.stdout)
+    for g in (g1, g2):
+        until(lambda g=g: chat(g, bearer(key)).status_code == 200)
+    assert keys_cli(g1.config_path, "revoke", "team-a").returncode == 0
+    t0 = time.monotonic()
+    for g in (g1, g2):
+        until(lambda g=g: chat(g, bearer(key)).status_code == 401)
+    print(f"postgres: revoke refused by both gateways after {time.monotonic() - t0:.3f} s")
+    # a key store that cannot be reached at start: the routing file's keys work, others not
+    ops = "tg-ops-file-key-0123456789abcdef"
+    dead = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{free_port()}")
+    g3 = gateway(pg_routing(up, dead, file_key=ops))
+    assert chat(g3, bearer(ops)).status_code == 200
+    again = keys_cli(g1.config_path, "create", "--name", "team-b")
+    r = chat(g3, bearer(created_key(again.stdout)))
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert "the key store (PostgreSQL at" in g3.logs()
