@@ -369,3 +369,22 @@ def test_postgres_key_store_is_shared_by_replicas_and_a_dead_one_serves_file_key
     r = chat(g3, bearer(created_key(again.stdout)))
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert "the key store (PostgreSQL at" in g3.logs()
+
+
+def test_a_dashboard_session_ends_after_auth_session_ttl_s(
+    up: FakeUpstream, gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    auth = "{required: true, session_ttl_s: 1}"
+    gw = gateway(routing(up, tmp_path / "t.db", auth), env={"TOLLGATE_MASTER_KEY": MASTER})
+    key = admin_create(gw, "team-a")
+    ok = httpx.post(f"{gw.url}/dashboard/login", data={"key": key})
+    assert "Max-Age=1;" in ok.headers["set-cookie"]
+    cookie = ok.headers["set-cookie"].split(";", 1)[0]  # sent by hand, past its Max-Age too
+    data = f"{gw.url}/dashboard/data"
+    assert httpx.get(data, headers={"cookie": cookie}).status_code == 200
+    # forged: another key id, or a later expiry, with the same mac
+    _kid, expiry, mac = cookie.split("=", 1)[1].split(".")
+    for forged in (f"master.{expiry}.{mac}", f"team-a.{int(expiry) + 3600}.{mac}"):
+        r = httpx.get(data, headers={"cookie": f"tollgate_session={forged}"})
+        assert r.status_code == 401, forged
+    until(lambda: httpx.get(data, headers={"cookie": cookie}).status_code == 401, 5)
