@@ -50,10 +50,12 @@ def presented_key(headers: Any) -> str | None:
 
 
 def caller(request: Request, what: str, cookie: bool = False) -> GatewayKey | Response:
-    """The key behind `request`, for `what` (named in the error). A key sent where none is
-    required is still checked: a wrong one is refused rather than ignored."""
+    """The key behind `request`, for `what` (named in the error). Where keys are not
+    required, a key that is not one (the SDK's "unused") is ignored, as on the proxy paths."""
     table: KeyTable = request.app.state.gw.keys
     key = presented_key(request.headers)
+    if key is not None and not table.required:
+        return table.lookup(key) or OPEN
     if key is None and cookie:
         found = session_key(request, table)
         if found is not None:
