@@ -191,7 +191,8 @@ async def test_single_redis_new_store_uses_the_tagged_prefix(tmp_path: Path) -> 
         await s.write_batch([rec(1)])
         await s.close()
         assert sorted(srv_keys(srv)) == [
-            "{tollgate}:m:1699999980", "{tollgate}:minutes", "{tollgate}:rec:req-1",
+            "{tollgate}:late", "{tollgate}:m:1699999980", "{tollgate}:minutes",
+            "{tollgate}:rec:req-1",
             "{tollgate}:records",
         ]  # fmt: skip
     finally:

@@ -41,7 +41,7 @@ def _no_store() -> Response:
 
 
 async def _refresh(gw: Any) -> None:
-    gw.key_refresher.apply(await asyncio.to_thread(gw.key_refresher.fetch))
+    gw.key_refresher.apply(await gw.key_refresher.fetch_async())
 
 
 async def create(request: Request) -> Response:

@@ -28,6 +28,7 @@ import secrets
 import sqlite3
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,8 +179,9 @@ class SQLiteKeyStore(KeyStore):
 
 
 class PostgresKeyStore(KeyStore):
-    """Table `tollgate_gateway_keys` in the record store's PostgreSQL database; one
-    connection, opened again after an error."""
+    """Table `tollgate_gateway_keys` in the record store's PostgreSQL database. A connection
+    per call (the CLI, the admin API, a gateway whose record store is not open yet); the
+    gateway's refresh reads through the record store's pool (`KeyRefresher.fetch_async`)."""
 
     TABLE_SQL = (
         "CREATE TABLE IF NOT EXISTS tollgate_gateway_keys (id text NOT NULL,"
@@ -192,33 +194,37 @@ class PostgresKeyStore(KeyStore):
         self.url = url
         self.timeout_s = timeout_s
         self.name = "PostgreSQL at " + mask_url_password(url)
-        self._conn: Any = None
 
     def _run(self, sql: str, args: tuple[Any, ...] = (), fetch: bool = False) -> Any:
         import psycopg
 
         try:
-            if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(
-                    self.url, autocommit=True, connect_timeout=max(1, int(self.timeout_s))
-                )
-            cur = self._conn.execute(sql, args)
-            return cur.fetchall() if fetch else cur.rowcount
+            timeout = max(1, int(self.timeout_s))
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=timeout) as conn:
+                cur = conn.execute(sql, args)  # type: ignore[arg-type]
+                return cur.fetchall() if fetch else cur.rowcount
         except psycopg.errors.UndefinedTable:
             return [] if fetch else 0
         except psycopg.Error as e:
-            self.close()
             raise KeyStoreError(f"the key store ({self.name}) is unavailable: {e}") from None
 
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
+    ACTIVE_SQL = f"SELECT {_COLUMNS} FROM tollgate_gateway_keys WHERE revoked_at IS NULL"
 
     def active(self) -> list[GatewayKey]:
-        sql = f"SELECT {_COLUMNS} FROM tollgate_gateway_keys WHERE revoked_at IS NULL"
-        return [_key_of(r).key for r in self._run(sql, fetch=True)]
+        return [_key_of(r).key for r in self._run(self.ACTIVE_SQL, fetch=True)]
+
+    async def active_via(self, pooled: Any) -> list[GatewayKey]:
+        """The same read on a connection of the record store's pool (`PostgresStore`)."""
+        import psycopg
+
+        try:
+            async with pooled.connection() as conn:
+                rows = await (await conn.execute(self.ACTIVE_SQL)).fetchall()
+        except psycopg.errors.UndefinedTable:
+            return []
+        except Exception as e:  # StoreError, psycopg.Error
+            raise KeyStoreError(f"the key store ({self.name}) is unavailable: {e}") from None
+        return [_key_of(tuple(r)).key for r in rows]
 
     def all(self) -> list[StoredKey]:
         sql = f"SELECT {_COLUMNS} FROM tollgate_gateway_keys ORDER BY created_at"
@@ -320,8 +326,25 @@ class KeyRefresher:
         """One blocking read of the store's active keys; None when it cannot be read."""
         if self.store is None:
             return None
+        return self._read(self.store.active)
+
+    async def fetch_async(self) -> list[GatewayKey] | None:
+        """A refresh: on the record store's PostgreSQL pool when it is open (no connection
+        of its own), else a blocking read in a thread."""
+        pooled = getattr(self.holder, "store", None)
+        if isinstance(self.store, PostgresKeyStore) and getattr(pooled, "connection", None):
+            try:
+                stored = await self.store.active_via(pooled)
+            except KeyStoreError:
+                pass  # not open yet, or down: the thread's own connection says which
+            else:
+                return self._read(lambda: stored)
+        return await asyncio.to_thread(self.fetch)
+
+    def _read(self, read: Callable[[], list[GatewayKey]]) -> list[GatewayKey] | None:
+        assert self.store is not None
         try:
-            stored = self.store.active()
+            stored = read()
         except KeyStoreError as e:
             if not self._failing:
                 log.warning("%s; serving the keys loaded before (routing-file keys at start)", e)
@@ -345,7 +368,7 @@ class KeyRefresher:
         while True:
             await asyncio.sleep(interval_of())
             try:
-                self.apply(await asyncio.to_thread(self.fetch))
+                self.apply(await self.fetch_async())
             except Exception:  # the refresher must never die
                 log.exception("key refresh failed")
 

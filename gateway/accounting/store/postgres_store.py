@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import fields
 from typing import Any
 
@@ -195,6 +195,11 @@ class PostgresStore(Store):
             raise StoreUnavailable(f"{self._where()}: {e}") from e
         except psycopg.Error as e:
             raise StoreError(f"{self._where()}: {e}") from e
+
+    def connection(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        """A connection of the pool for another table's reads (the gateway key store's);
+        StoreUnavailable while the store is not open or the server is down."""
+        return self._conn()
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         psycopg.types.json.set_json_loads(orjson.loads, conn)
