@@ -331,7 +331,10 @@ def pg_routing(up: FakeUpstream, url: str, file_key: str | None = None) -> str:
     return "\n".join(
         [
             "server: {drain_timeout_s: 1}",
-            f'store: {{backend: postgres, postgres_url: "{url}", postgres_timeout_s: 1}}',
+            # no journal: a gateway whose store is down would leave its records in the shared
+            # default journal folder for the next PostgreSQL gateway of the suite to replay
+            f'store: {{backend: postgres, postgres_url: "{url}", postgres_timeout_s: 1, '
+            "journal: false}",
             f"auth: {{required: true, refresh_interval_s: 0.2{keys}}}",
             "models:",
             model_block("small", "small", up.base_url),
