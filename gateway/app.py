@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hmac
 import logging
 import os
 import signal
@@ -32,12 +33,22 @@ from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import JUDGE, RequestRecord
 from gateway.accounting.store import make_store
 from gateway.cache.store import ResponseCache
-from gateway.config import ConfigError, RoutingConfig, find_config, load_config, mask_keys
+from gateway.config import (
+    ConfigError,
+    GatewayKey,
+    RoutingConfig,
+    find_config,
+    load_config,
+    mask_keys,
+)
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError, error_body
 from gateway.proxy import HOT_PATHS, Proxy, Receive, Scope, Send, new_request_id
 from gateway.routing.policies import POLICIES
 from gateway.routing.profiles import wants_router
 from gateway.routing.runtime import Runtime, UpstreamPool
+from gateway.tenants import admin
+from gateway.tenants.auth import caller, presented_key, refuse
+from gateway.tenants.keys import KeyRefresher, KeyTable, make_key_store
 from gateway.tenants.limits import Backend, Limits, RedisBackend, make_backend
 from gateway.upstreams.pool import STATE_NAMES, Upstream
 
@@ -76,10 +87,13 @@ class Gateway:
         self.router = self._router_for(cfg)
         self.runtime = Runtime(cfg, self.pool, self.router, config_path or "the routing file")
         self._metric_names()
-        self.key_hashes = {k.sha256: k.id for k in cfg.auth.keys}
         self._limits_backend: Backend | None = None
         self._retired_limits: list[Backend] = []
         self.limits = self._limits_for(cfg)
+        self.keys: KeyTable  # set by the refresher: the routing file's keys, then the store's
+        self.key_refresher = KeyRefresher(self, make_key_store(cfg.store))
+        self.key_refresher.rebuild(cfg)
+        self.key_refresher.apply(self.key_refresher.fetch())
         self.store = make_store(cfg.store)
         self.cache = ResponseCache(cfg)
         self.recorder = Recorder(self.store, cfg.store, self.metrics, make_journal(cfg.store))
@@ -111,17 +125,23 @@ class Gateway:
         return router
 
     def _limits_for(self, cfg: RoutingConfig) -> Limits:
-        """The limits of `cfg`; their backend is opened when something is limited, and kept
-        while `limits:` and the store's Redis settings stay the same."""
-        if not Limits.needed(cfg):
-            return Limits(cfg, None)
+        """The limits of `cfg` and of the stored keys; their backend is opened when something
+        is limited, and kept while `limits:` and the store's Redis settings stay the same."""
+        refresher = getattr(self, "key_refresher", None)
+        stored: list[GatewayKey] = list(refresher.stored or []) if refresher is not None else []
+        if not Limits.needed(cfg, stored):
+            return Limits(cfg, None, stored)
         old = getattr(self, "limits", None)
         b = self._limits_backend
         if b is None or old is None or (old.config, old.store) != (cfg.limits, cfg.store):
             if b is not None:
                 self._retired_limits.append(b)
             b = self._limits_backend = make_backend(cfg.limits, cfg.store)
-        return Limits(cfg, b)
+        return Limits(cfg, b, stored)
+
+    def keys_changed(self) -> None:
+        """The key store's keys changed (gateway/tenants/keys.py): their limits apply from now."""
+        self.limits = self._limits_for(self.config)
 
     def _stat(self) -> tuple[float, int] | None:
         if not self.config_path:
@@ -164,7 +184,7 @@ class Gateway:
         self.runtime = runtime
         self.limits = self._limits_for(cfg)
         self._metric_names()
-        self.key_hashes = {k.sha256: k.id for k in cfg.auth.keys}
+        self.key_refresher.rebuild(cfg)
         self.judge_enabled = bool(cfg.judge.model and cfg.judge.sample_rate > 0)
         self.judge.update(cfg.judge)
         self.cache.configure(cfg)  # opt-ins, TTL and bounds; the backend stays until restart
@@ -211,6 +231,7 @@ class Gateway:
         await self.recorder.start()
         self._tasks.append(asyncio.create_task(self._watch_config()))
         self._tasks.append(asyncio.create_task(self._watch_loop_lag()))
+        self.key_refresher.start(lambda: self.config.auth.refresh_interval_s)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
@@ -225,6 +246,7 @@ class Gateway:
             await asyncio.sleep(0.01)
         self._drain_finished()
         await self.judge.close()
+        await self.key_refresher.close()
         await self.recorder.close(timeout=self.config.server.drain_timeout_s or 5.0)
         await self.cache.close()
         await self.pool.aclose()
@@ -331,6 +353,7 @@ class Gateway:
             }
         body = {
             "status": "ready" if any_up else "no_upstream_available",
+            "auth_required": self.keys.required,
             "config": self.config_path or "(built in)",
             "config_loaded_at": self.loaded_at,
             "config_error": self.reload_error,
@@ -419,21 +442,37 @@ def build_fastapi(gw: Gateway) -> FastAPI:
         return {"status": "ok", "uptime_s": round(time.time() - gw.started_at, 3)}
 
     @app.get("/readyz")
-    async def readyz() -> Response:
+    async def readyz(request: Request) -> Response:
         ok, body = gw.readiness()
+        if gw.keys.required and not gw.keys.is_master(
+            gw.keys.lookup(presented_key(request.headers) or "")
+        ):
+            # open: ready or not; the details (config errors, circuits) need the master key
+            body = {
+                "status": body["status"],
+                "auth_required": True,
+                "details": "send the master key (TOLLGATE_MASTER_KEY) as a bearer token for "
+                "config errors, circuits and the store",
+            }
         return Response(
             orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json"
         )
 
     @app.get("/v1/models")
-    async def models() -> Response:
+    async def models(request: Request) -> Response:
+        who = caller(request, "GET /v1/models")
+        if isinstance(who, Response):
+            return who
         return Response(
             orjson.dumps({"object": "list", "data": gw.runtime.models_listing()}),
             media_type="application/json",
         )
 
     @app.get("/v1/models/{model_id:path}")
-    async def model(model_id: str) -> Response:
+    async def model(model_id: str, request: Request) -> Response:
+        who = caller(request, "GET /v1/models")
+        if isinstance(who, Response):
+            return who
         for m in gw.runtime.models_listing():
             if m["id"] == model_id:
                 return Response(orjson.dumps(m), media_type="application/json")
@@ -447,7 +486,17 @@ def build_fastapi(gw: Gateway) -> FastAPI:
         )
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        token = gw.config.server.metrics_token
+        if token and not hmac.compare_digest(
+            (request.headers.get("authorization") or "").encode(), f"Bearer {token}".encode()
+        ):
+            return refuse(
+                401,
+                "/metrics needs its token: send 'Authorization: Bearer <server.metrics_token>' "
+                "(the scraper's bearer_token)",
+                "missing_metrics_token",
+            )
         gw.metrics.store_queue_depth(gw.recorder.queue_depth)
         body, ctype = gw.metrics.render()
         return Response(body, media_type=ctype)
@@ -456,6 +505,7 @@ def build_fastapi(gw: Gateway) -> FastAPI:
 
     app.add_route("/v1/usage", usage_endpoint, methods=["GET"])
     app.add_route("/v1/feedback", feedback_endpoint, methods=["POST"])
+    admin.mount(app)
     _mount_extras(app)
     return app
 

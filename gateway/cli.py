@@ -153,6 +153,16 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
+    if args.action is not None:
+        return _managed_keys(args)
+    if not args.id:
+        print(
+            "tollgate keys: give --id NAME (a key for the routing file), or use "
+            "`tollgate keys create --name NAME` (stored, no file edit), `keys list`, "
+            "`keys revoke ID`",
+            file=sys.stderr,
+        )
+        return 2
     key = args.key or "tg-" + secrets.token_urlsafe(24)
     digest = hashlib.sha256(key.encode()).hexdigest()
     if not args.key:
@@ -160,6 +170,88 @@ def _keys(args: argparse.Namespace) -> int:
     print("add to the routing file under auth.keys:")
     print(f"  - id: {args.id}\n    sha256: {digest}")
     return 0
+
+
+def _managed_keys(args: argparse.Namespace) -> int:
+    """`keys create|list|revoke`: keys in the key store of the routing file's store."""
+    from gateway.tenants.keys import KeyStoreError, create_key, make_key_store
+
+    src = find_config(args.config)
+    try:
+        cfg = load_config(src.path)
+    except ConfigError as e:
+        print(f"tollgate keys: {e}", file=sys.stderr)
+        return 1
+    store = make_key_store(cfg.store)
+    if store is None:
+        print(
+            "tollgate keys: store.sqlite_path is :memory:, so there is no key store; list "
+            "keys in the routing file instead (tollgate keys --id NAME)",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        if args.action == "create":
+            if not args.name:
+                print("tollgate keys create: give --name NAME (the key id)", file=sys.stderr)
+                return 2
+            if args.name in {k.id for k in cfg.auth.keys}:
+                print(
+                    f"tollgate keys create: {args.name!r} is a key of {src.path}; choose "
+                    "another --name",
+                    file=sys.stderr,
+                )
+                return 1
+            limits: dict[str, object] = {
+                f: getattr(args, f)
+                for f in ("rpm", "tpm", "budget_usd", "budget_window")
+                if getattr(args, f) is not None
+            }
+            if args.models is not None:
+                limits["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+            key, stored = create_key(store, args.name, limits)
+            print(f"key (give this to the team; it is shown once and not stored): {key}")
+            shown = {k: v for k, v in stored.public().items() if v is not None}
+            print(f"stored in the key store ({store.name}): {shown}")
+            print(
+                "gateways using this store accept it within auth.refresh_interval_s "
+                f"({cfg.auth.refresh_interval_s:g} s)"
+            )
+            return 0
+        if args.action == "list":
+            rows = store.all()
+            if not rows and not cfg.auth.keys:
+                print("no keys (tollgate keys create --name NAME makes one)")
+            for s in rows:
+                state = "revoked" if s.revoked_at is not None else "active"
+                limits_s = ", ".join(
+                    f"{k}={v}"
+                    for k, v in s.public().items()
+                    if k not in ("id", "created_at", "revoked_at") and v is not None
+                )
+                print(f"{s.key.id}\t{state}\t{limits_s}")
+            for k in cfg.auth.keys:
+                print(f"{k.id}\tactive (routing file)")
+            return 0
+        if not args.target:
+            print("tollgate keys revoke: give the key id (tollgate keys list)", file=sys.stderr)
+            return 2
+        if not store.revoke(args.target):
+            print(
+                f"tollgate keys revoke: no active key {args.target!r} in the key store",
+                file=sys.stderr,
+            )
+            return 1
+        print(
+            f"revoked {args.target}; refused by every gateway within auth.refresh_interval_s "
+            f"({cfg.auth.refresh_interval_s:g} s)"
+        )
+        return 0
+    except (KeyStoreError, ValueError) as e:
+        print(f"tollgate keys {args.action}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,9 +334,25 @@ def main(argv: list[str] | None = None) -> int:
         f"{LOCAL_CONFIG_NAME})",
     )
     i.add_argument("--force", action="store_true", help="replace an existing file")
-    k = sub.add_parser("keys", help="make a gateway key and the hash to put in the config")
-    k.add_argument("--id", required=True, help="a name for the key, used in reports")
-    k.add_argument("--key", help="hash this key instead of generating one")
+    k = sub.add_parser(
+        "keys",
+        help="gateway keys: create/list/revoke in the key store, or --id for the routing file",
+        description="`keys create --name team-a [--rpm N --tpm N --budget-usd X "
+        "--budget-window month --models auto,chat]` stores a new key (printed once) in the "
+        "key store of the routing file's store; `keys list`; `keys revoke ID`. "
+        "`keys --id NAME` prints a key and the entry to put under auth.keys instead.",
+    )
+    k.add_argument("action", nargs="?", choices=["create", "list", "revoke"])
+    k.add_argument("target", nargs="?", help="revoke: the key id")
+    k.add_argument("--id", help="a name for a routing-file key, used in reports")
+    k.add_argument("--key", help="hash this key instead of generating one (with --id)")
+    k.add_argument("--name", help="create: the key id (letters, digits, . _ : -)")
+    k.add_argument("--rpm", type=int, help="create: requests per minute")
+    k.add_argument("--tpm", type=int, help="create: tokens per minute")
+    k.add_argument("--budget-usd", type=float, help="create: spend allowed per window")
+    k.add_argument("--budget-window", choices=["day", "week", "month"], help="default month")
+    k.add_argument("--models", help="create: the model names it may call, comma-separated")
+    k.add_argument("--config", help="routing YAML whose store holds the keys (as serve)")
     sub.add_parser(
         "router",
         help="train, refit (--from-store), evaluate or extend the learned router "

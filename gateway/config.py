@@ -346,6 +346,9 @@ class ServerConfig(_Strict):
         description="a client that takes no answer bytes for this long (the socket's buffers "
         "full) is disconnected, which frees its upstream slot",
     )
+    # /metrics answers only `Authorization: Bearer <metrics_token>` when set (from the env:
+    # metrics_token: ${TOLLGATE_METRICS_TOKEN})
+    metrics_token: str | None = None
 
 
 class GatewayKey(_Strict):
@@ -402,6 +405,14 @@ class LimitsConfig(_Strict):
 
 class AuthConfig(_Strict):
     keys: list[GatewayKey] = []
+    # False only where running without gateway keys is meant (a laptop, a trusted network):
+    # then requests without a key are served, and the side API is open
+    required: bool = True
+    # how often each replica reloads the keys created with `tollgate keys create` (and the
+    # admin API) from the key store: a revoked key is refused everywhere within this
+    refresh_interval_s: float = Field(1.0, gt=0, le=3600)
+    # a dashboard sign-in lasts this long
+    session_ttl_s: float = Field(12 * 3600.0, gt=0)
 
 
 class CacheConfig(_Strict):
@@ -712,6 +723,8 @@ def masked_dump(cfg: RoutingConfig) -> dict[str, Any]:
                 ep["api_key"] = mask(ep["api_key"])
     if "redis_url" in data["store"]:
         data["store"]["redis_url"] = re.sub(r"//[^@/]*@", "//****@", data["store"]["redis_url"])
+    if data["server"].get("metrics_token"):
+        data["server"]["metrics_token"] = mask(data["server"]["metrics_token"])
     if "postgres_url" in data["store"]:
         data["store"]["postgres_url"] = mask_url_password(data["store"]["postgres_url"])
     if data.get("limits", {}).get("redis_url"):

@@ -66,6 +66,14 @@ class AuthenticationFailed(GatewayError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(GatewayError):
+    """A valid gateway key that may not do this (a model outside its `models`)."""
+
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
 class ModelNotFound(InvalidRequest):
     status = 404
     code = "model_not_found"

@@ -42,6 +42,7 @@ from gateway.errors import (
     BodyTooLarge,
     GatewayError,
     InvalidRequest,
+    PermissionDenied,
     RateLimited,
     Unavailable,
     UnsupportedMediaType,
@@ -53,6 +54,7 @@ from gateway.errors import (
 from gateway.http import h1
 from gateway.http.server import ANSWERED, ON_DISCONNECT
 from gateway.routing.runtime import Plan, Runtime
+from gateway.tenants.keys import KeyTable
 from gateway.tenants.limits import LimitExceeded, Limits, Reservation
 from gateway.upstreams.pool import QueueFull, Upstream
 
@@ -62,7 +64,7 @@ class GatewayState(Protocol):
     current runtime, the key table, the metrics, and the after-response hooks."""
 
     runtime: Runtime
-    key_hashes: dict[str, str]
+    keys: KeyTable  # the gateway keys (gateway/tenants/keys.py)
     limits: Limits  # rate limits and budgets (gateway/tenants/limits.py)
     metrics: Metrics
     cache: ResponseCache
@@ -287,14 +289,16 @@ class Proxy:
                     ct = v
                 elif k == b"content-length":
                     length = int(v) if v.isdigit() else -1
-                elif k == b"authorization":
-                    auth = v
+                elif k == b"authorization" or (k == b"x-api-key" and not auth):
+                    auth = v if k == b"authorization" else b"bearer " + v
                 elif k == b"x-tollgate-explain":
                     explain = v in (b"1", b"true", b"yes")
                 elif k == b"x-tollgate-max-cost-usd":
                     ceiling = v
-            if gw.key_hashes:
-                rec.key_id = self._authenticate(auth)
+            key = None
+            if gw.keys.required:
+                key = self._authenticate(auth)
+                rec.key_id = key.id
             limit = rt.config.server.max_body_bytes
             if length > limit:
                 raise BodyTooLarge(
@@ -318,6 +322,13 @@ class Proxy:
             # the record keeps the start of a name no one configured, however long the client
             # made it (a store row per request must not carry a 1 MB name)
             rec.route = model if len(model) <= _ROUTE_CHARS else model[:_ROUTE_CHARS]
+            if key is not None and key.models is not None and model not in key.models:
+                raise PermissionDenied(
+                    f"the gateway key {key.id!r} may not call model {model[:80]!r}; it may "
+                    f"call: {', '.join(key.models)} (ask for a key with this model in --models)",
+                    param="model",
+                    code="model_not_allowed",
+                )
             stream = bool(body.get("stream"))
             rec.stream = stream
             max_cost = None if ceiling is None else _max_cost(ceiling)
@@ -460,8 +471,9 @@ class Proxy:
         self.gw.metrics.limit_rejection((key_id or "none") if per_key else "all", e.kind)
 
     def _gateway_key(self, key_id: str) -> GatewayKey | None:
-        """The GatewayKey entry of the request's key (its limits live there), or None."""
-        return self.gw.limits.entries.get(key_id)
+        """The GatewayKey of the request's key (its limits live there: the routing file's or
+        a stored key's, from the current key table), or None."""
+        return self.gw.keys.by_id.get(key_id)
 
     # -- the response cache (gateway/cache/) --------------------------------------------
     async def _cache_lookup(
@@ -552,16 +564,28 @@ class Proxy:
         )
         await self.gw.cache.put(key, e)
 
-    def _authenticate(self, auth: bytes) -> str:
+    def _authenticate(self, auth: bytes) -> GatewayKey:
+        """The key (its id and limits) of `Authorization: Bearer <key>` (or `x-api-key`):
+        one sha256 and one dict lookup in the current key table."""
         if not auth.lower().startswith(b"bearer "):
             raise AuthenticationFailed(
-                "missing gateway key: send 'Authorization: Bearer <key>' (api_key in the SDK)"
+                "missing gateway key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>' "
+                "(api_key in the SDK)"
             )
         digest = hashlib.sha256(auth[7:].strip()).hexdigest()
-        key_id = self.gw.key_hashes.get(digest)
-        if key_id is None:
-            raise AuthenticationFailed("the gateway key is not valid; check the api_key you sent")
-        return key_id
+        key = self.gw.keys.by_hash.get(digest)
+        if key is None and not self.gw.keys.by_hash:
+            raise AuthenticationFailed(
+                "this gateway requires gateway keys (auth.required) and has none yet: create "
+                "one with `tollgate keys create --name NAME`, or set auth.required: false in "
+                "the routing file"
+            )
+        if key is None:
+            raise AuthenticationFailed(
+                "the gateway key is not valid (unknown or revoked); check the api_key you sent "
+                "or ask for a new one (tollgate keys create)"
+            )
+        return key
 
     @staticmethod
     async def _read_body(receive: Receive, limit: int) -> bytes:

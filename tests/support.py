@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -78,6 +79,14 @@ def tier_models(base_urls: dict[str, str], extra: dict[str, str] | None = None) 
     return lines
 
 
+def open_auth(config_text: str) -> str:
+    """A routing file that says nothing of `auth:` runs without gateway keys, as most tests
+    (about routing, not keys) expect; the gateway's own default is keys required."""
+    if re.search(r"^auth\s*:", config_text, re.M) or config_text.lstrip().startswith("{"):
+        return config_text
+    return config_text.rstrip("\n") + "\nauth: {required: false}\n"
+
+
 class GatewayProcess:
     """`tollgate serve --config FILE` in a subprocess; stopped by its PID only."""
 
@@ -91,7 +100,7 @@ class GatewayProcess:
         self.tmp = tmp
         self.args = list(args or [])
         self.config_path = tmp / "routing.yaml"
-        self.config_path.write_text(config_text)
+        self.config_path.write_text(open_auth(config_text))
         self.port = free_port()
         self.env = dict(os.environ)
         self.env.setdefault("TOLLGATE_DB", str(tmp / "tollgate.db"))
@@ -154,7 +163,7 @@ class GatewayProcess:
 
     def write_config(self, text: str) -> None:
         tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(text)
+        tmp.write_text(open_auth(text))
         os.replace(tmp, self.config_path)
 
     def sighup(self) -> None:

@@ -364,7 +364,11 @@ def test_past_the_soft_share_auto_leaves_out_the_top_tier_and_the_record_says_so
             ).fetchone()
         time.sleep(0.05)
     assert row == (1, "medium", 5)
-    usage = httpx.get(f"{gw_url}/v1/usage", params={"group_by": "key"}).json()
+    usage = httpx.get(  # the key's own usage: with keys, /v1/usage needs one
+        f"{gw_url}/v1/usage",
+        params={"group_by": "key"},
+        headers={"authorization": f"Bearer {BUDGET_KEY}"},
+    ).json()
     lim = usage["limits"]["t"]
     assert lim["budget_usd"] == 0.01 and lim["budget_window"] == "month"
     assert lim["budget_spent_usd"] == pytest.approx(

@@ -24,11 +24,16 @@ from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import RequestRecord
 from gateway.accounting.store.sqlite_store import SQLiteStore
 from gateway.accounting.usage import feedback_endpoint, parse_time, usage_endpoint
-from gateway.config import JudgeConfig, StoreConfig
+from gateway.config import JudgeConfig, StoreConfig, parse_config
+from gateway.tenants.keys import KeyTable
 from gateway.views import report
 from tests.redis_server import free_port
 
 NOW = time.time()
+OPEN_CONFIG = (
+    "auth: {required: false}\n"
+    "models: [{name: m, tier: small, endpoints: [{base_url: 'http://127.0.0.1:9', model: m}]}]\n"
+)
 
 
 def make_app(gw: Any) -> Starlette:
@@ -49,7 +54,9 @@ async def gw(tmp_path: Path) -> AsyncIterator[SimpleNamespace]:
     metrics = Metrics()
     recorder = Recorder(store, cfg, metrics)
     await recorder.start()
-    ns = SimpleNamespace(store=store, recorder=recorder, metrics=metrics, config=None)
+    # keys not required: these tests are about the store behind the endpoints
+    keys = KeyTable(parse_config(OPEN_CONFIG), [], None)
+    ns = SimpleNamespace(store=store, recorder=recorder, metrics=metrics, config=None, keys=keys)
     yield ns
     await recorder.close(timeout=5)
 
@@ -177,7 +184,7 @@ async def test_feedback_reaches_record_usage_and_metrics(
 async def test_feedback_without_store_is_503() -> None:
     ns = SimpleNamespace(
         store=None, recorder=Recorder(None, StoreConfig(backend="none"), Metrics()),
-        metrics=Metrics(), config=None,
+        metrics=Metrics(), config=None, keys=KeyTable(parse_config(OPEN_CONFIG), [], None),
     )  # fmt: skip
     transport = httpx.ASGITransport(app=make_app(ns))
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:

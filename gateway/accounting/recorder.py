@@ -223,6 +223,15 @@ class Recorder:
         self.metrics.dropped(n)
 
     # -- quality ----------------------------------------------------------------------------
+    def buffered(self, request_id: str) -> RequestRecord | None:
+        """The record of `request_id` while it is still on its way to the store."""
+        rec = self._pending.get(request_id)
+        if rec is None and request_id in self._writing:
+            for r in self._inflight:
+                if isinstance(r, RequestRecord) and r.request_id == request_id:
+                    return r
+        return rec
+
     async def attach_quality(
         self, request_id: str, source: QualitySource, score: float
     ) -> Attached:

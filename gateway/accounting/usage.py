@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.accounting.store.base import GROUP_BY, StoreError, savings_fields
+from gateway.tenants.auth import caller, sees_all
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -98,8 +99,15 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def usage_endpoint(request: Request) -> Response:
-    """GET /v1/usage?since=24h&until=...&group_by=model|tier|key|route"""
+    """GET /v1/usage?since=24h&until=...&group_by=model|tier|key|route
+
+    With keys required: a team key sees its own requests only (and no judge spend), the
+    master key everything."""
     gw = request.app.state.gw
+    who = caller(request, "GET /v1/usage")
+    if isinstance(who, Response):
+        return who
+    only = None if sees_all(gw.keys, who) else who.id
     q = request.query_params
     group_by = q.get("group_by", "model")
     if group_by not in GROUP_BY:
@@ -121,8 +129,8 @@ async def usage_endpoint(request: Request) -> Response:
             "(set it to sqlite, redis or postgres in the routing file)"
         )
     try:
-        rows = await gw.store.usage(since, until, group_by)
-        judge_rows = await gw.store.usage(since, until, "model", purpose="judge")
+        rows = await gw.store.usage(since, until, group_by, key_id=only)
+        judge_rows = [] if only else await gw.store.usage(since, until, "model", purpose="judge")
     except StoreError as e:
         return _unavailable(f"the {gw.store.name} store is unavailable: {e}")
     out = {
@@ -134,18 +142,24 @@ async def usage_endpoint(request: Request) -> Response:
         "totals": totals(rows),
         "judge": judge_spend(judge_rows),
         "pending_records": gw.recorder.queue_depth,
+        **({"key_id": only} if only else {}),
     }
     limits = getattr(gw, "limits", None)  # absent: an app without rate limits and budgets
     if group_by == "key" and limits is not None:
-        out["limits"] = await key_limits(limits, rows)
+        out["limits"] = await key_limits(limits, rows, only)
     return _json(out)
 
 
-async def key_limits(limits: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+async def key_limits(
+    limits: Any, rows: list[dict[str, Any]], only: str | None = None
+) -> dict[str, Any]:
     """Each limited key's limits and its budget window's spend so far (gateway/tenants/
-    limits.py), by key id; a row of a key with a budget gets `budget_remaining_usd`."""
+    limits.py), by key id (only `only`'s for a team key); a row of a key with a budget gets
+    `budget_remaining_usd`."""
     out: dict[str, Any] = {}
     for key in limits.entries.values():
+        if only and key.id != only:
+            continue
         spec = limits.spec(key)
         if spec is None:
             continue
@@ -163,6 +177,17 @@ async def key_limits(limits: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+async def _owned_by(gw: Any, rid: str, key_id: str) -> bool:
+    rec = gw.recorder.buffered(rid) or await gw.store.get(rid)
+    return rec is not None and rec.key_id == key_id
+
+
+def _not_found(rid: str) -> Response:
+    return _error(
+        404, f"no request with id {rid!r} is recorded", param="request_id", code="request_not_found"
+    )
+
+
 def judge_spend(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The sampled judge's own calls (records with purpose "judge"), per judge model: what
     grading cost. Never part of `data` or `totals`, which are client traffic."""
@@ -177,8 +202,14 @@ def judge_spend(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def feedback_endpoint(request: Request) -> Response:
     """POST /v1/feedback {"request_id": "...", "score": 0..1}
-    or {"request_id": "...", "thumbs": "up" | "down"}."""
+    or {"request_id": "...", "thumbs": "up" | "down"}.
+
+    With keys required: a team key scores only its own requests (another key's answers 404,
+    as an unknown id does); the master key any."""
     gw = request.app.state.gw
+    who = caller(request, "POST /v1/feedback")
+    if isinstance(who, Response):
+        return who
     try:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError:
@@ -229,16 +260,13 @@ async def feedback_endpoint(request: Request) -> Response:
             "(set it to sqlite, redis or postgres in the routing file)"
         )
     try:
+        if not sees_all(gw.keys, who) and not await _owned_by(gw, rid, who.id):
+            return _not_found(rid)
         got = await gw.recorder.attach_quality(rid, "feedback", score)
     except StoreError as e:
         return _unavailable(f"feedback not recorded: {e}")
     if got.status == "unknown":
-        return _error(
-            404,
-            f"no request with id {rid!r} is recorded",
-            param="request_id",
-            code="request_not_found",
-        )
+        return _not_found(rid)
     if got.status == "disabled":
         return _unavailable("feedback needs a record store; store.backend is none")
     gw.metrics.quality(got.model or "unknown", "feedback", score)

@@ -28,6 +28,7 @@ import mmap
 import os
 import struct
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -466,27 +467,32 @@ class Limits:
     """The limits of one loaded config: per key and per model `Spec`s, and the backend
     (kept across reloads by the gateway while its settings are unchanged)."""
 
-    def __init__(self, cfg: RoutingConfig, backend: Backend | None) -> None:
+    def __init__(
+        self, cfg: RoutingConfig, backend: Backend | None, keys: Iterable[GatewayKey] = ()
+    ) -> None:
         self.config = cfg.limits
         self.store = cfg.store
         self.backend = backend
-        # the routing file's keys by id; a key's Spec is built once per key object
-        self.entries: dict[str, GatewayKey] = {k.id: k for k in cfg.auth.keys}
+        # every key by id (the routing file's, then the key store's, gateway/tenants/keys.py);
+        # a key's Spec is built once per key object
+        self.entries: dict[str, GatewayKey] = {k.id: k for k in (*cfg.auth.keys, *keys)}
         self._specs: dict[str, tuple[GatewayKey, Spec | None]] = {}
         self.models: dict[str, Spec] = {
             m.name: Spec(f"model:{m.name}", m.rpm, m.tpm)
             for m in cfg.models
             if m.rpm is not None or m.tpm is not None
         }
-        self.active = self.needed(cfg)
+        self.active = self.needed(cfg, keys)
         self.default_completion = cfg.limits.default_completion_tokens
         self._warned = 0.0
 
     @staticmethod
-    def needed(cfg: RoutingConfig) -> bool:
+    def needed(cfg: RoutingConfig, keys: Iterable[GatewayKey] = ()) -> bool:
+        """Whether any key (the routing file's or `keys`, the stored ones) or model has a
+        limit: else requests do no limits work at all."""
         return any(
             k.rpm is not None or k.tpm is not None or k.budget_usd is not None
-            for k in cfg.auth.keys
+            for k in (*cfg.auth.keys, *keys)
         ) or any(m.rpm is not None or m.tpm is not None for m in cfg.models)
 
     def spec(self, key: GatewayKey) -> Spec | None:

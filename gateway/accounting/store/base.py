@@ -97,10 +97,16 @@ class Store(ABC):
 
     @abstractmethod
     async def usage(
-        self, since: float | None, until: float | None, group_by: str, purpose: Purpose = "client"
+        self,
+        since: float | None,
+        until: float | None,
+        group_by: str,
+        purpose: Purpose = "client",
+        key_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """One row per group over records of `purpose` (client traffic by default, or the
-        judge's own calls) with since <= ts < until; see `aggregate()`."""
+        judge's own calls) with since <= ts < until (and of gateway key `key_id` when
+        given); see `aggregate()`."""
 
     @abstractmethod
     async def recent(self, limit: int) -> list[RequestRecord]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import fields
 from typing import Any
 
@@ -208,6 +208,11 @@ class PostgresStore(Store):
         except psycopg.Error as e:
             raise StoreError(f"{self._where()}: {e}") from e
 
+    def connection(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        """A connection of the pool for another table's reads (the gateway key store's);
+        StoreUnavailable while the store is not open or the server is down."""
+        return self._conn()
+
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         psycopg.types.json.set_json_loads(orjson.loads, conn)
 
@@ -334,7 +339,12 @@ class PostgresStore(Store):
         return int(row[0]) if row is not None else 0
 
     async def usage(
-        self, since: float | None, until: float | None, group_by: str, purpose: Purpose = "client"
+        self,
+        since: float | None,
+        until: float | None,
+        group_by: str,
+        purpose: Purpose = "client",
+        key_id: str | None = None,
     ) -> list[dict[str, Any]]:
         col = check_group_by(group_by)
         kind = check_purpose(purpose)
@@ -342,6 +352,8 @@ class PostgresStore(Store):
         hi = float("inf") if until is None else float(until)
         # "C": the group key is sorted by bytes, not by the database's locale (~2x faster)
         g = f"COALESCE(NULLIF({col}::text, ''), '{NONE_GROUP}') COLLATE \"C\""
+        by_key = "" if key_id is None else " AND key_id = %s"
+        args: tuple[Any, ...] = (kind, lo, hi) if key_id is None else (kind, lo, hi, key_id)
         sql = f"""
             SELECT {g} AS g, count(*) AS requests,
                    count(*) FILTER (WHERE status >= 400) AS errors,
@@ -360,7 +372,7 @@ class PostgresStore(Store):
                    avg(quality_feedback) AS quality_feedback_mean,
                    avg(quality_judge) AS quality_judge_mean,
                    avg(quality_predicted) AS quality_predicted_mean
-            FROM {TABLE} WHERE purpose = %s AND ts >= %s AND ts < %s GROUP BY 1"""
+            FROM {TABLE} WHERE purpose = %s AND ts >= %s AND ts < %s{by_key} GROUP BY 1"""
         # the sort by group and latency of a 30-day window outgrows the default work_mem
         # (4 MB) and would spill to disk
         work_mem = f"SET LOCAL work_mem = '{_USAGE_WORK_MEM}'"
@@ -371,7 +383,7 @@ class PostgresStore(Store):
             conn.cursor(row_factory=dict_row) as cur,
         ):
             await cur.execute(work_mem)  # type: ignore[arg-type]
-            await cur.execute(sql, (kind, lo, hi))  # type: ignore[arg-type]
+            await cur.execute(sql, args)  # type: ignore[arg-type]
             got = await cur.fetchall()
         rows = [usage_row(a, *(a["p"] or (None, None))) for a in got]
         rows.sort(key=lambda row: (-row["cost_usd"], row["group"]))

@@ -439,11 +439,19 @@ class RedisStore(Store):
         return out
 
     async def usage(
-        self, since: float | None, until: float | None, group_by: str, purpose: Purpose = "client"
+        self,
+        since: float | None,
+        until: float | None,
+        group_by: str,
+        purpose: Purpose = "client",
+        key_id: str | None = None,
     ) -> list[dict[str, Any]]:
         check_group_by(group_by)
         stream = self._k_judge if check_purpose(purpose) == JUDGE else self._k_stream
-        return aggregate(await self._window(since, until, stream), group_by)
+        recs = await self._window(since, until, stream)
+        if key_id is not None:
+            recs = [r for r in recs if r.key_id == key_id]
+        return aggregate(recs, group_by)
 
     async def recent(self, limit: int) -> list[RequestRecord]:
         if limit <= 0:

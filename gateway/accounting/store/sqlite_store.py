@@ -349,7 +349,12 @@ class SQLiteStore(Store):
         return await self._run(self._rlock, q)
 
     async def usage(
-        self, since: float | None, until: float | None, group_by: str, purpose: Purpose = "client"
+        self,
+        since: float | None,
+        until: float | None,
+        group_by: str,
+        purpose: Purpose = "client",
+        key_id: str | None = None,
     ) -> list[dict[str, Any]]:
         col = check_group_by(group_by)
         kind = check_purpose(purpose)
@@ -357,6 +362,10 @@ class SQLiteStore(Store):
         hi = float("inf") if until is None else float(until)
         g = f"COALESCE(NULLIF(CAST({col} AS TEXT), ''), '{NONE_GROUP}')"
         where = "WHERE ts >= ? AND ts < ? AND purpose = ?"
+        args: tuple[Any, ...] = (lo, hi, kind)
+        if key_id is not None:
+            where += " AND key_id = ?"
+            args = (*args, key_id)
         agg_sql = f"""
             SELECT {g} AS g, COUNT(*) AS requests, TOTAL(status >= 400) AS errors,
                    TOTAL(prompt_tokens) AS prompt_tokens, TOTAL(cached_tokens) AS cached_tokens,
@@ -375,9 +384,9 @@ class SQLiteStore(Store):
 
         def q() -> list[dict[str, Any]]:
             c = self._rc()
-            aggs = {r["g"]: dict(r) for r in c.execute(agg_sql, (lo, hi, kind))}
+            aggs = {r["g"]: dict(r) for r in c.execute(agg_sql, args)}
             lats: dict[str, list[float]] = {}
-            for r in c.execute(lat_sql, (lo, hi, kind)):
+            for r in c.execute(lat_sql, args):
                 lats.setdefault(r[0], []).append(float(r[1]))
             return [
                 usage_row(a, percentile(lat, 50), percentile(lat, 95))

@@ -15,6 +15,9 @@ from gateway.accounting.records import RequestRecord
 from gateway.accounting.store.base import (
     SAVINGS_DEFINITION,
     SAVINGS_NAME,
+    bucket_rows,
+    bucket_start,
+    group_value,
     percentile,
     record_quality,
 )
@@ -92,12 +95,28 @@ def latency_series(
     return out
 
 
+def _series(recs: list[RequestRecord], bucket_s: int) -> list[dict[str, Any]]:
+    acc: dict[tuple[float, str], list[float]] = {}
+    for r in recs:
+        v = acc.setdefault((bucket_start(r.ts, bucket_s), group_value(r.tier)), [0, 0.0, 0.0])
+        v[0] += 1
+        v[1] += r.cost_usd
+        v[2] += r.baseline_cost_usd
+    return bucket_rows(acc)
+
+
 async def snapshot(
-    gw: Any, since: float, until: float | None, now: float | None = None
+    gw: Any, since: float, until: float | None, now: float | None = None, key_id: str | None = None
 ) -> dict[str, Any]:
-    """Everything the page shows, as of now. Raises StoreError when the store is down."""
+    """Everything the page shows, as of now. Raises StoreError when the store is down.
+
+    `key_id`: what one team key may see, its own requests only: usage filtered in the store,
+    the series and recent rows from its newest LATENCY_SAMPLE records, no config error,
+    circuits or record count of the whole gateway."""
     now = time.time() if now is None else now
     _ready, health = gw.readiness()
+    if key_id is not None:
+        health = {"status": health.get("status"), "router": health.get("router")}
     body: dict[str, Any] = {
         "object": "dashboard",
         "generated_at": now,
@@ -125,11 +144,11 @@ async def snapshot(
             recorded=0,
         )
         return body
-    by_model = await store.usage(since, until, "model")
-    by_tier = await store.usage(since, until, "tier")
+    by_model = await store.usage(since, until, "model", key_id=key_id)
+    by_tier = await store.usage(since, until, "tier", key_id=key_id)
     # Bucket over the span that has data, so a short demo still fills the chart.
     coarse = nice_bucket(now - since)
-    series = await store.timeseries(since, coarse)
+    series = [] if key_id is not None else await store.timeseries(since, coarse)
     if series:
         first = min(row["bucket"] for row in series)
         fine = nice_bucket(now - max(since, first))
@@ -141,6 +160,9 @@ async def snapshot(
         series = [row for row in series if row["bucket"] < until]
     newest = await store.recent(LATENCY_SAMPLE)
     in_window = [r for r in newest if r.ts >= since and (until is None or r.ts < until)]
+    if key_id is not None:
+        in_window = [r for r in in_window if r.key_id == key_id]
+        series = _series(in_window, coarse)
     lat = sorted(r.latency_ms for r in in_window)
     body.update(
         totals=totals(by_model),
@@ -156,6 +178,6 @@ async def snapshot(
         timeseries=series,
         latency_series=latency_series(in_window, since, coarse),
         recent=[recent_row(r) for r in in_window[:RECENT_ROWS]],
-        recorded=await store.count(),
+        recorded=await store.count() if key_id is None else len(in_window),
     )
     return body
