@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import socket
 import sqlite3
 import time
@@ -17,6 +18,7 @@ import openai
 import pytest
 
 from gateway.tenants.limits import window_of
+from gateway.views import report
 from tests.fake_upstream import FakeUpstream
 from tests.redis_server import RedisClusterServers, RedisServer, have_redis
 from tests.support import GatewayProcess, metric_samples, metric_total, tier_models
@@ -376,6 +378,14 @@ def test_past_the_soft_share_auto_leaves_out_the_top_tier_and_the_record_says_so
     )
     row_t = next(r for r in usage["data"] if r["group"] == "t")
     assert row_t["budget_remaining_usd"] == pytest.approx(0.01 - lim["budget_spent_usd"])
+    # the operator's report of the running gateway shows the same budget line
+    out = io.StringIO()
+    argv = ["--url", gw_url, "--group-by", "key", "--api-key", BUDGET_KEY]
+    assert report.main(argv, out=out) == 0
+    text = out.getvalue()
+    assert "limits per key: rpm / tpm / budget (window): spent, remaining" in text
+    spent_s, left_s = f"${lim['budget_spent_usd']:.4f}", f"${row_t['budget_remaining_usd']:.4f}"
+    assert f"  t: - / - / $0.0100 (month): {spent_s} spent, {left_s} left" in text, text
 
 
 def test_no_limits_means_no_limits_file(

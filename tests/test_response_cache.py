@@ -4,6 +4,7 @@ request is answered without the upstream, with the original's content, for $0.""
 from __future__ import annotations
 
 import hashlib
+import io
 import socket
 import sqlite3
 import time
@@ -15,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from gateway.views import report
 from tests.fake_upstream import FakeUpstream
 from tests.redis_server import RedisClusterServers, RedisServer, have_redis
 from tests.support import GatewayProcess, metric_samples, metric_total
@@ -177,6 +179,12 @@ def test_hit_has_original_content_both_ways_for_nothing(
     assert u["cache_hits"] == 2
     assert u["cache_saved_usd"] == pytest.approx(rows[0]["cost_usd"] + rows[2]["cost_usd"])
     assert u["cost_usd"] == pytest.approx(rows[0]["cost_usd"] + rows[2]["cost_usd"], abs=1e-12)
+    out = io.StringIO()  # the operator's report says the same
+    assert report.main(["--url", gw.url, "--since", "1h"], out=out) == 0
+    saved = f"${u['cache_saved_usd']:.6f}"
+    assert f"response cache: 2 answers served from it, {saved} their originals cost" in (
+        out.getvalue()
+    )
     m = metric_samples(httpx.get(f"{gw.url}/metrics").text)
     assert metric_total(m, "tollgate_cache_requests_total", result="hit") == 2
     assert metric_total(m, "tollgate_cache_requests_total", result="miss") == 2

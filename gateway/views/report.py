@@ -117,6 +117,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def format_limits(limits: dict[str, dict[str, Any]]) -> str:
+    """The keys' limits and budget spend (`/v1/usage?group_by=key` of a gateway with limits,
+    gateway/tenants/limits.py), one line per key."""
+
+    def v(x: Any, usd: bool = False) -> str:
+        return "-" if x is None else f"${x:.4f}" if usd else f"{x:,}"
+
+    lines = ["limits per key: rpm / tpm / budget (window): spent, remaining"]
+    for key, e in sorted(limits.items()):
+        line = f"  {key}: {v(e.get('rpm'))} / {v(e.get('tpm'))} / {v(e.get('budget_usd'), True)}"
+        if e.get("budget_usd") is not None:
+            line += (
+                f" ({e.get('budget_window')}): {v(e.get('budget_spent_usd'), True)} spent, "
+                f"{v(e.get('budget_remaining_usd'), True)} left"
+            )
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def _fetch_http(args: argparse.Namespace) -> dict[str, Any]:
     import httpx
 
@@ -197,6 +216,14 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         print(format_table(rows, tot if rows else None) if rows else "(no requests)", file=out)
         if rows:
             print(savings_note(), file=out)
+        if tot.get("cache_hits"):
+            print(
+                f"response cache: {tot['cache_hits']} answers served from it, "
+                f"${tot['cache_saved_usd']:.6f} their originals cost",
+                file=out,
+            )
+        if data.get("limits"):
+            print(format_limits(data["limits"]), file=out)
     if args.plot:
         plot_usage(rows, args.plot, args.group_by, since=float(data["since"]))
         print(f"plot: {args.plot}", file=out)
