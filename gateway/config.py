@@ -721,16 +721,19 @@ def masked_dump(cfg: RoutingConfig) -> dict[str, Any]:
         for ep in m["endpoints"]:
             if ep.get("api_key"):
                 ep["api_key"] = mask(ep["api_key"])
-    if "redis_url" in data["store"]:
-        data["store"]["redis_url"] = re.sub(r"//[^@/]*@", "//****@", data["store"]["redis_url"])
     if data["server"].get("metrics_token"):
         data["server"]["metrics_token"] = mask(data["server"]["metrics_token"])
-    if "postgres_url" in data["store"]:
-        data["store"]["postgres_url"] = mask_url_password(data["store"]["postgres_url"])
-    if data.get("limits", {}).get("redis_url"):
-        data["limits"]["redis_url"] = mask_url_password(data["limits"]["redis_url"])
-    if data["cache"].get("redis_url"):
-        data["cache"]["redis_url"] = re.sub(r"//[^@/]*@", "//****@", data["cache"]["redis_url"])
+    # every URL that may carry a password: the store's Redis and PostgreSQL, the limits' and
+    # the cache's own Redis
+    for section, field in (
+        ("store", "redis_url"),
+        ("store", "postgres_url"),
+        ("limits", "redis_url"),
+        ("cache", "redis_url"),
+    ):
+        url = data.get(section, {}).get(field)
+        if url:
+            data[section][field] = mask_url_password(url)
     return data
 
 
