@@ -218,27 +218,12 @@ class Runtime:
         if r is not None:
             return Plan(list(r.models), name, baseline_model=self.route_baseline[name])
         if kind == "chat" and self.router is not None and self.candidates:
-            if name == "auto":
-                pname = self.config.router.default_policy
+            routed = self._routed_policy(name)
+            if routed is not None:
+                pname, pol = routed
                 if thrifty is not None and thrifty.policy is not None:
-                    pname = thrifty.policy
-                return self._route(
-                    name, pname, self.policies[pname], body, request_id, key_id, max_cost, thrifty
-                )
-            from gateway.routing.policies import parse_virtual_model, policy_from_virtual
-
-            virtual = parse_virtual_model(name)
-            if virtual is not None:
-                try:
-                    pol = policy_from_virtual(virtual[0], virtual[1], None, None)
-                except ValueError as e:
-                    raise ModelNotFound(f"{name!r}: {e}", param="model") from None
-                if thrifty is not None and thrifty.policy is not None:
-                    name_p, pol = thrifty.policy, self.policies[thrifty.policy]
-                    return self._route(
-                        name, name_p, pol, body, request_id, key_id, max_cost, thrifty
-                    )
-                return self._route(name, name, pol, body, request_id, key_id, max_cost, thrifty)
+                    pname, pol = thrifty.policy, self.policies[thrifty.policy]
+                return self._route(name, pname, pol, body, request_id, key_id, max_cost, thrifty)
         # a client may send any name, 1 MB long: the answer quotes it cut short, and only a
         # name of a plausible length is compared with the known ones
         close = close_names(name, self.public_names(), 2) if len(name) <= 200 else []
@@ -250,6 +235,22 @@ class Runtime:
             "router-<policy>-<threshold> such as router-cheapest_above-0.7",
             param="model",
         )
+
+    def _routed_policy(self, name: str) -> tuple[str, Policy] | None:
+        """The policy name and policy a routed model name asks for: `auto` the default
+        policy, router-<policy>-<value> its own; None for any other name."""
+        if name == "auto":
+            pname = self.config.router.default_policy
+            return pname, self.policies[pname]
+        from gateway.routing.policies import parse_virtual_model, policy_from_virtual
+
+        virtual = parse_virtual_model(name)
+        if virtual is None:
+            return None
+        try:
+            return name, policy_from_virtual(virtual[0], virtual[1], None, None)
+        except ValueError as e:
+            raise ModelNotFound(f"{name!r}: {e}", param="model") from None
 
     def _route(
         self,
