@@ -157,11 +157,7 @@ def main() -> int:
         help="the fake upstream's latency: 60 counts what a request that outlasts 50 ms costs",
     )
     p.add_argument("--store", default="none", help="none|sqlite (comma list for both)")
-    p.add_argument(
-        "--journal",
-        default="on",
-        help="on|off (comma list for both): the SQLite store's record journal (store.journal)",
-    )
+    ov.journal_arg(p)
     p.add_argument(
         "--limits",
         default="off",

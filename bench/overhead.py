@@ -1354,6 +1354,15 @@ def parse_list(value: str, allowed: Sequence[str], what: str) -> list[str]:
     return items
 
 
+def journal_arg(p: argparse.ArgumentParser) -> None:
+    """--journal, shared with bench/instructions.py."""
+    p.add_argument(
+        "--journal",
+        default="on",
+        help="on|off (comma list for both): the SQLite store's record journal (store.journal)",
+    )
+
+
 def common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="3 s runs and 300 requests (smoke)")
     p.add_argument("--scenarios", default="a,b,c,d", help="comma list of a,b,c,d")
@@ -1388,11 +1397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     common_args(p)
     p.add_argument("--modes", default="pinned,auto", help="comma list of pinned,auto")
     p.add_argument("--store", default="none,sqlite", help="none|sqlite (comma list for both)")
-    p.add_argument(
-        "--journal",
-        default="on",
-        help="on|off (comma list for both): the SQLite store's record journal (store.journal)",
-    )
+    journal_arg(p)
     p.add_argument(
         "--limits",
         default="off",
