@@ -23,10 +23,11 @@ ts, at open and then at most hourly from the write path.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import fields
-from typing import Any
+from typing import Any, overload
 
 import orjson
 import psycopg
@@ -49,6 +50,7 @@ from gateway.accounting.store.base import (
     check_group_by,
     check_purpose,
     check_source,
+    percentile,
     record_from_dict,
     usage_row,
 )
@@ -58,6 +60,11 @@ log = logging.getLogger("tollgate.store")
 
 TABLE = "tollgate_requests"
 VERSION_TABLE = "tollgate_schema_version"
+# latency buckets (migration 4): floor(ln(latency_ms) * 32), each 3.2% wide; every latency of
+# one bucket is >= every latency of a lower one (NaN and >= 1e12 ms at the top, <= 1 us below)
+BUCKET_FN = "tollgate_latency_bucket"
+BUCKETS_PER_E = 32
+BUCKET_LOW, BUCKET_HIGH = -1000, 1000
 _LOCK_ID = 0x70_6C_67_61_74_65  # the migrations' pg_advisory_xact_lock key (any fixed number)
 
 _FIELDS = [f.name for f in fields(RequestRecord)]
@@ -108,6 +115,19 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
     # record schema 5: the key was past its budget's soft share (limits.budget_soft)
     (f"ALTER TABLE {TABLE} ADD COLUMN budget_soft boolean NOT NULL DEFAULT false",),
+    # usage() finds its latency percentiles without sorting the window (see _usage_ranks):
+    # each record's latency bucket, written with the row (rewrites the table once), and an
+    # index that fetches one bucket's records of a window
+    (
+        f"""CREATE FUNCTION {BUCKET_FN}(x double precision) RETURNS integer
+            LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+            SELECT CASE WHEN x IS NULL THEN NULL
+                        WHEN x > 0.001 AND x < 1e12 THEN floor(ln(x) * {BUCKETS_PER_E})::integer
+                        WHEN x <= 0.001 THEN {BUCKET_LOW} ELSE {BUCKET_HIGH} END $$""",
+        f"ALTER TABLE {TABLE} ADD COLUMN latency_bucket integer "
+        f"GENERATED ALWAYS AS ({BUCKET_FN}(latency_ms)) STORED",
+        f"CREATE INDEX {TABLE}_latency ON {TABLE} (purpose, latency_bucket, ts)",
+    ),
 ]
 SCHEMA = len(MIGRATIONS)
 
@@ -122,7 +142,6 @@ _CHUNK = 10_000  # records deleted per statement by retention
 _DELETE_CHUNK = (
     f"DELETE FROM {TABLE} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {TABLE} WHERE ts < %s LIMIT %s))"
 )
-_USAGE_WORK_MEM = "64MB"  # per usage() query, for its sort
 
 
 def _row(rec: RequestRecord) -> list[Any]:
@@ -143,6 +162,88 @@ def _dumps(obj: Any) -> str:
 
 def _record(row: dict[str, Any]) -> RequestRecord:
     return record_from_dict(row)
+
+
+_MEANS = {  # usage_row's mean: (sum, count) of usage()'s first read
+    "quality_mean": ("quality_sum", "quality_n"),
+    "quality_feedback_mean": ("feedback_sum", "feedback_n"),
+    "quality_judge_mean": ("judge_sum", "judge_n"),
+    "quality_predicted_mean": ("predicted_sum", "predicted_n"),
+}
+
+
+_TRIPLES = "SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[])"
+
+
+class _Group:
+    """One usage() group: its sums over every latency bucket, each bucket's count of
+    latencies, and the latencies read at the ranks its percentiles need."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Any] = {}
+        self.counts: dict[int, int] = {}  # latency bucket -> latencies in it
+        self.values: dict[tuple[int, int], float] = {}  # (bucket, rank in it) -> latency
+
+    def add(self, row: dict[str, Any]) -> None:
+        for k, v in row.items():
+            if k not in ("g", "b", "latencies") and v is not None:
+                self.sums[k] = self.sums.get(k, 0) + v
+        if row["latencies"]:
+            self.counts[row["b"]] = int(row["latencies"])
+
+    def _where(self, rank: int) -> tuple[int, int]:
+        """(bucket, rank within the bucket) of the group's rank-th lowest latency."""
+        before = 0
+        for b in sorted(self.counts):
+            if rank < before + self.counts[b]:
+                return b, rank - before
+            before += self.counts[b]
+        raise IndexError(rank)
+
+    def _ranks(self) -> set[int]:
+        n = sum(self.counts.values())
+        out: set[int] = set()
+        for q in (50, 95):  # the two ranks base.percentile reads
+            lo = math.floor((n - 1) * q / 100.0)
+            out |= {lo, min(lo + 1, n - 1)}
+        return out if n else set()
+
+    def wanted(self) -> list[tuple[int, int]]:
+        return sorted({self._where(r) for r in self._ranks()})
+
+    def usage_row(self, name: str) -> dict[str, Any]:
+        lat = _Ranked(self)
+        a = {"g": name, **self.sums}
+        for mean, (total, n) in _MEANS.items():
+            a[mean] = a[total] / a[n] if a.get(n) else None
+        return usage_row(a, percentile(lat, 50), percentile(lat, 95))
+
+
+class _Ranked(Sequence[float]):
+    """A group's latencies in ascending order, as far as base.percentile reads them."""
+
+    def __init__(self, group: _Group) -> None:
+        self.group = group
+        self.n = sum(group.counts.values())
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, i: int) -> float: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[float]: ...
+    def __getitem__(self, i: int | slice) -> float | Sequence[float]:
+        if isinstance(i, slice):
+            raise TypeError("ranks are read one at a time")
+        return self.group.values[self.group._where(i)]
+
+
+def _merge_buckets(rows: list[dict[str, Any]]) -> dict[str, _Group]:
+    groups: dict[str, _Group] = {}
+    for row in rows:
+        groups.setdefault(row["g"], _Group()).add(row)
+    return groups
 
 
 async def migrate(conn: psycopg.AsyncConnection[Any]) -> int:
@@ -346,16 +447,24 @@ class PostgresStore(Store):
         purpose: Purpose = "client",
         key_id: str | None = None,
     ) -> list[dict[str, Any]]:
+        """Two reads in one snapshot, neither sorting the window: (1) one hashed GROUP BY
+        (group, latency bucket) for the sums and each bucket's count of latencies; (2) for the
+        ranks p50 and p95 interpolate between (base.percentile, percentile_cont's rule), the
+        records of only the bucket holding that rank, through the (purpose, latency_bucket,
+        ts) index, numbered by latency within the bucket. The answer is exact, the same as
+        a sort of every latency of the window would give."""
         col = check_group_by(group_by)
         kind = check_purpose(purpose)
         lo = float("-inf") if since is None else float(since)
         hi = float("inf") if until is None else float(until)
-        # "C": the group key is sorted by bytes, not by the database's locale (~2x faster)
-        g = f"COALESCE(NULLIF({col}::text, ''), '{NONE_GROUP}') COLLATE \"C\""
-        by_key = "" if key_id is None else " AND key_id = %s"
+        g = f"COALESCE(NULLIF({col}::text, ''), '{NONE_GROUP}')"
+        where = "purpose = %s AND ts >= %s AND ts < %s" + (
+            "" if key_id is None else " AND key_id = %s"
+        )
         args: tuple[Any, ...] = (kind, lo, hi) if key_id is None else (kind, lo, hi, key_id)
-        sql = f"""
-            SELECT {g} AS g, count(*) AS requests,
+        sums = f"""
+            SELECT {g} AS g, latency_bucket AS b, count(*) AS requests,
+                   count(latency_ms) AS latencies,
                    count(*) FILTER (WHERE status >= 400) AS errors,
                    COALESCE(sum(prompt_tokens), 0) AS prompt_tokens,
                    COALESCE(sum(cached_tokens), 0) AS cached_tokens,
@@ -366,26 +475,38 @@ class PostgresStore(Store):
                    count(*) FILTER (WHERE cache_hit) AS cache_hits,
                    COALESCE(sum(baseline_cost_usd) FILTER (WHERE cache_hit), 0)
                        AS cache_saved_usd,
-                   percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY latency_ms) AS p,
-                   avg(COALESCE(quality_feedback, quality_judge)) AS quality_mean,
+                   sum(COALESCE(quality_feedback, quality_judge)) AS quality_sum,
                    count(COALESCE(quality_feedback, quality_judge)) AS quality_n,
-                   avg(quality_feedback) AS quality_feedback_mean,
-                   avg(quality_judge) AS quality_judge_mean,
-                   avg(quality_predicted) AS quality_predicted_mean
-            FROM {TABLE} WHERE purpose = %s AND ts >= %s AND ts < %s{by_key} GROUP BY 1"""
-        # the sort by group and latency of a 30-day window outgrows the default work_mem
-        # (4 MB) and would spill to disk
-        work_mem = f"SET LOCAL work_mem = '{_USAGE_WORK_MEM}'"
+                   sum(quality_feedback) AS feedback_sum, count(quality_feedback) AS feedback_n,
+                   sum(quality_judge) AS judge_sum, count(quality_judge) AS judge_n,
+                   sum(quality_predicted) AS predicted_sum,
+                   count(quality_predicted) AS predicted_n
+            FROM {TABLE} WHERE {where} GROUP BY 1, 2"""
         conn: psycopg.AsyncConnection[Any]
         async with (
             self._conn() as conn,
             conn.transaction(),
             conn.cursor(row_factory=dict_row) as cur,
         ):
-            await cur.execute(work_mem)  # type: ignore[arg-type]
-            await cur.execute(sql, args)  # type: ignore[arg-type]
-            got = await cur.fetchall()
-        rows = [usage_row(a, *(a["p"] or (None, None))) for a in got]
+            # one snapshot: the ranks read in (2) are those of the counts of (1)
+            await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            await cur.execute(sums, args)  # type: ignore[arg-type]
+            groups = _merge_buckets(await cur.fetchall())
+            wanted = [(name, b, r) for name, grp in groups.items() for b, r in grp.wanted()]
+            if wanted:
+                names, buckets, ranks = (list(x) for x in zip(*wanted, strict=True))
+                await cur.execute(
+                    f"""SELECT g, b, r, latency_ms FROM (
+                        SELECT {g} AS g, latency_bucket AS b, latency_ms, row_number() OVER (
+                            PARTITION BY {g}, latency_bucket ORDER BY latency_ms) - 1 AS r
+                        FROM {TABLE} WHERE {where} AND latency_bucket = ANY(%s)
+                            AND latency_ms IS NOT NULL) s
+                    WHERE (g, b, r) IN ({_TRIPLES})""",  # type: ignore[arg-type]
+                    (*args, sorted(set(buckets)), names, buckets, ranks),
+                )
+                for row in await cur.fetchall():
+                    groups[row["g"]].values[(row["b"], row["r"])] = row["latency_ms"]
+        rows = [grp.usage_row(name) for name, grp in groups.items()]
         rows.sort(key=lambda row: (-row["cost_usd"], row["group"]))
         return rows
 
