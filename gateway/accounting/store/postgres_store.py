@@ -13,9 +13,13 @@ table `tollgate_schema_version` (one row: how many of MIGRATIONS have run). Each
 the missing migrations at open, in order, in one transaction under an advisory lock, so
 replicas starting together migrate once; a database migrated by a newer gateway is refused.
 
-usage() and timeseries() aggregate in the database (GROUP BY, percentile_cont for p50/p95:
-the same linear interpolation as base.percentile); the (purpose, ts) index serves short
-windows, recent() and count(). Where the server's autovacuum is off the store runs ANALYZE
+usage() and timeseries() aggregate in the database; the (purpose, ts) index serves short
+windows, recent() and count(). usage() never sorts its window: each row keeps its latency
+bucket (a stored column, migration 4), a hashed GROUP BY (group, bucket) gives the sums and
+how many latencies each bucket holds, and only the records of the buckets holding the ranks
+p50 and p95 interpolate between (base.percentile's rule, percentile_cont's) are read and
+numbered, through the (purpose, latency_bucket, ts) index: exact percentiles, the same as the
+other stores give. Where the server's autovacuum is off the store runs ANALYZE
 itself as the table grows (see _analyze). Retention (store.retention_days) is a DELETE by
 ts, at open and then at most hourly from the write path.
 """
