@@ -168,7 +168,7 @@ def _record(row: dict[str, Any]) -> RequestRecord:
     return record_from_dict(row)
 
 
-_MEANS = {  # usage_row's mean: (sum, count) of usage()'s first read
+_MEANS = {  # usage_row's means: (sum, count) per (group, bucket) in usage()'s first read
     "quality_mean": ("quality_sum", "quality_n"),
     "quality_feedback_mean": ("feedback_sum", "feedback_n"),
     "quality_judge_mean": ("judge_sum", "judge_n"),
@@ -176,6 +176,8 @@ _MEANS = {  # usage_row's mean: (sum, count) of usage()'s first read
 }
 
 
+_SUMS = ["requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens", "estimated",
+         "cost_usd", "baseline_cost_usd", "cache_hits", "cache_saved_usd", "quality_n"]  # fmt: skip
 _TRIPLES = "SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[])"
 
 
@@ -183,17 +185,13 @@ class _Group:
     """One usage() group: its sums over every latency bucket, each bucket's count of
     latencies, and the latencies read at the ranks its percentiles need."""
 
-    def __init__(self) -> None:
-        self.sums: dict[str, Any] = {}
-        self.counts: dict[int, int] = {}  # latency bucket -> latencies in it
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.sums = row  # usage_row's sums and means, the group in "g"
+        # latency bucket -> latencies in it
+        self.counts: dict[int, int] = dict(
+            zip(row["buckets"] or (), row["counts"] or (), strict=True)
+        )
         self.values: dict[tuple[int, int], float] = {}  # (bucket, rank in it) -> latency
-
-    def add(self, row: dict[str, Any]) -> None:
-        for k, v in row.items():
-            if k not in ("g", "b", "latencies") and v is not None:
-                self.sums[k] = self.sums.get(k, 0) + v
-        if row["latencies"]:
-            self.counts[row["b"]] = int(row["latencies"])
 
     def _where(self, rank: int) -> tuple[int, int]:
         """(bucket, rank within the bucket) of the group's rank-th lowest latency."""
@@ -215,12 +213,9 @@ class _Group:
     def wanted(self) -> list[tuple[int, int]]:
         return sorted({self._where(r) for r in self._ranks()})
 
-    def usage_row(self, name: str) -> dict[str, Any]:
+    def usage_row(self) -> dict[str, Any]:
         lat = _Ranked(self)
-        a = {"g": name, **self.sums}
-        for mean, (total, n) in _MEANS.items():
-            a[mean] = a[total] / a[n] if a.get(n) else None
-        return usage_row(a, percentile(lat, 50), percentile(lat, 95))
+        return usage_row(self.sums, percentile(lat, 50), percentile(lat, 95))
 
 
 class _Ranked(Sequence[float]):
@@ -241,13 +236,6 @@ class _Ranked(Sequence[float]):
         if isinstance(i, slice):
             raise TypeError("ranks are read one at a time")
         return self.group.values[self.group._where(i)]
-
-
-def _merge_buckets(rows: list[dict[str, Any]]) -> dict[str, _Group]:
-    groups: dict[str, _Group] = {}
-    for row in rows:
-        groups.setdefault(row["g"], _Group()).add(row)
-    return groups
 
 
 async def migrate(conn: psycopg.AsyncConnection[Any]) -> int:
@@ -466,26 +454,35 @@ class PostgresStore(Store):
             "" if key_id is None else " AND key_id = %s"
         )
         args: tuple[Any, ...] = (kind, lo, hi) if key_id is None else (kind, lo, hi, key_id)
+        # per (group, bucket) hashed, then folded per group: one row per group, its
+        # buckets and their latency counts as two arrays in bucket order
         sums = f"""
-            SELECT {g} AS g, latency_bucket AS b, count(*) AS requests,
-                   count(latency_ms) AS latencies,
-                   count(*) FILTER (WHERE status >= 400) AS errors,
-                   COALESCE(sum(prompt_tokens), 0) AS prompt_tokens,
-                   COALESCE(sum(cached_tokens), 0) AS cached_tokens,
-                   COALESCE(sum(completion_tokens), 0) AS completion_tokens,
-                   count(*) FILTER (WHERE tokens_estimated) AS estimated,
-                   COALESCE(sum(cost_usd), 0) AS cost_usd,
-                   COALESCE(sum(baseline_cost_usd), 0) AS baseline_cost_usd,
-                   count(*) FILTER (WHERE cache_hit) AS cache_hits,
-                   COALESCE(sum(baseline_cost_usd) FILTER (WHERE cache_hit), 0)
-                       AS cache_saved_usd,
-                   sum(COALESCE(quality_feedback, quality_judge)) AS quality_sum,
-                   count(COALESCE(quality_feedback, quality_judge)) AS quality_n,
-                   sum(quality_feedback) AS feedback_sum, count(quality_feedback) AS feedback_n,
-                   sum(quality_judge) AS judge_sum, count(quality_judge) AS judge_n,
-                   sum(quality_predicted) AS predicted_sum,
-                   count(quality_predicted) AS predicted_n
-            FROM {TABLE} WHERE {where} GROUP BY 1, 2"""
+            WITH h AS (
+                SELECT {g} AS g, latency_bucket AS b, count(*) AS requests,
+                       count(latency_ms) AS latencies,
+                       count(*) FILTER (WHERE status >= 400) AS errors,
+                       sum(prompt_tokens) AS prompt_tokens, sum(cached_tokens) AS cached_tokens,
+                       sum(completion_tokens) AS completion_tokens,
+                       count(*) FILTER (WHERE tokens_estimated) AS estimated,
+                       sum(cost_usd) AS cost_usd, sum(baseline_cost_usd) AS baseline_cost_usd,
+                       count(*) FILTER (WHERE cache_hit) AS cache_hits,
+                       sum(baseline_cost_usd) FILTER (WHERE cache_hit) AS cache_saved_usd,
+                       sum(COALESCE(quality_feedback, quality_judge)) AS quality_sum,
+                       count(COALESCE(quality_feedback, quality_judge)) AS quality_n,
+                       sum(quality_feedback) AS feedback_sum, count(quality_feedback) AS feedback_n,
+                       sum(quality_judge) AS judge_sum, count(quality_judge) AS judge_n,
+                       sum(quality_predicted) AS predicted_sum,
+                       count(quality_predicted) AS predicted_n
+                FROM {TABLE} WHERE {where} GROUP BY 1, 2)
+            SELECT g, {", ".join(f"COALESCE(sum({c}), 0) AS {c}" for c in _SUMS)},
+                   {
+            ", ".join(
+                f"sum({t}) / NULLIF(sum({n}), 0)::float8 AS {m}" for m, (t, n) in _MEANS.items()
+            )
+        },
+                   array_agg(b ORDER BY b) FILTER (WHERE latencies > 0) AS buckets,
+                   array_agg(latencies ORDER BY b) FILTER (WHERE latencies > 0) AS counts
+            FROM h GROUP BY g"""
         conn: psycopg.AsyncConnection[Any]
         async with (
             self._conn() as conn,
@@ -495,7 +492,7 @@ class PostgresStore(Store):
             # one snapshot: the ranks read in (2) are those of the counts of (1)
             await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             await cur.execute(sums, args)  # type: ignore[arg-type]
-            groups = _merge_buckets(await cur.fetchall())
+            groups = {row["g"]: _Group(row) for row in await cur.fetchall()}
             wanted = [(name, b, r) for name, grp in groups.items() for b, r in grp.wanted()]
             if wanted:
                 names, buckets, ranks = (list(x) for x in zip(*wanted, strict=True))
@@ -510,7 +507,7 @@ class PostgresStore(Store):
                 )
                 for row in await cur.fetchall():
                     groups[row["g"]].values[(row["b"], row["r"])] = row["latency_ms"]
-        rows = [grp.usage_row(name) for name, grp in groups.items()]
+        rows = [grp.usage_row() for grp in groups.values()]
         rows.sort(key=lambda row: (-row["cost_usd"], row["group"]))
         return rows
 
