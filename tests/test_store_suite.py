@@ -774,7 +774,7 @@ async def test_postgres_usage_equals_the_answer_from_raw_records(postgres_url: s
         rec(
             i,
             ts=T0 + i * 1.5,
-            model=rnd.choice(["small", "large", "mid"]),
+            model=rnd.choice(["small", "large", "mid", "", None]),  # '' and None: one group
             tier=rnd.choice(["small", "large", ""]),
             key_id=rnd.choice(["k1", "k2", None]),
             route=rnd.choice(["chat", "auto"]),

@@ -178,6 +178,13 @@ _MEANS = {  # usage_row's means: (sum, count) per (group, bucket) in usage()'s f
 
 _SUMS = ["requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens", "estimated",
          "cost_usd", "baseline_cost_usd", "cache_hits", "cache_saved_usd", "quality_n"]  # fmt: skip
+
+
+def _group(column: str) -> str:
+    """usage()'s group of a row: the column's value, '' and NULL both NONE_GROUP."""
+    return f"COALESCE(NULLIF({column}::text, ''), '{NONE_GROUP}')"
+
+
 _TRIPLES = "SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[])"
 
 
@@ -187,10 +194,9 @@ class _Group:
 
     def __init__(self, row: dict[str, Any]) -> None:
         self.sums = row  # usage_row's sums and means, the group in "g"
-        # latency bucket -> latencies in it
-        self.counts: dict[int, int] = dict(
-            zip(row["buckets"] or (), row["counts"] or (), strict=True)
-        )
+        self.counts: dict[int, int] = {}  # latency bucket -> latencies in it
+        for b, n in zip(row["buckets"] or (), row["counts"] or (), strict=True):
+            self.counts[b] = self.counts.get(b, 0) + n
         self.values: dict[tuple[int, int], float] = {}  # (bucket, rank in it) -> latency
 
     def _where(self, rank: int) -> tuple[int, int]:
@@ -449,16 +455,17 @@ class PostgresStore(Store):
         kind = check_purpose(purpose)
         lo = float("-inf") if since is None else float(since)
         hi = float("inf") if until is None else float(until)
-        g = f"COALESCE(NULLIF({col}::text, ''), '{NONE_GROUP}')"
+        g = _group(col)
         where = "purpose = %s AND ts >= %s AND ts < %s" + (
             "" if key_id is None else " AND key_id = %s"
         )
         args: tuple[Any, ...] = (kind, lo, hi) if key_id is None else (kind, lo, hi, key_id)
-        # per (group, bucket) hashed, then folded per group: one row per group, its
-        # buckets and their latency counts as two arrays in bucket order
+        # hashed per (column value, bucket), then folded per group ('' and NULL are one
+        # group, a bucket may come twice): one row per group, its buckets and their
+        # latency counts as two arrays in bucket order
         sums = f"""
             WITH h AS (
-                SELECT {g} AS g, latency_bucket AS b, count(*) AS requests,
+                SELECT {col} AS v, latency_bucket AS b, count(*) AS requests,
                        count(latency_ms) AS latencies,
                        count(*) FILTER (WHERE status >= 400) AS errors,
                        sum(prompt_tokens) AS prompt_tokens, sum(cached_tokens) AS cached_tokens,
@@ -474,7 +481,7 @@ class PostgresStore(Store):
                        sum(quality_predicted) AS predicted_sum,
                        count(quality_predicted) AS predicted_n
                 FROM {TABLE} WHERE {where} GROUP BY 1, 2)
-            SELECT g, {", ".join(f"COALESCE(sum({c}), 0) AS {c}" for c in _SUMS)},
+            SELECT {_group("v")} AS g, {", ".join(f"COALESCE(sum({c}), 0) AS {c}" for c in _SUMS)},
                    {
             ", ".join(
                 f"sum({t}) / NULLIF(sum({n}), 0)::float8 AS {m}" for m, (t, n) in _MEANS.items()
@@ -482,7 +489,7 @@ class PostgresStore(Store):
         },
                    array_agg(b ORDER BY b) FILTER (WHERE latencies > 0) AS buckets,
                    array_agg(latencies ORDER BY b) FILTER (WHERE latencies > 0) AS counts
-            FROM h GROUP BY g"""
+            FROM h GROUP BY 1"""
         conn: psycopg.AsyncConnection[Any]
         async with (
             self._conn() as conn,
