@@ -818,3 +818,25 @@ async def test_postgres_usage_equals_the_answer_from_raw_records(postgres_url: s
     await until(lambda: s.count(), len(kept))
     await check(kept)
     await s.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_usage_statements_are_never_prepared(postgres_url: str) -> None:
+    """psycopg prepares a statement run 5 times on a connection; PostgreSQL then plans it
+    once for any window (a generic plan), which made a 30-day usage() over 200k records take
+    ~1.8x the CPU from about its 10th run (bench/store_usage.py). usage() statements stay
+    unprepared, on a connection that has answered many of them."""
+    s = PostgresStore(postgres_url, pool_min=1, pool_max=1)
+    await s.open()
+    await s.write_batch([rec(i, latency_ms=float(i)) for i in range(50)])
+    for i in range(12):
+        [row] = await s.usage(T0 + i, None, "model")
+        assert row["requests"] == 50 - i
+    async with s.connection() as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+            ("%latency_bucket%",),
+        )
+        got = await cur.fetchone()
+    await s.close()
+    assert got == (0,)

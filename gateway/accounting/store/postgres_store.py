@@ -498,7 +498,9 @@ class PostgresStore(Store):
         ):
             # one snapshot: the ranks read in (2) are those of the counts of (1)
             await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            await cur.execute(sums, args)  # type: ignore[arg-type]
+            # never prepared: psycopg prepares a statement at its 5th run, and PostgreSQL's
+            # generic plan for it (window bounds unknown) took ~1.8x the CPU from the ~10th
+            await cur.execute(sums, args, prepare=False)  # type: ignore[arg-type]
             groups = {row["g"]: _Group(row) for row in await cur.fetchall()}
             wanted = [(name, b, r) for name, grp in groups.items() for b, r in grp.wanted()]
             if wanted:
@@ -511,6 +513,7 @@ class PostgresStore(Store):
                             AND latency_ms IS NOT NULL) s
                     WHERE (g, b, r) IN ({_TRIPLES})""",  # type: ignore[arg-type]
                     (*args, sorted(set(buckets)), names, buckets, ranks),
+                    prepare=False,
                 )
                 for row in await cur.fetchall():
                     groups[row["g"]].values[(row["b"], row["r"])] = row["latency_ms"]
