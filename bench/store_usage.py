@@ -9,7 +9,10 @@ PostgreSQL at 127.0.0.1:5432 (dropped after). Then times `store.usage(now - 30 d
 "model")`, what `/v1/usage?since=30d&group_by=model` runs, `--repeat` times, and prints the
 median and the slowest wall time, the median CPU time (this process and the store's server
 process: what the query costs on a machine busy with other work, where wall time also counts
-the wait for a core), and the wall time of the load.
+the wait for a core), and the wall time of the load. A parallel plan's worker processes come
+and go with each query and their CPU is not counted: `--pg-serial` runs the PostgreSQL
+queries without workers (`max_parallel_workers_per_gather = 0`), where the CPU column is all
+of it.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def records(n: int, now: float, seed: int = 1) -> list[RequestRecord]:
 
 @contextlib.asynccontextmanager
 async def open_store(
-    kind: str, workdir: Path, pids: list[int] | None = None
+    kind: str, workdir: Path, pids: list[int] | None = None, pg_serial: bool = False
 ) -> AsyncIterator[Store]:
     """A fresh, open store of `kind`; everything it made is removed on exit. The PIDs of the
     server processes that do its work are appended to `pids` (the redis-server; the one
@@ -82,7 +85,8 @@ async def open_store(
             pids.append(srv.proc.pid)
         elif kind == "postgres":
             url = stack.enter_context(scratch_database("tollgate_bench_"))
-            s = PostgresStore(url, pool_min=1, pool_max=1)
+            serial = "?options=-c%20max_parallel_workers_per_gather%3D0" if pg_serial else ""
+            s = PostgresStore(url + serial, pool_min=1, pool_max=1)
         else:
             raise SystemExit(f"unknown store {kind!r}: sqlite, redis or postgres")
         await s.open()
@@ -108,12 +112,12 @@ def cpu_s(pids: list[int]) -> float:
     return total
 
 
-async def run(kind: str, n: int, repeat: int) -> str:
+async def run(kind: str, n: int, repeat: int, pg_serial: bool = False) -> str:
     now = time.time()
     recs = records(n, now)
     with tempfile.TemporaryDirectory() as d:
         pids: list[int] = []
-        async with open_store(kind, Path(d), pids) as store:
+        async with open_store(kind, Path(d), pids, pg_serial) as store:
             t0 = time.perf_counter()
             for i in range(0, n, 5000):
                 await store.write_batch(recs[i : i + 5000])
@@ -135,11 +139,12 @@ def main() -> None:
     p.add_argument("--records", type=int, default=200_000)
     p.add_argument("--stores", default="sqlite,redis,postgres")
     p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--pg-serial", action="store_true", help="PostgreSQL without parallel workers")
     args = p.parse_args()
     print("| store | records | usage() median ms | slowest ms | CPU ms | load s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for kind in args.stores.split(","):
-        print(asyncio.run(run(kind.strip(), args.records, args.repeat)), flush=True)
+        print(asyncio.run(run(kind.strip(), args.records, args.repeat, args.pg_serial)), flush=True)
 
 
 if __name__ == "__main__":

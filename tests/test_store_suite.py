@@ -670,11 +670,16 @@ async def test_postgres_schema_is_created_and_migrated(postgres_url: str) -> Non
         c.execute("DROP INDEX tollgate_requests_purpose_ts")
         c.execute("DROP INDEX tollgate_requests_ts")
         c.execute("ALTER TABLE tollgate_requests DROP COLUMN budget_soft")  # record schema 5
+        c.execute("ALTER TABLE tollgate_requests DROP COLUMN latency_bucket")  # and its index
+        c.execute("DROP FUNCTION tollgate_latency_bucket")
         c.execute(f"UPDATE {VERSION_TABLE} SET version = 1")  # type: ignore[arg-type]
     again = PostgresStore(postgres_url)
     await again.open()
     version, indexes = version_and_indexes()
-    assert version == SCHEMA and "tollgate_requests_purpose_ts" in indexes
+    assert (
+        version == SCHEMA
+        and {"tollgate_requests_purpose_ts", "tollgate_requests_latency"} <= indexes
+    )
     assert await again.count() == 2
     old = await again.get("req-1")
     assert old is not None and old.budget_soft is False
@@ -749,3 +754,89 @@ async def test_postgres_analyzes_its_table_where_autovacuum_is_off(postgres_url:
         assert rows <= 0 or rows == 1500  # the server's own autovacuum may have run
     else:
         assert rows == 1500
+
+
+@pytest.mark.postgres
+async def test_postgres_usage_equals_the_answer_from_raw_records(postgres_url: str) -> None:
+    """PostgreSQL's usage() reads each group's percentiles from the records of one latency
+    bucket only: the rows it answers equal base.aggregate over the raw records of the window,
+    for windows that cut through the records of a bucket, ties, a bucket holding the whole
+    group, latencies of 0 and past 1e12 ms, a key filter, quality set later, and after
+    retention deleted the oldest records."""
+    import random
+
+    from gateway.accounting.store.base import aggregate
+
+    rnd = random.Random(18)
+    # latencies crowded into a few buckets (3 % wide), with ties, plus outliers
+    pool = [100.0, 100.0, 101.0, 102.5, 103.0, 250.0, 251.0, 0.0, 2e12, 7.5, 7.5]
+    records = [
+        rec(
+            i,
+            ts=T0 + i * 1.5,
+            model=rnd.choice(["small", "large", "mid", "", None]),  # '' and None: one group
+            tier=rnd.choice(["small", "large", ""]),
+            key_id=rnd.choice(["k1", "k2", None]),
+            route=rnd.choice(["chat", "auto"]),
+            status=rnd.choice([200, 200, 502]),
+            cost_usd=rnd.uniform(0, 0.05),
+            latency_ms=rnd.choice(pool) + rnd.choice([0.0, 0.0, rnd.uniform(0, 2)]),
+            quality_predicted=rnd.choice([None, rnd.random()]),
+        )
+        for i in range(600)
+    ]
+    records += [rec(1000 + i, model="one", latency_ms=42.0, ts=T0 + 400) for i in range(9)]
+    s = PostgresStore(postgres_url, retention_days=None)
+    await s.open()
+    await s.write_batch(records)
+    for r in records[::5]:
+        await s.set_quality(r.request_id, "feedback", 0.5)
+        r.quality_feedback = 0.5
+
+    async def check(recs: list[RequestRecord]) -> None:
+        for lo, hi in ((None, None), (T0 + 1.5, T0 + 7.5), (T0 + 100.25, T0 + 700.0),
+                       (T0 + 400, T0 + 401), (T0 + 899.9, None), (T0 + 5000, None)):  # fmt: skip
+            window = [r for r in recs if (lo is None or r.ts >= lo) and (hi is None or r.ts < hi)]
+            for group_by in ("model", "tier", "key", "route"):
+                got = await s.usage(lo, hi, group_by)
+                assert same(got, aggregate(window, group_by)), (lo, hi, group_by)
+            got = await s.usage(lo, hi, "model", key_id="k2")
+            want = aggregate([r for r in window if r.key_id == "k2"], "model")
+            assert same(got, want), (lo, hi, "k2")
+
+    await check(records)
+    [one] = [r for r in await s.usage(None, None, "model") if r["group"] == "one"]
+    assert one["latency_p50_ms"] == one["latency_p95_ms"] == 42.0 and one["requests"] == 9
+    await s.close()
+
+    # retention (its pass at open) deletes the records before T0 + 300.5 (+ the test's
+    # own seconds, under the 1.5 s between two records)
+    days = (time.time() - (T0 + 300.5)) / 86400
+    s = PostgresStore(postgres_url, retention_days=days, retention_every_s=0.0)
+    await s.open()
+    kept = [r for r in records if r.ts > T0 + 300]
+    await until(lambda: s.count(), len(kept))
+    await check(kept)
+    await s.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_usage_statements_are_never_prepared(postgres_url: str) -> None:
+    """psycopg prepares a statement run 5 times on a connection; PostgreSQL then plans it
+    once for any window (a generic plan), which made a 30-day usage() over 200k records take
+    ~1.8x the CPU from about its 10th run (bench/store_usage.py). usage() statements stay
+    unprepared, on a connection that has answered many of them."""
+    s = PostgresStore(postgres_url, pool_min=1, pool_max=1)
+    await s.open()
+    await s.write_batch([rec(i, latency_ms=float(i)) for i in range(50)])
+    for i in range(12):
+        [row] = await s.usage(T0 + i, None, "model")
+        assert row["requests"] == 50 - i
+    async with s.connection() as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+            ("%latency_bucket%",),
+        )
+        got = await cur.fetchone()
+    await s.close()
+    assert got == (0,)

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import fields
 from typing import Any, Literal
 
@@ -147,8 +147,9 @@ def group_value(value: Any) -> str:
     return NONE_GROUP if value is None or value == "" else str(value)
 
 
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default), q in [0, 100]."""
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default), q in [0, 100]. Reads
+    `len()` and the two ranks it interpolates between, nothing else."""
     if not sorted_values:
         return None
     pos = (len(sorted_values) - 1) * q / 100.0

@@ -13,9 +13,13 @@ table `tollgate_schema_version` (one row: how many of MIGRATIONS have run). Each
 the missing migrations at open, in order, in one transaction under an advisory lock, so
 replicas starting together migrate once; a database migrated by a newer gateway is refused.
 
-usage() and timeseries() aggregate in the database (GROUP BY, percentile_cont for p50/p95:
-the same linear interpolation as base.percentile); the (purpose, ts) index serves short
-windows, recent() and count(). Where the server's autovacuum is off the store runs ANALYZE
+usage() and timeseries() aggregate in the database; the (purpose, ts) index serves short
+windows, recent() and count(). usage() never sorts its window: each row keeps its latency
+bucket (a stored column, migration 4), a hashed GROUP BY (group, bucket) gives the sums and
+how many latencies each bucket holds, and only the records of the buckets holding the ranks
+p50 and p95 interpolate between (base.percentile's rule, percentile_cont's) are read and
+numbered, through the (purpose, latency_bucket, ts) index: exact percentiles, the same as the
+other stores give. Where the server's autovacuum is off the store runs ANALYZE
 itself as the table grows (see _analyze). Retention (store.retention_days) is a DELETE by
 ts, at open and then at most hourly from the write path.
 """
@@ -23,10 +27,11 @@ ts, at open and then at most hourly from the write path.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import fields
-from typing import Any
+from typing import Any, overload
 
 import orjson
 import psycopg
@@ -49,6 +54,7 @@ from gateway.accounting.store.base import (
     check_group_by,
     check_purpose,
     check_source,
+    percentile,
     record_from_dict,
     usage_row,
 )
@@ -58,6 +64,11 @@ log = logging.getLogger("tollgate.store")
 
 TABLE = "tollgate_requests"
 VERSION_TABLE = "tollgate_schema_version"
+# latency buckets (migration 4): floor(ln(latency_ms) * 32), each 3.2% wide; every latency of
+# one bucket is >= every latency of a lower one (NaN and >= 1e12 ms at the top, <= 1 us below)
+BUCKET_FN = "tollgate_latency_bucket"
+BUCKETS_PER_E = 32
+BUCKET_LOW, BUCKET_HIGH = -1000, 1000
 _LOCK_ID = 0x70_6C_67_61_74_65  # the migrations' pg_advisory_xact_lock key (any fixed number)
 
 _FIELDS = [f.name for f in fields(RequestRecord)]
@@ -108,6 +119,19 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
     # record schema 5: the key was past its budget's soft share (limits.budget_soft)
     (f"ALTER TABLE {TABLE} ADD COLUMN budget_soft boolean NOT NULL DEFAULT false",),
+    # usage() finds its latency percentiles without sorting the window (see _usage_ranks):
+    # each record's latency bucket, written with the row (rewrites the table once), and an
+    # index that fetches one bucket's records of a window
+    (
+        f"""CREATE FUNCTION {BUCKET_FN}(x double precision) RETURNS integer
+            LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+            SELECT CASE WHEN x IS NULL THEN NULL
+                        WHEN x > 0.001 AND x < 1e12 THEN floor(ln(x) * {BUCKETS_PER_E})::integer
+                        WHEN x <= 0.001 THEN {BUCKET_LOW} ELSE {BUCKET_HIGH} END $$""",
+        f"ALTER TABLE {TABLE} ADD COLUMN latency_bucket integer "
+        f"GENERATED ALWAYS AS ({BUCKET_FN}(latency_ms)) STORED",
+        f"CREATE INDEX {TABLE}_latency ON {TABLE} (purpose, latency_bucket, ts)",
+    ),
 ]
 SCHEMA = len(MIGRATIONS)
 
@@ -122,7 +146,6 @@ _CHUNK = 10_000  # records deleted per statement by retention
 _DELETE_CHUNK = (
     f"DELETE FROM {TABLE} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {TABLE} WHERE ts < %s LIMIT %s))"
 )
-_USAGE_WORK_MEM = "64MB"  # per usage() query, for its sort
 
 
 def _row(rec: RequestRecord) -> list[Any]:
@@ -143,6 +166,82 @@ def _dumps(obj: Any) -> str:
 
 def _record(row: dict[str, Any]) -> RequestRecord:
     return record_from_dict(row)
+
+
+_MEANS = {  # usage_row's means: (sum, count) per (group, bucket) in usage()'s first read
+    "quality_mean": ("quality_sum", "quality_n"),
+    "quality_feedback_mean": ("feedback_sum", "feedback_n"),
+    "quality_judge_mean": ("judge_sum", "judge_n"),
+    "quality_predicted_mean": ("predicted_sum", "predicted_n"),
+}
+
+
+_SUMS = ["requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens", "estimated",
+         "cost_usd", "baseline_cost_usd", "cache_hits", "cache_saved_usd", "quality_n"]  # fmt: skip
+
+
+def _group(column: str) -> str:
+    """usage()'s group of a row: the column's value, '' and NULL both NONE_GROUP."""
+    return f"COALESCE(NULLIF({column}::text, ''), '{NONE_GROUP}')"
+
+
+_TRIPLES = "SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[])"
+
+
+class _Group:
+    """One usage() group: its sums over every latency bucket, each bucket's count of
+    latencies, and the latencies read at the ranks its percentiles need."""
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.sums = row  # usage_row's sums and means, the group in "g"
+        self.counts: dict[int, int] = {}  # latency bucket -> latencies in it
+        for b, n in zip(row["buckets"] or (), row["counts"] or (), strict=True):
+            self.counts[b] = self.counts.get(b, 0) + n
+        self.values: dict[tuple[int, int], float] = {}  # (bucket, rank in it) -> latency
+
+    def _where(self, rank: int) -> tuple[int, int]:
+        """(bucket, rank within the bucket) of the group's rank-th lowest latency."""
+        before = 0
+        for b in sorted(self.counts):
+            if rank < before + self.counts[b]:
+                return b, rank - before
+            before += self.counts[b]
+        raise IndexError(rank)
+
+    def _ranks(self) -> set[int]:
+        n = sum(self.counts.values())
+        out: set[int] = set()
+        for q in (50, 95):  # the two ranks base.percentile reads
+            lo = math.floor((n - 1) * q / 100.0)
+            out |= {lo, min(lo + 1, n - 1)}
+        return out if n else set()
+
+    def wanted(self) -> list[tuple[int, int]]:
+        return sorted({self._where(r) for r in self._ranks()})
+
+    def usage_row(self) -> dict[str, Any]:
+        lat = _Ranked(self)
+        return usage_row(self.sums, percentile(lat, 50), percentile(lat, 95))
+
+
+class _Ranked(Sequence[float]):
+    """A group's latencies in ascending order, as far as base.percentile reads them."""
+
+    def __init__(self, group: _Group) -> None:
+        self.group = group
+        self.n = sum(group.counts.values())
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, i: int) -> float: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[float]: ...
+    def __getitem__(self, i: int | slice) -> float | Sequence[float]:
+        if isinstance(i, slice):
+            raise TypeError("ranks are read one at a time")
+        return self.group.values[self.group._where(i)]
 
 
 async def migrate(conn: psycopg.AsyncConnection[Any]) -> int:
@@ -346,46 +445,79 @@ class PostgresStore(Store):
         purpose: Purpose = "client",
         key_id: str | None = None,
     ) -> list[dict[str, Any]]:
+        """Two reads in one snapshot, neither sorting the window: (1) one hashed GROUP BY
+        (group, latency bucket) for the sums and each bucket's count of latencies; (2) for the
+        ranks p50 and p95 interpolate between (base.percentile, percentile_cont's rule), the
+        records of only the bucket holding that rank, through the (purpose, latency_bucket,
+        ts) index, numbered by latency within the bucket. The answer is exact, the same as
+        a sort of every latency of the window would give."""
         col = check_group_by(group_by)
         kind = check_purpose(purpose)
         lo = float("-inf") if since is None else float(since)
         hi = float("inf") if until is None else float(until)
-        # "C": the group key is sorted by bytes, not by the database's locale (~2x faster)
-        g = f"COALESCE(NULLIF({col}::text, ''), '{NONE_GROUP}') COLLATE \"C\""
-        by_key = "" if key_id is None else " AND key_id = %s"
+        g = _group(col)
+        where = "purpose = %s AND ts >= %s AND ts < %s" + (
+            "" if key_id is None else " AND key_id = %s"
+        )
         args: tuple[Any, ...] = (kind, lo, hi) if key_id is None else (kind, lo, hi, key_id)
-        sql = f"""
-            SELECT {g} AS g, count(*) AS requests,
-                   count(*) FILTER (WHERE status >= 400) AS errors,
-                   COALESCE(sum(prompt_tokens), 0) AS prompt_tokens,
-                   COALESCE(sum(cached_tokens), 0) AS cached_tokens,
-                   COALESCE(sum(completion_tokens), 0) AS completion_tokens,
-                   count(*) FILTER (WHERE tokens_estimated) AS estimated,
-                   COALESCE(sum(cost_usd), 0) AS cost_usd,
-                   COALESCE(sum(baseline_cost_usd), 0) AS baseline_cost_usd,
-                   count(*) FILTER (WHERE cache_hit) AS cache_hits,
-                   COALESCE(sum(baseline_cost_usd) FILTER (WHERE cache_hit), 0)
-                       AS cache_saved_usd,
-                   percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY latency_ms) AS p,
-                   avg(COALESCE(quality_feedback, quality_judge)) AS quality_mean,
-                   count(COALESCE(quality_feedback, quality_judge)) AS quality_n,
-                   avg(quality_feedback) AS quality_feedback_mean,
-                   avg(quality_judge) AS quality_judge_mean,
-                   avg(quality_predicted) AS quality_predicted_mean
-            FROM {TABLE} WHERE purpose = %s AND ts >= %s AND ts < %s{by_key} GROUP BY 1"""
-        # the sort by group and latency of a 30-day window outgrows the default work_mem
-        # (4 MB) and would spill to disk
-        work_mem = f"SET LOCAL work_mem = '{_USAGE_WORK_MEM}'"
+        # hashed per (column value, bucket), then folded per group ('' and NULL are one
+        # group, a bucket may come twice): one row per group, its buckets and their
+        # latency counts as two arrays in bucket order
+        sums = f"""
+            WITH h AS (
+                SELECT {col} AS v, latency_bucket AS b, count(*) AS requests,
+                       count(latency_ms) AS latencies,
+                       count(*) FILTER (WHERE status >= 400) AS errors,
+                       sum(prompt_tokens) AS prompt_tokens, sum(cached_tokens) AS cached_tokens,
+                       sum(completion_tokens) AS completion_tokens,
+                       count(*) FILTER (WHERE tokens_estimated) AS estimated,
+                       sum(cost_usd) AS cost_usd, sum(baseline_cost_usd) AS baseline_cost_usd,
+                       count(*) FILTER (WHERE cache_hit) AS cache_hits,
+                       sum(baseline_cost_usd) FILTER (WHERE cache_hit) AS cache_saved_usd,
+                       sum(COALESCE(quality_feedback, quality_judge)) AS quality_sum,
+                       count(COALESCE(quality_feedback, quality_judge)) AS quality_n,
+                       sum(quality_feedback) AS feedback_sum, count(quality_feedback) AS feedback_n,
+                       sum(quality_judge) AS judge_sum, count(quality_judge) AS judge_n,
+                       sum(quality_predicted) AS predicted_sum,
+                       count(quality_predicted) AS predicted_n
+                FROM {TABLE} WHERE {where} GROUP BY 1, 2)
+            SELECT {_group("v")} AS g, {", ".join(f"COALESCE(sum({c}), 0) AS {c}" for c in _SUMS)},
+                   {
+            ", ".join(
+                f"sum({t}) / NULLIF(sum({n}), 0)::float8 AS {m}" for m, (t, n) in _MEANS.items()
+            )
+        },
+                   array_agg(b ORDER BY b) FILTER (WHERE latencies > 0) AS buckets,
+                   array_agg(latencies ORDER BY b) FILTER (WHERE latencies > 0) AS counts
+            FROM h GROUP BY 1"""
         conn: psycopg.AsyncConnection[Any]
         async with (
             self._conn() as conn,
             conn.transaction(),
             conn.cursor(row_factory=dict_row) as cur,
         ):
-            await cur.execute(work_mem)  # type: ignore[arg-type]
-            await cur.execute(sql, args)  # type: ignore[arg-type]
-            got = await cur.fetchall()
-        rows = [usage_row(a, *(a["p"] or (None, None))) for a in got]
+            # one snapshot: the ranks read in (2) are those of the counts of (1)
+            await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            # never prepared: psycopg prepares a statement at its 5th run, and PostgreSQL's
+            # generic plan for it (window bounds unknown) took ~1.8x the CPU from the ~10th
+            await cur.execute(sums, args, prepare=False)  # type: ignore[arg-type]
+            groups = {row["g"]: _Group(row) for row in await cur.fetchall()}
+            wanted = [(name, b, r) for name, grp in groups.items() for b, r in grp.wanted()]
+            if wanted:
+                names, buckets, ranks = (list(x) for x in zip(*wanted, strict=True))
+                await cur.execute(
+                    f"""SELECT g, b, r, latency_ms FROM (
+                        SELECT {g} AS g, latency_bucket AS b, latency_ms, row_number() OVER (
+                            PARTITION BY {g}, latency_bucket ORDER BY latency_ms) - 1 AS r
+                        FROM {TABLE} WHERE {where} AND latency_bucket = ANY(%s)
+                            AND latency_ms IS NOT NULL) s
+                    WHERE (g, b, r) IN ({_TRIPLES})""",  # type: ignore[arg-type]
+                    (*args, sorted(set(buckets)), names, buckets, ranks),
+                    prepare=False,
+                )
+                for row in await cur.fetchall():
+                    groups[row["g"]].values[(row["b"], row["r"])] = row["latency_ms"]
+        rows = [grp.usage_row() for grp in groups.values()]
         rows.sort(key=lambda row: (-row["cost_usd"], row["group"]))
         return rows
 
