@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.accounting.records import OVER_BUDGET, RATE_LIMITED
 from gateway.config import (
     BudgetSoftConfig,
     GatewayKey,
@@ -55,7 +56,7 @@ class LimitExceeded(GatewayError):
 
     status = 429
     type = "rate_limit_error"
-    code = "rate_limit_exceeded"
+    code = RATE_LIMITED
 
     def __init__(
         self, message: str, kind: str, scope: str, headers: list[tuple[bytes, bytes]], wait: float
@@ -65,8 +66,7 @@ class LimitExceeded(GatewayError):
         self.scope = scope
         self.rate_headers = headers
         if kind == BUDGET:
-            self.type = "insufficient_quota"
-            self.code = "insufficient_quota"
+            self.type = self.code = OVER_BUDGET
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [*super().headers(), *self.rate_headers]

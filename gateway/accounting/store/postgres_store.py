@@ -36,6 +36,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.accounting.records import RequestRecord
 from gateway.accounting.store.base import (
+    LIMIT_REJECTED_SQL,
     NONE_GROUP,
     Purpose,
     QualitySource,
@@ -366,6 +367,7 @@ class PostgresStore(Store):
                    count(*) FILTER (WHERE cache_hit) AS cache_hits,
                    COALESCE(sum(baseline_cost_usd) FILTER (WHERE cache_hit), 0)
                        AS cache_saved_usd,
+                   count(*) FILTER (WHERE {LIMIT_REJECTED_SQL}) AS limit_rejections,
                    percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY latency_ms) AS p,
                    avg(COALESCE(quality_feedback, quality_judge)) AS quality_mean,
                    count(COALESCE(quality_feedback, quality_judge)) AS quality_n,
