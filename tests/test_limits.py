@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -499,3 +501,90 @@ def test_a_streamed_answer_settles_its_tokens_on_the_real_usage(
     # the first gave back the 187 it did not use (plus what a second refills, at most 17
     # a second); unsettled, 584 would be left
     assert 1000 - 21 - 208 <= left[1] <= 1000 - 21 - 208 + 40
+
+
+MASTER = "tg-master-limits-7c1e5a9d3b2f"
+
+
+@pytest.mark.browser
+def test_the_dashboard_shows_each_keys_limits_spend_rejections_and_budget_soft_mode(
+    fakes: Callable[..., FakeUpstream], gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """A real headless Chromium signs in: the master key's page has a row per key with its
+    limits, spend, budget left, the requests its limits refused and whether it is past its
+    budget's soft share, equal to /v1/usage?group_by=key; a team key's page has its own
+    row only."""
+    from tests.test_dashboard import ARTIFACTS, Chromium, chromium_binary
+
+    chromium_binary()
+    up = fakes("m")
+    limits = [f"  local_path: {tmp_path / 'limits.bin'}", "  budget_soft: {share: 0.3}"]
+    gw = gateway(config(up.base_url, tmp_path, limits), env={"TOLLGATE_MASTER_KEY": MASTER})
+    with httpx.Client(timeout=10) as c:
+        rpm = [chat(c, gw.url, RPM_KEY).status_code for _ in range(8)]
+        budget = [chat(c, gw.url, BUDGET_KEY).status_code for _ in range(7)]
+    assert rpm.count(429) == 2 and budget == [200] * 5 + [429] * 2, (rpm, budget)
+    master = {"authorization": f"Bearer {MASTER}"}
+
+    def usage() -> dict[str, Any]:
+        r = httpx.get(f"{gw.url}/v1/usage", params={"group_by": "key"}, headers=master)
+        return dict(r.json())
+
+    deadline = time.monotonic() + 20
+    while usage()["totals"]["requests"] < 15 or usage()["pending_records"]:
+        assert time.monotonic() < deadline, usage()
+        time.sleep(0.1)
+    u = usage()
+    rows = {r["group"]: r for r in u["data"]}
+    lim = u["limits"]
+    assert rows["team-rpm"]["limit_rejections"] == 2 == rows["team-budget"]["limit_rejections"]
+    soft = lim["team-budget"]
+    assert soft["budget_soft"] is True and soft["budget_soft_share"] == 0.3
+    assert lim["team-budget"]["budget_spent_usd"] == pytest.approx(5 * COST)
+
+    def expected(kid: str) -> list[str]:
+        r, e = rows[kid], lim[kid]
+
+        def n(v: Any, fmt: str) -> str:
+            return "–" if v is None else format(v, fmt)
+
+        soft = "–" if e["budget_usd"] is None else "budget-soft" if e["budget_soft"] else "normal"
+        return [kid, str(r["requests"]), f"{r['cost_usd']:.6f}", str(r["limit_rejections"]),
+                n(e["rpm"], ","), n(e["tpm"], ","), n(e["budget_usd"], ".4f"),
+                e.get("budget_window") or "–", n(e.get("budget_spent_usd"), ".6f"),
+                n(e.get("budget_remaining_usd"), ".6f"), soft]  # fmt: skip
+
+    browser = Chromium(tmp_path / "profile")
+    read_rows = (
+        "JSON.stringify([...document.querySelectorAll('#table-keys tbody tr')]"
+        ".map(tr => [...tr.cells].map(td => td.textContent)))"
+    )
+
+    def sign_in(key: str) -> list[list[str]]:
+        browser.call("Network.clearBrowserCookies")
+        browser.call("Page.navigate", url=f"{gw.url}/dashboard")
+        browser.wait_for("!!document.getElementById('signin')")
+        browser.eval(
+            f"document.getElementById('key').value = {key!r};"
+            "document.getElementById('signin').submit(); true"
+        )
+        browser.wait_for("document.body && document.body.dataset.loaded >= '1'")
+        assert browser.eval("document.getElementById('keys-card').hidden") is False
+        return list(json.loads(browser.eval(read_rows)))
+
+    try:
+        for domain in ("Page", "Network", "Runtime"):
+            browser.call(f"{domain}.enable")
+        shown = sign_in(MASTER)
+        assert sorted(shown) == sorted([expected("team-rpm"), expected("team-budget")])
+        budget_row = next(r for r in shown if r[0] == "team-budget")
+        assert budget_row[6:] == ["0.1000", "month", "0.105000", "0.000000", "budget-soft"]
+        assert next(r for r in shown if r[0] == "team-rpm")[1:5] == ["8", "0.126000", "2", "6"]
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.screenshot(ARTIFACTS / "dashboard-keys.png")
+        # a team key sees its own key's row only
+        assert sign_in(RPM_KEY) == [expected("team-rpm")]
+    finally:
+        browser.close()
+    team = httpx.get(f"{gw.url}/dashboard/data", headers={"authorization": f"Bearer {RPM_KEY}"})
+    assert [k["key_id"] for k in team.json()["keys"]] == ["team-rpm"]

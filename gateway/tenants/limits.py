@@ -522,6 +522,19 @@ class Limits:
             return spec.soft_share
         return None if rule is None else rule.share
 
+    def first_soft_share(self, spec: Spec) -> float | None:
+        """The share of the key's budget past which its routed requests start going
+        thrifty: the key's own, else `limits.budget_soft`'s, else the lowest of
+        `budget_soft_routes`; None when nothing routes it thriftily."""
+        if spec.budget is None:
+            return None
+        if spec.soft_share is not None:
+            return spec.soft_share
+        if self.config.budget_soft is not None:
+            return self.config.budget_soft.share
+        shares = [r.share for r in self.config.budget_soft_routes.values()]
+        return min(shares) if shares else None
+
     async def spent(self, spec: Spec) -> float | None:
         if self.backend is None or spec.budget is None:
             return None
