@@ -23,7 +23,7 @@ from gateway.tenants.limits import window_of
 from gateway.views import report
 from tests.fake_upstream import FakeUpstream
 from tests.redis_server import RedisClusterServers, RedisServer, have_redis
-from tests.support import GatewayProcess, metric_samples, metric_total, tier_models
+from tests.support import GatewayProcess, free_port, metric_samples, metric_total, tier_models
 
 # a key that may send 6 requests a minute, and one with a budget of $0.1
 RPM_KEY, BUDGET_KEY = "sk-team-rpm-0000000001", "sk-team-budget-0000002"
@@ -106,7 +106,8 @@ def _counts(urls: list[str], key: str, n: int) -> tuple[int, list[httpx.Response
     return ok, refused
 
 
-def _check_shared(urls: list[str]) -> None:
+def _check_shared(urls: list[str]) -> int:
+    """The shared rpm and budget hold; returns how many requests the budget let through."""
     ok, refused = _counts(urls, RPM_KEY, 12)
     assert ok == 6, f"{ok} of 12 requests passed a limit of 6 a minute"
     assert {r.status_code for r in refused} == {429}
@@ -117,6 +118,7 @@ def _check_shared(urls: list[str]) -> None:
     ok, refused = _counts(urls, BUDGET_KEY, 10)
     assert 5 <= ok <= 6, f"{ok} of 10 requests passed a budget that holds 5"
     assert refused and all(r.json()["error"]["code"] == "insufficient_quota" for r in refused)
+    return ok
 
 
 @pytest.mark.redis
@@ -130,7 +132,16 @@ def test_two_replicas_on_one_redis_enforce_one_rpm_and_one_budget(
     limits = ["  backend: redis", f"  redis_url: {redis_server.url}"]
     a = gateway(config(up.base_url, tmp_path / "a", limits))
     b = gateway(config(up.base_url, tmp_path / "b", limits))
-    _check_shared([a.url, b.url])
+    ok = _check_shared([a.url, b.url])
+    # the report of one replica's store reads the spend both replicas counted in Redis
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "a" / "tollgate.db").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    text = _report(a.config_path)
+    spent = f"${ok * COST:.4f} spent"
+    assert f"  team-budget: - / - / $0.1000 (month): {spent}" in text, text
+    assert f"limits: spend read from the Redis at {redis_server.url}" in text
 
 
 @pytest.mark.redis
@@ -588,3 +599,58 @@ def test_the_dashboard_shows_each_keys_limits_spend_rejections_and_budget_soft_m
         browser.close()
     team = httpx.get(f"{gw.url}/dashboard/data", headers={"authorization": f"Bearer {RPM_KEY}"})
     assert [k["key_id"] for k in team.json()["keys"]] == ["team-rpm"]
+
+
+def _report(config_path: Path) -> str:
+    out = io.StringIO()
+    assert report.main(["--config", str(config_path), "--group-by", "key"], out=out) == 0
+    return out.getvalue()
+
+
+def test_report_from_the_store_reads_the_limits_where_the_gateway_counts_them(
+    fakes: Callable[..., FakeUpstream], gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """`tollgate report --group-by key` without --url: the spend comes from the limits'
+    file, as the gateway counts it; a file or Redis it cannot read is said, and the spend
+    shows as unknown (-), never as $0."""
+    up = fakes("m")
+    gw = gateway(config(up.base_url, tmp_path, [f"  local_path: {tmp_path / 'limits.bin'}"]))
+    with httpx.Client(timeout=10) as c:
+        codes = [chat(c, gw.url, BUDGET_KEY).status_code for _ in range(6)]
+    assert codes == [200] * 5 + [429]
+    deadline = time.monotonic() + 20
+    while True:
+        with sqlite3.connect(tmp_path / "tollgate.db") as db:
+            if db.execute("SELECT count(*) FROM requests").fetchone()[0] >= 6:
+                break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    text = _report(gw.config_path)
+    line = "  team-budget: - / - / $0.1000 (month): $0.1050 spent, $0.0000 left"
+    assert line + "; 1 refused by its limits" in text, text
+    assert "  team-rpm: 6 / - / -" in text
+    assert f"limits: spend read from the limits file at {tmp_path / 'limits.bin'}" in text
+    # the same routing file with the limits' file somewhere else: no file there
+    elsewhere = tmp_path / "elsewhere.yaml"
+    elsewhere.write_text(
+        gw.config_path.read_text().replace(str(tmp_path / "limits.bin"), str(tmp_path / "no.bin"))
+    )
+    text = _report(elsewhere)
+    assert "  team-budget: - / - / $0.1000 (month): - spent, - left" in text, text
+    assert f"limits: budget spend unknown: there is no limits file at {tmp_path / 'no.bin'}" in text
+    assert not (tmp_path / "no.bin").exists()  # the report creates nothing
+    # limits in a Redis nobody answers at
+    port = free_port()
+    unreachable = tmp_path / "redis.yaml"
+    unreachable.write_text(
+        gw.config_path.read_text().replace(
+            f"  local_path: {tmp_path / 'limits.bin'}",
+            f"  backend: redis\n  redis_url: redis://127.0.0.1:{port}/0",
+        )
+    )
+    text = _report(unreachable)
+    assert "  team-budget: - / - / $0.1000 (month): - spent, - left" in text, text
+    why = (
+        f"limits: budget spend unknown: cannot read the limits' Redis at redis://127.0.0.1:{port}/0"
+    )
+    assert why in text
