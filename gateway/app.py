@@ -302,6 +302,8 @@ class Gateway:
     def _after(self, rec: RequestRecord, messages: Any, answer: str | None) -> None:
         try:
             self.metrics.observe(rec)
+            if rec.key_id is not None and self.config.server.metrics_per_key:
+                self.metrics.key_usage(rec.key_id, rec.cost_usd)
         except Exception:
             log.exception("metrics failed for %s", rec.request_id)
         if messages and rec.router_features is None and self.router is not None:

@@ -269,6 +269,10 @@ def test_over_limit_answers_are_openai_429s_with_rate_limit_headers(
     samples = metric_samples(httpx.get(f"{gw.url}/metrics").text)
     assert metric_total(samples, "tollgate_limit_rejections_total", key="r", kind="rpm") == 1
     assert metric_total(samples, "tollgate_limit_rejections_total", key="t", kind="tpm") == 1
+    # each key's requests (refused ones too) and spend, by key id
+    assert metric_total(samples, "tollgate_key_requests_total", key="r") == 3
+    assert metric_total(samples, "tollgate_key_requests_total", key="t") == 2
+    assert metric_total(samples, "tollgate_key_cost_usd_total", key="t") == pytest.approx(COST)
 
 
 def test_a_models_rpm_counts_every_key_and_a_route_falls_back(
@@ -304,6 +308,7 @@ def test_a_models_rpm_counts_every_key_and_a_route_falls_back(
     samples = metric_samples(httpx.get(f"{gw.url}/metrics").text)
     assert metric_total(samples, "tollgate_limit_rejections_total", key="all", kind="rpm") == 2
     assert metric_total(samples, "tollgate_limit_rejections_total", key="a") == 0
+    assert metric_total(samples, "tollgate_key_requests_total") == 0
 
 
 PRIMES = [{"role": "user", "content": "Prove that there are infinitely many primes."}]
