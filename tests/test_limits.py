@@ -141,7 +141,7 @@ def test_two_replicas_on_one_redis_enforce_one_rpm_and_one_budget(
     text = _report(a.config_path)
     spent = f"${ok * COST:.4f} spent"
     assert f"  team-budget: - / - / $0.1000 (month): {spent}" in text, text
-    assert f"limits: spend read from the Redis at {redis_server.url}" in text
+    assert f"limits: spend read from the limits' Redis at {redis_server.url}" in text
 
 
 @pytest.mark.redis

@@ -236,7 +236,8 @@ async def limits_state(
         )
     else:
         url, cluster = redis_target(lc, cfg.store)
-        where = f"{'Redis Cluster' if cluster else 'Redis'} at {mask_url_password(url)}"
+        kind = "Redis Cluster" if cluster else "Redis"
+        where = f"limits' {kind} at {mask_url_password(url)}"
     backend: Backend | None = None
     try:
         backend = make_backend(lc, cfg.store, readonly=True)
@@ -249,7 +250,7 @@ async def limits_state(
         )
     except Exception as e:
         why = str(e) or type(e).__name__
-        notes.append(f"budget spend unknown: cannot read the limits' {where}: {why}")
+        notes.append(f"budget spend unknown: cannot read the {where}: {why}")
         if backend is not None:
             backend.close()
         backend = None
