@@ -47,7 +47,7 @@ from gateway.routing.policies import POLICIES
 from gateway.routing.profiles import wants_router
 from gateway.routing.runtime import Runtime, UpstreamPool
 from gateway.tenants import admin
-from gateway.tenants.auth import caller, presented_key, refuse
+from gateway.tenants.auth import caller, presented_key, refuse, session_secret
 from gateway.tenants.keys import KeyRefresher, KeyTable, make_key_store
 from gateway.tenants.limits import Backend, Limits, RedisBackend, make_backend
 from gateway.upstreams.pool import STATE_NAMES, Upstream
@@ -138,6 +138,19 @@ class Gateway:
                 self._retired_limits.append(b)
             b = self._limits_backend = make_backend(cfg.limits, cfg.store)
         return Limits(cfg, b, stored)
+
+    @property
+    def session_secret(self) -> bytes:
+        """What signs dashboard sessions (gateway/tenants/auth.py), found at the first
+        sign-in or session check: every worker and replica finds the same one."""
+        got: bytes | None = getattr(self, "_session_secret", None)
+        if got is None:
+            got, source = session_secret(
+                self.config.auth.session_secret_path, self.key_refresher.master_key
+            )
+            self._session_secret = got
+            log.info("dashboard sessions are signed with a secret from %s", source)
+        return got
 
     def keys_changed(self) -> None:
         """The key store's keys changed (gateway/tenants/keys.py): their limits apply from now."""
@@ -289,6 +302,8 @@ class Gateway:
     def _after(self, rec: RequestRecord, messages: Any, answer: str | None) -> None:
         try:
             self.metrics.observe(rec)
+            if rec.key_id is not None and self.config.server.metrics_per_key:
+                self.metrics.key_usage(rec.key_id, rec.cost_usd)
         except Exception:
             log.exception("metrics failed for %s", rec.request_id)
         if messages and rec.router_features is None and self.router is not None:

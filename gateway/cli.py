@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -23,6 +24,10 @@ from gateway.config import (
     load_config,
     masked_dump,
 )
+
+# how long a --workers worker may go without answering uvicorn's health ping (its import
+# and start included) before uvicorn kills and replaces it
+WORKER_HEALTHCHECK_S = 60
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -72,6 +77,12 @@ def _serve(args: argparse.Namespace) -> int:
             made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
                 prefix="tollgate-prom-"
             )
+        # uvicorn (0.30+) kills a worker that does not answer its health ping within
+        # timeout_worker_healthcheck (5 s by default), and a spawned worker cannot answer
+        # while it imports the gateway: on a busy host that takes longer, and every worker
+        # was killed and restarted before it served once
+        if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
+            common["timeout_worker_healthcheck"] = WORKER_HEALTHCHECK_S
         try:
             uvicorn.run("gateway.app:app_factory", factory=True, workers=args.workers, **common)  # type: ignore[arg-type]
         finally:

@@ -413,6 +413,10 @@ class AuthConfig(_Strict):
     refresh_interval_s: float = Field(1.0, gt=0, le=3600)
     # a dashboard sign-in lasts this long
     session_ttl_s: float = Field(12 * 3600.0, gt=0)
+    # the secret that signs dashboard sessions when neither $TOLLGATE_SESSION_SECRET nor
+    # $TOLLGATE_MASTER_KEY is set: made once (0600) and shared by every worker of the host
+    # (relative to the current directory)
+    session_secret_path: str = "var/tollgate-session.key"
 
 
 class CacheConfig(_Strict):

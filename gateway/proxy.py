@@ -375,7 +375,9 @@ class Proxy:
                 await self._unary(rt, plan, body, path, rec, ctx, send, state, explain)
         except GatewayError as e:
             rec.status = e.status
-            rec.error_type = e.type
+            # refused by the gateway's own limits: the code the client got, so usage can
+            # tell these from an upstream's 429 (type rate_limit_error)
+            rec.error_type = e.code if isinstance(e, LimitExceeded) else e.type
             if not ctx.started:
                 await self._send_error(send, e, rid, rec, ctx)
         except _Aborted as e:

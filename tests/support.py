@@ -120,7 +120,7 @@ class GatewayProcess:
     def base_url(self) -> str:
         return f"{self.url}/v1"
 
-    def start(self, timeout: float = 20.0) -> GatewayProcess:
+    def start(self, timeout: float = 60.0) -> GatewayProcess:
         self.proc = subprocess.Popen(
             [
                 sys.executable,

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -21,7 +23,7 @@ from gateway.tenants.limits import window_of
 from gateway.views import report
 from tests.fake_upstream import FakeUpstream
 from tests.redis_server import RedisClusterServers, RedisServer, have_redis
-from tests.support import GatewayProcess, metric_samples, metric_total, tier_models
+from tests.support import GatewayProcess, free_port, metric_samples, metric_total, tier_models
 
 # a key that may send 6 requests a minute, and one with a budget of $0.1
 RPM_KEY, BUDGET_KEY = "sk-team-rpm-0000000001", "sk-team-budget-0000002"
@@ -104,7 +106,8 @@ def _counts(urls: list[str], key: str, n: int) -> tuple[int, list[httpx.Response
     return ok, refused
 
 
-def _check_shared(urls: list[str]) -> None:
+def _check_shared(urls: list[str]) -> int:
+    """The shared rpm and budget hold; returns how many requests the budget let through."""
     ok, refused = _counts(urls, RPM_KEY, 12)
     assert ok == 6, f"{ok} of 12 requests passed a limit of 6 a minute"
     assert {r.status_code for r in refused} == {429}
@@ -115,6 +118,7 @@ def _check_shared(urls: list[str]) -> None:
     ok, refused = _counts(urls, BUDGET_KEY, 10)
     assert 5 <= ok <= 6, f"{ok} of 10 requests passed a budget that holds 5"
     assert refused and all(r.json()["error"]["code"] == "insufficient_quota" for r in refused)
+    return ok
 
 
 @pytest.mark.redis
@@ -128,7 +132,16 @@ def test_two_replicas_on_one_redis_enforce_one_rpm_and_one_budget(
     limits = ["  backend: redis", f"  redis_url: {redis_server.url}"]
     a = gateway(config(up.base_url, tmp_path / "a", limits))
     b = gateway(config(up.base_url, tmp_path / "b", limits))
-    _check_shared([a.url, b.url])
+    ok = _check_shared([a.url, b.url])
+    # the report of one replica's store reads the spend both replicas counted in Redis
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "a" / "tollgate.db").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    text = _report(a.config_path)
+    spent = f"${ok * COST:.4f} spent"
+    assert f"  team-budget: - / - / $0.1000 (month): {spent}" in text, text
+    assert f"limits: spend read from the limits' Redis at {redis_server.url}" in text
 
 
 @pytest.mark.redis
@@ -256,6 +269,10 @@ def test_over_limit_answers_are_openai_429s_with_rate_limit_headers(
     samples = metric_samples(httpx.get(f"{gw.url}/metrics").text)
     assert metric_total(samples, "tollgate_limit_rejections_total", key="r", kind="rpm") == 1
     assert metric_total(samples, "tollgate_limit_rejections_total", key="t", kind="tpm") == 1
+    # each key's requests (refused ones too) and spend, by key id
+    assert metric_total(samples, "tollgate_key_requests_total", key="r") == 3
+    assert metric_total(samples, "tollgate_key_requests_total", key="t") == 2
+    assert metric_total(samples, "tollgate_key_cost_usd_total", key="t") == pytest.approx(COST)
 
 
 def test_a_models_rpm_counts_every_key_and_a_route_falls_back(
@@ -291,6 +308,7 @@ def test_a_models_rpm_counts_every_key_and_a_route_falls_back(
     samples = metric_samples(httpx.get(f"{gw.url}/metrics").text)
     assert metric_total(samples, "tollgate_limit_rejections_total", key="all", kind="rpm") == 2
     assert metric_total(samples, "tollgate_limit_rejections_total", key="a") == 0
+    assert metric_total(samples, "tollgate_key_requests_total") == 0
 
 
 PRIMES = [{"role": "user", "content": "Prove that there are infinitely many primes."}]
@@ -499,3 +517,145 @@ def test_a_streamed_answer_settles_its_tokens_on_the_real_usage(
     # the first gave back the 187 it did not use (plus what a second refills, at most 17
     # a second); unsettled, 584 would be left
     assert 1000 - 21 - 208 <= left[1] <= 1000 - 21 - 208 + 40
+
+
+MASTER = "tg-master-limits-7c1e5a9d3b2f"
+
+
+@pytest.mark.browser
+def test_the_dashboard_shows_each_keys_limits_spend_rejections_and_budget_soft_mode(
+    fakes: Callable[..., FakeUpstream], gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """A real headless Chromium signs in: the master key's page has a row per key with its
+    limits, spend, budget left, the requests its limits refused and whether it is past its
+    budget's soft share, equal to /v1/usage?group_by=key; a team key's page has its own
+    row only."""
+    from tests.test_dashboard import ARTIFACTS, Chromium, chromium_binary
+
+    chromium_binary()
+    up = fakes("m")
+    limits = [f"  local_path: {tmp_path / 'limits.bin'}", "  budget_soft: {share: 0.3}"]
+    gw = gateway(config(up.base_url, tmp_path, limits), env={"TOLLGATE_MASTER_KEY": MASTER})
+    with httpx.Client(timeout=10) as c:
+        rpm = [chat(c, gw.url, RPM_KEY).status_code for _ in range(8)]
+        budget = [chat(c, gw.url, BUDGET_KEY).status_code for _ in range(7)]
+    assert rpm.count(429) == 2 and budget == [200] * 5 + [429] * 2, (rpm, budget)
+    master = {"authorization": f"Bearer {MASTER}"}
+
+    def usage() -> dict[str, Any]:
+        r = httpx.get(f"{gw.url}/v1/usage", params={"group_by": "key"}, headers=master)
+        return dict(r.json())
+
+    deadline = time.monotonic() + 20
+    while usage()["totals"]["requests"] < 15 or usage()["pending_records"]:
+        assert time.monotonic() < deadline, usage()
+        time.sleep(0.1)
+    u = usage()
+    rows = {r["group"]: r for r in u["data"]}
+    lim = u["limits"]
+    assert rows["team-rpm"]["limit_rejections"] == 2 == rows["team-budget"]["limit_rejections"]
+    soft = lim["team-budget"]
+    assert soft["budget_soft"] is True and soft["budget_soft_share"] == 0.3
+    assert lim["team-budget"]["budget_spent_usd"] == pytest.approx(5 * COST)
+
+    def expected(kid: str) -> list[str]:
+        r, e = rows[kid], lim[kid]
+
+        def n(v: Any, fmt: str) -> str:
+            return "–" if v is None else format(v, fmt)
+
+        soft = "–" if e["budget_usd"] is None else "budget-soft" if e["budget_soft"] else "normal"
+        return [kid, str(r["requests"]), f"{r['cost_usd']:.6f}", str(r["limit_rejections"]),
+                n(e["rpm"], ","), n(e["tpm"], ","), n(e["budget_usd"], ".4f"),
+                e.get("budget_window") or "–", n(e.get("budget_spent_usd"), ".6f"),
+                n(e.get("budget_remaining_usd"), ".6f"), soft]  # fmt: skip
+
+    browser = Chromium(tmp_path / "profile")
+    read_rows = (
+        "JSON.stringify([...document.querySelectorAll('#table-keys tbody tr')]"
+        ".map(tr => [...tr.cells].map(td => td.textContent)))"
+    )
+
+    def sign_in(key: str) -> list[list[str]]:
+        browser.call("Network.clearBrowserCookies")
+        browser.call("Page.navigate", url=f"{gw.url}/dashboard")
+        browser.wait_for("!!document.getElementById('signin')")
+        browser.eval(
+            f"document.getElementById('key').value = {key!r};"
+            "document.getElementById('signin').submit(); true"
+        )
+        browser.wait_for("document.body && document.body.dataset.loaded >= '1'")
+        assert browser.eval("document.getElementById('keys-card').hidden") is False
+        return list(json.loads(browser.eval(read_rows)))
+
+    try:
+        for domain in ("Page", "Network", "Runtime"):
+            browser.call(f"{domain}.enable")
+        shown = sign_in(MASTER)
+        assert sorted(shown) == sorted([expected("team-rpm"), expected("team-budget")])
+        budget_row = next(r for r in shown if r[0] == "team-budget")
+        assert budget_row[6:] == ["0.1000", "month", "0.105000", "0.000000", "budget-soft"]
+        assert next(r for r in shown if r[0] == "team-rpm")[1:5] == ["8", "0.126000", "2", "6"]
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.screenshot(ARTIFACTS / "dashboard-keys.png")
+        # a team key sees its own key's row only
+        assert sign_in(RPM_KEY) == [expected("team-rpm")]
+    finally:
+        browser.close()
+    team = httpx.get(f"{gw.url}/dashboard/data", headers={"authorization": f"Bearer {RPM_KEY}"})
+    assert [k["key_id"] for k in team.json()["keys"]] == ["team-rpm"]
+
+
+def _report(config_path: Path) -> str:
+    out = io.StringIO()
+    assert report.main(["--config", str(config_path), "--group-by", "key"], out=out) == 0
+    return out.getvalue()
+
+
+def test_report_from_the_store_reads_the_limits_where_the_gateway_counts_them(
+    fakes: Callable[..., FakeUpstream], gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """`tollgate report --group-by key` without --url: the spend comes from the limits'
+    file, as the gateway counts it; a file or Redis it cannot read is said, and the spend
+    shows as unknown (-), never as $0."""
+    up = fakes("m")
+    gw = gateway(config(up.base_url, tmp_path, [f"  local_path: {tmp_path / 'limits.bin'}"]))
+    with httpx.Client(timeout=10) as c:
+        codes = [chat(c, gw.url, BUDGET_KEY).status_code for _ in range(6)]
+    assert codes == [200] * 5 + [429]
+    deadline = time.monotonic() + 20
+    while True:
+        with sqlite3.connect(tmp_path / "tollgate.db") as db:
+            if db.execute("SELECT count(*) FROM requests").fetchone()[0] >= 6:
+                break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    text = _report(gw.config_path)
+    line = "  team-budget: - / - / $0.1000 (month): $0.1050 spent, $0.0000 left"
+    assert line + "; 1 refused by its limits" in text, text
+    assert "  team-rpm: 6 / - / -" in text
+    assert f"limits: spend read from the limits file at {tmp_path / 'limits.bin'}" in text
+    # the same routing file with the limits' file somewhere else: no file there
+    elsewhere = tmp_path / "elsewhere.yaml"
+    elsewhere.write_text(
+        gw.config_path.read_text().replace(str(tmp_path / "limits.bin"), str(tmp_path / "no.bin"))
+    )
+    text = _report(elsewhere)
+    assert "  team-budget: - / - / $0.1000 (month): - spent, - left" in text, text
+    assert f"limits: budget spend unknown: there is no limits file at {tmp_path / 'no.bin'}" in text
+    assert not (tmp_path / "no.bin").exists()  # the report creates nothing
+    # limits in a Redis nobody answers at
+    port = free_port()
+    unreachable = tmp_path / "redis.yaml"
+    unreachable.write_text(
+        gw.config_path.read_text().replace(
+            f"  local_path: {tmp_path / 'limits.bin'}",
+            f"  backend: redis\n  redis_url: redis://127.0.0.1:{port}/0",
+        )
+    )
+    text = _report(unreachable)
+    assert "  team-budget: - / - / $0.1000 (month): - spent, - left" in text, text
+    why = (
+        f"limits: budget spend unknown: cannot read the limits' Redis at redis://127.0.0.1:{port}/0"
+    )
+    assert why in text

@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 
-from gateway.accounting.records import CLIENT, JUDGE, SCHEMA_VERSION, RequestRecord
+from gateway.accounting.records import (
+    CLIENT,
+    JUDGE,
+    OVER_BUDGET,
+    RATE_LIMITED,
+    SCHEMA_VERSION,
+    RequestRecord,
+)
 from gateway.accounting.store import (
     Store,
     StoreError,
@@ -209,6 +216,22 @@ async def test_usage_counts_cache_hits_and_what_they_saved(store: Store) -> None
     assert row["requests"] == 5 and row["cache_hits"] == 3
     assert row["cache_saved_usd"] == pytest.approx(0.009, abs=1e-12)
     assert row["cost_usd"] == pytest.approx(0.002, abs=1e-12)
+
+
+async def test_usage_counts_the_gateways_limit_rejections(store: Store) -> None:
+    """Requests the gateway's own limits refused (error_type = the code the client got)
+    count as limit rejections; an upstream's 429 does not."""
+    refused = [
+        rec(1, status=429, error_type=RATE_LIMITED, key_id="a", model=None),
+        rec(2, status=429, error_type=OVER_BUDGET, key_id="a", model=None),
+        rec(3, status=429, error_type="rate_limit_error", key_id="a"),  # the upstream's
+        rec(4, status=429, error_type=RATE_LIMITED, key_id="b", model=None),
+    ]
+    await store.write_batch([rec(10, key_id="a"), *refused])
+    rows = {r["group"]: r for r in await store.usage(None, None, "key")}
+    assert rows["a"]["limit_rejections"] == 2 and rows["a"]["errors"] == 3
+    assert rows["b"]["limit_rejections"] == 1
+    assert [r["limit_rejections"] for r in await store.usage(None, None, "key", key_id="a")] == [2]
 
 
 async def test_quality_scores_and_means(store: Store) -> None:
@@ -585,6 +608,7 @@ async def test_backends_agree_on_usage(
             key_id=rnd.choice(["k1", "k2", None]),
             route=rnd.choice(["chat", "auto"]),
             status=rnd.choice([200, 200, 200, 429, 502]),
+            error_type=rnd.choice([None, RATE_LIMITED, OVER_BUDGET, "rate_limit_error"]),
             prompt_tokens=rnd.randint(0, 5000),
             cached_tokens=rnd.randint(0, 100),
             completion_tokens=rnd.randint(0, 900),

@@ -409,3 +409,50 @@ def test_a_key_created_at_run_time_is_held_to_its_rpm(
     assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
     assert r.headers["x-ratelimit-limit-requests"] == "3" and "retry-after" in r.headers
     assert usage(gw, key)["limits"]["team-a"]["rpm"] == 3
+
+
+def test_a_dashboard_session_works_on_every_gateway_of_the_host_without_a_master_key(
+    up: FakeUpstream, gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """No master key, no $TOLLGATE_SESSION_SECRET: two gateways sharing a key store and
+    auth.session_secret_path (as the workers of one host do) sign sessions with the secret
+    the first one made there (0600), so a sign-in on one is accepted by the other; a
+    gateway with another secret file refuses it. $TOLLGATE_SESSION_SECRET does the same
+    across replicas that share no file."""
+    db, secret = tmp_path / "t.db", tmp_path / "state" / "session.key"
+
+    def auth(path: Path) -> str:
+        return f"{{required: true, session_secret_path: {path}}}"
+
+    env = {"TOLLGATE_MASTER_KEY": "", "TOLLGATE_SESSION_SECRET": ""}
+    g1, g2 = (gateway(routing(up, db, auth(secret)), env=env) for _ in range(2))
+    other = gateway(routing(up, db, auth(tmp_path / "other.key")), env=env)
+    made = keys_cli(g1.config_path, "create", "--name", "team-a")
+    assert made.returncode == 0, made.stderr
+    key = created_key(made.stdout)
+    for g in (g1, g2, other):
+        until(lambda g=g: chat(g, bearer(key)).status_code == 200)
+
+    def sign_in(g: GatewayProcess) -> str:
+        ok = httpx.post(f"{g.url}/dashboard/login", data={"key": key})
+        assert ok.status_code == 303, ok.text
+        return ok.headers["set-cookie"].split(";", 1)[0]
+
+    def data(g: GatewayProcess, cookie: str) -> int:
+        return httpx.get(f"{g.url}/dashboard/data", headers={"cookie": cookie}).status_code
+
+    cookie = sign_in(g1)
+    assert data(g1, cookie) == 200 and data(g2, cookie) == 200
+    assert data(g1, sign_in(g2)) == 200
+    assert data(other, cookie) == 401  # another secret: not this host's session
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert "dashboard sessions are signed with a secret from the file" in g1.logs()
+    assert secret.read_text().strip() not in g1.logs() + g2.logs()
+    # replicas without a shared file: the same $TOLLGATE_SESSION_SECRET on each
+    shared = {"TOLLGATE_MASTER_KEY": "", "TOLLGATE_SESSION_SECRET": "s3cret-for-every-replica"}
+    r1, r2 = (gateway(routing(up, db, auth(tmp_path / f"r{i}.key")), env=shared) for i in range(2))
+    for g in (r1, r2):
+        until(lambda g=g: chat(g, bearer(key)).status_code == 200)
+    assert data(r2, sign_in(r1)) == 200 and data(r1, sign_in(r2)) == 200
+    assert data(other, sign_in(r1)) == 401
+    assert not (tmp_path / "r1.key").exists()

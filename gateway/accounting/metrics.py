@@ -295,6 +295,20 @@ class Metrics:
             ["key", "kind"],
             registry=reg,
         )
+        # per gateway key, only with server.metrics_per_key (key ids, never keys; past
+        # server.metrics_max_series_per_metric ids the rest count as "other")
+        self.key_requests = Counter(
+            "tollgate_key_requests",
+            "Client requests per gateway key id (server.metrics_per_key)",
+            ["key"],
+            registry=reg,
+        )
+        self.key_cost = Counter(
+            "tollgate_key_cost_usd",
+            "Cost in USD per gateway key id (server.metrics_per_key)",
+            ["key"],
+            registry=reg,
+        )
         self.fallbacks = Counter(
             "tollgate_fallbacks",
             "Switches to the next model of a route",
@@ -547,6 +561,13 @@ class Metrics:
     def limit_rejection(self, key: str, kind: str) -> None:
         lab = self._label
         self._child(self.limit_rejections, lab("key", key), lab("kind", kind)).inc()
+
+    def key_usage(self, key: str, cost: float) -> None:
+        """One client request of the gateway key `key` (its id) and what it cost."""
+        k = self._label("key", key)
+        self._child(self.key_requests, k).inc()
+        if cost > 0:
+            self._child(self.key_cost, k).inc(cost)
 
     def set_circuit(self, model: str, endpoint: str, state: int) -> None:
         lab = self._label

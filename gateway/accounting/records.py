@@ -10,6 +10,10 @@ from typing import Any
 SCHEMA_VERSION = 5
 CLIENT = "client"  # a request a client sent through the gateway
 JUDGE = "judge"  # the sampled judge's own grading call (gateway/accounting/quality.py)
+# the error_type of a request the gateway's own limits refused (gateway/tenants/limits.py):
+# the error code its client got, over a key's or model's rpm/tpm, or over a key's budget
+RATE_LIMITED, OVER_BUDGET = "rate_limit_exceeded", "insufficient_quota"
+LIMIT_REJECTED = (RATE_LIMITED, OVER_BUDGET)
 
 
 @dataclass(slots=True)

@@ -154,8 +154,10 @@ async def key_limits(
     limits: Any, rows: list[dict[str, Any]], only: str | None = None
 ) -> dict[str, Any]:
     """Each limited key's limits and its budget window's spend so far (gateway/tenants/
-    limits.py), by key id (only `only`'s for a team key); a row of a key with a budget gets
-    `budget_remaining_usd`."""
+    limits.py), by key id (only `only`'s for a team key). A key with a budget also gets
+    `budget_remaining_usd`, `budget_soft_share` (past it, its routed requests go thrifty;
+    None: never) and `budget_soft` (it is past that share now; None when the spend could
+    not be read); its usage row gets `budget_remaining_usd`."""
     out: dict[str, Any] = {}
     for key in limits.entries.values():
         if only and key.id != only:
@@ -166,9 +168,14 @@ async def key_limits(
         spent = await limits.spent(spec)
         entry: dict[str, Any] = {"rpm": spec.rpm, "tpm": spec.tpm, "budget_usd": spec.budget}
         if spec.budget is not None:
+            share = limits.first_soft_share(spec)
             entry["budget_window"] = spec.window
             entry["budget_spent_usd"] = spent
             entry["budget_remaining_usd"] = None if spent is None else max(0.0, spec.budget - spent)
+            entry["budget_soft_share"] = share
+            entry["budget_soft"] = (  # None: the spend is unknown (its backend is down)
+                False if share is None else None if spent is None else spent >= share * spec.budget
+            )
         out[key.id] = entry
     for row in rows:
         got = out.get(row["group"])

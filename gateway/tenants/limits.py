@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.accounting.records import OVER_BUDGET, RATE_LIMITED
 from gateway.config import (
     BudgetSoftConfig,
     GatewayKey,
@@ -55,7 +56,7 @@ class LimitExceeded(GatewayError):
 
     status = 429
     type = "rate_limit_error"
-    code = "rate_limit_exceeded"
+    code = RATE_LIMITED
 
     def __init__(
         self, message: str, kind: str, scope: str, headers: list[tuple[bytes, bytes]], wait: float
@@ -65,8 +66,7 @@ class LimitExceeded(GatewayError):
         self.scope = scope
         self.rate_headers = headers
         if kind == BUDGET:
-            self.type = "insufficient_quota"
-            self.code = "insufficient_quota"
+            self.type = self.code = OVER_BUDGET
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [*super().headers(), *self.rate_headers]
@@ -170,12 +170,24 @@ _HEAD = 64
 class LocalBackend:
     """Every worker process of the host opens the same file; an operation holds the file's
     exclusive flock while it reads and writes one slot (open addressing by the scope's hash;
-    a slot is never freed, 4,096 scopes at most)."""
+    a slot is never freed, 4,096 scopes at most).
 
-    def __init__(self, path: str) -> None:
+    `readonly` (what `tollgate report` opens): the file must exist and is never written;
+    a scope without a slot has spent nothing."""
+
+    def __init__(self, path: str, readonly: bool = False) -> None:
         p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
         size = _HEAD + _SLOTS * _SLOT.size
+        self.readonly = readonly
+        if readonly:
+            self.fd = os.open(p, os.O_RDONLY)
+            if os.fstat(self.fd).st_size != size or os.pread(self.fd, 8, 0) != _MAGIC:
+                os.close(self.fd)
+                raise ValueError(f"{p} is not a limits file of this version of the gateway")
+            self.mem = mmap.mmap(self.fd, size, access=mmap.ACCESS_READ)
+            self._slots: dict[str, int] = {}
+            return
+        p.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         try:
@@ -186,10 +198,11 @@ class LocalBackend:
         finally:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
         self.mem = mmap.mmap(self.fd, size)
-        self._slots: dict[str, int] = {}
+        self._slots = {}
 
     def _slot(self, scope: str) -> int:
-        """The offset of `scope`'s slot (called under the lock)."""
+        """The offset of `scope`'s slot (called under the lock); -1 for a scope without
+        one in a read-only file."""
         off = self._slots.get(scope)
         if off is not None:
             return off
@@ -202,10 +215,14 @@ class LocalBackend:
             if got == h:
                 break
             if got == b"\0" * 16:
+                if self.readonly:
+                    return -1
                 _SLOT.pack_into(mem, off, h, 0, 0, 0, 0, -1, 0, 0, 0)
                 break
             i = (i + 1) % _SLOTS
         else:
+            if self.readonly:
+                return -1
             raise RuntimeError("the limits file is full (4,096 limited keys and models)")
         self._slots[scope] = off
         return off
@@ -267,10 +284,15 @@ class LocalBackend:
         fcntl.flock(self.fd, fcntl.LOCK_SH)
         try:
             off = self._slot(spec.scope)
+            if off < 0:
+                return 0.0
             win, spent = _SLOT.unpack_from(self.mem, off)[5:7]
         finally:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
-        return spent if win == window_of(spec.window, time.time())[0] else 0.0
+        return float(spent) if win == window_of(spec.window, time.time())[0] else 0.0
+
+    async def check(self) -> None:
+        """Nothing to reach: the file is open."""
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -412,6 +434,10 @@ class RedisBackend:
         if not t.cancelled() and t.exception() is not None:
             log.warning("settling a limits reservation in Redis failed: %s", t.exception())
 
+    async def check(self) -> None:
+        """Raises when the Redis cannot be reached (one PING)."""
+        await (self.lean.call("PING") if self.lean is not None else self.r.ping())
+
     async def spent(self, spec: Spec) -> float:
         key = _redis_keys(spec, time.time())[1]
         v = await (self.lean.call("GET", key) if self.lean is not None else self.r.get(key))
@@ -455,12 +481,18 @@ class Reservation:
         return rate_headers(key, seen)
 
 
-def make_backend(cfg: LimitsConfig, store: StoreConfig) -> Backend:
+def redis_target(cfg: LimitsConfig, store: StoreConfig) -> tuple[str, bool]:
+    """The limits' Redis URL, and whether it is a Redis Cluster."""
+    url = cfg.redis_url or store.redis_url
+    return url, cfg.redis_cluster or (cfg.redis_url is None and store.redis_cluster)
+
+
+def make_backend(cfg: LimitsConfig, store: StoreConfig, readonly: bool = False) -> Backend:
+    """The configured backend; `readonly` (reports): a local file is opened only if it
+    exists (FileNotFoundError) and never written."""
     if cfg.backend == "redis":
-        url = cfg.redis_url or store.redis_url
-        cluster = cfg.redis_cluster or (cfg.redis_url is None and store.redis_cluster)
-        return RedisBackend(url, cluster)
-    return LocalBackend(cfg.local_path)
+        return RedisBackend(*redis_target(cfg, store))
+    return LocalBackend(cfg.local_path, readonly)
 
 
 class Limits:
@@ -521,6 +553,19 @@ class Limits:
         if spec.soft_share is not None:
             return spec.soft_share
         return None if rule is None else rule.share
+
+    def first_soft_share(self, spec: Spec) -> float | None:
+        """The share of the key's budget past which its routed requests start going
+        thrifty: the key's own, else `limits.budget_soft`'s, else the lowest of
+        `budget_soft_routes`; None when nothing routes it thriftily."""
+        if spec.budget is None:
+            return None
+        if spec.soft_share is not None:
+            return spec.soft_share
+        if self.config.budget_soft is not None:
+            return self.config.budget_soft.share
+        shares = [r.share for r in self.config.budget_soft_routes.values()]
+        return min(shares) if shares else None
 
     async def spent(self, spec: Spec) -> float | None:
         if self.backend is None or spec.budget is None:

@@ -12,7 +12,8 @@ import os
 import sys
 import textwrap
 import time
-from typing import Any, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
 from gateway.accounting.store.base import (
     GROUP_BY,
@@ -20,6 +21,9 @@ from gateway.accounting.store.base import (
     SAVINGS_DEFINITION,
     SAVINGS_NAME,
 )
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayKey, RoutingConfig
 
 COLUMNS: list[tuple[str, str, str]] = [
     # (key, header, format)
@@ -117,9 +121,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def format_limits(limits: dict[str, dict[str, Any]]) -> str:
+def format_limits(
+    limits: dict[str, dict[str, Any]], rows: list[dict[str, Any]] | None = None
+) -> str:
     """The keys' limits and budget spend (`/v1/usage?group_by=key` of a gateway with limits,
-    gateway/tenants/limits.py), one line per key."""
+    gateway/tenants/limits.py), one line per key; with the usage `rows` by key, the
+    requests each key's limits refused in the report's window."""
+    refused = {r["group"]: r.get("limit_rejections") or 0 for r in rows or []}
 
     def v(x: Any, usd: bool = False) -> str:
         return "-" if x is None else f"${x:.4f}" if usd else f"{x:,}"
@@ -132,6 +140,10 @@ def format_limits(limits: dict[str, dict[str, Any]]) -> str:
                 f" ({e.get('budget_window')}): {v(e.get('budget_spent_usd'), True)} spent, "
                 f"{v(e.get('budget_remaining_usd'), True)} left"
             )
+            if e.get("budget_soft"):
+                line += f", budget-soft (past {e['budget_soft_share']:.0%})"
+        if refused.get(key):
+            line += f"; {refused[key]:,} refused by its limits"
         lines.append(line)
     return "\n".join(lines)
 
@@ -183,8 +195,81 @@ async def _read_store(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await store.close()
     source = describe_sources(path, cfg.store)
-    return {"since": since, "until": until, "group_by": args.group_by, "data": rows,
-            "totals": totals(rows), "source": source}  # fmt: skip
+    out = {"since": since, "until": until, "group_by": args.group_by, "data": rows,
+           "totals": totals(rows), "source": source}  # fmt: skip
+    if args.group_by == "key":
+        out["limits"], note = await limits_state(cfg, path, rows)
+        if note:
+            out["limits_note"] = note
+    return out
+
+
+async def limits_state(
+    cfg: RoutingConfig, config_path: str, rows: list[dict[str, Any]]
+) -> tuple[dict[str, Any], str | None]:
+    """Each limited key's limits and budget spend, read where the gateway counts them (the
+    limits' local file or Redis, gateway/tenants/limits.py; the keys from the routing file
+    and the key store), as /v1/usage?group_by=key gives them; and what could not be read
+    (None when everything could). Spend that cannot be read is None, never 0."""
+    from gateway.accounting.usage import key_limits
+    from gateway.config import mask_url_password
+    from gateway.tenants.keys import KeyStoreError, make_key_store
+    from gateway.tenants.limits import Backend, Limits, make_backend, redis_target
+
+    notes: list[str] = []
+    stored: list[GatewayKey] = []
+    key_store = make_key_store(cfg.store)
+    if key_store is not None:
+        try:
+            stored = await asyncio.to_thread(key_store.active)
+        except KeyStoreError as e:
+            notes.append(f"keys made with `tollgate keys create` are left out ({e})")
+        finally:
+            key_store.close()
+    if not Limits.needed(cfg, stored):
+        return {}, "; ".join(notes) or None
+    lc = cfg.limits
+    if lc.backend == "local":
+        where = (
+            f"limits file at {Path(lc.local_path).expanduser().absolute()} (limits.local_path "
+            f"of {config_path}, relative to the current directory)"
+        )
+    else:
+        url, cluster = redis_target(lc, cfg.store)
+        kind = "Redis Cluster" if cluster else "Redis"
+        where = f"limits' {kind} at {mask_url_password(url)}"
+    backend: Backend | None = None
+    try:
+        backend = make_backend(lc, cfg.store, readonly=True)
+        await asyncio.wait_for(backend.check(), 5.0)
+    except FileNotFoundError:
+        notes.append(
+            f"budget spend unknown: there is no {where}; the gateway has counted nothing "
+            "there yet, or runs from another directory (run the report from there, or "
+            "ask it: --url)"
+        )
+    except Exception as e:
+        why = str(e) or type(e).__name__
+        notes.append(f"budget spend unknown: cannot read the {where}: {why}")
+        if backend is not None:
+            backend.close()
+        backend = None
+    try:
+        got = await key_limits(Limits(cfg, backend, stored), rows)
+    finally:
+        if backend is not None:
+            await _close(backend)
+    if backend is not None:
+        notes.insert(0, f"spend read from the {where}")
+    return got, "; ".join(notes) or None
+
+
+async def _close(backend: Any) -> None:
+    aclose = getattr(backend, "aclose", None)
+    if aclose is not None:
+        await aclose()
+    else:
+        backend.close()
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
@@ -209,6 +294,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         import orjson
 
         print(f"tollgate report: read {source}", file=sys.stderr)
+        if data.get("limits_note"):
+            print(f"tollgate report: limits: {data['limits_note']}", file=sys.stderr)
         out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(data["since"]))
@@ -223,7 +310,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
                 file=out,
             )
         if data.get("limits"):
-            print(format_limits(data["limits"]), file=out)
+            print(format_limits(data["limits"], rows), file=out)
+        if data.get("limits_note"):
+            print(f"limits: {data['limits_note']}", file=out)
     if args.plot:
         plot_usage(rows, args.plot, args.group_by, since=float(data["since"]))
         print(f"plot: {args.plot}", file=out)

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import fields
 from typing import Any, Literal
 
-from gateway.accounting.records import RequestRecord
+from gateway.accounting.records import LIMIT_REJECTED, RequestRecord
 
 GROUP_BY: dict[str, str] = {"model": "model", "tier": "tier", "key": "key_id", "route": "route"}
 QualitySource = Literal["feedback", "judge"]
@@ -175,7 +175,8 @@ def aggregate(records: Iterable[RequestRecord], group_by: str) -> list[dict[str,
 
     Keys: group, requests, errors (status >= 400), prompt_tokens, cached_tokens,
     completion_tokens, estimated (records whose tokens were estimated), cost_usd, cache_hits
-    and cache_saved_usd (answers the response cache served, and what their originals cost), the
+    and cache_saved_usd (answers the response cache served, and what their originals cost),
+    limit_rejections (requests the gateway's own rate limits or budgets refused), the
     `savings_fields()` (reference_cost_usd, savings_vs_reference_usd/_pct and their old
     names baseline_cost_usd, savings_usd, savings_pct), latency_p50_ms, latency_p95_ms,
     quality_mean (mean over records of feedback-else-judge, records with neither left out),
@@ -198,6 +199,7 @@ def aggregate(records: Iterable[RequestRecord], group_by: str) -> list[dict[str,
                 "cost_usd": 0.0,
                 "cache_hits": 0,
                 "cache_saved_usd": 0.0,
+                "limit_rejections": 0,
                 "baseline_cost_usd": 0.0,
                 "lat": [],
                 "q": [],
@@ -216,6 +218,8 @@ def aggregate(records: Iterable[RequestRecord], group_by: str) -> list[dict[str,
         if r.cache_hit:  # served by the response cache: its reference is the original's cost
             a["cache_hits"] += 1
             a["cache_saved_usd"] += r.baseline_cost_usd
+        if r.error_type in LIMIT_REJECTED:
+            a["limit_rejections"] += 1
         a["lat"].append(r.latency_ms)
         q = record_quality(r)
         if q is not None:
@@ -248,6 +252,10 @@ def aggregate(records: Iterable[RequestRecord], group_by: str) -> list[dict[str,
     return rows
 
 
+# the SQL stores' test for a record the gateway's own limits refused
+LIMIT_REJECTED_SQL = "error_type IN (" + ", ".join(f"'{t}'" for t in LIMIT_REJECTED) + ")"
+
+
 def usage_row(a: dict[str, Any], p50: float | None, p95: float | None) -> dict[str, Any]:
     """An `aggregate()` row from one SQL GROUP BY row (the SQL stores' sums and means, named
     as there, with the group in "g") and the group's latency percentiles."""
@@ -263,6 +271,7 @@ def usage_row(a: dict[str, Any], p50: float | None, p95: float | None) -> dict[s
         "cost_usd": cost,
         "cache_hits": int(a["cache_hits"]),
         "cache_saved_usd": float(a["cache_saved_usd"]),
+        "limit_rejections": int(a["limit_rejections"]),
         **savings_fields(cost, float(a["baseline_cost_usd"])),
         "latency_p50_ms": p50,
         "latency_p95_ms": p95,

@@ -41,6 +41,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.accounting.records import RequestRecord
 from gateway.accounting.store.base import (
+    LIMIT_REJECTED_SQL,
     NONE_GROUP,
     Purpose,
     QualitySource,
@@ -177,7 +178,8 @@ _MEANS = {  # usage_row's means: (sum, count) per (group, bucket) in usage()'s f
 
 
 _SUMS = ["requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens", "estimated",
-         "cost_usd", "baseline_cost_usd", "cache_hits", "cache_saved_usd", "quality_n"]  # fmt: skip
+         "cost_usd", "baseline_cost_usd", "cache_hits", "cache_saved_usd", "limit_rejections",
+         "quality_n"]  # fmt: skip
 
 
 def _group(column: str) -> str:
@@ -473,6 +475,7 @@ class PostgresStore(Store):
                        count(*) FILTER (WHERE tokens_estimated) AS estimated,
                        sum(cost_usd) AS cost_usd, sum(baseline_cost_usd) AS baseline_cost_usd,
                        count(*) FILTER (WHERE cache_hit) AS cache_hits,
+                       count(*) FILTER (WHERE {LIMIT_REJECTED_SQL}) AS limit_rejections,
                        sum(baseline_cost_usd) FILTER (WHERE cache_hit) AS cache_saved_usd,
                        sum(COALESCE(quality_feedback, quality_judge)) AS quality_sum,
                        count(COALESCE(quality_feedback, quality_judge)) AS quality_n,

@@ -31,6 +31,7 @@ import orjson
 
 from gateway.accounting.records import SCHEMA_VERSION, RequestRecord
 from gateway.accounting.store.base import (
+    LIMIT_REJECTED_SQL,
     NONE_GROUP,
     Purpose,
     QualitySource,
@@ -374,6 +375,7 @@ class SQLiteStore(Store):
                    TOTAL(cost_usd) AS cost_usd, TOTAL(baseline_cost_usd) AS baseline_cost_usd,
                    TOTAL(cache_hit) AS cache_hits,
                    TOTAL(CASE WHEN cache_hit THEN baseline_cost_usd END) AS cache_saved_usd,
+                   TOTAL({LIMIT_REJECTED_SQL}) AS limit_rejections,
                    AVG(COALESCE(quality_feedback, quality_judge)) AS quality_mean,
                    COUNT(COALESCE(quality_feedback, quality_judge)) AS quality_n,
                    AVG(quality_feedback) AS quality_feedback_mean,

@@ -105,7 +105,7 @@ async def login(request: Request) -> Response:
     headers = {
         **_HEADERS,
         "location": "/dashboard",
-        "set-cookie": session_cookie(new_session(gw.keys, found, ttl), ttl),
+        "set-cookie": session_cookie(new_session(gw.session_secret, found, ttl), ttl),
     }
     return Response(b"", status_code=303, headers=headers)
 

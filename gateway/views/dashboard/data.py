@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.accounting.records import RequestRecord
 from gateway.accounting.store.base import (
+    NONE_GROUP,
     SAVINGS_DEFINITION,
     SAVINGS_NAME,
     bucket_rows,
@@ -21,7 +22,7 @@ from gateway.accounting.store.base import (
     percentile,
     record_quality,
 )
-from gateway.accounting.usage import totals
+from gateway.accounting.usage import key_limits, totals
 
 # What the page says its savings number is, and which other number it is not.
 SAVINGS_TEXT = {
@@ -73,6 +74,49 @@ def recent_row(r: RequestRecord) -> dict[str, Any]:
     }
 
 
+KEY_FIELDS = ("rpm", "tpm", "budget_usd", "budget_window", "budget_spent_usd",
+              "budget_remaining_usd", "budget_soft_share", "budget_soft")  # fmt: skip
+
+
+def key_rows(by_key: list[dict[str, Any]], limits: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per gateway key: its traffic in the window (requests, errors, spend, limit
+    rejections) and its limits now (`key_limits`: rpm, tpm, budget, spent in the budget's
+    window, left, budget-soft). Keys with traffic first (by spend), then limited keys that
+    sent nothing in the window; requests without a key are left out (they are in the
+    totals)."""
+    out = []
+    for r in by_key:
+        if r["group"] == NONE_GROUP:
+            continue
+        lim = limits.get(r["group"], {})
+        out.append(
+            {
+                "key_id": r["group"],
+                "requests": r["requests"],
+                "errors": r["errors"],
+                "cost_usd": r["cost_usd"],
+                "limit_rejections": r["limit_rejections"],
+                "limited": bool(lim),
+                **{f: lim.get(f) for f in KEY_FIELDS},
+            }
+        )
+    seen = {row["key_id"] for row in out}
+    for kid in sorted(set(limits) - seen):
+        lim = limits[kid]
+        out.append(
+            {
+                "key_id": kid,
+                "requests": 0,
+                "errors": 0,
+                "cost_usd": 0.0,
+                "limit_rejections": 0,
+                "limited": True,
+                **{f: lim.get(f) for f in KEY_FIELDS},
+            }
+        )
+    return out
+
+
 def latency_series(
     records: list[RequestRecord], since: float, bucket_s: int
 ) -> list[dict[str, Any]]:
@@ -110,7 +154,9 @@ async def snapshot(
 ) -> dict[str, Any]:
     """Everything the page shows, as of now. Raises StoreError when the store is down.
 
-    `key_id`: what one team key may see, its own requests only: usage filtered in the store,
+    `keys`: each gateway key's traffic and limits (`key_rows`).
+    `key_id`: what one team key may see, its own requests only (and its own key row): usage
+    filtered in the store,
     the series and recent rows from its newest LATENCY_SAMPLE records, no config error,
     circuits or record count of the whole gateway."""
     now = time.time() if now is None else now
@@ -131,6 +177,10 @@ async def snapshot(
         "savings": SAVINGS_TEXT,
     }
     store = gw.store
+    limits = getattr(gw, "limits", None)
+    by_key = [] if store is None else await store.usage(since, until, "key", key_id=key_id)
+    per_key = {} if limits is None else await key_limits(limits, by_key, key_id)
+    body["keys"] = key_rows(by_key, per_key)
     if store is None:
         body.update(
             totals=totals([]),

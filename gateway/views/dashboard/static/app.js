@@ -232,6 +232,17 @@
         { text: num(r.savings_vs_reference_pct, 1), cls: "n" }, { text: ms(r.latency_p50_ms), cls: "n" }, { text: ms(r.latency_p95_ms), cls: "n" },
         { text: q3(r.quality_judge_mean), cls: "n" }, { text: q3(r.quality_feedback_mean), cls: "n" }, { text: q3(r.quality_predicted_mean), cls: "n" }];
     });
+    var keys = d.keys || [];
+    $("keys-card").hidden = !keys.length;
+    fill("table-keys", keys, function (k) {
+      var soft = k.budget_usd == null ? "–" : k.budget_soft == null ? "?" : k.budget_soft ? "budget-soft" : "normal";
+      return [k.key_id, { text: int(k.requests), cls: "n" }, { text: num(k.cost_usd, 6), cls: "n" },
+        { text: int(k.limit_rejections), cls: k.limit_rejections ? "n err" : "n" },
+        { text: k.rpm == null ? "–" : int(k.rpm), cls: "n" }, { text: k.tpm == null ? "–" : int(k.tpm), cls: "n" },
+        { text: num(k.budget_usd, 4), cls: "n" }, k.budget_window || "–",
+        { text: num(k.budget_spent_usd, 6), cls: "n" }, { text: num(k.budget_remaining_usd, 6), cls: "n" },
+        soft === "–" || soft === "?" ? soft : { pill: soft }];
+    });
     var backends = [];
     Object.keys(d.backends || {}).forEach(function (name) {
       var m = d.backends[name];
