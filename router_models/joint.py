@@ -18,12 +18,15 @@ strength matters on the prompt (its discrimination) and u_m the model's own prom
 profile, shrunk hard towards zero: a model seen only on chat prompts still gets a sensible
 answer on maths from its strength and the maths prompts' discrimination. Labels are 0/1
 correctness (soft labels in the same cross-entropy where scores are averaged). AlpacaEval's
-labels are judged win probabilities against one reference answer (gpt4_1106_preview's): they
-are fitted as Bradley-Terry comparisons, logit = logit(model) - logit(reference) + beta x
-tanh(answer-length difference / its spread), so prompt difficulty and the source offset cancel,
-the reference gets a real prompt profile from every other model's comparisons (scored as a
-flat 0.5 it had none), and the judge's taste for long answers is carried by beta (AlpacaEval's
-length control), which inference leaves out, instead of becoming a "chat prompts" profile.
+labels are judged win probabilities against one reference answer (gpt4_1106_preview's). By
+default they are fitted as absolute scores (the reference a flat 0.5). With
+`pairwise_reference` (`--pairwise-reference`) they are Bradley-Terry comparisons instead,
+logit = logit(model) - logit(reference) [+ beta x tanh(answer-length difference / its
+spread) with `length_control`, `--length-control`]: prompt difficulty and the source offset
+cancel, the reference gets a prompt profile from every other model's comparisons, and the
+judge's taste for long answers is carried by beta (AlpacaEval's length control), which
+inference leaves out, instead of becoming a "chat prompts" profile. Measured, not shipped:
+see the model card's configurations compared.
 Per-source offsets c_s are fitted and left out at inference. Sources are weighted so each
 carries the same total weight whatever its number of scores.
 
@@ -58,10 +61,11 @@ class JointConfig:
     source_weight: dict[str, float] = field(default_factory=dict)
     # AlpacaEval's labels are win probabilities against one reference answer: fit them as
     # Bradley-Terry comparisons with the reference's own profile (True) or as absolute scores
-    pairwise_reference: bool = True
+    # (False, the shipped artifact: see the model card's configurations compared)
+    pairwise_reference: bool = False
     # a length covariate on those comparisons (AlpacaEval's length control), dropped at
     # inference, so a judge's taste for long answers does not become a prompt-type profile
-    length_control: bool = True
+    length_control: bool = False
     lam_len: float = 0.01
 
 

@@ -237,8 +237,8 @@ def _reference_source(seed: int) -> tuple[np.ndarray, list]:  # type: ignore[typ
 
 def test_reference_comparisons_give_the_reference_a_profile_and_length_is_controlled() -> None:
     z, mats = _reference_source(0)
-    cfg = JointConfig(rank=2, lam_u=1.0, lam_c=1.0, max_iter=300)
-    irt = fit_irt(z, mats, cfg)
+    on = {"pairwise_reference": True, "length_control": True}
+    irt = fit_irt(z, mats, JointConfig(rank=2, lam_u=1.0, lam_c=1.0, max_iter=300, **on))
     ab = dict(zip(irt.models, irt.abilities(), strict=True))
     # the reference's strength rises with z[:, 1] (learned from the others' comparisons)
     assert ab["gpt-4-1106-preview"][1] - ab["x2"][1] > 0.6
@@ -250,7 +250,7 @@ def test_reference_comparisons_give_the_reference_a_profile_and_length_is_contro
         return float(fit.u[i["x1"], 0] - fit.u[i["x2"], 0])
 
     off = fit_irt(
-        z, mats, JointConfig(rank=2, lam_u=1.0, lam_c=1.0, max_iter=300, length_control=False)
+        z, mats, JointConfig(rank=2, lam_u=1.0, lam_c=1.0, max_iter=300, pairwise_reference=True)
     )
     assert own_z0(off) > 0.2
     assert abs(own_z0(irt)) < own_z0(off) / 2
