@@ -53,6 +53,8 @@ def _joint_config(args: argparse.Namespace) -> Any:
         lam_c=args.lam_c,
         struct_scale=args.struct_scale,
         max_iter=args.max_iter,
+        pairwise_reference=args.pairwise_reference,
+        length_control=args.length_control,
     )
 
 
@@ -316,6 +318,18 @@ def _joint_args(p: argparse.ArgumentParser) -> None:
         "--struct-scale", type=float, default=d.struct_scale, help="structure feature weight"
     )
     p.add_argument("--max-iter", type=int, default=d.max_iter, help="L-BFGS iterations")
+    p.add_argument(
+        "--pairwise-reference",
+        action="store_true",
+        default=d.pairwise_reference,
+        help="fit AlpacaEval as comparisons with its reference model (Bradley-Terry)",
+    )
+    p.add_argument(
+        "--length-control",
+        action="store_true",
+        default=d.length_control,
+        help="with --pairwise-reference: a length covariate, left out at inference",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,10 +17,18 @@ b_m is the model's overall strength, z . a the prompt's difficulty, (1 + z . g) 
 strength matters on the prompt (its discrimination) and u_m the model's own prompt-type
 profile, shrunk hard towards zero: a model seen only on chat prompts still gets a sensible
 answer on maths from its strength and the maths prompts' discrimination. Labels are 0/1
-correctness or AlpacaEval's judged win probability against the gpt4_1106_preview reference
-(soft labels in the same cross-entropy), so the label scales differ by source: per-source
-offsets c_s are fitted and left out at inference. Sources are weighted so each carries the same
-total weight whatever its number of scores.
+correctness (soft labels in the same cross-entropy where scores are averaged). AlpacaEval's
+labels are judged win probabilities against one reference answer (gpt4_1106_preview's). By
+default they are fitted as absolute scores (the reference a flat 0.5). With
+`pairwise_reference` (`--pairwise-reference`) they are Bradley-Terry comparisons instead,
+logit = logit(model) - logit(reference) [+ beta x tanh(answer-length difference / its
+spread) with `length_control`, `--length-control`]: prompt difficulty and the source offset
+cancel, the reference gets a prompt profile from every other model's comparisons, and the
+judge's taste for long answers is carried by beta (AlpacaEval's length control), which
+inference leaves out, instead of becoming a "chat prompts" profile. Measured, not shipped:
+see the model card's configurations compared.
+Per-source offsets c_s are fitted and left out at inference. Sources are weighted so each
+carries the same total weight whatever its number of scores.
 
 In the artifact this is the existing shape: projection W, and per profile
 abilities = a + b_m g + u_m, bias = b_m; Router.quality applies the logistic link.
@@ -51,6 +59,18 @@ class JointConfig:
     lam_c: float = 1e7
     max_iter: int = 200
     source_weight: dict[str, float] = field(default_factory=dict)
+    # AlpacaEval's labels are win probabilities against one reference answer: fit them as
+    # Bradley-Terry comparisons with the reference's own profile (True) or as absolute scores
+    # (False, the shipped artifact: see the model card's configurations compared)
+    pairwise_reference: bool = False
+    # a length covariate on those comparisons (AlpacaEval's length control), dropped at
+    # inference, so a judge's taste for long answers does not become a prompt-type profile
+    length_control: bool = False
+    lam_len: float = 0.01
+
+
+# sources whose labels are P(model beats a reference model's answer), and that reference
+PAIRWISE_REFERENCE = {"alpaca_eval": "gpt-4-1106-preview"}
 
 
 def _logit(p: np.ndarray, eps: float = 0.02) -> np.ndarray:
@@ -96,20 +116,47 @@ class Cells:
     sources: np.ndarray
     y: np.ndarray
     w: np.ndarray
+    # the model a comparison cell is against (-1: an absolute score), its length covariate
+    opp: np.ndarray | None = None
+    length: np.ndarray | None = None
+
+
+def _length_covariate(m: Matrix, ii: np.ndarray, jj: np.ndarray, ref: int) -> np.ndarray:
+    """tanh of the answer-length difference to the reference, in units of its spread
+    (AlpacaEval's length-controlled win rate); 0 where a length is unknown."""
+    if m.output_chars is None:
+        return np.zeros(len(ii))
+    d = m.output_chars[ii, jj] - m.output_chars[ii, ref]
+    ok = ~np.isnan(d)
+    sd = float(np.std(d[ok])) if ok.any() else 1.0
+    return np.where(ok, np.tanh(np.nan_to_num(d) / (sd or 1.0)), 0.0)
 
 
 def build_cells(
-    mats: list[Matrix], model_index: dict[str, int], weights: dict[str, float]
+    mats: list[Matrix],
+    model_index: dict[str, int],
+    weights: dict[str, float],
+    pairwise: bool = False,
+    length_control: bool = False,
 ) -> tuple[Cells, np.ndarray]:
-    rows, mods, srcs, ys, ws = [], [], [], [], []
+    rows, mods, srcs, ys, ws, opps, lens = [], [], [], [], [], [], []
     offset = 0
     for s, m in enumerate(mats):
-        ii, jj = np.nonzero(~np.isnan(m.scores))
+        known = ~np.isnan(m.scores)
+        ref_name = PAIRWISE_REFERENCE.get(m.source) if pairwise else None
+        ref = m.models.index(ref_name) if ref_name in m.models else -1
+        if ref >= 0:
+            known[:, ref] = False  # the reference against itself says nothing
+        ii, jj = np.nonzero(known)
         n = len(ii)
         rows.append(ii + offset)
         mods.append(np.array([model_index[m.models[j]] for j in jj], dtype=np.intp))
         srcs.append(np.full(n, s, dtype=np.intp))
         ys.append(m.scores[ii, jj])
+        opps.append(np.full(n, model_index[m.models[ref]] if ref >= 0 else -1, dtype=np.intp))
+        lens.append(
+            _length_covariate(m, ii, jj, ref) if ref >= 0 and length_control else np.zeros(n)
+        )
         # each source the same total weight (times its configured factor), mean cell weight 1
         ws.append(np.full(n, weights.get(m.source, 1.0) / max(n, 1)))
         offset += len(m.ids)
@@ -122,6 +169,8 @@ def build_cells(
             np.concatenate(srcs),
             np.concatenate(ys),
             w,
+            np.concatenate(opps),
+            np.concatenate(lens),
         ),
         np.array([len(m.ids) for m in mats]),
     )
@@ -150,46 +199,64 @@ def fit_irt(z: np.ndarray, mats: list[Matrix], cfg: JointConfig, init: IRT | Non
     """Stage 2: the joint logistic item-response model by L-BFGS on dense prompt vectors."""
     models = sorted({m for mat in mats for m in mat.models})
     index = {m: i for i, m in enumerate(models)}
-    cells, _ = build_cells(mats, index, cfg.source_weight)
+    cells, _ = build_cells(
+        mats, index, cfg.source_weight, cfg.pairwise_reference, cfg.length_control
+    )
     n_m, k, n_s = len(models), z.shape[1], len(mats)
     zr = z[cells.rows]  # [C, k]
     n_cells = len(cells.y)
-    onehot = sp.csr_matrix(
-        (np.ones(n_cells), (np.arange(n_cells), cells.models)), shape=(n_cells, n_m)
-    ).T.tocsr()
-    sizes = [n_m, k, k, n_m * k, n_s]
+    assert cells.opp is not None and cells.length is not None
+    pair = (cells.opp >= 0).astype(np.float64)  # 1: a comparison with cells.opp
+    opp = np.where(cells.opp >= 0, cells.opp, 0)
+    absolute = 1.0 - pair
+    lcov = cells.length
+
+    def onehot_of(idx: np.ndarray, weight: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix((weight, (np.arange(n_cells), idx)), shape=(n_cells, n_m)).T.tocsr()
+
+    onehot = onehot_of(cells.models, np.ones(n_cells))
+    onehot_opp = onehot_of(opp, pair)
+    sizes = [n_m, k, k, n_m * k, n_s, 1]
 
     def unpack(theta: np.ndarray) -> tuple[np.ndarray, ...]:
         out, o = [], 0
         for sz in sizes:
             out.append(theta[o : o + sz])
             o += sz
-        b, a, g, u, c = out
-        return b, a, g, u.reshape(n_m, k), c
+        b, a, g, u, c, beta = out
+        return b, a, g, u.reshape(n_m, k), c, beta
 
     def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        b, a, g, u, c = unpack(theta)
-        bm = b[cells.models]
+        b, a, g, u, c, beta = unpack(theta)
+        # a comparison cell's logit is the difference of the two models' logits (prompt
+        # difficulty and source offset cancel), plus the length covariate
+        bm = b[cells.models] - pair * b[opp]
         za = zr @ a
         zg = zr @ g
-        zu = np.einsum("ij,ij->i", zr, u[cells.models])
-        logit = bm + c[cells.sources] + za + bm * zg + zu
+        zu = np.einsum("ij,ij->i", zr, u[cells.models]) - pair * np.einsum("ij,ij->i", zr, u[opp])
+        logit = bm * (1.0 + zg) + zu + absolute * (c[cells.sources] + za) + beta[0] * lcov
         # soft-label cross-entropy, numerically stable
         loss_c = np.logaddexp(0.0, logit) - cells.y * logit
         p = 0.5 * (1.0 + np.tanh(0.5 * logit))
         r = cells.w * (p - cells.y) / n_cells  # dL/dlogit
         loss = float(np.dot(cells.w, loss_c)) / n_cells
-        gb = np.bincount(cells.models, r * (1.0 + zg), minlength=n_m)
-        ga = zr.T @ r
+        rg = r * (1.0 + zg)
+        gb = np.bincount(cells.models, rg, minlength=n_m) - np.bincount(
+            opp, rg * pair, minlength=n_m
+        )
+        ga = zr.T @ (r * absolute)
         gg = zr.T @ (r * bm)
-        gu = np.asarray(onehot @ (zr * r[:, None]))
-        gc = np.bincount(cells.sources, r, minlength=n_s)
+        zrr = zr * r[:, None]
+        gu = np.asarray(onehot @ zrr) - np.asarray(onehot_opp @ zrr)
+        gc = np.bincount(cells.sources, r * absolute, minlength=n_s)
+        gbeta = np.array([float(np.dot(r, lcov))])
         reg = (
             cfg.lam_b * b @ b
             + cfg.lam_a * a @ a
             + cfg.lam_g * g @ g
             + cfg.lam_u * np.sum(u * u)
             + cfg.lam_c * c @ c
+            + cfg.lam_len * beta @ beta
         ) / n_cells
         loss += float(reg)
         grad = np.concatenate(
@@ -199,6 +266,7 @@ def fit_irt(z: np.ndarray, mats: list[Matrix], cfg: JointConfig, init: IRT | Non
                 gg + 2 * cfg.lam_g * g / n_cells,
                 (gu + 2 * cfg.lam_u * u / n_cells).ravel(),
                 gc + 2 * cfg.lam_c * c / n_cells,
+                gbeta + 2 * cfg.lam_len * beta / n_cells,
             ]
         )
         return loss, grad
@@ -211,7 +279,7 @@ def fit_irt(z: np.ndarray, mats: list[Matrix], cfg: JointConfig, init: IRT | Non
     res = opt.minimize(
         f, theta0, jac=True, method="L-BFGS-B", options={"maxiter": cfg.max_iter, "gtol": 1e-7}
     )
-    b, a, g, u, c = unpack(res.x)
+    b, a, g, u, c, _beta = unpack(res.x)
     counts: dict[str, dict[str, int]] = {m: {} for m in models}
     for mat in mats:
         known = (~np.isnan(mat.scores)).sum(axis=0)

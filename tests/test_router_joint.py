@@ -9,7 +9,13 @@ import scipy.sparse as sp
 
 from router_models.data import SOURCES, load_source
 from router_models.data.names import canonical, canonical_rule
-from router_models.joint import JointConfig, cold_profile, fit_irt, fit_projection
+from router_models.joint import (
+    JointConfig,
+    _length_covariate,
+    cold_profile,
+    fit_irt,
+    fit_projection,
+)
 from router_models.lexical import LexicalFeaturizer
 from router_models.loso import hull_cost, load_prices, many_model, pairs_for, sigmoid
 from router_models.train import featurize_all
@@ -120,7 +126,7 @@ def test_item_response_gradient_matches_finite_differences(small) -> None:  # ty
 
 def _n_params(mats, k: int) -> int:  # type: ignore[no-untyped-def]
     n_m = len({x for m in mats for x in m.models})
-    return n_m + 2 * k + n_m * k + len(mats)
+    return n_m + 2 * k + n_m * k + len(mats) + 1  # + the length covariate
 
 
 def test_hull_cost_is_the_cheapest_random_mix() -> None:
@@ -179,3 +185,80 @@ def test_shipped_card_is_what_training_writes_from_its_metrics() -> None:
     assert card == (DEFAULT_DIR / "MODEL_CARD.md").read_text()
     assert "### Leave-one-source-out" in card and "### In-source held-out split" in card
     assert "CC BY-NC 4.0" in card and "not for commercial use" in card
+
+
+def _reference_source(seed: int) -> tuple[np.ndarray, list]:  # type: ignore[type-arg]
+    """A synthetic AlpacaEval-like source (win probabilities against gpt-4-1106-preview's
+    answer) beside a 0/1 source: the reference is strong on prompts with a large z[:, 1], and
+    x1's answers are long exactly where z[:, 0] > 0, which the judge rewards."""
+    from router_models.data import Matrix
+
+    rng = np.random.default_rng(seed)
+    n = 600
+    z = rng.standard_normal((2 * n, 2))
+    za, zb = z[:n], z[n:]
+    theta = {"x1": 0.3, "x2": -0.5}
+    ref_theta = 0.5 + 1.2 * za[:, 1]
+    chars = np.where(za[:, 0] > 0, 3000.0, 600.0)
+    ref_chars = np.full(n, 1500.0)
+    lengths = np.column_stack([ref_chars, chars, np.full(n, 1500.0)])
+    # the judge's length effect, with the covariate's own definition (AlpacaEval's)
+    ii, jj = np.nonzero(np.ones((n, 3), bool)[:, 1:])
+    cov = _length_covariate(
+        Matrix("alpaca_eval", [], [], [], np.zeros((n, 3)), np.zeros(n, bool), lengths),
+        ii,
+        jj + 1,
+        0,
+    ).reshape(n, 2)
+    scores = [
+        1 / (1 + np.exp(-(theta[name] - ref_theta + 1.5 * cov[:, j])))
+        for j, name in enumerate(("x1", "x2"))
+    ]
+    alpaca = Matrix(
+        "alpaca_eval",
+        [f"a{i}" for i in range(n)],
+        ["p"] * n,
+        ["gpt-4-1106-preview", "x1", "x2"],
+        np.column_stack([np.full(n, 0.5), *scores]),
+        np.zeros(n, bool),
+        lengths,
+    )
+    p_b = 1 / (1 + np.exp(-(np.array([theta["x1"], theta["x2"]])[None, :] + 0 * zb[:, :1])))
+    other = Matrix(
+        "dcrouter",
+        [f"b{i}" for i in range(n)],
+        ["q"] * n,
+        ["x1", "x2"],
+        (rng.random((n, 2)) < p_b).astype(float),
+        np.zeros(n, bool),
+    )
+    return z, [alpaca, other]
+
+
+def test_reference_comparisons_give_the_reference_a_profile_and_length_is_controlled() -> None:
+    z, mats = _reference_source(0)
+    on = {"pairwise_reference": True, "length_control": True}
+    irt = fit_irt(z, mats, JointConfig(rank=2, lam_u=1.0, lam_c=1.0, max_iter=300, **on))
+    ab = dict(zip(irt.models, irt.abilities(), strict=True))
+    # the reference's strength rises with z[:, 1] (learned from the others' comparisons)
+    assert ab["gpt-4-1106-preview"][1] - ab["x2"][1] > 0.6
+
+    # x1's long answers where z[:, 0] > 0 are a length effect, not a prompt-type profile:
+    # x1's own profile (u) along z[:, 0] picks it up only without the length covariate
+    def own_z0(fit):  # type: ignore[no-untyped-def]
+        i = {m: j for j, m in enumerate(fit.models)}
+        return float(fit.u[i["x1"], 0] - fit.u[i["x2"], 0])
+
+    off = fit_irt(
+        z, mats, JointConfig(rank=2, lam_u=1.0, lam_c=1.0, max_iter=300, pairwise_reference=True)
+    )
+    assert own_z0(off) > 0.2
+    assert abs(own_z0(irt)) < own_z0(off) / 2
+    # scored as absolute labels (0.5 on every prompt) the reference learns much less of it:
+    # the others' comparisons are read as prompt difficulty instead
+    flat = fit_irt(
+        z, mats, JointConfig(rank=2, lam_u=1.0, lam_c=1.0, max_iter=300, pairwise_reference=False)
+    )
+    ab_flat = dict(zip(flat.models, flat.abilities(), strict=True))
+    gained = ab["gpt-4-1106-preview"][1] - ab["x2"][1]
+    assert ab_flat["gpt-4-1106-preview"][1] - ab_flat["x2"][1] < gained / 2
