@@ -158,6 +158,11 @@ class Endpoint(_Strict):
     model: str | None = Field(None, description="model name the upstream expects")
     api_key: str | None = None
     weight: int = Field(1, ge=1)
+    responses: bool = Field(
+        False,
+        description="the endpoint serves POST /responses itself (OpenAI's Responses API): "
+        "/v1/responses requests are passed through to it, not translated to chat",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -436,6 +441,30 @@ class CacheConfig(_Strict):
     redis_timeout_s: float = Field(0.25, gt=0, description="a slower Redis lookup counts as a miss")
 
 
+class ResponsesConfig(_Strict):
+    """POST /v1/responses: whether answers are kept for `previous_response_id` and
+    GET/DELETE /v1/responses/{id} (off unless set), and the bounds of what is kept."""
+
+    store: bool = Field(
+        False,
+        description="true: keep each answer (unless the request says store: false) so that "
+        "previous_response_id can continue it and GET/DELETE /v1/responses/{id} reach it",
+    )
+    sqlite_path: str | None = Field(
+        None, description="the SQLite file; default: store.sqlite_path with .responses.db"
+    )
+    retention_days: float = Field(30.0, gt=0, description="a kept answer is deleted after this")
+    max_entries: int = Field(100_000, ge=1, description="answers kept; the oldest go first")
+    max_bytes: int = Field(
+        512 * 1024 * 1024, ge=64 * 1024, description="bytes kept; the oldest answers go first"
+    )
+    max_entry_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="a conversation larger than this is not kept (its answer says so)",
+    )
+
+
 class RoutingConfig(_Strict):
     version: Literal[1] = 1
     server: ServerConfig = ServerConfig()
@@ -446,6 +475,7 @@ class RoutingConfig(_Strict):
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
     cache: CacheConfig = CacheConfig()
+    responses: ResponsesConfig = ResponsesConfig()
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     routes: list[RouteConfig] = []
 

@@ -151,6 +151,7 @@ class UpstreamKey:
     queue_timeout_s: float
     threshold: int
     cooldown_s: float
+    responses: bool
 
 
 class Upstream:
@@ -170,6 +171,7 @@ class Upstream:
         self.base_url = ep.base_url.rstrip("/")
         self.label = f"{model.name}#{index}"
         self.weight = ep.weight
+        self.responses = ep.responses  # serves POST /responses itself: passed through
         headers = {"content-type": "application/json"}
         if ep.api_key:
             headers["authorization"] = f"Bearer {ep.api_key}"
@@ -206,6 +208,7 @@ class Upstream:
             model.queue_timeout_s,
             circuit.failure_threshold,
             circuit.cooldown_s,
+            ep.responses,
         )
 
     def scrub(self, text: bytes) -> bytes:
