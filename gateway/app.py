@@ -32,6 +32,8 @@ from gateway.accounting.quality import Judge
 from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import JUDGE, RequestRecord
 from gateway.accounting.store import make_store
+from gateway.api.response_store import ResponseStore, ResponseStoreError, store_path
+from gateway.api.responses_face import STORE_OFF, not_found
 from gateway.cache.store import ResponseCache
 from gateway.config import (
     ConfigError,
@@ -96,6 +98,9 @@ class Gateway:
         self.key_refresher.apply(self.key_refresher.fetch())
         self.store = make_store(cfg.store)
         self.cache = ResponseCache(cfg)
+        self.responses_store: ResponseStore | None = None  # responses.store: true
+        self._responses_stores: list[ResponseStore] = []  # every one opened, closed at the end
+        self._responses_for(cfg)
         self.recorder = Recorder(self.store, cfg.store, self.metrics, make_journal(cfg.store))
         self.judge = Judge(cfg.judge, self._judge_call, self.recorder, self.metrics)
         self._proxy = Proxy(self)  # the judge's calls go the way client traffic goes
@@ -138,6 +143,19 @@ class Gateway:
                 self._retired_limits.append(b)
             b = self._limits_backend = make_backend(cfg.limits, cfg.store)
         return Limits(cfg, b, stored)
+
+    def _responses_for(self, cfg: RoutingConfig) -> None:
+        """The kept Responses answers, when responses.store is on (opened on first use; its
+        file stays until restart, its bounds follow the routing file)."""
+        if not cfg.responses.store:
+            self.responses_store = None
+            return
+        if self._responses_stores:
+            self.responses_store = self._responses_stores[0]
+            self.responses_store.configure(cfg.responses)
+            return
+        self.responses_store = ResponseStore(cfg.responses, store_path(cfg.responses, cfg.store))
+        self._responses_stores.append(self.responses_store)
 
     def keys_changed(self) -> None:
         """The key store's keys changed (gateway/tenants/keys.py): their limits apply from now."""
@@ -188,6 +206,7 @@ class Gateway:
         self.judge_enabled = bool(cfg.judge.model and cfg.judge.sample_rate > 0)
         self.judge.update(cfg.judge)
         self.cache.configure(cfg)  # opt-ins, TTL and bounds; the backend stays until restart
+        self._responses_for(cfg)
         self.reload_error = None
         self.loaded_at = time.time()
         for up in self.pool.all():
@@ -229,6 +248,12 @@ class Gateway:
         gc.collect()
         gc.freeze()
         await self.recorder.start()
+        if self.responses_store is not None:
+            try:  # a file a newer gateway wrote is refused now, not at the first request
+                await self.responses_store.open()
+            except ResponseStoreError as e:
+                log.error("%s", e)
+                raise
         self._tasks.append(asyncio.create_task(self._watch_config()))
         self._tasks.append(asyncio.create_task(self._watch_loop_lag()))
         self.key_refresher.start(lambda: self.config.auth.refresh_interval_s)
@@ -249,6 +274,8 @@ class Gateway:
         await self.key_refresher.close()
         await self.recorder.close(timeout=self.config.server.drain_timeout_s or 5.0)
         await self.cache.close()
+        for rs in self._responses_stores:
+            await rs.close()
         await self.pool.aclose()
         for b in [*self._retired_limits, *([self._limits_backend] if self._limits_backend else [])]:
             if isinstance(b, RedisBackend):
@@ -500,6 +527,37 @@ def build_fastapi(gw: Gateway) -> FastAPI:
         gw.metrics.store_queue_depth(gw.recorder.queue_depth)
         body, ctype = gw.metrics.render()
         return Response(body, media_type=ctype)
+
+    @app.api_route("/v1/responses/{resp_id}", methods=["GET", "DELETE"])
+    async def kept_response(resp_id: str, request: Request) -> Response:
+        """A kept Responses answer (responses.store): the key that made it may read or
+        delete it; to any other key it does not exist."""
+        who = caller(request, f"{request.method} /v1/responses/{{id}}")
+        if isinstance(who, Response):
+            return who
+        store = gw.responses_store
+        if store is None:
+            e: GatewayError = not_found(resp_id)
+            return _openai_error(404, f"{e.message}; {STORE_OFF}", e.type, None, e.code)
+        key = who.id if gw.keys.required else ""
+        try:
+            if request.method == "DELETE":
+                if not await store.delete(key, resp_id):
+                    raise not_found(resp_id)
+                body = {"id": resp_id, "object": "response.deleted", "deleted": True}
+                return Response(orjson.dumps(body), media_type="application/json")
+            got = await store.get(key, resp_id)
+        except ResponseStoreError:
+            return _openai_error(
+                503,
+                "the responses store cannot be reached; retry later",
+                "service_unavailable",
+                None,
+                "store_unavailable",
+            )
+        if got is None:
+            raise not_found(resp_id)
+        return Response(orjson.dumps(got[0]), media_type="application/json")
 
     from gateway.accounting.usage import feedback_endpoint, usage_endpoint
 

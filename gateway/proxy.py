@@ -28,6 +28,9 @@ import orjson
 from gateway.accounting import pricing
 from gateway.accounting.metrics import Metrics
 from gateway.accounting.records import RequestRecord
+from gateway.api import responses
+from gateway.api.response_store import ResponseStore
+from gateway.api.responses_face import ResponsesCall, chat_view
 from gateway.api.validation import (
     too_deep,
     validate_chat,
@@ -68,6 +71,7 @@ class GatewayState(Protocol):
     limits: Limits  # rate limits and budgets (gateway/tenants/limits.py)
     metrics: Metrics
     cache: ResponseCache
+    responses_store: ResponseStore | None  # kept Responses answers (responses.store: true)
     judge_enabled: bool
     in_flight: int  # client requests in `Proxy.handle` now
 
@@ -90,6 +94,8 @@ HOT_PATHS: dict[str, tuple[str, str, Callable[[Any], None]]] = {
     "/v1/chat/completions": ("chat", "/chat/completions", validate_chat),
     "/v1/completions": ("completions", "/completions", validate_completion),
     "/v1/embeddings": ("embeddings", "/embeddings", validate_embeddings),
+    # OpenAI's Responses API: routed and recorded as the chat request it translates to
+    "/v1/responses": ("responses", "/chat/completions", responses.check),
 }
 
 _MODEL_RE = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
@@ -318,6 +324,10 @@ class Proxy:
             except orjson.JSONDecodeError as e:
                 raise _not_json(raw, e) from None
             check(body)
+            call: ResponsesCall | None = None
+            if kind == "responses":
+                call = await ResponsesCall.start(body, rid, rec.key_id, gw.responses_store)
+                body = call.chat  # limits, routing and the judge read its chat form
             model = body["model"]
             # the record keeps the start of a name no one configured, however long the client
             # made it (a store row per request must not carry a 1 MB name)
@@ -332,17 +342,18 @@ class Proxy:
             stream = bool(body.get("stream"))
             rec.stream = stream
             max_cost = None if ceiling is None else _max_cost(ceiling)
-            ck = gw.cache.key_for(scope["headers"], kind, body, rec.key_id)
+            ck = None if call else gw.cache.key_for(scope["headers"], kind, body, rec.key_id)
             if ck is not None and await self._cache_lookup(ck, body, rec, ctx, send, state):
                 return  # served from the response cache
             if lim.active:  # else no work here: nothing is limited
                 res = await self._reserve(lim, rt, rec, body)
                 state["limits"] = res
+            serves = "chat" if call else kind  # what a model must serve for this request
             if res is not None and res.thrifty is not None:
-                plan = rt.resolve(model, kind, body, rid, rec.key_id, max_cost, res.thrifty)
+                plan = rt.resolve(model, serves, body, rid, rec.key_id, max_cost, res.thrifty)
                 rec.budget_soft = plan.decision is not None  # only a routed name goes thrifty
             else:
-                plan = rt.resolve(model, kind, body, rid, rec.key_id, max_cost)
+                plan = rt.resolve(model, serves, body, rid, rec.key_id, max_cost)
             rec.policy = plan.policy
             rec.baseline_model = plan.baseline_model
             if plan.decision is not None:
@@ -356,7 +367,7 @@ class Proxy:
                     rec.propensity = ex.propensity
                     rec.explored = ex.explored
                 gw.metrics.router_decision(plan.decision_s)
-            if gw.judge_enabled and kind == "chat":
+            if gw.judge_enabled and serves == "chat":
                 state["messages"] = body.get("messages")
             # Watch for a client that goes away. Our own server (gateway/http/server.py) calls back
             # from its connection_lost; under another server a task blocked on receive() does
@@ -369,10 +380,12 @@ class Proxy:
             else:
                 loop = asyncio.get_running_loop()
                 watch_later = loop.call_later(0.05, _start_watch, loop, receive, ctx, _WATCHERS)
-            if stream:
+            if call is not None and stream:
+                await self._face_stream(rt, plan, call, rec, ctx, send, state, explain, t0)
+            elif stream:
                 await self._stream(rt, plan, body, path, rec, ctx, send, state, explain, t0)
             else:
-                await self._unary(rt, plan, body, path, rec, ctx, send, state, explain)
+                await self._unary(rt, plan, body, path, rec, ctx, send, state, explain, call)
         except GatewayError as e:
             rec.status = e.status
             rec.error_type = e.type
@@ -888,11 +901,10 @@ class Proxy:
         )
 
     async def _send(
-        self, up: Upstream, path: str, body: dict[str, Any], stream: bool, max_backoff: float
+        self, up: Upstream, path: str, payload: bytes, stream: bool, max_backoff: float
     ) -> h1.H1Response:
         """One attempt on `up`: a 200 response (body read unless streaming), or the exception
         `_attempts` acts on (retry, next model, or the client's own error)."""
-        payload = self._payload(body, up, stream)
         cap = self.gw.runtime.config.server.max_upstream_response_bytes
         try:
             # total_s bounds the attempt until the headers (streams) or the whole body
@@ -931,19 +943,33 @@ class Proxy:
         send: Send,
         state: dict[str, Any],
         explain: bool,
+        call: ResponsesCall | None = None,
     ) -> None:
         max_backoff = rt.config.server.max_backoff_s
 
         # a partial, not a closure: no extra coroutine frame per attempt
-        attempt = functools.partial(
-            self._json_attempt, path=path, body=body, max_backoff=max_backoff
-        )
+        attempt: Callable[[Upstream], Awaitable[Any]]
+        if call is None:
+            attempt = functools.partial(
+                self._json_attempt, path=path, body=body, max_backoff=max_backoff
+            )
+        else:
+            attempt = functools.partial(self._face_attempt, call=call, max_backoff=max_backoff)
         data = await self._attempts(rt, plan, rec, state, attempt)
-        if "model" in data:
-            data["model"] = rec.model
-        self._tokens(rec, body, data)
-        if state["messages"] is not None:
-            state["answer"] = _answer_text(data)
+        if call is not None:
+            native, data = data
+            chat = chat_view(data) if native else data
+            self._tokens(rec, body, chat)
+            if state["messages"] is not None:
+                state["answer"] = _answer_text(chat)
+            data = call.answer(data, native, rec.model or "")
+            await call.keep(data)
+        else:
+            if "model" in data:
+                data["model"] = rec.model
+            self._tokens(rec, body, data)
+            if state["messages"] is not None:
+                state["answer"] = _answer_text(data)
         out = orjson.dumps(data)
         self.gw.price(rt, rec)
         headers = [
@@ -967,7 +993,12 @@ class Proxy:
         self, up: Upstream, path: str, body: dict[str, Any], max_backoff: float
     ) -> dict[str, Any]:
         """One non-streamed attempt: the upstream's answer as a JSON object."""
-        resp = await self._send(up, path, body, False, max_backoff)
+        resp = await self._send(up, path, self._payload(body, up, False), False, max_backoff)
+        return self._json_of(up, resp)
+
+    @staticmethod
+    def _json_of(up: Upstream, resp: h1.H1Response) -> dict[str, Any]:
+        """A 200 answer's body as a JSON object (else a retry: the upstream is broken)."""
         try:
             data = orjson.loads(resp.content)
             if not isinstance(data, dict):
@@ -981,6 +1012,15 @@ class Proxy:
                 )
             ) from None
         return data
+
+    async def _face_attempt(
+        self, up: Upstream, call: ResponsesCall, max_backoff: float
+    ) -> tuple[bool, dict[str, Any]]:
+        """One non-streamed attempt of a Responses request: (whether the endpoint answered
+        natively, its JSON answer)."""
+        path, payload = call.payload(up.responses, up.upstream_model, False)
+        resp = await self._send(up, path, payload, False, max_backoff)
+        return up.responses, self._json_of(up, resp)
 
     async def internal_chat(
         self, rt: Runtime, model: str, body: dict[str, Any], rec: RequestRecord
@@ -1048,7 +1088,7 @@ class Proxy:
         client_wants_usage = isinstance(so, dict) and so.get("include_usage") is True
 
         async def attempt(up: Upstream) -> tuple[h1.H1Response, Upstream]:
-            return await self._send(up, path, body, True, max_backoff), up
+            return await self._send(up, path, self._payload(body, up, True), True, max_backoff), up
 
         # Retries and fallback happen only until the upstream accepts the stream: after
         # the first byte reaches the client the answer is committed to that model.
@@ -1214,6 +1254,152 @@ class Proxy:
             await send({"type": "http.response.body", "body": b"data: " + err + b"\n\n"})
         else:
             await self._end_stream(ctx, send)
+
+    async def _face_stream(
+        self,
+        rt: Runtime,
+        plan: Plan,
+        call: ResponsesCall,
+        rec: RequestRecord,
+        ctx: _Ctx,
+        send: Send,
+        state: dict[str, Any],
+        explain: bool,
+        t0: float,
+    ) -> None:
+        """A streamed Responses request: the chat stream translated event by event into the
+        Responses events (or, from an endpoint that speaks Responses, its events passed on
+        with the public model name and the gateway's response id); recorded like a chat
+        stream, and kept (responses.store) before its last event goes out."""
+        max_backoff = rt.config.server.max_backoff_s
+
+        async def attempt(up: Upstream) -> tuple[h1.H1Response, Upstream]:
+            path, payload = call.payload(up.responses, up.upstream_model, True)
+            return await self._send(up, path, payload, True, max_backoff), up
+
+        resp, up = await self._attempts(rt, plan, rec, state, attempt, keep_slot=True)
+        native = up.responses
+        public = rec.model or ""
+        tr = None if native else call.translator(public)
+        t_up = time.perf_counter()
+        max_event = rt.config.server.max_sse_event_bytes
+        framer = responses.Framer(max_event)
+        usage_seen = False
+        done = False
+        final: dict[str, Any] | None = None
+        failure: str | None = None
+        code = "stream_interrupted"
+        try:
+            headers = [*_SSE_HEADERS, *self._headers(rt, plan, rec, explain)]
+            if "limits" in state:
+                headers += state["limits"].headers()
+            ctx.started = True
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            if tr is not None:
+                await send({"type": "http.response.body", "body": tr.start(), "more_body": True})
+            async for chunk in resp.aiter_raw():
+                out: list[bytes] = []
+                for data in framer.feed(chunk):
+                    if data == b"[DONE]":
+                        done = True
+                        break
+                    try:
+                        ev = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        continue
+                    if not isinstance(ev, dict):
+                        continue
+                    if tr is not None:
+                        if isinstance(ev.get("error"), dict):
+                            failure = (
+                                "the upstream sent an error mid-stream: "
+                                + str(ev["error"].get("message"))[:300]
+                            )
+                            break
+                        if isinstance(ev.get("usage"), dict):
+                            self._usage(rec, ev["usage"])
+                            usage_seen = True
+                        out.append(tr.feed(ev))
+                        continue
+                    r = ev.get("response")
+                    if isinstance(r, dict):  # the upstream's Response, as the client knows it
+                        r["model"], r["id"] = public, call.rid
+                    kind = ev.get("type")
+                    if kind in ("response.completed", "response.incomplete", "response.failed"):
+                        final = r if isinstance(r, dict) else {}
+                        self._tokens(rec, call.chat, chat_view(final))
+                        usage_seen = not rec.tokens_estimated
+                        done = True
+                        await call.keep(final)
+                    out.append(responses.named_event(kind, ev))
+                    if done:
+                        break
+                if framer.too_large:
+                    failure, code = (
+                        f"an event of the upstream's stream is over {max_event} bytes, the most "
+                        "this gateway holds (server.max_sse_event_bytes in the routing file)",
+                        "upstream_event_too_large",
+                    )
+                if failure is not None:
+                    break
+                if done and tr is not None:
+                    out.append(tr.close())
+                    final = tr.response()
+                    if not usage_seen:
+                        self._tokens(
+                            rec,
+                            call.chat,
+                            {"choices": [{"message": {"content": responses.output_text(final)}}]},
+                        )
+                    await call.keep(final)
+                    out.append(tr.completed(final))
+                if out:
+                    if rec.ttft_ms is None:
+                        rec.ttft_ms = (time.perf_counter() - t0) * 1000.0
+                    if done:
+                        self._face_settle(rt, rec, state, final)
+                        self._commit(rec, ctx, state["upstream_s"] + time.perf_counter() - t_up)
+                    await send(
+                        {"type": "http.response.body", "body": b"".join(out), "more_body": True}
+                    )
+                if done:
+                    break
+            if not done and failure is None:
+                failure = "the upstream closed the stream before it ended"
+        except h1.ReadTimeout:
+            if not done:
+                failure = "the upstream stopped sending (read timeout)"
+        except h1.H1Error as e:
+            if not done:
+                failure = f"the upstream connection broke mid-stream ({type(e).__name__})"
+        finally:
+            state["upstream_s"] += time.perf_counter() - t_up
+            await resp.aclose()
+            self._release(up)
+        if failure is not None:
+            up.circuit.failure()
+            self.gw.metrics.upstream_error(up.model_name, code)
+            if not ctx.committed:
+                if not usage_seen:
+                    text = "" if tr is None else responses.output_text(tr.response())
+                    self._tokens(rec, call.chat, {"choices": [{"message": {"content": text}}]})
+                self._face_settle(rt, rec, state, None)
+            rec.status = 502
+            rec.error_type = "upstream_error"
+            msg = f"model {up.model_name!r}: {failure}; the answer above is incomplete"
+            self._commit(rec, ctx)
+            ctx.finished = True
+            err = tr.error(msg, code) if tr is not None else responses.error_event(0, msg, code)
+            await send({"type": "http.response.body", "body": err})
+        else:
+            await self._end_stream(ctx, send)
+
+    def _face_settle(
+        self, rt: Runtime, rec: RequestRecord, state: dict[str, Any], final: dict[str, Any] | None
+    ) -> None:
+        if state["messages"] is not None and final is not None:
+            state["answer"] = responses.output_text(final)
+        self.gw.price(rt, rec)
 
     def _settle_stream(
         self,

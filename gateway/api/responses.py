@@ -735,21 +735,86 @@ class StreamTranslator:
 
     def finish(self) -> bytes:
         """The closing events, once the chat stream's [DONE] has come."""
-        out = self._close_others(None)
-        status, incomplete = _status(self.finish_reason)
-        kind = "response.completed" if status == "completed" else "response.incomplete"
-        return out + self._ev(kind, {"response": self._snapshot(status, incomplete)})
+        out = self.close()
+        return out + self.completed(self.response())
+
+    def close(self) -> bytes:
+        """The .done events of every item still open (the chat stream has ended)."""
+        return self._close_others(None)
 
     def response(self) -> dict[str, Any]:
+        """The Response as it stands (after `close`: the final one)."""
         status, incomplete = _status(self.finish_reason)
         return self._snapshot(status, incomplete)
 
+    def completed(self, resp: dict[str, Any]) -> bytes:
+        """The last event: response.completed, or response.incomplete (cut by a limit)."""
+        kind = "response.completed" if resp["status"] == "completed" else "response.incomplete"
+        return self._ev(kind, {"response": resp})
+
     def error(self, message: str, code: str) -> bytes:
-        """The stream broke: a response.failed event (the SDK raises on it)."""
+        """The stream broke: an error event, then response.failed (the SDK's stream helper
+        raises on either)."""
         snap = self._snapshot("failed")
         snap["error"] = {"code": code, "message": message}
-        return self._ev("response.failed", {"response": snap})
+        out = error_event(self.seq, message, code)
+        self.seq += 1
+        return out + self._ev("response.failed", {"response": snap})
+
+
+def error_event(seq: int, message: str, code: str) -> bytes:
+    """Responses' `error` stream event."""
+    data = {
+        "type": "error",
+        "sequence_number": seq,
+        "code": code,
+        "message": message,
+        "param": None,
+    }
+    return b"event: error\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
 def now() -> float:
     return time.time()
+
+
+def named_event(kind: Any, data: dict[str, Any]) -> bytes:
+    """One Responses SSE event: `event: <type>` and its JSON."""
+    head = b"event: " + str(kind).encode() + b"\n" if isinstance(kind, str) else b""
+    return head + b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+class Framer:
+    """An upstream's SSE bytes in, the data of each complete event out (its `data:` lines
+    joined), whatever the reads' boundaries and line endings. An event that grows past
+    `max_event` bytes without ending sets `too_large` (the caller stops reading)."""
+
+    __slots__ = ("buf", "cr", "max_event", "too_large")
+
+    def __init__(self, max_event: int) -> None:
+        self.buf = b""
+        self.cr = False
+        self.max_event = max_event
+        self.too_large = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if self.cr:
+            chunk, self.cr = b"\r" + chunk, False
+        if b"\r" in chunk:
+            if chunk[-1] == 13:  # its LF may come in the next read
+                chunk, self.cr = chunk[:-1], True
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        buf = self.buf + chunk if self.buf else chunk
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            self.buf = buf
+            self.too_large = len(buf) > self.max_event
+            return []
+        self.buf = buf[end + 2 :]
+        self.too_large = len(self.buf) > self.max_event
+        out = []
+        for ev in buf[:end].split(b"\n\n"):
+            lines = [ln[5:].lstrip(b" ") for ln in ev.split(b"\n") if ln.startswith(b"data:")]
+            if lines:
+                out.append(lines[0] if len(lines) == 1 else b"\n".join(lines))
+        return out
