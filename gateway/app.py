@@ -32,6 +32,7 @@ from gateway.accounting.quality import Judge
 from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import JUDGE, RequestRecord
 from gateway.accounting.store import make_store
+from gateway.api.face import Face
 from gateway.api.response_store import ResponseStore, ResponseStoreError, store_path
 from gateway.api.responses_face import STORE_OFF, not_found
 from gateway.cache.store import ResponseCache
@@ -44,7 +45,7 @@ from gateway.config import (
     mask_keys,
 )
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError, error_body
-from gateway.proxy import HOT_PATHS, Proxy, Receive, Scope, Send, new_request_id
+from gateway.proxy import FACES, HOT_PATHS, Proxy, Receive, Scope, Send, new_request_id
 from gateway.routing.policies import POLICIES
 from gateway.routing.profiles import wants_router
 from gateway.routing.runtime import Runtime, UpstreamPool
@@ -587,27 +588,39 @@ class TollgateApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            hot = HOT_PATHS.get(scope["path"])
+            path = scope["path"]
+            hot = HOT_PATHS.get(path)
             if hot is not None:
                 if scope["method"] != "POST":
-                    e = InvalidRequest(
-                        f"use POST for {scope['path']}", status=405, code="method_not_allowed"
-                    )
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": 405,
-                            "headers": [
-                                (b"content-type", b"application/json"),
-                                (b"allow", b"POST"),
-                            ],
-                        }
-                    )
-                    await send({"type": "http.response.body", "body": e.body()})
+                    await _post_only(send, path, None)
                     return
                 await self.proxy.handle(scope, receive, send, *hot)
                 return
+            face = FACES.get(path)
+            if face is not None:  # an API face: the chat path, translated
+                if scope["method"] != "POST":
+                    await _post_only(send, path, face)
+                    return
+                await self.proxy.handle(
+                    scope, receive, send, face.kind, "/chat/completions", face.check, face
+                )
+                return
         await self.api(scope, receive, send)  # type: ignore[arg-type]
+
+
+async def _post_only(send: Send, path: str, face: Face | None) -> None:
+    """The 405 for a hot path asked with another method (in the face's error format)."""
+    e = InvalidRequest(f"use POST for {path}", status=405, code="method_not_allowed")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 405,
+            "headers": [(b"content-type", b"application/json"), (b"allow", b"POST")],
+        }
+    )
+    await send(
+        {"type": "http.response.body", "body": e.body() if face is None else face.error_body(e)}
+    )
 
 
 def create_app(config_path: str | os.PathLike[str] | None = None) -> TollgateApp:

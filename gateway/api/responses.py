@@ -366,15 +366,16 @@ def _echo(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _int(v: Any) -> int:
+def as_int(v: Any) -> int:
+    """An integer field's value, 0 when it is missing or not an integer."""
     return v if isinstance(v, int) and not isinstance(v, bool) else 0
 
 
 def _usage(u: Any) -> dict[str, Any] | None:
     if not isinstance(u, dict):
         return None
-    pt = _int(u.get("prompt_tokens"))
-    ct = _int(u.get("completion_tokens"))
+    pt = as_int(u.get("prompt_tokens"))
+    ct = as_int(u.get("completion_tokens"))
     pd = u.get("prompt_tokens_details")
     cd = u.get("completion_tokens_details")
     pd = pd if isinstance(pd, dict) else {}
@@ -782,39 +783,3 @@ def named_event(kind: Any, data: dict[str, Any]) -> bytes:
     """One Responses SSE event: `event: <type>` and its JSON."""
     head = b"event: " + str(kind).encode() + b"\n" if isinstance(kind, str) else b""
     return head + b"data: " + orjson.dumps(data) + b"\n\n"
-
-
-class Framer:
-    """An upstream's SSE bytes in, the data of each complete event out (its `data:` lines
-    joined), whatever the reads' boundaries and line endings. An event that grows past
-    `max_event` bytes without ending sets `too_large` (the caller stops reading)."""
-
-    __slots__ = ("buf", "cr", "max_event", "too_large")
-
-    def __init__(self, max_event: int) -> None:
-        self.buf = b""
-        self.cr = False
-        self.max_event = max_event
-        self.too_large = False
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        if self.cr:
-            chunk, self.cr = b"\r" + chunk, False
-        if b"\r" in chunk:
-            if chunk[-1] == 13:  # its LF may come in the next read
-                chunk, self.cr = chunk[:-1], True
-            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buf = self.buf + chunk if self.buf else chunk
-        end = buf.rfind(b"\n\n")
-        if end < 0:
-            self.buf = buf
-            self.too_large = len(buf) > self.max_event
-            return []
-        self.buf = buf[end + 2 :]
-        self.too_large = len(self.buf) > self.max_event
-        out = []
-        for ev in buf[:end].split(b"\n\n"):
-            lines = [ln[5:].lstrip(b" ") for ln in ev.split(b"\n") if ln.startswith(b"data:")]
-            if lines:
-                out.append(lines[0] if len(lines) == 1 else b"\n".join(lines))
-        return out
