@@ -275,7 +275,7 @@ class Target:
     model = "fake-model"
     pid: int | None = None
     seeded = NO_SEED  # --cache runs: the requests carry a seed, the same one or a new one each
-    api = "chat"  # the client API the load speaks (API_PATHS)
+    api = "chat"  # the client API the load speaks (APIS)
 
     def start(self, upstream: FakeUpstream) -> tuple[str, int]:
         raise NotImplementedError
@@ -379,20 +379,6 @@ def tollgate_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "gateway.cli"]
 
 
-# the client APIs a Tollgate target can be measured on (--apis): path, and the request body
-API_PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses"}
-
-
-def request_body(api: str, model: str, stream: bool, seeded: int = NO_SEED) -> bytes:
-    """The benchmark's request in `api`'s shape: the same prompt and output cap."""
-    if api == "chat":
-        return chat_body(model, stream, seeded)
-    body: dict[str, Any] = {"model": model, "input": PROMPT, "max_output_tokens": 32}
-    if stream:
-        body["stream"] = True
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
 def chat_body(model: str, stream: bool, seeded: int = NO_SEED) -> bytes:
     body: dict[str, Any] = {
         "model": model,
@@ -406,25 +392,49 @@ def chat_body(model: str, stream: bool, seeded: int = NO_SEED) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def probe(host: str, port: int, model: str, timeout: float = 10.0, api: str = "chat") -> None:
+# the client APIs a target can be measured through (--api): path, and the bytes that end a
+# complete streamed answer
+APIS = {
+    "chat": ("/v1/chat/completions", b"[DONE]"),
+    "messages": ("/v1/messages", b"message_stop"),  # Anthropic's, translated to chat
+    "responses": ("/v1/responses", b"event: response.completed"),  # OpenAI's, translated
+}
+
+
+def request_body(api: str, model: str, stream: bool, seeded: int = NO_SEED) -> bytes:
+    """The benchmark request in the target's API: the same prompt and max_tokens."""
+    if api == "chat":
+        return chat_body(model, stream, seeded)
+    body: dict[str, Any]
+    if api == "responses":
+        body = {"model": model, "input": PROMPT, "max_output_tokens": 32}
+        if stream:
+            body["stream"] = True
+        return json.dumps(body, separators=(",", ":")).encode()
+    body = {
+        "model": model,
+        "max_tokens": 32,
+        "messages": [{"role": "user", "content": PROMPT}],
+    }
+    if stream:
+        body["stream"] = True
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def probe(host: str, port: int, model: str, timeout: float = 10.0) -> None:
     """One non-streamed and one streamed request; TargetUnavailable if either fails."""
     with httpx.Client(trust_env=False, timeout=timeout) as c:
         for stream in (False, True):
             r = c.post(
-                f"http://{host}:{port}{API_PATHS[api]}",
-                content=request_body(api, model, stream),
+                f"http://{host}:{port}/v1/chat/completions",
+                content=chat_body(model, stream),
                 headers={"content-type": "application/json", "authorization": f"Bearer {BEARER}"},
             )
-            if r.status_code != 200 or (stream and not stream_ended(r.content)):
+            if r.status_code != 200 or (stream and b"[DONE]" not in r.content):
                 raise TargetUnavailable(
                     f"{'streamed' if stream else 'unary'} probe with model={model!r} got HTTP "
                     f"{r.status_code}: {r.text[:300]}"
                 )
-
-
-def stream_ended(body: bytes) -> bool:
-    """A whole stream: chat's [DONE], or the Responses API's response.completed."""
-    return b"[DONE]" in body or b"event: response.completed" in body
 
 
 class ServerProcess(Target):
@@ -476,7 +486,7 @@ class ServerProcess(Target):
                 raise TargetUnavailable(f"{self.name} not healthy in time: " + self.log_tail())
             time.sleep(0.1)
         try:
-            probe("127.0.0.1", self.port, self.model, api=self.api)
+            probe("127.0.0.1", self.port, self.model)
         except (TargetUnavailable, httpx.HTTPError) as e:
             self.stop()
             raise TargetUnavailable(f"{e}; log: {self.log_tail()}") from None
@@ -643,7 +653,7 @@ def run_wrk(
             "body": request_body(api, model, False).decode(),
             "bearer": BEARER,
             "limit": requests,
-            "path": API_PATHS[api],
+            "path": APIS[api][0],
         }
     )
     cmd = [
@@ -657,7 +667,7 @@ def run_wrk(
         "--latency",
         "-s",
         str(script),
-        f"http://{host}:{port}{API_PATHS[api]}",
+        f"http://{host}:{port}{APIS[api][0]}",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
@@ -758,8 +768,9 @@ async def _client_run(
     requests: int,
     stream: bool,
     new_seed: bool = False,
-    path: str = "/v1/chat/completions",
+    api: str = "chat",
 ) -> dict[str, Any]:
+    path, end = APIS[api]
     req = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
         f"Content-Type: application/json\r\nAuthorization: Bearer {BEARER}\r\n"
@@ -795,7 +806,7 @@ async def _client_run(
                     writer.write(req)
                 status, first, keep, data = await asyncio.wait_for(_read_response(reader, t0), 30.0)
                 total = time.perf_counter() - t0
-                ok = status == 200 and (not stream or stream_ended(data))
+                ok = status == 200 and (not stream or end in data)
                 if ok:
                     totals.append(total)
                     if first is not None:
@@ -851,15 +862,7 @@ def run_client(
 
     body = request_body(api, model, stream, seeded)
     coro = _client_run(
-        host,
-        port,
-        body,
-        concurrency,
-        duration_s,
-        requests,
-        stream,
-        seeded == NEW_SEED,
-        API_PATHS[api],
+        host, port, body, concurrency, duration_s, requests, stream, seeded == NEW_SEED, api
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
@@ -1456,10 +1459,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "all the same (hit: served from the cache); replaces the --modes/--store targets",
     )
     p.add_argument(
-        "--apis",
+        "--api",
         default="chat",
-        help="comma list of chat,responses: each Tollgate target once per client API (its "
-        "requests to /v1/chat/completions, or the same request to /v1/responses, translated)",
+        help="comma list of chat,messages,responses: each Tollgate target once per client API "
+        "(messages: /v1/messages, responses: /v1/responses, each translated to chat for the "
+        "same fake upstream)",
     )
     p.add_argument(
         "--no-control",
@@ -1472,7 +1476,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     stores = parse_list(args.store, ("none", "sqlite"), "store")
     journals = parse_list(args.journal, ("on", "off"), "journal")
     limit_modes = parse_list(args.limits, ("off", "local", "redis"), "limits")
-    apis = parse_list(args.apis, tuple(API_PATHS), "apis")
     setup_pinning()
     all_sc = make_scenarios(args.quick)
     targets: list[Target] = [Direct()]
@@ -1484,13 +1487,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             t.seeded = NEW_SEED  # the same requests as `off` and `miss`
         targets += [Tollgate(store=stores[0], cache=c) for c in caches]
     else:
+        apis = parse_list(args.api, tuple(APIS), "api")
         targets += [
-            Tollgate(store=s, mode=m, journal=j == "on", limits=lim, api=api)
+            Tollgate(store=s, mode=m, journal=j == "on", limits=lim, api=a)
+            for a in apis
             for m in modes
             for s in stores
             for j in (journals if s == "sqlite" else ["on"])
             for lim in limit_modes
-            for api in apis
         ]
     run = Run([all_sc[k] for k in keys], targets, args.quick, rounds_of(args))
     t0 = time.monotonic()

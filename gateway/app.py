@@ -45,7 +45,16 @@ from gateway.config import (
     mask_keys,
 )
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError, error_body
-from gateway.proxy import FACES, HOT_PATHS, Proxy, Receive, Scope, Send, new_request_id
+from gateway.proxy import (
+    COUNT_TOKENS_PATH,
+    FACES,
+    HOT_PATHS,
+    Proxy,
+    Receive,
+    Scope,
+    Send,
+    new_request_id,
+)
 from gateway.routing.policies import POLICIES
 from gateway.routing.profiles import wants_router
 from gateway.routing.runtime import Runtime, UpstreamPool
@@ -288,7 +297,12 @@ class Gateway:
     def price(self, rt: Runtime, rec: RequestRecord) -> None:
         if rec.model is None:
             return
-        tokens = (rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens)
+        tokens = (
+            rec.prompt_tokens,
+            rec.completion_tokens,
+            rec.cached_tokens,
+            rec.cache_write_tokens,
+        )
         rec.cost_usd = pricing.cost_at(rt.rates.get(rec.model, pricing.FREE), *tokens)
         base = rec.baseline_model or rec.model
         rec.baseline_model = base
@@ -595,6 +609,12 @@ class TollgateApp:
                     await _post_only(send, path, None)
                     return
                 await self.proxy.handle(scope, receive, send, *hot)
+                return
+            if path == COUNT_TOKENS_PATH:
+                if scope["method"] != "POST":
+                    await _post_only(send, path, FACES["/v1/messages"])
+                    return
+                await self.proxy.count_tokens(scope, receive, send)
                 return
             face = FACES.get(path)
             if face is not None:  # an API face: the chat path, translated

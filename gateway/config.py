@@ -134,6 +134,8 @@ class Pricing(_Strict):
 
     input_per_mtok: float | None = Field(None, ge=0)
     cached_input_per_mtok: float | None = Field(None, ge=0)
+    # prompt-cache writes (Anthropic's cache_creation_input_tokens); default: the input price
+    cache_write_input_per_mtok: float | None = Field(None, ge=0)
     output_per_mtok: float | None = Field(None, ge=0)
     hardware_usd_per_hour: float | None = Field(None, ge=0)
     tokens_per_second: float | None = Field(None, gt=0)

@@ -28,6 +28,7 @@ import orjson
 from gateway.accounting import pricing
 from gateway.accounting.metrics import Metrics
 from gateway.accounting.records import RequestRecord
+from gateway.api import anthropic
 from gateway.api.face import EventTooLarge, Face, SSEFramer, StreamConverter, Usage
 from gateway.api.response_store import ResponseStore
 from gateway.api.responses_face import RESPONSES
@@ -98,8 +99,10 @@ HOT_PATHS: dict[str, tuple[str, str, Callable[[Any], None]]] = {
 
 # the API faces (gateway/api/face.py): path → the face that serves it
 FACES: dict[str, Face] = {
+    "/v1/messages": anthropic.MESSAGES,
     "/v1/responses": RESPONSES,  # OpenAI's Responses API (gateway/api/responses_face.py)
 }
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 
 _MODEL_RE = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _CONTENT_RE = re.compile(rb'"(?:content|text|arguments)"\s*:\s*"((?:[^"\\]|\\.)*)"')
@@ -1393,6 +1396,7 @@ class Proxy:
         rec.prompt_tokens = usage.prompt_tokens
         rec.completion_tokens = usage.completion_tokens
         rec.cached_tokens = usage.cached_tokens
+        rec.cache_write_tokens = usage.cache_write_tokens
 
     async def _face_stream(
         self,
@@ -1486,6 +1490,76 @@ class Proxy:
         if state["messages"] is not None:
             state["answer"] = text
         self.gw.price(rt, rec)
+
+    # -- POST /v1/messages/count_tokens ----------------------------------------------------
+    async def count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The input tokens of a Messages request: asked of the model's upstream when it is
+        Anthropic-style, else the gateway's own estimate, labelled as one (the field
+        `tollgate_estimate: true` and the header x-tollgate-token-estimate: 1). Not recorded:
+        nothing is generated."""
+        gw = self.gw
+        rt = gw.runtime
+        rid = new_request_id()
+        extra: list[tuple[bytes, bytes]] = [(b"x-tollgate-request-id", rid.encode())]
+        try:
+            auth = b""
+            for k, v in scope["headers"]:
+                if k == b"authorization" or (k == b"x-api-key" and not auth):
+                    auth = v if k == b"authorization" else b"bearer " + v
+            key = self._authenticate(auth) if gw.keys.required else None
+            raw = await self._read_body(receive, rt.config.server.max_body_bytes)
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                raise _not_json(raw, e) from None
+            anthropic.check_common(body)
+            model = body["model"]
+            if key is not None and key.models is not None and model not in key.models:
+                raise PermissionDenied(
+                    f"the gateway key {key.id!r} may not call model {model[:80]!r}",
+                    param="model",
+                )
+            chat = anthropic.to_chat({**body, "max_tokens": 1})
+            plan = rt.resolve(model, "messages", chat, rid, None if key is None else key.id)
+            name = plan.models[0]
+            extra.append((b"x-tollgate-model", name.encode()))
+            up = next((u for u in rt.upstreams[name] if u.api == anthropic.ANTHROPIC_API), None)
+            if up is None:
+                n = _estimate_prompt(chat)
+                if chat.get("tools"):
+                    n += pricing.estimate_tokens(orjson.dumps(chat["tools"]).decode())
+                out = orjson.dumps({"input_tokens": n, "tollgate_estimate": True})
+                extra.append((b"x-tollgate-token-estimate", b"1"))
+                status = 200
+            else:
+                payload = orjson.dumps({**body, "model": up.upstream_model})
+                try:
+                    resp = await up.client.request(
+                        "POST",
+                        "/messages/count_tokens",
+                        payload,
+                        anthropic.MESSAGES.native_headers(scope["headers"]),
+                        timeout=up.total_s,
+                        max_bytes=rt.config.server.max_upstream_response_bytes,
+                    )
+                except h1.H1Error as e:
+                    raise UpstreamError(
+                        f"model {name!r}: counting tokens upstream failed ({type(e).__name__})",
+                        model=name,
+                    ) from None
+                status, out = resp.status, up.scrub(resp.content)
+        except GatewayError as e:
+            status, out = e.status, anthropic.error_json(e)
+            extra += e.headers()
+        except _Aborted:
+            return
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(out)),
+            *extra,
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": out})
 
 
 def _not_json(raw: bytes, e: orjson.JSONDecodeError) -> InvalidRequest:

@@ -108,6 +108,8 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
     # record schema 5: the key was past its budget's soft share (limits.budget_soft)
     (f"ALTER TABLE {TABLE} ADD COLUMN budget_soft boolean NOT NULL DEFAULT false",),
+    # record schema 6: prompt-cache writes (Anthropic's cache_creation_input_tokens)
+    (f"ALTER TABLE {TABLE} ADD COLUMN cache_write_tokens bigint NOT NULL DEFAULT 0",),
 ]
 SCHEMA = len(MIGRATIONS)
 
