@@ -545,6 +545,11 @@ def conversation(
 # -- stream: chat chunks -> Responses events --------------------------------------------------
 
 
+_DELTA = b"response.output_text.delta"
+_DELTA_HEAD = b"event: " + _DELTA + b'\ndata: {"type":"' + _DELTA + b'","sequence_number":'
+_DELTA_TAIL = b',"logprobs":[]}\n\n'
+
+
 class StreamTranslator:
     """Chat completion chunks in, Responses SSE events out, incrementally.
 
@@ -555,10 +560,12 @@ class StreamTranslator:
     __slots__ = (
         "body",
         "created",
+        "delta_mid",
         "finish_reason",
         "items",
         "model",
         "open",
+        "pieces",
         "rid",
         "seq",
         "usage",
@@ -575,6 +582,16 @@ class StreamTranslator:
         self.open: dict[Any, int] = {}
         self.finish_reason: Any = None
         self.usage: dict[str, Any] | None = None
+        # the open message's text as its deltas came (joined once, not at every delta), and
+        # the middle of its delta events: everything but the sequence number and the text
+        self.pieces: list[str] = []
+        self.delta_mid = b""
+
+    def _sync(self) -> None:
+        """The open message's text, joined into its part (before anyone reads it)."""
+        i = self.open.get("text")
+        if i is not None:
+            self.items[i]["content"][0]["text"] = "".join(self.pieces)
 
     def _ev(self, kind: str, data: dict[str, Any]) -> bytes:
         data = {"type": kind, "sequence_number": self.seq, **data}
@@ -582,6 +599,7 @@ class StreamTranslator:
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
     def _snapshot(self, status: str, incomplete: Any = None) -> dict[str, Any]:
+        self._sync()
         return _response(
             self.rid,
             self.body,
@@ -598,11 +616,26 @@ class StreamTranslator:
         return self._ev("response.created", snap) + self._ev("response.in_progress", snap)
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
-        out: list[bytes] = []
         u = chunk.get("usage")
-        if isinstance(u, dict):
+        if u is not None and isinstance(u, dict):
             self.usage = _usage(u)
-        for ch in chunk.get("choices") or ():
+        choices = chunk.get("choices")
+        if not choices or not isinstance(choices, list):
+            return b""
+        ch = choices[0]
+        if len(choices) == 1 and type(ch) is dict and not ch.get("index"):
+            delta = ch.get("delta")
+            # the common chunk: a piece of text and nothing else
+            if (
+                type(delta) is dict
+                and ch.get("finish_reason") is None
+                and (len(delta) == 1 or (len(delta) == 2 and "role" in delta))
+            ):
+                text = delta.get("content")
+                if type(text) is str:
+                    return self._text(text) if text else b""
+        out: list[bytes] = []
+        for ch in choices:
             if not isinstance(ch, dict) or ch.get("index", 0) != 0:
                 continue
             delta = ch.get("delta")
@@ -622,6 +655,8 @@ class StreamTranslator:
 
     def _close(self, key: Any) -> bytes:
         """End an open item: its .done events."""
+        if key == "text":
+            self._sync()
         i = self.open.pop(key)
         item = self.items[i]
         item["status"] = "completed"
@@ -660,8 +695,13 @@ class StreamTranslator:
         return b"".join(self._close(k) for k in [k for k in self.open if k != keep])
 
     def _text(self, text: str) -> bytes:
-        out = self._close_others("text")
         i = self.open.get("text")
+        if i is not None and len(self.open) == 1:  # the common case: one more piece of text
+            self.pieces.append(text)
+            seq = self.seq
+            self.seq += 1
+            return _DELTA_HEAD + b"%d" % seq + self.delta_mid + orjson.dumps(text) + _DELTA_TAIL
+        out = self._close_others("text")
         if i is None:
             i = self.open["text"] = len(self.items)
             item = _message_item(self.rid, i, "", None, "in_progress")
@@ -679,18 +719,14 @@ class StreamTranslator:
                     "part": {**part, "text": ""},
                 },
             )
-        item = self.items[i]
-        item["content"][0]["text"] += text
-        return out + self._ev(
-            "response.output_text.delta",
-            {
-                "item_id": item["id"],
-                "output_index": i,
-                "content_index": 0,
-                "delta": text,
-                "logprobs": [],
-            },
-        )
+            self.pieces = []
+            self.delta_mid = (
+                b',"item_id":'
+                + orjson.dumps(item["id"])
+                + b',"output_index":%d' % i
+                + b',"content_index":0,"delta":'
+            )
+        return out + self._text(text)
 
     def _reasoning(self, text: str) -> bytes:
         out = self._close_others("reasoning")

@@ -231,10 +231,10 @@ class ChatToResponses:
             return head
         if not isinstance(chunk, dict):
             return head
-        u = _usage(chunk.get("usage"))
+        u = chunk.get("usage")
         if u is not None:
-            self.usage = u
-        return head + self.tr.feed(chunk)
+            self.usage = _usage(u)
+        return head + self.tr.feed(chunk) if head else self.tr.feed(chunk)
 
     def text(self) -> str:
         return R.output_text(self.tr.response())
