@@ -255,3 +255,31 @@ def test_an_upstream_that_speaks_responses_gets_the_request_as_it_came(
     assert [(r["endpoint"], r["completion_tokens"]) for r in rows] == [("responses", 16)] * 2
     assert rows[0]["prompt_tokens"] == r.usage.input_tokens  # type: ignore[union-attr]
     assert rows[0]["cost_usd"] == pytest.approx((rows[0]["prompt_tokens"] + 2 * 16) * 1e-6)
+
+
+def test_a_stream_cut_mid_answer_ends_with_an_error_event(fakes: Fakes, gateway: Gw) -> None:
+    small = fakes("small", chunks=8)
+    text = "\n".join(
+        [
+            "store: {backend: sqlite, sqlite_path: '${TOLLGATE_DB}'}",
+            "models:",
+            "  - name: small",
+            "    tier: small",
+            "    retries: 0",
+            "    pricing: {input_per_mtok: 1.0, output_per_mtok: 2.0}",
+            f"    endpoints: [{{base_url: '{small.base_url}'}}]",
+        ]
+    )
+    gw = gateway(text)
+    script = {"actions": [{"kind": "cut", "after_chunks": 3}]}
+    assert httpx.post(f"{small.url}/_fake/script", json=script).status_code == 200
+    c = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+    events = list(c.responses.create(model="small", input="Hi", stream=True))
+    types = [e.type for e in events]
+    assert "response.output_text.delta" in types and "response.completed" not in types
+    assert types[-2:] == ["error", "response.failed"]
+    err = events[-2]
+    assert err.code == "stream_interrupted" and "incomplete" in err.message  # type: ignore[union-attr]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    rec = _records(gw, 1)[0]
+    assert rec["endpoint"] == "responses" and rec["status"] == 502
