@@ -340,3 +340,24 @@ def test_messages_model_refused_for_chat(gw: GatewayProcess) -> None:
     )
     assert r.status_code == 400
     assert "messages" in r.json()["error"]["message"]
+
+
+def test_response_cache_answers_a_repeated_request_in_the_same_form(gw: GatewayProcess) -> None:
+    client = _client(gw, default_headers={"x-tollgate-cache": "1"})
+    msgs: Any = [{"role": "user", "content": "Cache me."}]
+    a = client.messages.with_raw_response.create(
+        model="small", max_tokens=20, messages=msgs, extra_body={"temperature": 0}
+    )
+    b = client.messages.with_raw_response.create(
+        model="small", max_tokens=20, messages=msgs, extra_body={"temperature": 0}
+    )
+    assert a.headers["x-tollgate-cache"] == "miss" and b.headers["x-tollgate-cache"] == "hit"
+    assert b.parse().model_dump() == a.parse().model_dump()
+    assert float(b.headers["x-tollgate-cost-usd"]) == 0.0
+    body = {"model": "small", "max_tokens": 20, "temperature": 0, "messages": msgs, "stream": True}
+    hdrs = {"x-tollgate-cache": "1", "anthropic-version": "2023-06-01"}
+    s1 = httpx.post(f"{gw.base_url}/messages", json=body, headers=hdrs)
+    s2 = httpx.post(f"{gw.base_url}/messages", json=body, headers=hdrs)
+    assert s1.headers["x-tollgate-cache"] == "miss"  # a stream is not served from JSON
+    assert s2.headers["x-tollgate-cache"] == "hit" and s2.content == s1.content
+    assert s2.content.rstrip().endswith(b'data: {"type":"message_stop"}')
