@@ -44,8 +44,10 @@ def _control(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
 
 
-def _post(c: httpx.Client, url: str, model: str, stream: bool, cache: str = "") -> None:
-    body = ov.chat_body(model, stream, ov.SAME_SEED if cache else ov.NO_SEED)
+def _post(
+    c: httpx.Client, url: str, model: str, stream: bool, cache: str = "", api: str = "chat"
+) -> None:
+    body = ov.request_body(api, model, stream, ov.SAME_SEED if cache else ov.NO_SEED)
     if cache in ("off", "miss"):  # a request not seen before
         body = body.replace(str(ov.SEED0).encode(), str(next(ov.SEEDS)).encode())
     r = c.post(
@@ -53,7 +55,7 @@ def _post(c: httpx.Client, url: str, model: str, stream: bool, cache: str = "") 
         content=body,
         headers={"content-type": "application/json", "authorization": f"Bearer {ov.BEARER}"},
     )
-    if r.status_code != 200 or (stream and b"[DONE]" not in r.content):
+    if r.status_code != 200 or (stream and ov.APIS[api][1] not in r.content):
         raise SystemExit(f"request failed: HTTP {r.status_code}: {r.text[:300]}")
 
 
@@ -67,6 +69,7 @@ def measure(
     journal: bool = True,
     limits: str = "off",
     cache: str = "",
+    api: str = "chat",
 ) -> tuple[int, list[str]]:
     fu = ov.PinnedFake(name="bench", latency_ms=latency_ms, chunks=20, completion_tokens=32).start()
     out = tmp / f"callgrind-{mode}-{'stream' if stream else 'unary'}.out"
@@ -93,7 +96,7 @@ def measure(
     log = open(tmp / f"gateway-{mode}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     model = "auto" if mode == "auto" else "small"
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    url = f"http://127.0.0.1:{port}{ov.APIS[api][0]}"
     try:
         with httpx.Client(trust_env=False, timeout=60) as c:
             deadline = time.monotonic() + 300  # everything runs ~50x slower under valgrind
@@ -107,10 +110,10 @@ def measure(
                     raise SystemExit(f"gateway under valgrind did not start; see {log.name}")
                 time.sleep(0.5)
             for _ in range(50):
-                _post(c, url, model, stream, cache)
+                _post(c, url, model, stream, cache, api)
             _control(proc.pid, "-z")  # zero the counters: only the window below counts
             for _ in range(requests):
-                _post(c, url, model, stream, cache)
+                _post(c, url, model, stream, cache, api)
             time.sleep(1.0)  # let the after-response work of the last requests run: counted
             _control(proc.pid, "-d")
     finally:
@@ -170,6 +173,12 @@ def main() -> int:
         help="comma list of off,miss,hit: seeded requests, each new (off: the response cache "
         "off; miss: on) or all the same (hit); pinned model and one store only",
     )
+    p.add_argument(
+        "--api",
+        default="chat",
+        help="comma list of chat,messages,responses: the client API of the requests "
+        "(messages: /v1/messages, responses: /v1/responses, each translated to chat)",
+    )
     args = p.parse_args()
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind not found: apt-get install -y valgrind")
@@ -178,8 +187,11 @@ def main() -> int:
         caches = args.cache.split(",") if args.cache else [""]
         for mode in args.modes.split(","):
             for kind in args.kinds.split(","):
-                for (store, journal), lim, cache in itertools.product(
-                    _stores(args.store, args.journal), args.limits.split(","), caches
+                for (store, journal), lim, cache, api in itertools.product(
+                    _stores(args.store, args.journal),
+                    args.limits.split(","),
+                    caches,
+                    args.api.split(","),
                 ):
                     total, top = measure(
                         mode,
@@ -191,11 +203,13 @@ def main() -> int:
                         journal == "on",
                         lim,
                         cache,
+                        api,
                     )
                     per = total / args.requests
                     where = store if store == "none" else f"{store}, journal {journal}"
                     where += "" if lim == "off" else f", limits {lim}"
                     where += f", cache {cache}" if cache else ""
+                    where += "" if api == "chat" else f", {ov.APIS[api][0]}"
                     rows.append((mode, kind, where, per))
                     print(f"\n== {mode} {kind} ({where}): {per:,.0f} instructions per request")
                     for ln in top:

@@ -275,6 +275,7 @@ class Target:
     model = "fake-model"
     pid: int | None = None
     seeded = NO_SEED  # --cache runs: the requests carry a seed, the same one or a new one each
+    api = "chat"  # the client API the load speaks (APIS)
 
     def start(self, upstream: FakeUpstream) -> tuple[str, int]:
         raise NotImplementedError
@@ -391,6 +392,35 @@ def chat_body(model: str, stream: bool, seeded: int = NO_SEED) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+# the client APIs a target can be measured through (--api): path, and the bytes that end a
+# complete streamed answer
+APIS = {
+    "chat": ("/v1/chat/completions", b"[DONE]"),
+    "messages": ("/v1/messages", b"message_stop"),  # Anthropic's, translated to chat
+    "responses": ("/v1/responses", b"event: response.completed"),  # OpenAI's, translated
+}
+
+
+def request_body(api: str, model: str, stream: bool, seeded: int = NO_SEED) -> bytes:
+    """The benchmark request in the target's API: the same prompt and max_tokens."""
+    if api == "chat":
+        return chat_body(model, stream, seeded)
+    body: dict[str, Any]
+    if api == "responses":
+        body = {"model": model, "input": PROMPT, "max_output_tokens": 32}
+        if stream:
+            body["stream"] = True
+        return json.dumps(body, separators=(",", ":")).encode()
+    body = {
+        "model": model,
+        "max_tokens": 32,
+        "messages": [{"role": "user", "content": PROMPT}],
+    }
+    if stream:
+        body["stream"] = True
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 def probe(host: str, port: int, model: str, timeout: float = 10.0) -> None:
     """One non-streamed and one streamed request; TargetUnavailable if either fails."""
     with httpx.Client(trust_env=False, timeout=timeout) as c:
@@ -495,8 +525,10 @@ class Tollgate(ServerProcess):
         journal: bool = True,
         limits: str = "off",
         cache: str = "",
+        api: str = "chat",
     ) -> None:
         super().__init__()
+        self.api = api
         self.store = store
         self.mode = mode
         self.journal = journal
@@ -506,6 +538,7 @@ class Tollgate(ServerProcess):
             f"tollgate {mode} store={store}"
             + ("" if journal else " journal=off")
             + ("" if limits == "off" else f" limits={limits}")
+            + ("" if api == "chat" else f" api={api}")
         )
         self.cache = cache  # "" | off | miss | hit (--cache)
         if cache:
@@ -557,7 +590,7 @@ class Tollgate(ServerProcess):
 
 WRK_LUA = r"""
 wrk.method = "POST"
-wrk.path = "/v1/chat/completions"
+wrk.path = "%(path)s"
 wrk.body = [==[%(body)s]==]
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer %(bearer)s"
@@ -606,6 +639,7 @@ def run_wrk(
     requests: int = 0,
     workdir: Path | None = None,
     lua: str | None = None,
+    api: str = "chat",
 ) -> dict[str, Any]:
     """wrk -t1 (one thread: it shares a core with the upstream); stops after `requests` if > 0.
 
@@ -614,7 +648,13 @@ def run_wrk(
     script = workdir / f"bench-{os.getpid()}.lua"
     script.write_text(
         lua
-        or WRK_LUA % {"body": chat_body(model, False).decode(), "bearer": BEARER, "limit": requests}
+        or WRK_LUA
+        % {
+            "body": request_body(api, model, False).decode(),
+            "bearer": BEARER,
+            "limit": requests,
+            "path": APIS[api][0],
+        }
     )
     cmd = [
         *pin_prefix(LOAD_CORE),
@@ -627,7 +667,7 @@ def run_wrk(
         "--latency",
         "-s",
         str(script),
-        f"http://{host}:{port}/v1/chat/completions",
+        f"http://{host}:{port}{APIS[api][0]}",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
@@ -728,9 +768,11 @@ async def _client_run(
     requests: int,
     stream: bool,
     new_seed: bool = False,
+    api: str = "chat",
 ) -> dict[str, Any]:
+    path, end = APIS[api]
     req = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
         f"Content-Type: application/json\r\nAuthorization: Bearer {BEARER}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
@@ -764,7 +806,7 @@ async def _client_run(
                     writer.write(req)
                 status, first, keep, data = await asyncio.wait_for(_read_response(reader, t0), 30.0)
                 total = time.perf_counter() - t0
-                ok = status == 200 and (not stream or b"[DONE]" in data)
+                ok = status == 200 and (not stream or end in data)
                 if ok:
                     totals.append(total)
                     if first is not None:
@@ -814,12 +856,13 @@ def run_client(
     requests: int = 0,
     stream: bool = False,
     seeded: int = NO_SEED,
+    api: str = "chat",
 ) -> dict[str, Any]:
     import uvloop
 
-    body = chat_body(model, stream, seeded)
+    body = request_body(api, model, stream, seeded)
     coro = _client_run(
-        host, port, body, concurrency, duration_s, requests, stream, seeded == NEW_SEED
+        host, port, body, concurrency, duration_s, requests, stream, seeded == NEW_SEED, api
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
@@ -849,6 +892,7 @@ def measure(
     quick: bool,
     warm_s: float | None = None,
     seeded: int = NO_SEED,
+    api: str = "chat",
 ) -> dict[str, Any]:
     warm_s = (0.5 if quick else 2.0) if warm_s is None else warm_s
 
@@ -857,9 +901,9 @@ def measure(
         a seed (--cache runs) the asyncio client sends them, wrk or not."""
         conc = 1 if requests else sc.concurrency
         if have_wrk() and not sc.stream and seeded == NO_SEED:
-            return run_wrk(host, port, model, conc, 300 if requests else seconds, requests)
+            return run_wrk(host, port, model, conc, 300 if requests else seconds, requests, api=api)
         secs = 0 if requests else seconds
-        return run_client(host, port, model, conc, secs, requests, sc.stream, seeded)
+        return run_client(host, port, model, conc, secs, requests, sc.stream, seeded, api)
 
     n = sc.requests or 0
     if warm_s > 0:
@@ -985,7 +1029,9 @@ def run_matrix(run: Run) -> None:
                         try:
                             warm = None if i == 0 else (0.1 if run.quick else 0.5)
                             c0, st0 = proc_cpu_s(t.pid), steal_ms()
-                            res = measure(part, host, port, t.model, run.quick, warm, t.seeded)
+                            res = measure(
+                                part, host, port, t.model, run.quick, warm, t.seeded, t.api
+                            )
                             c1, st1 = proc_cpu_s(t.pid), steal_ms()
                         except Exception as e:
                             failed[t.name] = f"{type(e).__name__}: {e}"
@@ -1413,6 +1459,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "all the same (hit: served from the cache); replaces the --modes/--store targets",
     )
     p.add_argument(
+        "--api",
+        default="chat",
+        help="comma list of chat,messages,responses: each Tollgate target once per client API "
+        "(messages: /v1/messages, responses: /v1/responses, each translated to chat for the "
+        "same fake upstream)",
+    )
+    p.add_argument(
         "--no-control",
         action="store_true",
         help=f"leave out the target {CONTROL!r} (the upstream measured twice)",
@@ -1434,8 +1487,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             t.seeded = NEW_SEED  # the same requests as `off` and `miss`
         targets += [Tollgate(store=stores[0], cache=c) for c in caches]
     else:
+        apis = parse_list(args.api, tuple(APIS), "api")
         targets += [
-            Tollgate(store=s, mode=m, journal=j == "on", limits=lim)
+            Tollgate(store=s, mode=m, journal=j == "on", limits=lim, api=a)
+            for a in apis
             for m in modes
             for s in stores
             for j in (journals if s == "sqlite" else ["on"])

@@ -191,7 +191,7 @@ def stop_capture(proc: subprocess.Popen[bytes]) -> str:
 def load(host: str, port: int, model: str, seconds: float, tmp: Path) -> dict[str, object]:
     body = ov.chat_body(model, False).decode()
     head, _, tail = body.partition(ov.PROMPT)
-    report = ov.WRK_LUA % {"body": "", "bearer": "", "limit": 0}
+    report = ov.WRK_LUA % {"body": "", "bearer": "", "limit": 0, "path": ""}
     lua = WRK_NUMBERED % {"head": head + ov.PROMPT + " ", "tail": tail, "bearer": ov.BEARER}
     lua += report[report.index("function done") :]
     return ov.run_wrk(host, port, model, 64, seconds, workdir=tmp, lua=lua)

@@ -32,6 +32,9 @@ from gateway.accounting.quality import Judge
 from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import JUDGE, RequestRecord
 from gateway.accounting.store import make_store
+from gateway.api.face import Face
+from gateway.api.response_store import ResponseStore, ResponseStoreError, store_path
+from gateway.api.responses_face import STORE_OFF, not_found
 from gateway.cache.store import ResponseCache
 from gateway.config import (
     ConfigError,
@@ -42,7 +45,16 @@ from gateway.config import (
     mask_keys,
 )
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError, error_body
-from gateway.proxy import HOT_PATHS, Proxy, Receive, Scope, Send, new_request_id
+from gateway.proxy import (
+    COUNT_TOKENS_PATH,
+    FACES,
+    HOT_PATHS,
+    Proxy,
+    Receive,
+    Scope,
+    Send,
+    new_request_id,
+)
 from gateway.routing.policies import POLICIES
 from gateway.routing.profiles import wants_router
 from gateway.routing.runtime import Runtime, UpstreamPool
@@ -96,6 +108,9 @@ class Gateway:
         self.key_refresher.apply(self.key_refresher.fetch())
         self.store = make_store(cfg.store)
         self.cache = ResponseCache(cfg)
+        self.responses_store: ResponseStore | None = None  # responses.store: true
+        self._responses_stores: list[ResponseStore] = []  # every one opened, closed at the end
+        self._responses_for(cfg)
         self.recorder = Recorder(self.store, cfg.store, self.metrics, make_journal(cfg.store))
         self.judge = Judge(cfg.judge, self._judge_call, self.recorder, self.metrics)
         self._proxy = Proxy(self)  # the judge's calls go the way client traffic goes
@@ -152,6 +167,19 @@ class Gateway:
             log.info("dashboard sessions are signed with a secret from %s", source)
         return got
 
+    def _responses_for(self, cfg: RoutingConfig) -> None:
+        """The kept Responses answers, when responses.store is on (opened on first use; its
+        file stays until restart, its bounds follow the routing file)."""
+        if not cfg.responses.store:
+            self.responses_store = None
+            return
+        if self._responses_stores:
+            self.responses_store = self._responses_stores[0]
+            self.responses_store.configure(cfg.responses)
+            return
+        self.responses_store = ResponseStore(cfg.responses, store_path(cfg.responses, cfg.store))
+        self._responses_stores.append(self.responses_store)
+
     def keys_changed(self) -> None:
         """The key store's keys changed (gateway/tenants/keys.py): their limits apply from now."""
         self.limits = self._limits_for(self.config)
@@ -201,6 +229,7 @@ class Gateway:
         self.judge_enabled = bool(cfg.judge.model and cfg.judge.sample_rate > 0)
         self.judge.update(cfg.judge)
         self.cache.configure(cfg)  # opt-ins, TTL and bounds; the backend stays until restart
+        self._responses_for(cfg)
         self.reload_error = None
         self.loaded_at = time.time()
         for up in self.pool.all():
@@ -242,6 +271,12 @@ class Gateway:
         gc.collect()
         gc.freeze()
         await self.recorder.start()
+        if self.responses_store is not None:
+            try:  # a file a newer gateway wrote is refused now, not at the first request
+                await self.responses_store.open()
+            except ResponseStoreError as e:
+                log.error("%s", e)
+                raise
         self._tasks.append(asyncio.create_task(self._watch_config()))
         self._tasks.append(asyncio.create_task(self._watch_loop_lag()))
         self.key_refresher.start(lambda: self.config.auth.refresh_interval_s)
@@ -262,6 +297,8 @@ class Gateway:
         await self.key_refresher.close()
         await self.recorder.close(timeout=self.config.server.drain_timeout_s or 5.0)
         await self.cache.close()
+        for rs in self._responses_stores:
+            await rs.close()
         await self.pool.aclose()
         for b in [*self._retired_limits, *([self._limits_backend] if self._limits_backend else [])]:
             if isinstance(b, RedisBackend):
@@ -273,7 +310,12 @@ class Gateway:
     def price(self, rt: Runtime, rec: RequestRecord) -> None:
         if rec.model is None:
             return
-        tokens = (rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens)
+        tokens = (
+            rec.prompt_tokens,
+            rec.completion_tokens,
+            rec.cached_tokens,
+            rec.cache_write_tokens,
+        )
         rec.cost_usd = pricing.cost_at(rt.rates.get(rec.model, pricing.FREE), *tokens)
         base = rec.baseline_model or rec.model
         rec.baseline_model = base
@@ -516,6 +558,37 @@ def build_fastapi(gw: Gateway) -> FastAPI:
         body, ctype = gw.metrics.render()
         return Response(body, media_type=ctype)
 
+    @app.api_route("/v1/responses/{resp_id}", methods=["GET", "DELETE"])
+    async def kept_response(resp_id: str, request: Request) -> Response:
+        """A kept Responses answer (responses.store): the key that made it may read or
+        delete it; to any other key it does not exist."""
+        who = caller(request, f"{request.method} /v1/responses/{{id}}")
+        if isinstance(who, Response):
+            return who
+        store = gw.responses_store
+        if store is None:
+            e: GatewayError = not_found(resp_id)
+            return _openai_error(404, f"{e.message}; {STORE_OFF}", e.type, None, e.code)
+        key = who.id if gw.keys.required else ""
+        try:
+            if request.method == "DELETE":
+                if not await store.delete(key, resp_id):
+                    raise not_found(resp_id)
+                body = {"id": resp_id, "object": "response.deleted", "deleted": True}
+                return Response(orjson.dumps(body), media_type="application/json")
+            got = await store.get(key, resp_id)
+        except ResponseStoreError:
+            return _openai_error(
+                503,
+                "the responses store cannot be reached; retry later",
+                "service_unavailable",
+                None,
+                "store_unavailable",
+            )
+        if got is None:
+            raise not_found(resp_id)
+        return Response(orjson.dumps(got[0]), media_type="application/json")
+
     from gateway.accounting.usage import feedback_endpoint, usage_endpoint
 
     app.add_route("/v1/usage", usage_endpoint, methods=["GET"])
@@ -544,27 +617,45 @@ class TollgateApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            hot = HOT_PATHS.get(scope["path"])
+            path = scope["path"]
+            hot = HOT_PATHS.get(path)
             if hot is not None:
                 if scope["method"] != "POST":
-                    e = InvalidRequest(
-                        f"use POST for {scope['path']}", status=405, code="method_not_allowed"
-                    )
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": 405,
-                            "headers": [
-                                (b"content-type", b"application/json"),
-                                (b"allow", b"POST"),
-                            ],
-                        }
-                    )
-                    await send({"type": "http.response.body", "body": e.body()})
+                    await _post_only(send, path, None)
                     return
                 await self.proxy.handle(scope, receive, send, *hot)
                 return
+            if path == COUNT_TOKENS_PATH:
+                if scope["method"] != "POST":
+                    await _post_only(send, path, FACES["/v1/messages"])
+                    return
+                await self.proxy.count_tokens(scope, receive, send)
+                return
+            face = FACES.get(path)
+            if face is not None:  # an API face: the chat path, translated
+                if scope["method"] != "POST":
+                    await _post_only(send, path, face)
+                    return
+                await self.proxy.handle(
+                    scope, receive, send, face.kind, "/chat/completions", face.check, face
+                )
+                return
         await self.api(scope, receive, send)  # type: ignore[arg-type]
+
+
+async def _post_only(send: Send, path: str, face: Face | None) -> None:
+    """The 405 for a hot path asked with another method (in the face's error format)."""
+    e = InvalidRequest(f"use POST for {path}", status=405, code="method_not_allowed")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 405,
+            "headers": [(b"content-type", b"application/json"), (b"allow", b"POST")],
+        }
+    )
+    await send(
+        {"type": "http.response.body", "body": e.body() if face is None else face.error_body(e)}
+    )
 
 
 def create_app(config_path: str | os.PathLike[str] | None = None) -> TollgateApp:

@@ -134,6 +134,8 @@ class Pricing(_Strict):
 
     input_per_mtok: float | None = Field(None, ge=0)
     cached_input_per_mtok: float | None = Field(None, ge=0)
+    # prompt-cache writes (Anthropic's cache_creation_input_tokens); default: the input price
+    cache_write_input_per_mtok: float | None = Field(None, ge=0)
     output_per_mtok: float | None = Field(None, ge=0)
     hardware_usd_per_hour: float | None = Field(None, ge=0)
     tokens_per_second: float | None = Field(None, gt=0)
@@ -158,6 +160,15 @@ class Endpoint(_Strict):
     model: str | None = Field(None, description="model name the upstream expects")
     api_key: str | None = None
     weight: int = Field(1, ge=1)
+    # the API the upstream speaks: OpenAI's (chat/completions/embeddings), or Anthropic's
+    # Messages API (POST {base_url}/messages with x-api-key and anthropic-version)
+    api: Literal["openai", "anthropic"] = "openai"
+    anthropic_version: str = Field("2023-06-01", description="api: anthropic: its version header")
+    responses: bool = Field(
+        False,
+        description="the endpoint serves POST /responses itself (OpenAI's Responses API): "
+        "/v1/responses requests are passed through to it, not translated to chat",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -168,6 +179,9 @@ class Endpoint(_Strict):
                 "http://127.0.0.1:8001/v1"
             )
         return v
+
+
+Kind = Literal["chat", "completions", "embeddings", "messages"]
 
 
 class ModelConfig(_Strict):
@@ -181,12 +195,59 @@ class ModelConfig(_Strict):
     max_queue: int = Field(512, ge=0, description="requests waiting for a slot per endpoint")
     queue_timeout_s: float = Field(5.0, gt=0)
     retries: int = Field(2, ge=0, le=10, description="extra attempts on the same model")
-    kinds: list[Literal["chat", "completions", "embeddings"]] = ["chat", "completions"]
+    # what the model serves: chat, completions and embeddings (OpenAI-style endpoints; a chat
+    # model also serves the API faces, e.g. /v1/messages, by translation), or messages
+    # (api: anthropic endpoints: the default there, and all they serve)
+    kinds: list[Kind] = ["chat", "completions"]
     # per-model limits for every key together (gateway/tenants/limits.py): token buckets
     # of this many requests / tokens a minute (bursts up to one minute's worth)
     rpm: int | None = Field(None, ge=1, description="requests per minute to this model")
     tpm: int | None = Field(None, ge=1, description="tokens per minute to this model")
     cache: bool = Field(False, description="cache deterministic answers asked of this name")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _anthropic_kinds(cls, data: Any) -> Any:
+        """An api: anthropic model serves messages unless its kinds say otherwise."""
+        if isinstance(data, dict) and "kinds" not in data:
+            eps = data.get("endpoints")
+            if (
+                isinstance(eps, list)
+                and eps
+                and all(isinstance(e, dict) and e.get("api") == "anthropic" for e in eps)
+            ):
+                return {**data, "kinds": ["messages"]}
+        return data
+
+    @model_validator(mode="after")
+    def _one_api(self) -> ModelConfig:
+        apis = {ep.api for ep in self.endpoints}
+        if len(apis) > 1:
+            raise ValueError(
+                "a model's endpoints must all speak one api (openai or anthropic); make one "
+                "model per api and list both in a route"
+            )
+        if apis == {"anthropic"}:
+            if self.kinds != ["messages"]:
+                raise ValueError(
+                    "kinds: an api: anthropic model serves only messages (/v1/messages); "
+                    "leave kinds out or set kinds: [messages]"
+                )
+        elif "messages" in self.kinds:
+            raise ValueError(
+                "kinds: messages is for api: anthropic endpoints; an OpenAI-style chat model "
+                "serves /v1/messages by translation (keep chat in kinds)"
+            )
+        return self
+
+
+def serves(m: ModelConfig, kind: str) -> bool:
+    """Whether model `m` answers requests of `kind`: natively, or (an API face such as
+    messages) as a chat model through translation."""
+    return kind in m.kinds or (kind in FACE_KINDS and "chat" in m.kinds)
+
+
+FACE_KINDS = frozenset({"messages", "responses"})  # kinds a chat model serves by translation
 
 
 class RouteConfig(_Strict):
@@ -440,6 +501,30 @@ class CacheConfig(_Strict):
     redis_timeout_s: float = Field(0.25, gt=0, description="a slower Redis lookup counts as a miss")
 
 
+class ResponsesConfig(_Strict):
+    """POST /v1/responses: whether answers are kept for `previous_response_id` and
+    GET/DELETE /v1/responses/{id} (off unless set), and the bounds of what is kept."""
+
+    store: bool = Field(
+        False,
+        description="true: keep each answer (unless the request says store: false) so that "
+        "previous_response_id can continue it and GET/DELETE /v1/responses/{id} reach it",
+    )
+    sqlite_path: str | None = Field(
+        None, description="the SQLite file; default: store.sqlite_path with .responses.db"
+    )
+    retention_days: float = Field(30.0, gt=0, description="a kept answer is deleted after this")
+    max_entries: int = Field(100_000, ge=1, description="answers kept; the oldest go first")
+    max_bytes: int = Field(
+        512 * 1024 * 1024, ge=64 * 1024, description="bytes kept; the oldest answers go first"
+    )
+    max_entry_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="a conversation larger than this is not kept (its answer says so)",
+    )
+
+
 class RoutingConfig(_Strict):
     version: Literal[1] = 1
     server: ServerConfig = ServerConfig()
@@ -450,6 +535,7 @@ class RoutingConfig(_Strict):
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
     cache: CacheConfig = CacheConfig()
+    responses: ResponsesConfig = ResponsesConfig()
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     routes: list[RouteConfig] = []
 

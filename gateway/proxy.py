@@ -28,6 +28,10 @@ import orjson
 from gateway.accounting import pricing
 from gateway.accounting.metrics import Metrics
 from gateway.accounting.records import RequestRecord
+from gateway.api import anthropic
+from gateway.api.face import EventTooLarge, Face, SSEFramer, StreamConverter, Usage
+from gateway.api.response_store import ResponseStore
+from gateway.api.responses_face import RESPONSES
 from gateway.api.validation import (
     too_deep,
     validate_chat,
@@ -68,6 +72,7 @@ class GatewayState(Protocol):
     limits: Limits  # rate limits and budgets (gateway/tenants/limits.py)
     metrics: Metrics
     cache: ResponseCache
+    responses_store: ResponseStore | None  # kept Responses answers (responses.store: true)
     judge_enabled: bool
     in_flight: int  # client requests in `Proxy.handle` now
 
@@ -91,6 +96,13 @@ HOT_PATHS: dict[str, tuple[str, str, Callable[[Any], None]]] = {
     "/v1/completions": ("completions", "/completions", validate_completion),
     "/v1/embeddings": ("embeddings", "/embeddings", validate_embeddings),
 }
+
+# the API faces (gateway/api/face.py): path → the face that serves it
+FACES: dict[str, Face] = {
+    "/v1/messages": anthropic.MESSAGES,
+    "/v1/responses": RESPONSES,  # OpenAI's Responses API (gateway/api/responses_face.py)
+}
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 
 _MODEL_RE = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _CONTENT_RE = re.compile(rb'"(?:content|text|arguments)"\s*:\s*"((?:[^"\\]|\\.)*)"')
@@ -258,8 +270,17 @@ class Proxy:
         self.gw = gw
 
     async def handle(
-        self, scope: Scope, receive: Receive, send: Send, kind: str, path: str, check: Any
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        kind: str,
+        path: str,
+        check: Any,
+        face: Face | None = None,
     ) -> None:
+        """One request of `kind` (chat, completions, embeddings, or a face's: then `face`
+        translates it to and from chat, gateway/api/face.py)."""
         t0 = time.perf_counter()
         gw = self.gw
         rt = gw.runtime
@@ -318,6 +339,10 @@ class Proxy:
             except orjson.JSONDecodeError as e:
                 raise _not_json(raw, e) from None
             check(body)
+            native = body  # a face's own body, kept for upstreams that speak the face
+            if face is not None:
+                face = await face.begin(body, rid, rec.key_id, gw)  # this request's face
+                body = face.to_chat(body)
             model = body["model"]
             # the record keeps the start of a name no one configured, however long the client
             # made it (a store row per request must not carry a 1 MB name)
@@ -332,8 +357,8 @@ class Proxy:
             stream = bool(body.get("stream"))
             rec.stream = stream
             max_cost = None if ceiling is None else _max_cost(ceiling)
-            ck = gw.cache.key_for(scope["headers"], kind, body, rec.key_id)
-            if ck is not None and await self._cache_lookup(ck, body, rec, ctx, send, state):
+            ck = gw.cache.key_for(scope["headers"], kind, native, rec.key_id)
+            if ck is not None and await self._cache_lookup(ck, body, rec, ctx, send, state, face):
                 return  # served from the response cache
             if lim.active:  # else no work here: nothing is limited
                 res = await self._reserve(lim, rt, rec, body)
@@ -356,7 +381,7 @@ class Proxy:
                     rec.propensity = ex.propensity
                     rec.explored = ex.explored
                 gw.metrics.router_decision(plan.decision_s)
-            if gw.judge_enabled and kind == "chat":
+            if gw.judge_enabled and (kind == "chat" or face is not None):
                 state["messages"] = body.get("messages")
             # Watch for a client that goes away. Our own server (gateway/http/server.py) calls back
             # from its connection_lost; under another server a task blocked on receive() does
@@ -369,7 +394,11 @@ class Proxy:
             else:
                 loop = asyncio.get_running_loop()
                 watch_later = loop.call_later(0.05, _start_watch, loop, receive, ctx, _WATCHERS)
-            if stream:
+            if face is not None:
+                await self._face(
+                    face, rt, plan, body, native, rec, ctx, send, state, explain, scope
+                )
+            elif stream:
                 await self._stream(rt, plan, body, path, rec, ctx, send, state, explain, t0)
             else:
                 await self._unary(rt, plan, body, path, rec, ctx, send, state, explain)
@@ -379,7 +408,7 @@ class Proxy:
             # tell these from an upstream's 429 (type rate_limit_error)
             rec.error_type = e.code if isinstance(e, LimitExceeded) else e.type
             if not ctx.started:
-                await self._send_error(send, e, rid, rec, ctx)
+                await self._send_error(send, e, rid, rec, ctx, face)
         except _Aborted as e:
             ctx.started = ctx.finished = True  # nobody to answer: the client is gone
             rec.status = e.status
@@ -395,7 +424,7 @@ class Proxy:
                 # and stopped the request. The client is told so, and the record says it.
                 rec.status = 503
                 rec.error_type = "cancelled_by_shutdown"
-                await self._stopped(send, rid, rec, ctx)
+                await self._stopped(send, rid, rec, ctx, face)
         except Exception:
             log.exception("unexpected error in request %s", rid)
             rec.status = 500
@@ -407,6 +436,7 @@ class Proxy:
                     rid,
                     rec,
                     ctx,
+                    face,
                 )
         finally:
             # A started watcher is not cancelled: the response is complete (or the client
@@ -436,7 +466,9 @@ class Proxy:
         rec.overhead_ms = max(0.0, rec.latency_ms - rec.upstream_ms)
         self.gw.commit(rec)
 
-    async def _stopped(self, send: Send, rid: str, rec: RequestRecord, ctx: _Ctx) -> None:
+    async def _stopped(
+        self, send: Send, rid: str, rec: RequestRecord, ctx: _Ctx, face: Face | None
+    ) -> None:
         """Tell a client whose request the shutdown drain stopped: a 503 (or, mid-stream, an
         error event that ends the stream), waiting at most a second for a slow reader."""
         e = Unavailable(
@@ -448,13 +480,13 @@ class Proxy:
         with contextlib.suppress(TimeoutError, OSError, RuntimeError):
             async with asyncio.timeout(1.0):
                 if not ctx.started:
-                    await self._send_error(send, e, rid, rec, ctx)
+                    await self._send_error(send, e, rid, rec, ctx, face)
                 elif not ctx.finished:
                     self._commit(rec, ctx)
                     ctx.finished = True
-                    await send(
-                        {"type": "http.response.body", "body": b"data: " + e.body() + b"\n\n"}
-                    )
+                    conv = ctx.state.get("conv")
+                    end = b"data: " + e.body() + b"\n\n" if conv is None else conv.error(e)
+                    await send({"type": "http.response.body", "body": end})
 
     async def _reserve(
         self, lim: Limits, rt: Runtime, rec: RequestRecord, body: dict[str, Any]
@@ -486,6 +518,7 @@ class Proxy:
         ctx: _Ctx,
         send: Send,
         state: dict[str, Any],
+        face: Face | None,
     ) -> bool:
         """Before routing, when the response cache applies (`key`, from `key_for`): answer
         from it if it has the answer (True: answered). A miss leaves the entry's key in
@@ -496,7 +529,12 @@ class Proxy:
             self.gw.metrics.cache("skip")
             return False
         e = await cache.get(key)
-        out = None if e is None else self._cache_answer(e, rec.stream, body)
+        if e is None:
+            out = None
+        elif face is None:
+            out = self._cache_answer(e, rec.stream, body)
+        else:  # a face's answer is kept in its own form: served when asked the same way
+            out = e.body if e.sse == rec.stream else None
         if e is None or out is None:
             state["cache"] = key
             state["cache_hdr"] = ((b"x-tollgate-cache", b"miss"),)
@@ -611,11 +649,17 @@ class Proxy:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _send_error(
-        self, send: Send, e: GatewayError, rid: str, rec: RequestRecord, ctx: _Ctx
+        self,
+        send: Send,
+        e: GatewayError,
+        rid: str,
+        rec: RequestRecord,
+        ctx: _Ctx,
+        face: Face | None = None,
     ) -> None:
         ctx.started = ctx.finished = True
         self._commit(rec, ctx)
-        body = e.body()
+        body = e.body() if face is None else face.error_body(e)
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", b"%d" % len(body)),
@@ -890,19 +934,28 @@ class Proxy:
         )
 
     async def _send(
-        self, up: Upstream, path: str, body: dict[str, Any], stream: bool, max_backoff: float
+        self,
+        up: Upstream,
+        path: str,
+        body: dict[str, Any],
+        stream: bool,
+        max_backoff: float,
+        payload: bytes | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> h1.H1Response:
         """One attempt on `up`: a 200 response (body read unless streaming), or the exception
-        `_attempts` acts on (retry, next model, or the client's own error)."""
-        payload = self._payload(body, up, stream)
+        `_attempts` acts on (retry, next model, or the client's own error). `payload` (and
+        `headers`): a face's body for an upstream that speaks it, sent as it is."""
+        if payload is None:
+            payload = self._payload(body, up, stream)
         cap = self.gw.runtime.config.server.max_upstream_response_bytes
         try:
             # total_s bounds the attempt until the headers (streams) or the whole body
             if stream:
-                resp = await up.client.stream("POST", path, payload, timeout=up.total_s)
+                resp = await up.client.stream("POST", path, payload, headers, timeout=up.total_s)
             else:
                 resp = await up.client.request(
-                    "POST", path, payload, timeout=up.total_s, max_bytes=cap
+                    "POST", path, payload, headers, timeout=up.total_s, max_bytes=cap
                 )
         except h1.H1Error as e:
             raise self._transport_error(up, e) from None
@@ -946,7 +999,20 @@ class Proxy:
         self._tokens(rec, body, data)
         if state["messages"] is not None:
             state["answer"] = _answer_text(data)
-        out = orjson.dumps(data)
+        await self._answer(rt, plan, rec, ctx, send, state, explain, orjson.dumps(data))
+
+    async def _answer(
+        self,
+        rt: Runtime,
+        plan: Plan,
+        rec: RequestRecord,
+        ctx: _Ctx,
+        send: Send,
+        state: dict[str, Any],
+        explain: bool,
+        out: bytes,
+    ) -> None:
+        """A unary 200 answer: priced, its headers, kept by the cache, committed, sent."""
         self.gw.price(rt, rec)
         headers = [
             (b"content-type", b"application/json"),
@@ -970,8 +1036,12 @@ class Proxy:
     ) -> dict[str, Any]:
         """One non-streamed attempt: the upstream's answer as a JSON object."""
         resp = await self._send(up, path, body, False, max_backoff)
+        return self._json_object(up, resp.content)
+
+    @staticmethod
+    def _json_object(up: Upstream, content: bytes) -> dict[str, Any]:
         try:
-            data = orjson.loads(resp.content)
+            data = orjson.loads(content)
             if not isinstance(data, dict):
                 raise ValueError
         except (orjson.JSONDecodeError, ValueError):
@@ -1181,11 +1251,7 @@ class Proxy:
                         break
             if pending_len > max_event:
                 failure_code = "upstream_event_too_large"
-                failure = (
-                    f"an event of the upstream's stream is over {max_event} bytes, the most "
-                    "this gateway holds (server.max_sse_event_bytes in the routing file; raise "
-                    "it if events this large are expected)"
-                )
+                failure = _event_too_large(max_event)
             elif not saw_done:
                 failure = "the upstream closed the stream before [DONE]"
         except h1.ReadTimeout:
@@ -1201,21 +1267,26 @@ class Proxy:
         if not ctx.committed:  # no [DONE]: the stream was cut
             self._settle_stream(rt, rec, body, kept, keep_text, usage_seen, state)
         if failure is not None:
-            up.circuit.failure()
-            self.gw.metrics.upstream_error(up.model_name, failure_code or "stream_cut")
-            rec.status = 502
-            rec.error_type = "upstream_error"
-            err = error_body(
-                f"model {up.model_name!r}: {failure}; the answer above is incomplete",
-                "upstream_error",
-                None,
-                failure_code or "stream_interrupted",
-            )
-            self._commit(rec, ctx)
-            ctx.finished = True
-            await send({"type": "http.response.body", "body": b"data: " + err + b"\n\n"})
+            err = self._cut(rec, ctx, up, failure, failure_code)
+            await send({"type": "http.response.body", "body": b"data: " + err.body() + b"\n\n"})
         else:
             await self._end_stream(ctx, send)
+
+    def _cut(
+        self, rec: RequestRecord, ctx: _Ctx, up: Upstream, failure: str, code: str | None
+    ) -> UpstreamError:
+        """A stream the upstream cut short: counted against it, the record final (502); the
+        error that ends the client's stream."""
+        up.circuit.failure()
+        self.gw.metrics.upstream_error(up.model_name, code or "stream_cut")
+        rec.status = 502
+        rec.error_type = "upstream_error"
+        self._commit(rec, ctx)
+        ctx.finished = True
+        return UpstreamError(
+            f"model {up.model_name!r}: {failure}; the answer above is incomplete",
+            code=code or "stream_interrupted",
+        )
 
     def _settle_stream(
         self,
@@ -1262,6 +1333,236 @@ class Proxy:
             Proxy._usage(rec, usage)
         return not client_wants_usage and isinstance(usage, dict) and not data.get("choices")
 
+    # -- API faces (gateway/api/face.py) -------------------------------------------------
+    async def _face(
+        self,
+        face: Face,
+        rt: Runtime,
+        plan: Plan,
+        body: dict[str, Any],
+        native: dict[str, Any],
+        rec: RequestRecord,
+        ctx: _Ctx,
+        send: Send,
+        state: dict[str, Any],
+        explain: bool,
+        scope: Scope,
+    ) -> None:
+        """A face's request: each attempt goes to its upstream in the face's own API when the
+        endpoint speaks it (`api:`), else translated to chat; the answer comes back in the
+        face's form, unary or streamed."""
+        max_backoff = rt.config.server.max_backoff_s
+        stream = rec.stream
+        api = face.native_api
+        hdrs = face.native_headers(scope["headers"]) if api is not None else None
+
+        async def attempt(up: Upstream) -> tuple[Any, Upstream, bool]:
+            if api is not None and api in up.apis:
+                payload = face.native_body(native, up.upstream_model)
+                r = await self._send(up, face.native_path, body, stream, max_backoff, payload, hdrs)
+                return (r if stream else self._json_object(up, r.content)), up, True
+            r = await self._send(up, "/chat/completions", body, stream, max_backoff)
+            return (r if stream else self._json_object(up, r.content)), up, False
+
+        got, up, is_native = await self._attempts(rt, plan, rec, state, attempt, stream)
+        public = rec.model or ""
+        if stream:
+            conv = face.native_stream(public) if is_native else face.chat_stream(public, body)
+            await self._face_stream(rt, plan, body, rec, ctx, send, state, explain, got, up, conv)
+            return
+        if is_native:
+            usage, text = face.native_answer(got, public)
+            self._face_usage(rec, body, usage, text)
+            answer = got
+        else:
+            if "model" in got:
+                got["model"] = public
+            self._tokens(rec, body, got)
+            text = _answer_text(got) if state["messages"] is not None else ""
+            answer = face.from_chat(got, public)
+        if state["messages"] is not None:
+            state["answer"] = text
+        await face.finish(answer)
+        await self._answer(rt, plan, rec, ctx, send, state, explain, orjson.dumps(answer))
+
+    @staticmethod
+    def _face_usage(
+        rec: RequestRecord, body: dict[str, Any], usage: Usage | None, text: str
+    ) -> None:
+        """A face answer's tokens: the usage its upstream reported, else estimated."""
+        if usage is None:
+            rec.tokens_estimated = True
+            rec.prompt_tokens = _estimate_prompt(body)
+            rec.completion_tokens = pricing.estimate_tokens(text)
+            return
+        rec.prompt_tokens = usage.prompt_tokens
+        rec.completion_tokens = usage.completion_tokens
+        rec.cached_tokens = usage.cached_tokens
+        rec.cache_write_tokens = usage.cache_write_tokens
+
+    async def _face_stream(
+        self,
+        rt: Runtime,
+        plan: Plan,
+        body: dict[str, Any],
+        rec: RequestRecord,
+        ctx: _Ctx,
+        send: Send,
+        state: dict[str, Any],
+        explain: bool,
+        resp: h1.H1Response,
+        up: Upstream,
+        conv: StreamConverter,
+    ) -> None:
+        """A face's stream: each complete upstream event converted as it arrives; the record
+        is final before the converted answer's last event goes out."""
+        state["conv"] = conv
+        t_up = time.perf_counter()
+        max_event = rt.config.server.max_sse_event_bytes
+        framer = SSEFramer(max_event)
+        sent: list[bytes] | None = None if state["cache"] is None else []
+        after_done = 0
+        failure: str | None = None
+        failure_code: str | None = None
+        try:
+            headers = [*_SSE_HEADERS, *self._headers(rt, plan, rec, explain), *state["cache_hdr"]]
+            if "limits" in state:
+                headers += state["limits"].headers()
+            ctx.started = True
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            async for chunk in resp.aiter_raw():
+                if conv.done:  # read on for connection reuse, but not without end
+                    after_done += len(chunk)
+                    if after_done > max_event:
+                        break
+                    continue
+                out = b"".join([conv.feed(ev) for ev in framer.feed(chunk)])
+                if conv.done:
+                    out += await conv.finish()
+                if out:
+                    if rec.ttft_ms is None:
+                        rec.ttft_ms = (time.perf_counter() - ctx.t0) * 1000.0
+                    if sent is not None:
+                        sent.append(out)
+                if conv.done:  # the answer is whole: its record is final before it goes out
+                    self._settle_face(rt, rec, body, conv, state)
+                    self._commit(rec, ctx, state["upstream_s"] + time.perf_counter() - t_up)
+                    if sent is not None:
+                        await self._cache_store(state["cache"], rec, b"".join(sent), False)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                if conv.done:
+                    await self._end_stream(ctx, send)
+            if not conv.done:
+                failure = "the upstream closed the stream before the answer's end"
+        except EventTooLarge:
+            failure_code = "upstream_event_too_large"
+            failure = _event_too_large(max_event)
+        except h1.ReadTimeout:
+            if not conv.done:
+                failure = "the upstream stopped sending (read timeout)"
+        except h1.H1Error as e:
+            if not conv.done:
+                failure = f"the upstream connection broke mid-stream ({type(e).__name__})"
+        finally:
+            state["upstream_s"] += time.perf_counter() - t_up
+            await resp.aclose()
+            self._release(up)
+        if not ctx.committed:
+            self._settle_face(rt, rec, body, conv, state)
+        if failure is not None:
+            err = self._cut(rec, ctx, up, failure, failure_code)
+            await send({"type": "http.response.body", "body": conv.error(err)})
+        else:
+            await self._end_stream(ctx, send)
+
+    def _settle_face(
+        self,
+        rt: Runtime,
+        rec: RequestRecord,
+        body: dict[str, Any],
+        conv: StreamConverter,
+        state: dict[str, Any],
+    ) -> None:
+        """A face stream's tokens (estimated when the upstream sent no usage), answer text for
+        the judge, and price: before the record is committed."""
+        u = conv.usage
+        text = conv.text() if u is None or state["messages"] is not None else ""
+        self._face_usage(rec, body, u, text)
+        if state["messages"] is not None:
+            state["answer"] = text
+        self.gw.price(rt, rec)
+
+    # -- POST /v1/messages/count_tokens ----------------------------------------------------
+    async def count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The input tokens of a Messages request: asked of the model's upstream when it is
+        Anthropic-style, else the gateway's own estimate, labelled as one (the field
+        `tollgate_estimate: true` and the header x-tollgate-token-estimate: 1). Not recorded:
+        nothing is generated."""
+        gw = self.gw
+        rt = gw.runtime
+        rid = new_request_id()
+        extra: list[tuple[bytes, bytes]] = [(b"x-tollgate-request-id", rid.encode())]
+        try:
+            auth = b""
+            for k, v in scope["headers"]:
+                if k == b"authorization" or (k == b"x-api-key" and not auth):
+                    auth = v if k == b"authorization" else b"bearer " + v
+            key = self._authenticate(auth) if gw.keys.required else None
+            raw = await self._read_body(receive, rt.config.server.max_body_bytes)
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                raise _not_json(raw, e) from None
+            anthropic.check_common(body)
+            model = body["model"]
+            if key is not None and key.models is not None and model not in key.models:
+                raise PermissionDenied(
+                    f"the gateway key {key.id!r} may not call model {model[:80]!r}",
+                    param="model",
+                )
+            chat = anthropic.to_chat({**body, "max_tokens": 1})
+            plan = rt.resolve(model, "messages", chat, rid, None if key is None else key.id)
+            name = plan.models[0]
+            extra.append((b"x-tollgate-model", name.encode()))
+            up = next((u for u in rt.upstreams[name] if u.api == anthropic.ANTHROPIC_API), None)
+            if up is None:
+                n = _estimate_prompt(chat)
+                if chat.get("tools"):
+                    n += pricing.estimate_tokens(orjson.dumps(chat["tools"]).decode())
+                out = orjson.dumps({"input_tokens": n, "tollgate_estimate": True})
+                extra.append((b"x-tollgate-token-estimate", b"1"))
+                status = 200
+            else:
+                payload = orjson.dumps({**body, "model": up.upstream_model})
+                try:
+                    resp = await up.client.request(
+                        "POST",
+                        "/messages/count_tokens",
+                        payload,
+                        anthropic.MESSAGES.native_headers(scope["headers"]),
+                        timeout=up.total_s,
+                        max_bytes=rt.config.server.max_upstream_response_bytes,
+                    )
+                except h1.H1Error as e:
+                    raise UpstreamError(
+                        f"model {name!r}: counting tokens upstream failed ({type(e).__name__})",
+                        model=name,
+                    ) from None
+                status, out = resp.status, up.scrub(resp.content)
+        except GatewayError as e:
+            status, out = e.status, anthropic.error_json(e)
+            extra += e.headers()
+        except _Aborted:
+            return
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(out)),
+            *extra,
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": out})
+
 
 def _not_json(raw: bytes, e: orjson.JSONDecodeError) -> InvalidRequest:
     """The 400 for a body orjson refused: a bad byte named by its offset when the body is
@@ -1290,6 +1591,14 @@ def _utf8_reason(reason: str) -> str:
         "complete",
         "unexpected end of data": "starts a UTF-8 character that the body ends in the middle of",
     }.get(reason, f"is not valid there ({reason})")
+
+
+def _event_too_large(max_event: int) -> str:
+    return (
+        f"an event of the upstream's stream is over {max_event} bytes, the most this gateway "
+        "holds (server.max_sse_event_bytes in the routing file; raise it if events this large "
+        "are expected)"
+    )
 
 
 def _has_done(block: bytes) -> bool:
@@ -1351,4 +1660,4 @@ def _stream_text(events: list[bytes]) -> str:
 
 
 # Re-exported for the app's fallback error handler.
-__all__ = ["HOT_PATHS", "Proxy", "error_body"]
+__all__ = ["FACES", "HOT_PATHS", "Proxy", "error_body"]

@@ -10,6 +10,9 @@ and benchmarks have a fast, scriptable upstream to talk to:
 * The answer text is ``"[NAME] tok0 tok1 ..."`` with ``completion_tokens`` words, so a test can
   tell which upstream answered.  ``prompt_tokens`` is the number of whitespace-separated words in
   all message contents plus 4 per message (completions/embeddings: words of the input).
+* ``POST /v1/responses`` (JSON or the Responses event stream, text only) when started with
+  ``--responses``: an upstream that speaks OpenAI's Responses API itself. A chat request whose
+  last message is a tool result gets a text answer (the tool call has been answered).
 * Per-request knobs in request headers: ``x-fake-latency-ms``, ``x-fake-completion-tokens``,
   ``x-fake-chunks``, ``x-fake-chunk-delay-ms``, ``x-fake-no-usage: 1``.
 * A failure script controlled over HTTP: ``POST /_fake/script`` with
@@ -426,10 +429,15 @@ class FakeUpstreamApp:
     """Raw ASGI application implementing the fake upstream."""
 
     def __init__(
-        self, name: str = "fake", knobs: Knobs | None = None, reply: str | None = None
+        self,
+        name: str = "fake",
+        knobs: Knobs | None = None,
+        reply: str | None = None,
+        responses: bool = False,
     ) -> None:
         self.name = name
         self.reply = reply
+        self.responses = responses  # serve POST /v1/responses too
         self.knobs = knobs or Knobs()
         self.models = ["fake-model", f"fake-{name}"]
         self.queue: deque[dict[str, Any]] = deque()
@@ -637,6 +645,8 @@ class FakeUpstreamApp:
             return await self._completions(ex, body, knobs, action)
         if path == "/v1/embeddings":
             return await self._embeddings(ex, body, knobs, action)
+        if path == "/v1/responses" and self.responses:
+            return await self._responses(ex, body, knobs)
         return await self._error(ex, 404, f"Unknown path {path}.")
 
     async def _error(self, ex: _Exchange, status: int, message: str) -> Outcome:
@@ -741,6 +751,10 @@ class FakeUpstreamApp:
         prompt_tokens = chat_prompt_tokens(body.get("messages"))
         usage = _usage(prompt_tokens, knobs.completion_tokens)
         tool_name = self._first_tool_name(body)
+        msgs = body.get("messages")
+        last = msgs[-1] if isinstance(msgs, list) and msgs else None
+        if isinstance(last, dict) and last.get("role") == "tool":
+            tool_name = None  # the tool's result is in: the answer is text
         rid = self._next_id("chatcmpl")
         created = int(time.time())
         base = {
@@ -825,6 +839,65 @@ class FakeUpstreamApp:
             final: dict[str, Any] = {**base, "choices": [], "usage": usage}
             events.append(b"data: " + orjson.dumps(final) + b"\n\n")
         return await self._stream(ex, events, knobs, action)
+
+    async def _responses(self, ex: _Exchange, body: dict[str, Any], knobs: Knobs) -> Outcome:
+        """A native Responses answer (``--responses``): text only, OpenAI's event stream."""
+        model = body.get("model") if isinstance(body.get("model"), str) else "fake-model"
+        inp = body.get("input")
+        items = [{"content": inp}] if isinstance(inp, str) else inp
+        words = chat_prompt_tokens([i for i in items or () if isinstance(i, dict)])
+        text, pieces = answer_pieces(self.name, knobs.completion_tokens, knobs.chunks, self.reply)
+        rid = self._next_id("resp")
+        mid = self._next_id("msg")
+        part = {"type": "output_text", "text": text, "annotations": []}
+        item = {"type": "message", "id": mid, "status": "completed", "role": "assistant"}
+        usage = {
+            "input_tokens": words,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": knobs.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": words + knobs.completion_tokens,
+        }
+        resp = {
+            "id": rid,
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "model": model,
+            "output": [{**item, "content": [part]}],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": usage,
+        }
+        if not body.get("stream"):
+            await self._send_json(ex.send, 200, orjson.dumps(resp))
+            return "completed"
+        seq = itertools.count()
+
+        def ev(kind: str, **data: Any) -> bytes:
+            data = {"type": kind, "sequence_number": next(seq), **data}
+            return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+        start = {**resp, "status": "in_progress", "output": [], "usage": None}
+        at = {"item_id": mid, "output_index": 0, "content_index": 0}
+        events = [
+            ev("response.created", response=start),
+            ev("response.output_item.added", output_index=0,
+               item={**item, "status": "in_progress", "content": []}),
+            ev("response.content_part.added", **at, part={**part, "text": ""}),
+            *(ev("response.output_text.delta", **at, delta=p, logprobs=[]) for p in pieces),
+            ev("response.output_text.done", **at, text=text, logprobs=[]),
+            ev("response.content_part.done", **at, part=part),
+            ev("response.output_item.done", output_index=0, item={**item, "content": [part]}),
+            ev("response.completed", response=resp),
+        ]  # fmt: skip
+        headers = [_SSE_CT, (b"cache-control", b"no-cache"), *self._common_headers]
+        await ex.send({"type": "http.response.start", "status": 200, "headers": headers})
+        for e in events:  # no [DONE]: a Responses stream ends after response.completed
+            await ex.send({"type": "http.response.body", "body": e, "more_body": True})
+        await ex.send({"type": "http.response.body", "body": b"", "more_body": False})
+        return "completed"
 
     async def _completions(
         self, ex: _Exchange, body: dict[str, Any], knobs: Knobs, action: dict[str, Any] | None
@@ -915,6 +988,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="fake", help="answers start with '[NAME] '")
     p.add_argument("--reply", default=None, help="answer with this fixed text instead")
     p.add_argument("--no-usage", action="store_true", help="never send usage")
+    p.add_argument("--responses", action="store_true", help="serve POST /v1/responses too")
     p.add_argument(
         "--hostile",
         action="store_true",
@@ -932,6 +1006,7 @@ async def _serve(args: argparse.Namespace) -> int:
     app = FakeUpstreamApp(
         name=args.name,
         reply=args.reply,
+        responses=args.responses,
         knobs=Knobs(
             latency_ms=max(0.0, args.latency_ms),
             completion_tokens=max(0, args.completion_tokens),
@@ -991,10 +1066,12 @@ class FakeUpstream:
         startup_timeout: float = 15.0,
         reply: str | None = None,
         no_usage: bool = False,
+        responses: bool = False,
     ) -> None:
         self.name = name
         self.reply = reply
         self.no_usage = no_usage
+        self.responses = responses
         self.latency_ms = latency_ms
         self.completion_tokens = completion_tokens
         self.chunks = chunks
@@ -1055,6 +1132,7 @@ class FakeUpstream:
             "--exit-on-stdin-eof",
             *(["--reply", self.reply] if self.reply is not None else []),
             *(["--no-usage"] if self.no_usage else []),
+            *(["--responses"] if self.responses else []),
         ]
 
     def start(self) -> FakeUpstream:

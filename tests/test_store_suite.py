@@ -696,6 +696,7 @@ async def test_postgres_schema_is_created_and_migrated(postgres_url: str) -> Non
         c.execute("ALTER TABLE tollgate_requests DROP COLUMN budget_soft")  # record schema 5
         c.execute("ALTER TABLE tollgate_requests DROP COLUMN latency_bucket")  # and its index
         c.execute("DROP FUNCTION tollgate_latency_bucket")
+        c.execute("ALTER TABLE tollgate_requests DROP COLUMN cache_write_tokens")  # schema 6
         c.execute(f"UPDATE {VERSION_TABLE} SET version = 1")  # type: ignore[arg-type]
     again = PostgresStore(postgres_url)
     await again.open()
@@ -706,10 +707,10 @@ async def test_postgres_schema_is_created_and_migrated(postgres_url: str) -> Non
     )
     assert await again.count() == 2
     old = await again.get("req-1")
-    assert old is not None and old.budget_soft is False
-    await again.write_batch([rec(3, budget_soft=True)])
+    assert old is not None and old.budget_soft is False and old.cache_write_tokens == 0
+    await again.write_batch([rec(3, budget_soft=True, cache_write_tokens=120)])
     new = await again.get("req-3")
-    assert new is not None and new.budget_soft is True
+    assert new is not None and new.budget_soft is True and new.cache_write_tokens == 120
     await again.close()
 
     with psycopg.connect(postgres_url, autocommit=True) as c:

@@ -2,12 +2,18 @@
 
 Formulas (all results in USD; ``M = 1_000_000``):
 
-API pricing (``input_per_mtok``, ``cached_input_per_mtok``, ``output_per_mtok``)::
+API pricing (``input_per_mtok``, ``cached_input_per_mtok``, ``cache_write_input_per_mtok``,
+``output_per_mtok``)::
 
-    uncached = prompt_tokens - cached_tokens          # cached tokens are a subset of the prompt
+    uncached = prompt_tokens - cached_tokens - cache_write_tokens   # both are prompt tokens
     cost = ( uncached        * input_per_mtok
            + cached_tokens   * (cached_input_per_mtok if given else input_per_mtok)
+           + cache_write_tokens * (cache_write_input_per_mtok if given else input_per_mtok)
            + completion_tokens * output_per_mtok ) / M
+
+    cached_tokens are prompt-cache reads (OpenAI's prompt_tokens_details.cached_tokens,
+    Anthropic's cache_read_input_tokens), cache_write_tokens prompt-cache writes
+    (Anthropic's cache_creation_input_tokens, priced above the input price there).
 
     A flat per-token price may be given as only one of input_per_mtok / output_per_mtok;
     the missing side is then charged at the same price.
@@ -52,6 +58,7 @@ class Rates:
     input: float
     cached_input: float
     output: float
+    cache_write: float = 0.0
 
 
 FREE = Rates(0.0, 0.0, 0.0)
@@ -77,7 +84,12 @@ def rates(pricing: Pricing | None) -> Rates:
         if pricing.cached_input_per_mtok is not None
         else inp
     )
-    return Rates(inp, cached, out)
+    write = (
+        pricing.cache_write_input_per_mtok / _PER_MTOK
+        if pricing.cache_write_input_per_mtok is not None
+        else inp
+    )
+    return Rates(inp, cached, out, write)
 
 
 def cost_usd(
@@ -92,12 +104,22 @@ def cost_usd(
     return cost_at(rates(pricing), prompt_tokens, completion_tokens, cached_tokens)
 
 
-def cost_at(r: Rates, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+def cost_at(
+    r: Rates,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int = 0,
+    cache_write_tokens: int = 0,
+) -> float:
     """`cost_usd` from per-token rates computed once (`Runtime.rates`): the hot-path form."""
     prompt = max(0, int(prompt_tokens))
     cached = min(max(0, int(cached_tokens)), prompt)
     completion = max(0, int(completion_tokens))
-    return (prompt - cached) * r.input + cached * r.cached_input + completion * r.output
+    cost = (prompt - cached) * r.input + cached * r.cached_input + completion * r.output
+    if cache_write_tokens:
+        write = min(max(0, int(cache_write_tokens)), prompt - cached)
+        cost += write * (r.cache_write - r.input)
+    return cost
 
 
 def format_usd(value: float) -> str:

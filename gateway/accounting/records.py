@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 # 2: router_features; 3: SQLite keeps them as float32 bytes; 4: purpose (client | judge),
-# propensity and explored (router.explore); 5: budget_soft
-SCHEMA_VERSION = 5
+# propensity and explored (router.explore); 5: budget_soft; 6: cache_write_tokens
+SCHEMA_VERSION = 6
 CLIENT = "client"  # a request a client sent through the gateway
 JUDGE = "judge"  # the sampled judge's own grading call (gateway/accounting/quality.py)
 # the error_type of a request the gateway's own limits refused (gateway/tenants/limits.py):
@@ -47,7 +47,8 @@ class RequestRecord:
     error_type: str | None = None
     stream: bool = False
     prompt_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int = 0  # prompt-cache reads among the prompt tokens
+    cache_write_tokens: int = 0  # prompt-cache writes among them (Anthropic's cache creation)
     completion_tokens: int = 0
     tokens_estimated: bool = False
     cost_usd: float = 0.0

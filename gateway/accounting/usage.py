@@ -99,7 +99,7 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def usage_endpoint(request: Request) -> Response:
-    """GET /v1/usage?since=24h&until=...&group_by=model|tier|key|route
+    """GET /v1/usage?since=24h&until=...&group_by=model|tier|key|route|endpoint
 
     With keys required: a team key sees its own requests only (and no judge spend), the
     master key everything."""

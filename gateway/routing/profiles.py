@@ -41,6 +41,12 @@ class ModelProfile:
         }
 
 
+def routable(m: ModelConfig) -> bool:
+    """Whether the router may send a conversation to `m` (a chat model, or an
+    Anthropic-style messages model)."""
+    return "chat" in m.kinds or "messages" in m.kinds
+
+
 def _lookup_names(m: ModelConfig) -> list[str]:
     names: list[str] = []
     for n in [*(ep.model for ep in m.endpoints if ep.model), m.name]:
@@ -67,7 +73,7 @@ def known_models(cfg: RoutingConfig) -> int:
     return sum(
         1
         for m in cfg.models
-        if "chat" in m.kinds and any(identify(n).entry is not None for n in _lookup_names(m))
+        if routable(m) and any(identify(n).entry is not None for n in _lookup_names(m))
     )
 
 
@@ -93,7 +99,7 @@ def resolve_profiles(
     out: dict[str, ModelProfile] = {}
     problems: list[str] = []
     for i, m in enumerate(cfg.models):
-        if "chat" not in m.kinds:
+        if not routable(m):
             continue
         if m.profile:
             # a named profile must be one the artifact has, or a model the catalog knows: a

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.accounting import pricing
 from gateway.config import (
+    FACE_KINDS,
     TIER_ORDER,
     BudgetSoftConfig,
     ModelConfig,
     Pricing,
     RoutingConfig,
     close_names,
+    serves,
 )
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.routing.explore import Exploration, explore
@@ -34,6 +36,8 @@ _can_serve = Upstream.can_serve
 
 log = logging.getLogger("tollgate.runtime")
 
+# the kinds `auto` and router-<policy>-<x> route: chat and the API faces (gateway/api/face.py)
+ROUTED_KINDS = frozenset({"chat", *FACE_KINDS})
 DEFAULT_COMPLETION_ESTIMATE = 256  # tokens assumed for a cost estimate when max_tokens is unset
 
 
@@ -134,7 +138,7 @@ class Runtime:
         names = cfg.router.candidates or [m.name for m in cfg.models if m.name in self.profiles]
         self.candidates = sorted(names, key=lambda n: (self.tier_rank[n], n))
         # what a routing decision needs of each candidate, looked up once per config
-        self._candidate_rows = [
+        rows = [
             (
                 n,
                 self.models[n].tier,
@@ -145,6 +149,15 @@ class Runtime:
             )
             for n in self.candidates
         ]
+        # per kind the router routes, the candidates that serve it (natively or translated)
+        # and, when that is not all of them, their names (fallback stays among them)
+        self._rows_by_kind = {
+            k: [r for r in rows if serves(self.models[r[0]], k)] for k in ROUTED_KINDS
+        }
+        self._only = {
+            k: None if len(v) == len(rows) else {r[0] for r in v}
+            for k, v in self._rows_by_kind.items()
+        }
         # router.fallback next_tier_up: from each candidate, the more capable ones in
         # ascending order (tier, then price), then the less capable ones, nearest first
         self.next_tier_up = cfg.router.fallback == "next_tier_up"
@@ -207,7 +220,7 @@ class Runtime:
         leaves out the most expensive tiers and may switch the policy."""
         m = self.models.get(name)
         if m is not None:
-            if kind not in m.kinds:
+            if not serves(m, kind):
                 raise InvalidRequest(
                     f"model {name!r} does not serve /v1/{_path(kind)}; it serves "
                     f"{', '.join(_path(k) for k in m.kinds)}",
@@ -217,13 +230,15 @@ class Runtime:
         r = self.routes.get(name)
         if r is not None:
             return Plan(list(r.models), name, baseline_model=self.route_baseline[name])
-        if kind == "chat" and self.router is not None and self.candidates:
+        if kind in ROUTED_KINDS and self.router is not None and self._rows_by_kind[kind]:
             routed = self._routed_policy(name)
             if routed is not None:
                 pname, pol = routed
                 if thrifty is not None and thrifty.policy is not None:
                     pname, pol = thrifty.policy, self.policies[thrifty.policy]
-                return self._route(name, pname, pol, body, request_id, key_id, max_cost, thrifty)
+                return self._route(
+                    name, pname, pol, body, request_id, key_id, max_cost, thrifty, kind
+                )
         # a client may send any name, 1 MB long: the answer quotes it cut short, and only a
         # name of a plausible length is compared with the known ones
         close = close_names(name, self.public_names(), 2) if len(name) <= 200 else []
@@ -262,6 +277,7 @@ class Runtime:
         key_id: str | None = None,
         max_cost: float | None = None,
         thrifty: BudgetSoftConfig | None = None,
+        kind: str = "chat",
     ) -> Plan:
         t0 = time.perf_counter()
         router = self.router
@@ -275,14 +291,14 @@ class Runtime:
         out_tokens = max(0, out_tokens)
         cands = []
         down: set[str] = set()
-        for n, tier, rank, profile, r, ups in self._candidate_rows:
+        for n, tier, rank, profile, r, ups in self._rows_by_kind[kind]:
             # est. cost == pricing.cost_usd(self.pricing[n], prompt, out), inlined
             cost = prompt_tokens * r.input + out_tokens * r.output
             up = any(map(_can_serve, ups))
             if not up:
                 down.add(n)
             cands.append(Candidate(n, tier, rank, profile, cost, up))
-        allowed: set[str] | None = None
+        allowed = self._only[kind]
         if thrifty is not None and thrifty.drop_top_tiers:
             cands = self._without_top_tiers(cands, thrifty.drop_top_tiers)
             allowed = {c.name for c in cands}

@@ -143,6 +143,8 @@ class UpstreamKey:
     upstream_model: str | None
     base_url: str
     api_key: str | None
+    api: str
+    anthropic_version: str
     connect_s: float
     read_s: float
     total_s: float
@@ -151,6 +153,7 @@ class UpstreamKey:
     queue_timeout_s: float
     threshold: int
     cooldown_s: float
+    responses: bool
 
 
 class Upstream:
@@ -170,8 +173,16 @@ class Upstream:
         self.base_url = ep.base_url.rstrip("/")
         self.label = f"{model.name}#{index}"
         self.weight = ep.weight
+        self.api = ep.api  # the API it speaks: "openai", or a face's (gateway/api/face.py)
+        # the client APIs it speaks natively besides chat: its `api`, and the Responses API
+        # when it says so (gateway/api/face.py passes a face's request through to it)
+        self.apis = frozenset({ep.api, *(("responses",) if ep.responses else ())})
         headers = {"content-type": "application/json"}
-        if ep.api_key:
+        if ep.api == "anthropic":  # Anthropic's own credentials and version headers
+            headers["anthropic-version"] = ep.anthropic_version
+            if ep.api_key:
+                headers["x-api-key"] = ep.api_key
+        elif ep.api_key:
             headers["authorization"] = f"Bearer {ep.api_key}"
         self._secret = ep.api_key.encode() if ep.api_key else b""
         t = model.timeouts
@@ -198,6 +209,8 @@ class Upstream:
             ep.model,
             ep.base_url.rstrip("/"),
             ep.api_key,
+            ep.api,
+            ep.anthropic_version,
             model.timeouts.connect_s,
             model.timeouts.read_s,
             model.timeouts.total_s,
@@ -206,6 +219,7 @@ class Upstream:
             model.queue_timeout_s,
             circuit.failure_threshold,
             circuit.cooldown_s,
+            ep.responses,
         )
 
     def scrub(self, text: bytes) -> bytes:

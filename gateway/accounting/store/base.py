@@ -18,7 +18,13 @@ from typing import Any, Literal
 
 from gateway.accounting.records import LIMIT_REJECTED, RequestRecord
 
-GROUP_BY: dict[str, str] = {"model": "model", "tier": "tier", "key": "key_id", "route": "route"}
+GROUP_BY: dict[str, str] = {
+    "model": "model",
+    "tier": "tier",
+    "key": "key_id",
+    "route": "route",
+    "endpoint": "endpoint",  # chat, completions, embeddings, messages, ...
+}
 QualitySource = Literal["feedback", "judge"]
 Purpose = Literal["client", "judge"]  # RequestRecord.purpose
 PURPOSES: tuple[str, ...] = ("client", "judge")

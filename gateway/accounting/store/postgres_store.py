@@ -133,6 +133,8 @@ MIGRATIONS: list[tuple[str, ...]] = [
         f"GENERATED ALWAYS AS ({BUCKET_FN}(latency_ms)) STORED",
         f"CREATE INDEX {TABLE}_latency ON {TABLE} (purpose, latency_bucket, ts)",
     ),
+    # record schema 6: prompt-cache writes (Anthropic's cache_creation_input_tokens)
+    (f"ALTER TABLE {TABLE} ADD COLUMN cache_write_tokens bigint NOT NULL DEFAULT 0",),
 ]
 SCHEMA = len(MIGRATIONS)
 
