@@ -1032,16 +1032,18 @@ class Proxy:
         await send({"type": "http.response.body", "body": out})
 
     async def _json_attempt(
-        self, up: Upstream, path: str, body: dict[str, Any], max_backoff: float
+        self,
+        up: Upstream,
+        path: str,
+        body: dict[str, Any],
+        max_backoff: float,
+        payload: bytes | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> dict[str, Any]:
         """One non-streamed attempt: the upstream's answer as a JSON object."""
-        resp = await self._send(up, path, body, False, max_backoff)
-        return self._json_object(up, resp.content)
-
-    @staticmethod
-    def _json_object(up: Upstream, content: bytes) -> dict[str, Any]:
+        resp = await self._send(up, path, body, False, max_backoff, payload, headers)
         try:
-            data = orjson.loads(content)
+            data = orjson.loads(resp.content)
             if not isinstance(data, dict):
                 raise ValueError
         except (orjson.JSONDecodeError, ValueError):
@@ -1357,12 +1359,15 @@ class Proxy:
         hdrs = face.native_headers(scope["headers"]) if api is not None else None
 
         async def attempt(up: Upstream) -> tuple[Any, Upstream, bool]:
-            if api is not None and api in up.apis:
-                payload = face.native_body(native, up.upstream_model)
-                r = await self._send(up, face.native_path, body, stream, max_backoff, payload, hdrs)
-                return (r if stream else self._json_object(up, r.content)), up, True
-            r = await self._send(up, "/chat/completions", body, stream, max_backoff)
-            return (r if stream else self._json_object(up, r.content)), up, False
+            is_native = api is not None and api in up.apis
+            path = face.native_path if is_native else "/chat/completions"
+            payload = face.native_body(native, up.upstream_model) if is_native else None
+            headers = hdrs if is_native else None
+            if stream:
+                r = await self._send(up, path, body, True, max_backoff, payload, headers)
+                return r, up, is_native
+            data = await self._json_attempt(up, path, body, max_backoff, payload, headers)
+            return data, up, is_native
 
         got, up, is_native = await self._attempts(rt, plan, rec, state, attempt, stream)
         public = rec.model or ""

@@ -5,6 +5,7 @@ priced, recorded, limited, and its errors in Anthropic's format."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -379,3 +380,39 @@ def test_response_cache_answers_a_repeated_request_in_the_same_form(gw: GatewayP
     assert s1.headers["x-tollgate-cache"] == "miss"  # a stream is not served from JSON
     assert s2.headers["x-tollgate-cache"] == "hit" and s2.content == s1.content
     assert s2.content.rstrip().endswith(b'data: {"type":"message_stop"}')
+
+
+def test_a_stream_cut_upstream_ends_with_anthropics_error_event(
+    fakes: Callable[..., FakeUpstream], gateway: Callable[..., GatewayProcess]
+) -> None:
+    fu = fakes("small")
+    gw = gateway(
+        f"{STORE}\nmodels:\n  - {{name: small, tier: small, retries: 0, "
+        f"endpoints: [{{base_url: '{fu.base_url}'}}]}}\n"
+    )
+    fu.script([{"kind": "cut", "after_chunks": 2}])
+    body = {
+        "model": "small",
+        "max_tokens": 20,
+        "stream": True,
+        "messages": [{"role": "user", "content": "x"}],
+    }
+    r = httpx.post(
+        f"{gw.base_url}/messages", json=body, headers={"anthropic-version": "2023-06-01"}
+    )
+    assert r.status_code == 200  # the stream had started
+    events = [e for e in r.text.split("\n\n") if e.strip()]
+    assert events[0].startswith("event: message_start")
+    assert "message_stop" not in r.text
+    last = events[-1].split("\n")
+    assert last[0] == "event: error"
+    err = json.loads(last[1][len("data: ") :])
+    assert err["type"] == "error" and err["error"]["type"] == "api_error"
+    assert "incomplete" in err["error"]["message"]
+    with pytest.raises(anthropic.APIError):  # the SDK raises on it
+        fu.script([{"kind": "cut", "after_chunks": 2}])
+        with _client(gw).messages.stream(
+            model="small", max_tokens=20, messages=[{"role": "user", "content": "x"}]
+        ) as s:
+            for _ in s:
+                pass

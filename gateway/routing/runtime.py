@@ -220,7 +220,7 @@ class Runtime:
         leaves out the most expensive tiers and may switch the policy."""
         m = self.models.get(name)
         if m is not None:
-            if not serves(m, kind):
+            if kind not in m.kinds and not serves(m, kind):
                 raise InvalidRequest(
                     f"model {name!r} does not serve /v1/{_path(kind)}; it serves "
                     f"{', '.join(_path(k) for k in m.kinds)}",
