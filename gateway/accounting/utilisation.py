@@ -139,10 +139,18 @@ class Utilisation:
 
     def served(self, model: str | None, prompt_tokens: int, completion_tokens: int) -> None:
         """An answer of `model` ended now (after its response)."""
-        m = self.models.get(model) if model is not None else None
+        # (model None: no model answered; no such key)
+        m = self.models.get(model)  # type: ignore[arg-type]
         if m is None:
             return
-        v = m.ring.slot(self._bucket(self.clock()))
+        # once per answered request: _bucket and _Ring.slot inlined
+        b = int((self.clock() - self.started) // self.bucket_s)
+        ring = m.ring
+        i = b % _RING
+        if ring.ids[i] != b:
+            ring.ids[i] = b
+            ring.values[i] = [0.0, 0, 0, 0]
+        v = ring.values[i]
         v[1] += completion_tokens
         v[2] += prompt_tokens
         v[3] += 1
