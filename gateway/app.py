@@ -32,6 +32,7 @@ from gateway.accounting.quality import Judge
 from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import JUDGE, RequestRecord
 from gateway.accounting.store import make_store
+from gateway.accounting.utilisation import Utilisation
 from gateway.api.face import Face
 from gateway.api.response_store import ResponseStore, ResponseStoreError, store_path
 from gateway.api.responses_face import STORE_OFF, not_found
@@ -99,6 +100,8 @@ class Gateway:
         self.router = self._router_for(cfg)
         self.runtime = Runtime(cfg, self.pool, self.router, config_path or "the routing file")
         self._metric_names()
+        self.utilisation = Utilisation(cfg.utilisation.window_s)
+        self._follow_utilisation()
         self._limits_backend: Backend | None = None
         self._retired_limits: list[Backend] = []
         self.limits = self._limits_for(cfg)
@@ -225,6 +228,7 @@ class Gateway:
         self.runtime = runtime
         self.limits = self._limits_for(cfg)
         self._metric_names()
+        self._follow_utilisation()
         self.key_refresher.rebuild(cfg)
         self.judge_enabled = bool(cfg.judge.model and cfg.judge.sample_rate > 0)
         self.judge.update(cfg.judge)
@@ -244,6 +248,20 @@ class Gateway:
         s = self.config.server
         self.metrics.limits(s.metrics_max_label_length, s.metrics_max_series_per_metric)
         self.metrics.names(self.runtime.public_names(), (f"router-{k}-" for k in POLICIES))
+
+    def _follow_utilisation(self) -> None:
+        rt = self.runtime
+        self.utilisation.configure(
+            rt.config.utilisation.window_s, rt.config.models, rt.pricing, rt.upstreams
+        )
+        self.metrics.local_models(list(self.utilisation.models))
+
+    async def _watch_utilisation(self) -> None:
+        """Local models' busy seconds into the utilisation buckets, once a bucket."""
+        while True:
+            await asyncio.sleep(self.utilisation.bucket_s)
+            if self.utilisation.models:
+                self.utilisation.sample()
 
     async def _watch_config(self) -> None:
         while True:
@@ -279,6 +297,7 @@ class Gateway:
                 raise
         self._tasks.append(asyncio.create_task(self._watch_config()))
         self._tasks.append(asyncio.create_task(self._watch_loop_lag()))
+        self._tasks.append(asyncio.create_task(self._watch_utilisation()))
         self.key_refresher.start(lambda: self.config.auth.refresh_interval_s)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -348,6 +367,8 @@ class Gateway:
                 self.metrics.key_usage(rec.key_id, rec.cost_usd)
         except Exception:
             log.exception("metrics failed for %s", rec.request_id)
+        if not rec.cache_hit:  # (a hit used no upstream)
+            self.utilisation.served(rec.model, rec.prompt_tokens, rec.completion_tokens)
         if messages and rec.router_features is None and self.router is not None:
             # Judging is on: keep the prompt vector of every answered request, so its scores
             # can train model profiles later (router train --from-store). No text is stored.
@@ -555,6 +576,7 @@ def build_fastapi(gw: Gateway) -> FastAPI:
                 "missing_metrics_token",
             )
         gw.metrics.store_queue_depth(gw.recorder.queue_depth)
+        gw.metrics.local_usage(gw.utilisation.report())
         body, ctype = gw.metrics.render()
         return Response(body, media_type=ctype)
 

@@ -1,4 +1,4 @@
-"""`tollgate` command line: serve, check-config, init, keys, router, report."""
+"""`tollgate` command line: serve, check-config, init, keys, router, report, demo, bench-model."""
 
 from __future__ import annotations
 
@@ -283,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.demo.demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv and argv[0] == "bench-model":
+        from gateway.measure.cli import main as bench_main
+
+        return bench_main(argv[1:])
     p = argparse.ArgumentParser(prog="tollgate", description="Cost-aware LLM routing gateway")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser(
@@ -372,6 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("report", help="requests, cost, savings, latency, quality (tollgate report -h)")
     sub.add_parser(
         "demo", help="replay real answers of real models through the router (tollgate demo -h)"
+    )
+    sub.add_parser(
+        "bench-model",
+        help="measure a model server's throughput, latency, cost and exact-match accuracy by "
+        "concurrency; --write its tokens_per_second (tollgate bench-model -h)",
     )
     args = p.parse_args(argv)
     if args.cmd == "serve":

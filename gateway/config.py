@@ -264,6 +264,11 @@ class PolicyConfig(_Strict):
     threshold: float | None = Field(None, description="threshold: strong-win score cut")
     strong: str | None = None
     weak: str | None = None
+    idle_local_free: bool = Field(
+        False,
+        description="price a locally priced model (hardware_usd_per_hour) at $0 for the "
+        "decision while one of its endpoints has a free slot: its hardware is paid for anyway",
+    )
 
 
 class ExploreConfig(_Strict):
@@ -525,6 +530,19 @@ class ResponsesConfig(_Strict):
     )
 
 
+class UtilisationConfig(_Strict):
+    """How busy each locally priced model is, and what its tokens really cost
+    (gateway/accounting/utilisation.py)."""
+
+    window_s: float = Field(
+        3600.0,
+        ge=1.0,
+        le=7 * 86400.0,
+        description="sliding window (seconds) of busy share and tokens served: the effective "
+        "cost is the hardware's price over this window divided by the tokens it served",
+    )
+
+
 class RoutingConfig(_Strict):
     version: Literal[1] = 1
     server: ServerConfig = ServerConfig()
@@ -536,6 +554,7 @@ class RoutingConfig(_Strict):
     limits: LimitsConfig = LimitsConfig()
     cache: CacheConfig = CacheConfig()
     responses: ResponsesConfig = ResponsesConfig()
+    utilisation: UtilisationConfig = UtilisationConfig()
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     routes: list[RouteConfig] = []
 

@@ -807,9 +807,11 @@ class Proxy:
                     )
                     break
                 rec.attempts += 1
-                up.outstanding += 1
-                metrics.inflight(name, up.label, 1)
                 t = time.perf_counter()
+                up.outstanding += 1
+                if up.outstanding == 1:  # busy from now (gateway/accounting/utilisation.py)
+                    up.busy_since = t
+                metrics.inflight(name, up.label, 1)
                 settled = False
                 keep = False
                 try:
@@ -851,6 +853,8 @@ class Proxy:
 
     def _release(self, up: Upstream) -> None:
         up.outstanding -= 1
+        if not up.outstanding:
+            up.busy_s += time.perf_counter() - up.busy_since
         up.limiter.release()
         self.gw.metrics.inflight(up.model_name, up.label, -1)
 

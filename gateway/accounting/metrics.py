@@ -389,6 +389,33 @@ class Metrics:
             registry=reg,
         )
         self._cache_children = {r: self.cache_requests.labels(r) for r in ("hit", "miss", "skip")}
+        # locally priced models (gateway/accounting/utilisation.py), over utilisation.window_s
+        self.local_busy = Gauge(
+            "tollgate_local_busy_share",
+            "Share of the utilisation window during which a locally priced model's endpoints "
+            "had a request in flight (0-1, mean over its endpoints; this process's view)",
+            ["model"],
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
+        self.local_tokens = Gauge(
+            "tollgate_local_tokens_served",
+            "Output tokens a locally priced model served in the utilisation window",
+            ["model"],
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.local_cost = Gauge(
+            "tollgate_local_usd_per_mtok",
+            "USD per million output tokens of a locally priced model: marginal (the routing "
+            "price, hardware_usd_per_hour / 3600 / tokens_per_second) and effective (the "
+            "hardware's price over the window / the tokens it served there, idle time included; "
+            "absent while it served none)",
+            ["model", "price"],
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
+        self._local: list[str] = []
         self.cache_saved = Counter(
             "tollgate_cache_saved_usd",
             "USD the response cache saved: what each hit's original request cost upstream",
@@ -588,6 +615,32 @@ class Metrics:
             child = self._child(self.inflight_g, lab("model", model), lab("endpoint", endpoint))
             self._inflight_children[(model, endpoint)] = child
         return child
+
+    def local_models(self, names: list[str]) -> None:
+        """The locally priced models now configured: series of models no longer there go."""
+        for name in self._local:
+            if name not in names:
+                lab = self._label("model", name)
+                for g in (self.local_busy, self.local_tokens):
+                    with contextlib.suppress(KeyError):
+                        g.remove(lab)
+                for kind in ("marginal", "effective"):
+                    with contextlib.suppress(KeyError):
+                        self.local_cost.remove(lab, kind)
+        self._local = list(names)
+
+    def local_usage(self, rows: list[dict[str, Any]]) -> None:
+        """Set the local-model gauges from `Utilisation.report()` rows (at /metrics)."""
+        for r in rows:
+            lab = self._label("model", r["model"])
+            self._child(self.local_busy, lab).set(r["busy_share"])
+            self._child(self.local_tokens, lab).set(r["completion_tokens"])
+            self._child(self.local_cost, lab, "marginal").set(r["marginal_usd_per_mtok"])
+            if r["effective_usd_per_mtok"] is None:
+                with contextlib.suppress(KeyError):
+                    self.local_cost.remove(lab, "effective")
+            else:
+                self._child(self.local_cost, lab, "effective").set(r["effective_usd_per_mtok"])
 
     def store_queue_depth(self, n: int) -> None:
         self.queue_depth.set(n)

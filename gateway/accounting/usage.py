@@ -5,7 +5,10 @@ defined in `SAVINGS_DEFINITION`): fields reference_cost_usd, savings_vs_referenc
 savings_vs_reference_pct; baseline_cost_usd, savings_usd and savings_pct are the same
 numbers under their earlier names, kept for existing clients.
 
-/v1/usage's `data` and `totals` are client traffic; `judge` is the sampled judge's own spend.
+/v1/usage's `data` and `totals` are client traffic; `judge` is the sampled judge's own spend;
+`local_cost` (master key, or no keys required) is each locally priced model's busy share,
+tokens served and marginal and effective price over utilisation.window_s
+(gateway/accounting/utilisation.py).
 
 Plain Starlette handlers; they find the live gateway at ``request.app.state.gw`` (attributes
 ``store``, ``recorder``, ``metrics``, ``config``, and ``limits`` when there is one).
@@ -144,6 +147,11 @@ async def usage_endpoint(request: Request) -> Response:
         "pending_records": gw.recorder.queue_depth,
         **({"key_id": only} if only else {}),
     }
+    if only is None and getattr(gw, "utilisation", None) is not None:
+        from gateway.accounting.utilisation import local_cost
+
+        # locally priced models over utilisation.window_s: marginal and effective price
+        out["local_cost"] = await local_cost(gw)
     limits = getattr(gw, "limits", None)  # absent: an app without rate limits and budgets
     if group_by == "key" and limits is not None:
         out["limits"] = await key_limits(limits, rows, only)

@@ -34,6 +34,12 @@ if TYPE_CHECKING:
 
 _can_serve = Upstream.can_serve
 
+
+def _has_free_slot(up: Upstream) -> bool:
+    """A request sent now would start at once (router.policies.<name>.idle_local_free)."""
+    return up.outstanding < up.limiter.cap and up.circuit.available()
+
+
 log = logging.getLogger("tollgate.runtime")
 
 # the kinds `auto` and router-<policy>-<x> route: chat and the API faces (gateway/api/face.py)
@@ -125,6 +131,13 @@ class Runtime:
         # per-token rates, so that a routing decision's cost estimates are two multiplications
         self.rates = {n: pricing.rates(p) for n, p in self.pricing.items()}
         self.tier_rank = {m.name: TIER_ORDER[m.tier] for m in cfg.models}
+        # policies with idle_local_free, and the locally priced models they apply to
+        self.idle_free = {n for n, pc in cfg.router.policies.items() if pc.idle_local_free}
+        self.local_models = frozenset(
+            n
+            for n, p in self.pricing.items()
+            if p is not None and p.hardware_usd_per_hour is not None
+        )
         self.policies: dict[str, Policy] = {}
         if router is not None:
             from gateway.routing.policies import make_policy
@@ -291,9 +304,12 @@ class Runtime:
         out_tokens = max(0, out_tokens)
         cands = []
         down: set[str] = set()
+        idle_free = pname in self.idle_free
         for n, tier, rank, profile, r, ups in self._rows_by_kind[kind]:
             # est. cost == pricing.cost_usd(self.pricing[n], prompt, out), inlined
             cost = prompt_tokens * r.input + out_tokens * r.output
+            if idle_free and n in self.local_models and any(map(_has_free_slot, ups)):
+                cost = 0.0  # idle local hardware: paid for whether it serves or not
             up = any(map(_can_serve, ups))
             if not up:
                 down.add(n)

@@ -201,6 +201,16 @@ class Upstream:
             circuit_cfg, (lambda s: on_circuit(self, s)) if on_circuit else None
         )
         self.outstanding = 0
+        # busy time (at least one request in flight), kept by gateway/proxy.py when the
+        # in-flight count reaches or leaves 0; gateway/accounting/utilisation.py reads it
+        self.busy_since = 0.0
+        self.busy_s = 0.0
+
+    def busy_total(self) -> float:
+        """Seconds this endpoint has had a request in flight (perf_counter clock)."""
+        if self.outstanding > 0:
+            return self.busy_s + (time.perf_counter() - self.busy_since)
+        return self.busy_s
 
     @staticmethod
     def key(model: ModelConfig, ep: Endpoint, circuit: CircuitConfig) -> UpstreamKey:

@@ -9,6 +9,8 @@
 - `two_model_chart`: `tollgate router eval --strong A --weak B`: quality against the share of
   calls sent to the strong model, with the random-routing baseline (the straight line between
   the two models) and the two models as labelled points.
+- `bench_chart`: `tollgate bench-model --plot`: throughput and latency against concurrency,
+  one colour per measured endpoint.
 
 Each function writes a PNG to `path` and returns the matplotlib Figure (tests inspect it).
 `mix_frontier` needs no matplotlib. matplotlib is the optional extra `plot`
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -405,3 +408,67 @@ def _cost_only(
     )
     ax.set_title(title, fontsize=13, color=INK, loc="left", pad=34)
     return _finish(fig, ax, path)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchSeries:
+    """One measured endpoint of `tollgate bench-model`: per level (concurrency, aggregate
+    tokens/s, per-stream tokens/s p50, TTFT p50 ms, per-token latency p50 ms)."""
+
+    label: str
+    levels: Sequence[tuple[int, float, float | None, float | None, float | None]]
+
+
+_SERIES_COLOURS = (SINGLE, ROUTED, ORACLE, "#cc79a7", "#e69f00", "#56b4e9")
+
+
+def bench_chart(path: str | Path, *, title: str, series: Sequence[BenchSeries]) -> Figure:
+    """`tollgate bench-model --plot`: throughput (left) and latency (right) against
+    concurrency, one colour per endpoint; solid lines aggregate tokens/s and time to first
+    token, dashed lines per-stream tokens/s and per-token latency."""
+    fig, ax = _figure(12.0, 5.5)
+    lat = fig.add_subplot(1, 2, 2)
+    ax.set_subplotspec(fig.add_gridspec(1, 2)[0, 0])
+    lat.grid(True, color="#e3e6ec", linewidth=0.8)
+    lat.set_axisbelow(True)
+    for side in ("top", "right"):
+        lat.spines[side].set_visible(False)
+    levels = sorted({c for s in series for c, *_ in s.levels})
+    for i, s in enumerate(series):
+        colour = _SERIES_COLOURS[i % len(_SERIES_COLOURS)]
+        pts = sorted(s.levels)
+        xs = [p[0] for p in pts]
+        ax.plot(xs, [p[1] for p in pts], color=colour, marker="o", linewidth=2.0,
+                label=f"{s.label}: aggregate")  # fmt: skip
+        stream = [(p[0], p[2]) for p in pts if p[2] is not None]
+        if stream:
+            ax.plot(*zip(*stream, strict=True), color=colour, marker="s", linestyle="--",
+                    linewidth=1.4, label=f"{s.label}: per stream (p50)")  # fmt: skip
+        ttft = [(p[0], p[3]) for p in pts if p[3] is not None]
+        if ttft:
+            lat.plot(*zip(*ttft, strict=True), color=colour, marker="o", linewidth=2.0,
+                     label=f"{s.label}: time to first token (p50)")  # fmt: skip
+        itl = [(p[0], p[4]) for p in pts if p[4] is not None]
+        if itl:
+            lat.plot(*zip(*itl, strict=True), color=colour, marker="s", linestyle="--",
+                     linewidth=1.4, label=f"{s.label}: per token (p50)")  # fmt: skip
+    for a, y_label, sub in (
+        (ax, "output tokens per second", "throughput"),
+        (lat, "latency (ms)", "latency"),
+    ):
+        a.set_title(sub, fontsize=11, color=INK, loc="left")
+        a.set_xlabel("concurrent streams", fontsize=11, color=INK)
+        a.set_ylabel(y_label, fontsize=11, color=INK)
+        a.tick_params(labelsize=10, colors=INK)
+        if levels:
+            a.set_xscale("log", base=2)
+            a.set_xticks(levels, [str(c) for c in levels])
+        a.set_ylim(bottom=0)
+        a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False,
+                 fontsize=9)  # fmt: skip
+    fig.suptitle(title, fontsize=13, color=INK, x=0.02, ha="left")
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.86, bottom=0.3, wspace=0.25)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png", bbox_inches="tight", pad_inches=0.2, facecolor="white")
+    return fig

@@ -148,6 +148,42 @@ def format_limits(
     return "\n".join(lines)
 
 
+def format_local_cost(rows: list[dict[str, Any]]) -> str:
+    """Locally priced models: the marginal price routing uses next to the effective price of
+    the tokens they served, idle hardware included (gateway/accounting/utilisation.py)."""
+    header = ["LOCAL MODEL", "OVER s", "BUSY %", "REQS", "OUT TOK", "HARDWARE $",
+              "MARGINAL $/M", "EFFECTIVE $/M"]  # fmt: skip
+    body = [
+        [
+            str(r["model"]),
+            f"{r['span_s']:,.0f}",
+            "-" if r.get("busy_share") is None else f"{100 * r['busy_share']:.1f}",
+            f"{int(r['requests']):,}",
+            f"{int(r['completion_tokens']):,}",
+            f"{r['hardware_cost_usd']:.6f}",
+            f"{r['marginal_usd_per_mtok']:.4f}",
+            "-"
+            if r.get("effective_usd_per_mtok") is None
+            else f"{r['effective_usd_per_mtok']:.4f}",
+        ]
+        for r in rows
+    ]
+    widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in [header, *body]
+    ]
+    note = (
+        "local models: MARGINAL is the routing price per million output tokens "
+        "(hardware_usd_per_hour / 3600 / tokens_per_second); EFFECTIVE is the hardware's price "
+        "over the period / the output tokens it served there, idle time included"
+    )
+    return "\n".join([*lines, textwrap.fill(note, 92)])
+
+
 def _fetch_http(args: argparse.Namespace) -> dict[str, Any]:
     import httpx
 
@@ -169,6 +205,7 @@ def _fetch_http(args: argparse.Namespace) -> dict[str, Any]:
 async def _read_store(args: argparse.Namespace) -> dict[str, Any]:
     from gateway.accounting.store import describe_sources, make_store, missing_store
     from gateway.accounting.usage import parse_time, totals
+    from gateway.accounting.utilisation import period_cost
     from gateway.config import find_config, load_config
 
     config = find_config(args.config)
@@ -192,11 +229,15 @@ async def _read_store(args: argparse.Namespace) -> dict[str, Any]:
     await store.open()
     try:
         rows = await store.usage(since, until, args.group_by)
+        by_model = rows if args.group_by == "model" else await store.usage(since, until, "model")
     finally:
         await store.close()
     source = describe_sources(path, cfg.store)
+    # the local models over the report's period: what their hardware cost per token served
+    span = (until if until is not None else now) - since
+    local = period_cost(cfg.models, {r["group"]: r for r in by_model}, max(0.0, span))
     out = {"since": since, "until": until, "group_by": args.group_by, "data": rows,
-           "totals": totals(rows), "source": source}  # fmt: skip
+           "totals": totals(rows), "local_cost": local, "source": source}  # fmt: skip
     if args.group_by == "key":
         out["limits"], note = await limits_state(cfg, path, rows)
         if note:
@@ -313,6 +354,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             print(format_limits(data["limits"], rows), file=out)
         if data.get("limits_note"):
             print(f"limits: {data['limits_note']}", file=out)
+        if data.get("local_cost"):
+            print(format_local_cost(data["local_cost"]), file=out)
     if args.plot:
         plot_usage(rows, args.plot, args.group_by, since=float(data["since"]))
         print(f"plot: {args.plot}", file=out)

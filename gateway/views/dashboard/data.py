@@ -176,6 +176,10 @@ async def snapshot(
         "pending_records": gw.recorder.queue_depth,
         "savings": SAVINGS_TEXT,
     }
+    if key_id is None and getattr(gw, "utilisation", None) is not None:
+        from gateway.accounting.utilisation import local_cost
+
+        body["local_cost"] = await local_cost(gw)
     store = gw.store
     limits = getattr(gw, "limits", None)
     by_key = [] if store is None else await store.usage(since, until, "key", key_id=key_id)

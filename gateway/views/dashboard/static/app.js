@@ -251,6 +251,15 @@
     fill("table-backends", backends, function (b) {
       return [b.name, b.tier, b.e.endpoint, { pill: b.e.circuit }, { text: int(b.e.in_flight), cls: "n" }];
     });
+    // locally priced models: the routing (marginal) price next to what their tokens cost
+    // with idle time included (effective); "–" while a model served nothing in the window
+    fill("table-local", d.local_cost || [], function (r) {
+      return [r.model, { text: num(r.span_s, 0), cls: "n" },
+        { text: r.busy_share == null ? "–" : (100 * r.busy_share).toFixed(1), cls: "n" },
+        { text: int(r.requests), cls: "n" }, { text: int(r.completion_tokens), cls: "n" },
+        { text: num(r.hardware_cost_usd, 6), cls: "n" }, { text: num(r.marginal_usd_per_mtok, 4), cls: "n" },
+        { text: num(r.effective_usd_per_mtok, 4), cls: "n effective" }];
+    });
     fill("table-recent", d.recent || [], function (r) {
       return [clock(r.ts), r.route || "–", r.model || "–", r.tier || "–", { text: num(r.router_score, 3), cls: "n" },
         { text: num(r.cost_usd, 6), cls: "n" }, { text: num(r.reference_cost_usd, 6), cls: "n" }, { text: ms(r.latency_ms), cls: "n" },
