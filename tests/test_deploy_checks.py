@@ -126,7 +126,7 @@ def test_compose_file_validates_and_what_it_mounts_exists(compose: dict[str, Any
 def test_compose_services_agree_with_the_files_they_mount(compose: dict[str, Any]) -> None:
     services = compose["services"]
     gateways = sorted(n for n in services if n.startswith("gateway-"))
-    assert len(gateways) == 2
+    assert len(gateways) >= 2
     # nginx: its config's upstream servers are the gateway services on their port, and the
     # port it listens on is the one compose publishes
     nginx = services["nginx"]
