@@ -104,8 +104,16 @@ def _host_file(service: dict[str, Any], container_path: str) -> Path:
 
 def test_compose_file_validates_and_what_it_mounts_exists(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"nginx", "gateway-1", "gateway-2", "postgres", "redis", "prometheus", "grafana",
-            "local-model"} <= services.keys()  # fmt: skip
+    assert {
+        "nginx",
+        "gateway-1",
+        "gateway-2",
+        "postgres",
+        "redis",
+        "prometheus",
+        "grafana",
+        "local-model",
+    } <= services.keys()
     assert services["local-model"]["profiles"] == ["local-model"]  # only when asked for
     for name, svc in services.items():
         for dst, src in _mounts(svc).items():
@@ -142,8 +150,12 @@ def test_compose_services_agree_with_the_files_they_mount(compose: dict[str, Any
     flag = next(a for a in prom["command"] if a.startswith("--config.file="))
     prom_conf_path = _host_file(prom, flag.split("=", 1)[1])
     prom_conf = yaml.safe_load(prom_conf_path.read_text())
-    targets = [t for job in prom_conf["scrape_configs"] for sc in job["static_configs"]
-               for t in sc["targets"]]  # fmt: skip
+    targets = [
+        t
+        for job in prom_conf["scrape_configs"]
+        for sc in job["static_configs"]
+        for t in sc["targets"]
+    ]
     assert sorted(targets) == [f"{g}:{GATEWAY_PORT}" for g in gateways]
     for rules in prom_conf["rule_files"]:
         assert (prom_conf_path.parent / rules).exists()
@@ -174,11 +186,14 @@ def test_compose_services_agree_with_the_files_they_mount(compose: dict[str, Any
         pg = urlsplit(env["TOLLGATE_POSTGRES_URL"])
         pg_env = services["postgres"]["environment"]
         assert (pg.hostname, pg.username, pg.password, pg.path.strip("/")) == (
-            "postgres", pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"], pg_env["POSTGRES_DB"]
-        )  # fmt: skip
+            "postgres",
+            pg_env["POSTGRES_USER"],
+            pg_env["POSTGRES_PASSWORD"],
+            pg_env["POSTGRES_DB"],
+        )
         assert urlsplit(env["TOLLGATE_REDIS_URL"]).hostname == "redis"
-        # and the file loads with exactly this environment
-        check_config(routing, clean_env(**env))
+    # the routing file loads with exactly the gateways' environment
+    check_config(routing, clean_env(**env))
     # the replicas differ only in their own journal volume
     a, b = (dict(services[g]) for g in gateways)
     assert {k: v for k, v in a.items() if k != "volumes"} == {
@@ -207,6 +222,29 @@ def test_prometheus_config_and_alert_rules_pass_promtool() -> None:
     done = run(promtool, "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{len(alert_queries())} rules found" in done.stdout + done.stderr
+
+
+def test_the_dashboard_has_a_panel_for_each_thing_an_operator_watches() -> None:
+    """The panels the deployment promises (docs/operations.md, README): each subject's
+    series is queried by at least one panel."""
+    queries = " ".join(dashboard_queries())
+    subjects = {
+        "spend": "tollgate_cost_usd_total",
+        "reference cost": "tollgate_baseline_cost_usd_total",
+        "savings": "tollgate_savings_usd",
+        "routing mix": 'tollgate_requests_total{route=~"auto|router-.*"}',
+        "latency": "tollgate_request_latency_seconds_bucket",
+        "time to first token": "tollgate_ttft_seconds_bucket",
+        "quality by model": "tollgate_quality_sum",
+        "errors": "tollgate_upstream_errors_total",
+        "fallbacks": "tollgate_fallbacks_total",
+        "circuit state": "tollgate_circuit_state",
+        "store drops": "tollgate_store_dropped_records_total",
+        "limit rejections per key": "sum by (key, kind) (rate(tollgate_limit_rejections_total",
+        "replicas up": 'up{job="tollgate"}',
+    }
+    missing = [name for name, series in subjects.items() if series not in queries]
+    assert not missing, missing
 
 
 def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
@@ -286,11 +324,17 @@ def test_kubernetes_objects_agree_with_each_other_and_the_gateway(
     dep, svc, hpa, pdb, cm = (by_kind[k] for k in kinds)
     pod = dep["spec"]["template"]
     labels = pod["metadata"]["labels"]
-    for selector in (dep["spec"]["selector"]["matchLabels"], svc["spec"]["selector"],
-                     pdb["spec"]["selector"]["matchLabels"]):  # fmt: skip
+    for selector in (
+        dep["spec"]["selector"]["matchLabels"],
+        svc["spec"]["selector"],
+        pdb["spec"]["selector"]["matchLabels"],
+    ):
         assert selector.items() <= labels.items()
     assert hpa["spec"]["scaleTargetRef"] == {
-        "apiVersion": "apps/v1", "kind": "Deployment", "name": dep["metadata"]["name"]}  # fmt: skip
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": dep["metadata"]["name"],
+    }
     assert hpa["spec"]["minReplicas"] >= 2 and pdb["spec"]["minAvailable"] == 1
     (c,) = pod["spec"]["containers"]
     port = {p["name"]: p["containerPort"] for p in c["ports"]}
@@ -337,10 +381,15 @@ def _ignored(path: str, patterns: list[str]) -> bool:
         pat = pat.lstrip("!").strip("/")
         pats = [pat, pat[3:]] if pat.startswith("**/") else [pat]
         hit = any(
-            fnmatch.fnmatchcase(p, q) or (q.count("/") == 0 and pat.startswith("**/")
-                                           and fnmatch.fnmatchcase(p.rsplit("/", 1)[-1], q))
-            for p in prefixes for q in pats
-        )  # fmt: skip
+            fnmatch.fnmatchcase(p, q)
+            or (
+                q.count("/") == 0
+                and pat.startswith("**/")
+                and fnmatch.fnmatchcase(p.rsplit("/", 1)[-1], q)
+            )
+            for p in prefixes
+            for q in pats
+        )
         if hit:
             ignored = not neg
     return ignored
@@ -367,8 +416,13 @@ def test_dockerfile_copies_what_the_dockerignore_keeps() -> None:
         assert files, f"COPY {src}: nothing in the repository"
         left_out = [f for f in files if _ignored(f, patterns)]
         assert not left_out, f".dockerignore leaves out what COPY {src} needs: {left_out[:5]}"
-    for heavy in (".venv/bin/python", "var/tollgate.db", ".git/HEAD", "tests/support.py",
-                  "router_models/_lexical.cpython-311-x86_64-linux-gnu.so"):  # fmt: skip
+    for heavy in (
+        ".venv/bin/python",
+        "var/tollgate.db",
+        ".git/HEAD",
+        "tests/support.py",
+        "router_models/_lexical.cpython-311-x86_64-linux-gnu.so",
+    ):
         assert _ignored(heavy, patterns), heavy
     # the image keeps its non-root user and the check that the C featurizer compiled
     assert re.search(r"^USER tollgate$", dockerfile, flags=re.M)

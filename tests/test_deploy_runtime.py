@@ -115,8 +115,21 @@ def test_a_configmap_update_reloads_the_routing_file(fakes: Fakes, tmp_path: Pat
 # -- what the dashboard and the alerts read ---------------------------------------------------
 PROMETHEUS_OWN = {"up"}  # series Prometheus makes itself for each target
 GRAFANA_RANGES = {"$__rate_interval": "1m", "$__range": "6h"}
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and",
-                "or", "unless", "offset", "inf", "nan"}  # fmt: skip
+PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def deploy_queries() -> list[str]:
@@ -262,7 +275,10 @@ def test_tollgate_workers_in_the_environment_sets_the_worker_processes(
     assert metric_total(samples, "tollgate_requests_total") == 6
     bad = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "serve", "--port", str(free_port())],
-        capture_output=True, text=True, timeout=60, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), "TOLLGATE_WORKERS": "two"},
-    )  # fmt: skip
+    )
     assert bad.returncode == 2 and "'two' is not a number of processes" in bad.stderr
