@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
+import openai
 import pytest
 import yaml
 
 from tests.nginx_server import NginxServer, need_tool
-from tests.support import REPO
+from tests.support import REPO, free_port
 
 pytestmark = pytest.mark.deploy
 
@@ -430,3 +432,32 @@ def test_dockerfile_copies_what_the_dockerignore_keeps() -> None:
     assert re.search(r"^ENV TOLLGATE_WORKERS=\d+$", dockerfile, flags=re.M)
     assert re.search(r"^HEALTHCHECK .*\n?.*/healthz", dockerfile, flags=re.M)
     assert f"EXPOSE {GATEWAY_PORT}" in dockerfile and f'"--port", "{GATEWAY_PORT}"' in dockerfile
+
+
+def test_what_nginx_answers_itself_is_in_openai_error_format(tmp_path: Path) -> None:
+    """With no replica up, and for a body over nginx's own limit, the client's SDK gets an
+    OpenAI error (status, type, code, what to do), not nginx's HTML page."""
+    dead = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    ngx = NginxServer(tmp_path / "nginx", dead).start()
+    try:
+        client = openai.OpenAI(base_url=f"{ngx.url}/v1", api_key="k", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as e:
+            client.chat.completions.create(
+                model="auto", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert e.value.status_code == 503
+        err = e.value.response.json()["error"]
+        assert err["code"] == "no_replica_available" and "retry" in err["message"]
+        big = httpx.post(
+            f"{ngx.url}/v1/chat/completions",
+            content=b"x" * (9 * 1024 * 1024),
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
+        assert big.status_code == 413
+        assert big.json()["error"]["type"] == "invalid_request_error"
+        assert "smaller body" in big.json()["error"]["message"]
+        metrics = httpx.get(f"{ngx.url}/metrics")
+        assert metrics.status_code == 404 and metrics.json()["error"]["code"] == "not_found"
+    finally:
+        ngx.stop()
