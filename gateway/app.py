@@ -120,7 +120,7 @@ class Gateway:
         self.judge_enabled = bool(cfg.judge.model and cfg.judge.sample_rate > 0)
         self.reload_error: str | None = None
         self.loaded_at = time.time()
-        self._mtime = self._stat()
+        self._config_seen = self._stat()
         self._tasks: list[asyncio.Task[None]] = []
         self._finished: list[tuple[RequestRecord, Any, str | None]] = []
         self.in_flight = 0  # client requests in Proxy.handle
@@ -187,20 +187,26 @@ class Gateway:
         """The key store's keys changed (gateway/tenants/keys.py): their limits apply from now."""
         self.limits = self._limits_for(self.config)
 
-    def _stat(self) -> tuple[float, int] | None:
+    def _stat(self) -> tuple[str, int, int, int, int] | None:
+        """What the config path points at now: the file it resolves to through every symlink
+        on the way and that file's identity, time and size. A Kubernetes ConfigMap volume
+        swaps a `..data` symlink in the folder to a new folder of files; the new file has its
+        own inode even when its time and size match the old one's (so has a file replaced
+        with `mv`), so any such swap reads as a change."""
         if not self.config_path:
             return None
         try:
-            st = os.stat(self.config_path)
+            real = os.path.realpath(self.config_path)
+            st = os.stat(real)
         except OSError:
             return None
-        return (st.st_mtime, st.st_size)
+        return (real, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
     def reload(self, reason: str = "file changed") -> bool:
         """Swap in the file's config if it is valid; otherwise keep serving the old one."""
         if not self.config_path:
             return False
-        self._mtime = self._stat()
+        self._config_seen = self._stat()
         try:
             cfg = load_config(self.config_path)
             if cfg.store != self.config.store:
@@ -267,7 +273,7 @@ class Gateway:
         while True:
             await asyncio.sleep(1.0)
             try:
-                if self._stat() != self._mtime:
+                if self._stat() != self._config_seen:
                     self.reload("file changed")
                 await self.pool.reap()
             except Exception:  # the watcher must never die

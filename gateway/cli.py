@@ -265,6 +265,20 @@ def _managed_keys(args: argparse.Namespace) -> int:
         store.close()
 
 
+def _workers(text: str) -> int:
+    """--workers, or its default $TOLLGATE_WORKERS (the container image sets it)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of processes: give a whole number from 1 "
+            "(--workers, or $TOLLGATE_WORKERS)"
+        )
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["router"] and "--from-store" in argv:
@@ -310,10 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default 8000)")
     s.add_argument(
         "--workers",
-        type=int,
-        default=1,
-        help="processes sharing the port (default 1); each runs its own event loop, "
-        "/metrics sums over all of them",
+        type=_workers,
+        default=os.environ.get("TOLLGATE_WORKERS", "1"),
+        help="processes sharing the port (default $TOLLGATE_WORKERS, else 1); each runs its "
+        "own event loop, /metrics sums over all of them",
     )
     s.add_argument(
         "--log-level",

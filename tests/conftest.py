@@ -18,6 +18,7 @@ RUN_SKIPPED = {
     "redis": "apt-get install -y redis-server",
     "postgres": "apt-get install -y postgresql && pg_ctlcluster 15 main start",
     "browser": "apt-get install -y chromium chromium-driver",
+    "deploy": "apt-get install -y nginx prometheus docker-compose kubernetes-client",
 }
 
 

@@ -79,6 +79,21 @@ def tier_models(base_urls: dict[str, str], extra: dict[str, str] | None = None) 
     return lines
 
 
+def wait_answering(proc: subprocess.Popen[bytes], url: str, timeout: float) -> str | None:
+    """Poll `url` until it answers 200 (None) or `proc` exits or `timeout` passes (why not)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return "exited early"
+        try:
+            if httpx.get(url, timeout=0.5).status_code == 200:
+                return None
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    return "did not answer in time"
+
+
 def open_auth(config_text: str) -> str:
     """A routing file that says nothing of `auth:` runs without gateway keys, as most tests
     (about routing, not keys) expect; the gateway's own default is keys required."""
@@ -140,17 +155,10 @@ class GatewayProcess:
             env=self.env,
             cwd=str(REPO),
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self._fail_start("gateway exited early")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self._fail_start("gateway did not become healthy")
+        why = wait_answering(self.proc, f"{self.url}/healthz", timeout)
+        if why is None:
+            return self
+        self._fail_start(f"gateway {why}")
 
     def _fail_start(self, what: str) -> NoReturn:
         """Nobody holds a gateway that failed to start: stop it and remove its log here."""

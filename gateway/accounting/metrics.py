@@ -562,8 +562,10 @@ class Metrics:
         g.decision.fold(self.decision)
         if g.inflight:
             for (model, endpoint), delta in g.inflight.items():
+                # an endpoint that has had requests shows, at 0 when none is in flight now
+                child = self._inflight_child(model, endpoint)
                 if delta:
-                    self._inflight_child(model, endpoint).inc(delta)
+                    child.inc(delta)
             g.inflight.clear()
 
     def fold(self) -> None:
