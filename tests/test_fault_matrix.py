@@ -240,3 +240,61 @@ def test_broken_routing_file_during_traffic(fakes: Fakes, gateway: Gw, tmp_path:
         ),
         "every answered request recorded",
     )
+
+
+def test_sigterm_during_traffic_then_restart_accounts_every_answer(
+    fakes: Fakes, tmp_path: Path
+) -> None:
+    """SIGTERM while clients send: the gateway drains and stops; after a restart on the same
+    files, every request a client got an answer for (200, or the 503 of the shutdown) has
+    its record, each once, with the status a unary client got. (SIGKILL during traffic,
+    then a restart: tests/test_journal.py.)"""
+    up = fakes("m")
+    db = tmp_path / "r.db"
+    cfg = f'store: {{backend: sqlite, sqlite_path: "{db}"}}\nmodels:\n' + MODEL.format(
+        url=up.base_url
+    )
+    answered: dict[str, int] = {}
+    streamed: set[str] = set()
+    first = GatewayProcess(cfg, tmp_path).start(timeout=180)
+    try:
+
+        def clients() -> None:
+            with httpx.Client(base_url=first.url, timeout=30) as c:
+                for i in range(400):
+                    body = {
+                        "model": "m",
+                        "stream": i % 3 == 0,
+                        "messages": [{"role": "user", "content": "hi"}],
+                    }
+                    try:
+                        r = c.post("/v1/chat/completions", json=body)
+                    except httpx.HTTPError:
+                        return  # the gateway is gone
+                    if "x-tollgate-request-id" in r.headers:
+                        answered[r.headers["x-tollgate-request-id"]] = r.status_code
+                        if i % 3 == 0:
+                            streamed.add(r.headers["x-tollgate-request-id"])
+
+        t = threading.Thread(target=clients)
+        t.start()
+        _wait(lambda: len(answered) >= 40, "traffic under way")
+        first.stop(timeout=30)  # SIGTERM: drain, flush, exit
+        t.join(60)
+    finally:
+        first.close()
+    assert len(answered) >= 40 and set(answered.values()) <= {200, 503}
+    second = GatewayProcess(cfg, tmp_path).start(timeout=180)
+    try:
+        with sqlite3.connect(db) as c:
+            rows = c.execute("SELECT request_id, status FROM requests").fetchall()
+        ids = [rid for rid, _ in rows]
+        assert len(ids) == len(set(ids))
+        status = dict(rows)
+        missing = [rid for rid in answered if rid not in status]
+        assert not missing, f"{len(missing)} of {len(answered)} answered requests not recorded"
+        # a stream the drain cut ends with an error event after its 200 head: its record
+        # says so; a unary answer's record has the status the client got
+        assert all(status[rid] == s for rid, s in answered.items() if rid not in streamed)
+    finally:
+        second.close()
