@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -27,11 +28,12 @@ import pytest
 import redis as redis_client
 
 from gateway.accounting.store.redis_store import DEFAULT_PREFIX
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream, HostileUpstream
 from tests.fault_proxy import FaultProxy
 from tests.postgres_server import need_postgres, scratch_database
 from tests.redis_server import RedisServer, have_redis
-from tests.support import GatewayProcess, metric_samples, metric_total
+from tests.support import GatewayProcess, free_port, metric_samples, metric_total
+from tests.test_openapi import error_problem
 
 Fakes = Callable[..., FakeUpstream]
 Gw = Callable[..., GatewayProcess]
@@ -298,3 +300,76 @@ def test_sigterm_during_traffic_then_restart_accounts_every_answer(
         assert all(status[rid] == s for rid, s in answered.items() if rid not in streamed)
     finally:
         second.close()
+
+
+# -- upstream faults through every API face ---------------------------------------------------
+# (each fault's own behaviour is tested through chat in test_upstream_limits.py,
+# test_gateway_core.py and test_h1.py; here: the answer is in the face's own error format)
+
+FAULTS: dict[str, dict[str, Any]] = {
+    "5xx": {"kind": "status", "status": 500, "body": '{"error": {"message": "boom"}}'},
+    "429": {"kind": "status", "status": 429, "body": "{}", "headers": {"retry-after": "1"}},
+    "reset-before-first-byte": {"kind": "hangup"},
+    "not-http": {"kind": "raw", "data": "garbage that is not HTTP\r\n\r\n"},
+    "not-json": {"kind": "raw", "data": "HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nnot json"},
+    "304": {"kind": "raw", "data": "HTTP/1.1 304 Not Modified\r\n\r\n"},
+    "1xx-then-close": {"kind": "raw", "data": "HTTP/1.1 103 Early Hints\r\n\r\n"},
+}
+QUICK = "retries: 0, timeouts: {read_s: 2, total_s: 5},"
+FACES = {
+    "chat": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+    "responses": ("/v1/responses", {"input": "hi"}),
+    "messages": (
+        "/v1/messages",
+        {"max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]},
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[HostileUpstream]:
+    with HostileUpstream(name="hostile") as up:
+        yield up
+
+
+@pytest.mark.parametrize("face", list(FACES))
+def test_upstream_faults_reach_each_face_in_its_own_error_format(
+    face: str, hostile: HostileUpstream, gateway: Gw, tmp_path: Path
+) -> None:
+    hostile.reset()
+    path, body = FACES[face]
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: connection refused
+    gw = gateway(
+        f'store: {{backend: sqlite, sqlite_path: "{tmp_path}/r.db", flush_interval_s: 0.1}}\n'
+        "server: {retry_backoff_s: 0.01}\n"
+        "circuit_breaker: {failure_threshold: 1000}\n"
+        "models:\n"
+        # an upstream that goes quiet (after a 1xx, say) is a read timeout, then a 504
+        + MODEL.format(url=hostile.base_url).replace("retries: 0,", QUICK)
+        + MODEL.format(url=dead).replace("name: m,", "name: dead,")
+    )
+    hostile.script(list(FAULTS.values()))
+    sent = 0
+    problems = []
+    with httpx.Client(base_url=gw.url, timeout=30) as c:
+        for fault in [*FAULTS, "refused"]:
+            model = "dead" if fault == "refused" else "m"
+            r = c.post(path, json={"model": model, **body})
+            sent += 1
+            if not 400 <= r.status_code < 600 or r.status_code == 500:
+                problems.append(f"{fault}: {r.status_code} {r.text[:200]}")
+            elif (p := error_problem(path, "post", r)) is not None:
+                problems.append(f"{fault}: {p}")
+        assert c.get("/healthz").status_code == 200  # still up
+        ok = c.post(path, json={"model": "m", **body})  # the script is spent: a good answer
+        sent += 1
+    assert not problems, "\n".join(problems)
+    assert ok.status_code == 200, ok.text
+    db = tmp_path / "r.db"
+    _wait(
+        lambda: (
+            db.exists()
+            and sqlite3.connect(db).execute("SELECT count(*) FROM requests").fetchone()[0] == sent
+        ),
+        "every request recorded",
+    )
