@@ -176,7 +176,8 @@ def main() -> int:
     p.add_argument(
         "--api",
         default="chat",
-        help="comma list of " + ",".join(ov.APIS) + ": the client API the requests speak",
+        help="comma list of chat,messages,responses: the client API of the requests "
+        "(messages: /v1/messages, responses: /v1/responses, each translated to chat)",
     )
     args = p.parse_args()
     if not shutil.which("valgrind"):

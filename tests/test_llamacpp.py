@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -98,6 +99,65 @@ def _records(gw: GatewayProcess, n: int, timeout: float = 10.0) -> list[dict[str
 
 
 MSGS = [{"role": "user", "content": "Name three colours."}]
+
+
+# a conversation that already holds a tool turn: the assistant's tool_use and the user's
+# tool_result (the 270M model on a server without tool-call templates gets them as chat's
+# assistant tool_calls and a tool message, and answers in text)
+TOOL_HISTORY: list[Any] = [
+    {"role": "user", "content": "What is the weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": [
+            {"type": "text", "text": "Let me check."},
+            {"type": "tool_use", "id": "toolu_01", "name": "get_weather",
+             "input": {"city": "Paris"}},
+        ],
+    },
+    {
+        "role": "user",
+        "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_01", "content": "18 C and sunny"},
+            {"type": "text", "text": "Say it in one short sentence."},
+        ],
+    },
+]  # fmt: skip
+
+
+T0 = {"temperature": 0}  # the SDK's own temperature argument is gone from messages.create
+
+
+def test_messages_api_text_unary_and_streamed_with_tool_history(gw: GatewayProcess) -> None:
+    """Anthropic's Messages API, translated to chat for llama.cpp: text answers, unary and
+    streamed, priced on llama.cpp's own usage."""
+    client = anthropic.Anthropic(base_url=gw.url, api_key="x", max_retries=0)
+    m = client.messages.create(
+        model=PUBLIC, max_tokens=12, system="Answer briefly.", messages=MSGS, extra_body=T0
+    )
+    assert m.type == "message" and m.model == PUBLIC
+    assert m.content[0].type == "text" and m.content[0].text.strip()
+    assert m.stop_reason in ("end_turn", "max_tokens")
+    h = client.messages.create(model=PUBLIC, max_tokens=12, messages=TOOL_HISTORY, extra_body=T0)
+    assert h.content[0].type == "text" and h.content[0].text.strip()
+    assert h.usage.input_tokens > m.usage.input_tokens  # the tool turns reached the model
+    with client.messages.stream(
+        model=PUBLIC, max_tokens=12, messages=TOOL_HISTORY, extra_body=T0
+    ) as s:
+        streamed = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert streamed.strip() and final.content[0].text == streamed
+    assert final.stop_reason in ("end_turn", "max_tokens") and final.model == PUBLIC
+    recs = _records(gw, 3)
+    for rec, ans in zip(recs, (m, h, final), strict=True):
+        assert rec["endpoint"] == "messages" and rec["status"] == 200
+        assert rec["tokens_estimated"] == 0  # llama.cpp's own counts
+        assert (rec["prompt_tokens"], rec["completion_tokens"]) == (
+            ans.usage.input_tokens,
+            ans.usage.output_tokens,
+        )
+        cost = rec["prompt_tokens"] * IN_TOKEN_USD + rec["completion_tokens"] * OUT_TOKEN_USD
+        assert rec["cost_usd"] == pytest.approx(cost, rel=1e-12)
+    assert recs[2]["stream"] == 1
 
 
 def test_unary_chat_is_priced_locally_and_named_publicly(gw: GatewayProcess, llama: Llama) -> None:

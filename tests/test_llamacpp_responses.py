@@ -6,15 +6,34 @@ llama.cpp's own usage."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
+from tests.fake_upstream import FakeUpstream
 from tests.support import GatewayProcess
-from tests.test_llamacpp import PUBLIC, _records, gw, llama  # noqa: F401  (fixtures)
+from tests.test_llamacpp import PUBLIC, Llama, _config, _records, llama  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.llamacpp
+
+
+@pytest.fixture
+def gw(
+    llama: Llama,  # noqa: F811
+    fakes: Callable[..., FakeUpstream],
+    tmp_path: Path,
+) -> Iterator[GatewayProcess]:
+    """The example routing file's gateway in front of llama-server (test_llamacpp's), given
+    a minute to start: the router loads slowly on a busy 2-core machine."""
+    large = fakes("large")
+    g = GatewayProcess(_config(llama, large), tmp_path, {"TOLLGATE_LARGE_URL": large.base_url})
+    g.start(timeout=60)
+    yield g
+    g.close()
+
 
 HISTORY: list[Any] = [
     {"role": "user", "content": "What is the weather in Oslo?"},
@@ -30,7 +49,7 @@ HISTORY: list[Any] = [
 ]
 
 
-def test_unary_text_answer(gw: GatewayProcess) -> None:  # noqa: F811
+def test_unary_text_answer(gw: GatewayProcess) -> None:
     c = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
     raw = c.responses.with_raw_response.create(
         model=PUBLIC,
@@ -52,7 +71,7 @@ def test_unary_text_answer(gw: GatewayProcess) -> None:  # noqa: F811
     assert rec["cost_usd"] > 0
 
 
-def test_streamed_answer_after_tool_turns(gw: GatewayProcess) -> None:  # noqa: F811
+def test_streamed_answer_after_tool_turns(gw: GatewayProcess) -> None:
     c = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
     events = list(
         c.responses.create(

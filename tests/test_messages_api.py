@@ -67,6 +67,7 @@ def gw(
     urls = {n: fakes(n).base_url for n in ("small", "medium", "large")}
     lines = [
         STORE,
+        "circuit_breaker: {failure_threshold: 1, cooldown_s: 60}",
         "router: {candidates: [small, medium, large]}",
         "models:",
         *tier_models(urls),
@@ -204,7 +205,17 @@ def test_passthrough_to_anthropic_upstream_with_its_own_key(
         final = s.get_final_message()
     assert text.startswith("[claude]") and final.model == "claude"
     assert final.usage.output_tokens == 16
-    assert _messages_row(gw, 3)["cost_usd"] > 0
+    with client.messages.stream(
+        model="to-claude",
+        max_tokens=50,
+        messages=[{"role": "user", "content": "hi"}],
+        tools=[WEATHER],
+    ) as s:
+        called = s.get_final_message()
+    assert called.model == "claude" and called.stop_reason == "tool_use"
+    assert called.content[0].type == "tool_use"
+    assert called.content[0].input == {"city": "Paris", "unit": "celsius"}
+    assert _messages_row(gw, 4)["cost_usd"] > 0
 
 
 def test_cache_writes_and_reads_are_priced(gw: GatewayProcess) -> None:
@@ -271,8 +282,15 @@ def test_errors_in_anthropics_format(gw: GatewayProcess, claude: FakeAnthropic) 
     assert over.value.status_code == 502
     assert over.value.body["error"]["type"] == "api_error"  # type: ignore[index]
     assert "claude" in over.value.body["error"]["message"]  # type: ignore[index]
+    # that failure opened claude's circuit (failure_threshold 1): no capacity, overloaded
+    with pytest.raises(anthropic.APIStatusError) as shut:
+        client.messages.create(
+            model="to-claude", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    assert shut.value.status_code == 503 and "retry-after" in shut.value.response.headers
+    assert shut.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    assert "circuit breaker" in shut.value.body["error"]["message"]  # type: ignore[index]
     # ... and with a fallback the next model answers, translated
-    httpx.post(f"{claude.url}/_fake/fail", json={"status": 529})
     r = client.messages.create(
         model="claude-then-small", max_tokens=5, messages=[{"role": "user", "content": "x"}]
     )
@@ -340,3 +358,24 @@ def test_messages_model_refused_for_chat(gw: GatewayProcess) -> None:
     )
     assert r.status_code == 400
     assert "messages" in r.json()["error"]["message"]
+
+
+def test_response_cache_answers_a_repeated_request_in_the_same_form(gw: GatewayProcess) -> None:
+    client = _client(gw, default_headers={"x-tollgate-cache": "1"})
+    msgs: Any = [{"role": "user", "content": "Cache me."}]
+    a = client.messages.with_raw_response.create(
+        model="small", max_tokens=20, messages=msgs, extra_body={"temperature": 0}
+    )
+    b = client.messages.with_raw_response.create(
+        model="small", max_tokens=20, messages=msgs, extra_body={"temperature": 0}
+    )
+    assert a.headers["x-tollgate-cache"] == "miss" and b.headers["x-tollgate-cache"] == "hit"
+    assert b.parse().model_dump() == a.parse().model_dump()
+    assert float(b.headers["x-tollgate-cost-usd"]) == 0.0
+    body = {"model": "small", "max_tokens": 20, "temperature": 0, "messages": msgs, "stream": True}
+    hdrs = {"x-tollgate-cache": "1", "anthropic-version": "2023-06-01"}
+    s1 = httpx.post(f"{gw.base_url}/messages", json=body, headers=hdrs)
+    s2 = httpx.post(f"{gw.base_url}/messages", json=body, headers=hdrs)
+    assert s1.headers["x-tollgate-cache"] == "miss"  # a stream is not served from JSON
+    assert s2.headers["x-tollgate-cache"] == "hit" and s2.content == s1.content
+    assert s2.content.rstrip().endswith(b'data: {"type":"message_stop"}')
