@@ -3,8 +3,8 @@ PostgreSQL) to make that server look down, back, or slow, without touching the s
 
 ``FaultProxy(target_port).start()`` listens on a free 127.0.0.1 port in a thread of this
 process and forwards each connection to ``127.0.0.1:target_port``. ``down()`` closes every
-open connection and refuses new ones (the client sees a reset and then connection refused
-... accepted and closed at once); ``up()`` forwards again; ``slow(seconds)`` delays every
+open connection, and while down a new connection is accepted and closed at once (to the
+client the server is gone); ``up()`` forwards again; ``slow(seconds)`` delays every
 forwarded piece by that much (both directions).
 """
 

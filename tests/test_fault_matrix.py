@@ -1,6 +1,7 @@
-"""The fault matrix's store and process rows, with real processes on 127.0.0.1 (the
-upstream rows are in test_upstream_limits.py, test_records_truth.py, test_h1.py,
-test_stream_framing.py; the table in SECURITY.md's neighbour, the report, maps each).
+"""The fault matrix's store and process rows, with real processes on 127.0.0.1 (each
+upstream fault's own behaviour is tested in test_upstream_limits.py, test_gateway_core.py,
+test_records_truth.py, test_h1.py and test_stream_framing.py; the last test here sends them
+through every API face).
 
 * Redis and PostgreSQL record stores behind a loopback fault proxy (tests/fault_proxy.py;
   a private redis-server, the shared PostgreSQL with a scratch database: neither server is
