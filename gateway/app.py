@@ -33,6 +33,7 @@ from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import JUDGE, RequestRecord
 from gateway.accounting.store import make_store
 from gateway.accounting.utilisation import Utilisation
+from gateway.api import openapi as openapi_doc
 from gateway.api.face import Face
 from gateway.api.response_store import ResponseStore, ResponseStoreError, store_path
 from gateway.api.responses_face import STORE_OFF, not_found
@@ -520,6 +521,10 @@ def build_fastapi(gw: Gateway) -> FastAPI:
             media_type="application/json",
             headers={k.decode(): v.decode() for k, v in exc.headers()},
         )
+
+    @app.get("/openapi.json")
+    async def openapi() -> Response:
+        return Response(openapi_doc.DOCUMENT, media_type="application/json")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
