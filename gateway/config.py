@@ -34,6 +34,14 @@ DEFAULT_CONFIG_PATH = Path(str(resources.files("gateway") / "defaults" / "routin
 LOCAL_CONFIG_NAME = "tollgate.yaml"
 
 PolicyKind = Literal["cheapest_above", "max_utility", "threshold"]
+# What a request asks for, by its API path: chat (/v1/chat/completions), completions,
+# embeddings, responses (/v1/responses) and messages (Anthropic's /v1/messages). A model
+# serves a kind natively when its `kinds:` lists it; responses and messages are also served
+# by translation to chat by any model that serves chat (gateway/routing/runtime.py).
+Kind = Literal["chat", "completions", "embeddings", "responses", "messages"]
+KINDS: tuple[str, ...] = get_args(Kind)
+# kinds a model that serves chat answers by translation when its `kinds:` does not list them
+TRANSLATED_FROM_CHAT: tuple[str, ...] = ("responses", "messages")
 # the virtual model names gateway/routing/policies.py resolves: router-<policy kind>-<number>
 _ROUTED_RE = re.compile(
     r"^router-(" + "|".join(get_args(PolicyKind)) + r")-[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?$"
@@ -133,7 +141,12 @@ class Pricing(_Strict):
     """
 
     input_per_mtok: float | None = Field(None, ge=0)
-    cached_input_per_mtok: float | None = Field(None, ge=0)
+    cached_input_per_mtok: float | None = Field(
+        None, ge=0, description="prompt tokens read from the provider's prompt cache"
+    )
+    cache_write_per_mtok: float | None = Field(
+        None, ge=0, description="prompt tokens written to the provider's prompt cache"
+    )
     output_per_mtok: float | None = Field(None, ge=0)
     hardware_usd_per_hour: float | None = Field(None, ge=0)
     tokens_per_second: float | None = Field(None, gt=0)
@@ -181,7 +194,13 @@ class ModelConfig(_Strict):
     max_queue: int = Field(512, ge=0, description="requests waiting for a slot per endpoint")
     queue_timeout_s: float = Field(5.0, gt=0)
     retries: int = Field(2, ge=0, le=10, description="extra attempts on the same model")
-    kinds: list[Literal["chat", "completions", "embeddings"]] = ["chat", "completions"]
+    # the kinds this model's upstream serves natively (responses and messages are also served
+    # by translation to chat when chat is listed); a route or `auto` skips a model for a
+    # request of a kind it does not serve
+    kinds: list[Kind] = Field(["chat", "completions"], min_length=1)
+    # how long the provider keeps a prompt prefix cached (OpenAI and Anthropic: ~5 minutes):
+    # conversation stickiness weighs a cached prefix by the chance it is still warm
+    prompt_cache_ttl_s: float = Field(300.0, gt=0)
     # per-model limits for every key together (gateway/tenants/limits.py): token buckets
     # of this many requests / tokens a minute (bursts up to one minute's worth)
     rpm: int | None = Field(None, ge=1, description="requests per minute to this model")
@@ -222,18 +241,6 @@ class ExploreConfig(_Strict):
         {}, description="share per routed model name (auto, router-<policy>-<value>)"
     )
 
-    @field_validator("routes")
-    @classmethod
-    def _routed_names(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = [n for n in v if n != "auto" and not _ROUTED_RE.match(n)]
-        if bad:
-            raise ValueError(
-                f"{', '.join(repr(n) for n in bad)} is not a routed model name: exploration "
-                "applies to `auto` and router-<policy>-<value> names (a route of `routes:` "
-                "has no router decision to explore around)"
-            )
-        return v
-
 
 class RouterConfig(_Strict):
     artifact: str = Field("default", description="'default' or a path to an artifact directory")
@@ -244,6 +251,20 @@ class RouterConfig(_Strict):
     }
     fallback: Literal["next_tier_up", "route_order"] = "next_tier_up"
     explore: ExploreConfig = ExploreConfig()
+
+    @model_validator(mode="after")
+    def _explore_routes(self) -> RouterConfig:
+        pol = self.policies
+        routed = {"auto", *pol, *(f"auto:{p}" for p in pol)}
+        bad = [n for n in self.explore.routes if n not in routed and not _ROUTED_RE.match(n)]
+        if bad:
+            raise ValueError(
+                f"explore.routes: {', '.join(repr(n) for n in bad)} is not a routed model name: "
+                "exploration applies to `auto`, `auto:<policy>`, a router.policies name and "
+                "router-<policy kind>-<value> names (a route of `routes:` has no router decision "
+                "to explore around)"
+            )
+        return self
 
 
 class StoreConfig(_Strict):

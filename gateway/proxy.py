@@ -284,6 +284,7 @@ class Proxy:
             auth = b""
             explain = False
             ceiling: bytes | None = None
+            floor: bytes | None = None
             for k, v in scope["headers"]:
                 if k == b"content-type":
                     ct = v
@@ -295,6 +296,8 @@ class Proxy:
                     explain = v in (b"1", b"true", b"yes")
                 elif k == b"x-tollgate-max-cost-usd":
                     ceiling = v
+                elif k == b"x-tollgate-min-quality":
+                    floor = v
             key = None
             if gw.keys.required:
                 key = self._authenticate(auth)
@@ -332,17 +335,18 @@ class Proxy:
             stream = bool(body.get("stream"))
             rec.stream = stream
             max_cost = None if ceiling is None else _max_cost(ceiling)
+            min_q = None if floor is None else _min_quality(floor)
+            rec.max_cost_usd, rec.min_quality = max_cost, min_q
             ck = gw.cache.key_for(scope["headers"], kind, body, rec.key_id)
             if ck is not None and await self._cache_lookup(ck, body, rec, ctx, send, state):
                 return  # served from the response cache
             if lim.active:  # else no work here: nothing is limited
                 res = await self._reserve(lim, rt, rec, body)
                 state["limits"] = res
-            if res is not None and res.thrifty is not None:
-                plan = rt.resolve(model, kind, body, rid, rec.key_id, max_cost, res.thrifty)
+            thrifty = None if res is None else res.thrifty
+            plan = rt.resolve(model, kind, body, rid, rec.key_id, max_cost, thrifty, min_q)
+            if thrifty is not None:
                 rec.budget_soft = plan.decision is not None  # only a routed name goes thrifty
-            else:
-                plan = rt.resolve(model, kind, body, rid, rec.key_id, max_cost)
             rec.policy = plan.policy
             rec.baseline_model = plan.baseline_model
             if plan.decision is not None:
@@ -1308,6 +1312,21 @@ def _max_cost(v: bytes) -> float:
             "x-tollgate-max-cost-usd must be a non-negative number of US dollars, such as "
             f"0.002 (got {v.decode('latin-1')!r})",
             param="x-tollgate-max-cost-usd",
+        )
+    return x
+
+
+def _min_quality(v: bytes) -> float:
+    """The client's quality floor (x-tollgate-min-quality): a predicted quality, 0 to 1."""
+    try:
+        x = float(v)
+    except ValueError:
+        x = float("nan")
+    if not 0.0 <= x <= 1.0:
+        raise InvalidRequest(
+            "x-tollgate-min-quality must be a number from 0 to 1, the router's predicted "
+            f"chance of an acceptable answer, such as 0.6 (got {v.decode('latin-1')[:40]!r})",
+            param="x-tollgate-min-quality",
         )
     return x
 

@@ -670,6 +670,8 @@ async def test_postgres_schema_is_created_and_migrated(postgres_url: str) -> Non
         c.execute("DROP INDEX tollgate_requests_purpose_ts")
         c.execute("DROP INDEX tollgate_requests_ts")
         c.execute("ALTER TABLE tollgate_requests DROP COLUMN budget_soft")  # record schema 5
+        for col in ("max_cost_usd", "min_quality", "cache_write_tokens", "sticky"):  # schema 6
+            c.execute(f"ALTER TABLE tollgate_requests DROP COLUMN {col}")  # type: ignore[arg-type]
         c.execute(f"UPDATE {VERSION_TABLE} SET version = 1")  # type: ignore[arg-type]
     again = PostgresStore(postgres_url)
     await again.open()
@@ -678,9 +680,11 @@ async def test_postgres_schema_is_created_and_migrated(postgres_url: str) -> Non
     assert await again.count() == 2
     old = await again.get("req-1")
     assert old is not None and old.budget_soft is False
-    await again.write_batch([rec(3, budget_soft=True)])
+    assert old.sticky is None and old.cache_write_tokens == 0
+    await again.write_batch([rec(3, budget_soft=True, sticky="kept", cache_write_tokens=7)])
     new = await again.get("req-3")
     assert new is not None and new.budget_soft is True
+    assert new.sticky == "kept" and new.cache_write_tokens == 7
     await again.close()
 
     with psycopg.connect(postgres_url, autocommit=True) as c:

@@ -108,6 +108,13 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
     # record schema 5: the key was past its budget's soft share (limits.budget_soft)
     (f"ALTER TABLE {TABLE} ADD COLUMN budget_soft boolean NOT NULL DEFAULT false",),
+    # record schema 6: the client's limits, prompt-cache writes, conversation stickiness
+    (
+        f"ALTER TABLE {TABLE} ADD COLUMN max_cost_usd double precision",
+        f"ALTER TABLE {TABLE} ADD COLUMN min_quality double precision",
+        f"ALTER TABLE {TABLE} ADD COLUMN cache_write_tokens bigint NOT NULL DEFAULT 0",
+        f"ALTER TABLE {TABLE} ADD COLUMN sticky text",
+    ),
 ]
 SCHEMA = len(MIGRATIONS)
 
