@@ -260,7 +260,12 @@ class Gateway:
     def price(self, rt: Runtime, rec: RequestRecord) -> None:
         if rec.model is None:
             return
-        tokens = (rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens)
+        tokens = (
+            rec.prompt_tokens,
+            rec.completion_tokens,
+            rec.cached_tokens,
+            rec.cache_write_tokens,
+        )
         rec.cost_usd = pricing.cost_at(rt.rates.get(rec.model, pricing.FREE), *tokens)
         base = rec.baseline_model or rec.model
         rec.baseline_model = base

@@ -1014,24 +1014,19 @@ class Proxy:
 
     def _tokens(self, rec: RequestRecord, body: dict[str, Any], data: dict[str, Any]) -> None:
         """A JSON answer's token counts: its `usage`, else estimated from the text."""
-        usage = data.get("usage")
-        self._usage(rec, usage)
-        if not isinstance(usage, dict) or "prompt_tokens" not in usage:
+        if not self._usage(rec, data.get("usage")):
             rec.tokens_estimated = True
             rec.prompt_tokens = _estimate_prompt(body)
             rec.completion_tokens = pricing.estimate_tokens(_answer_text(data))
 
     @staticmethod
-    def _usage(rec: RequestRecord, usage: Any) -> None:
-        if not isinstance(usage, dict):
-            return
-        pt = usage.get("prompt_tokens")
-        ct = usage.get("completion_tokens")
-        rec.prompt_tokens = pt if isinstance(pt, int) else 0
-        rec.completion_tokens = ct if isinstance(ct, int) else 0
-        details = usage.get("prompt_tokens_details")
-        if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
-            rec.cached_tokens = details["cached_tokens"]
+    def _usage(rec: RequestRecord, usage: Any) -> bool:
+        """Token counts from an upstream's `usage`, in any provider's format (False: none)."""
+        got = pricing.read_usage(usage)
+        if got is None:
+            return False
+        rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens, rec.cache_write_tokens = got
+        return True
 
     # -- streamed ----------------------------------------------------------------------
     async def _stream(
