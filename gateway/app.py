@@ -46,6 +46,7 @@ from gateway.proxy import HOT_PATHS, Proxy, Receive, Scope, Send, new_request_id
 from gateway.routing.policies import POLICIES
 from gateway.routing.profiles import wants_router
 from gateway.routing.runtime import Runtime, UpstreamPool
+from gateway.routing.sticky import StickyMap
 from gateway.tenants import admin
 from gateway.tenants.auth import caller, presented_key, refuse
 from gateway.tenants.keys import KeyRefresher, KeyTable, make_key_store
@@ -96,6 +97,7 @@ class Gateway:
         self.key_refresher.apply(self.key_refresher.fetch())
         self.store = make_store(cfg.store)
         self.cache = ResponseCache(cfg)
+        self.sticky = StickyMap(cfg)  # conversation -> what served its previous turn
         self.recorder = Recorder(self.store, cfg.store, self.metrics, make_journal(cfg.store))
         self.judge = Judge(cfg.judge, self._judge_call, self.recorder, self.metrics)
         self._proxy = Proxy(self)  # the judge's calls go the way client traffic goes
@@ -188,6 +190,7 @@ class Gateway:
         self.judge_enabled = bool(cfg.judge.model and cfg.judge.sample_rate > 0)
         self.judge.update(cfg.judge)
         self.cache.configure(cfg)  # opt-ins, TTL and bounds; the backend stays until restart
+        self.sticky.configure(cfg)
         self.reload_error = None
         self.loaded_at = time.time()
         for up in self.pool.all():
@@ -249,6 +252,7 @@ class Gateway:
         await self.key_refresher.close()
         await self.recorder.close(timeout=self.config.server.drain_timeout_s or 5.0)
         await self.cache.close()
+        await self.sticky.close()
         await self.pool.aclose()
         for b in [*self._retired_limits, *([self._limits_backend] if self._limits_backend else [])]:
             if isinstance(b, RedisBackend):

@@ -242,6 +242,37 @@ class ExploreConfig(_Strict):
     )
 
 
+class StickyConfig(_Strict):
+    """Conversation stickiness (gateway/routing/sticky.py): the turns of one conversation
+    (one session header value, else one leading message prefix; per gateway key) stay on the
+    model and endpoint of the previous turn unless the router's expected saving from a switch
+    is more than the cached prefix it would lose."""
+
+    enabled: bool = True
+    session_header: str = Field(
+        "x-tollgate-session", description="a request header naming the conversation"
+    )
+    ttl_s: float = Field(3600.0, gt=0, description="a conversation not seen this long is forgotten")
+    max_entries: int = Field(100_000, ge=1, description="memory backend: conversations kept (LRU)")
+    backend: Literal["memory", "redis"] = Field(
+        "memory", description="memory: each process its own map; redis: every replica shares it"
+    )
+    redis_url: str | None = Field(None, description="redis backend; None: store.redis_url")
+    redis_cluster: bool | None = Field(
+        None, description="redis_url is a Redis Cluster node; None: store.redis_cluster"
+    )
+    redis_timeout_s: float = Field(
+        0.05, gt=0, description="a slower lookup counts as no previous turn"
+    )
+
+    @field_validator("session_header")
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9-]+", v):
+            raise ValueError(f"{v!r} is not an HTTP header name (letters, digits and -)")
+        return v.lower()
+
+
 class RouterConfig(_Strict):
     artifact: str = Field("default", description="'default' or a path to an artifact directory")
     default_policy: str = "balanced"
@@ -251,6 +282,7 @@ class RouterConfig(_Strict):
     }
     fallback: Literal["next_tier_up", "route_order"] = "next_tier_up"
     explore: ExploreConfig = ExploreConfig()
+    sticky: StickyConfig = StickyConfig()
 
     @model_validator(mode="after")
     def _explore_routes(self) -> RouterConfig:

@@ -54,6 +54,7 @@ from gateway.errors import (
 from gateway.http import h1
 from gateway.http.server import ANSWERED, ON_DISCONNECT
 from gateway.routing.runtime import Plan, Runtime
+from gateway.routing.sticky import KEPT, NEW, StickyMap, Turn, conversation_key
 from gateway.tenants.keys import KeyTable
 from gateway.tenants.limits import LimitExceeded, Limits, Reservation
 from gateway.upstreams.pool import QueueFull, Upstream
@@ -68,6 +69,7 @@ class GatewayState(Protocol):
     limits: Limits  # rate limits and budgets (gateway/tenants/limits.py)
     metrics: Metrics
     cache: ResponseCache
+    sticky: StickyMap  # conversation stickiness (gateway/routing/sticky.py)
     judge_enabled: bool
     in_flight: int  # client requests in `Proxy.handle` now
 
@@ -272,6 +274,8 @@ class Proxy:
             "messages": None,
             "cache": None,  # the response cache's key for this request's answer (a miss)
             "cache_hdr": (),  # x-tollgate-cache, when the cache applied
+            "sticky": None,  # the conversation's key in the stickiness map
+            "endpoint": 0,  # the index of the endpoint that answered
         }
         ctx = _Ctx(task, t0, state)
         watch_later: asyncio.TimerHandle | None = None
@@ -285,6 +289,9 @@ class Proxy:
             explain = False
             ceiling: bytes | None = None
             floor: bytes | None = None
+            session: bytes | None = None
+            sticky = gw.sticky
+            session_header = sticky.header
             for k, v in scope["headers"]:
                 if k == b"content-type":
                     ct = v
@@ -298,6 +305,8 @@ class Proxy:
                     ceiling = v
                 elif k == b"x-tollgate-min-quality":
                     floor = v
+                elif k == session_header:
+                    session = v
             key = None
             if gw.keys.required:
                 key = self._authenticate(auth)
@@ -344,7 +353,13 @@ class Proxy:
                 res = await self._reserve(lim, rt, rec, body)
                 state["limits"] = res
             thrifty = None if res is None else res.thrifty
-            plan = rt.resolve(model, kind, body, rid, rec.key_id, max_cost, thrifty, min_q)
+            turn: Turn | None = None
+            if sticky.enabled and (model in rt.sticky_names or model.startswith("router-")):
+                skey = conversation_key(session, rec.key_id, kind, body)
+                if skey is not None:
+                    state["sticky"] = skey
+                    turn = sticky.get_local(skey) if sticky.local else await sticky.get(skey)
+            plan = rt.resolve(model, kind, body, rid, rec.key_id, max_cost, thrifty, min_q, turn)
             if thrifty is not None:
                 rec.budget_soft = plan.decision is not None  # only a routed name goes thrifty
             rec.policy = plan.policy
@@ -359,6 +374,10 @@ class Proxy:
                 else:
                     rec.propensity = ex.propensity
                     rec.explored = ex.explored
+                if state["sticky"] is not None:
+                    rec.sticky = plan.sticky or NEW
+                    if plan.sticky == KEPT:  # kept by stickiness, not the policy's pick
+                        rec.propensity = None
                 gw.metrics.router_decision(plan.decision_s)
             if gw.judge_enabled and kind == "chat":
                 state["messages"] = body.get("messages")
@@ -419,6 +438,16 @@ class Proxy:
             if watch_later is not None:
                 watch_later.cancel()
             self._commit(rec, ctx)  # no last byte went out (client gone): the record is final now
+            if state["sticky"] is not None and rec.status == 200 and rec.model is not None:
+                gw.sticky.put(
+                    state["sticky"],
+                    Turn(
+                        rec.model,
+                        state["endpoint"],
+                        time.time(),
+                        rec.prompt_tokens + rec.completion_tokens,
+                    ),
+                )
             if res is not None:
                 lim.settle(res, rec.model, rec.prompt_tokens + rec.completion_tokens, rec.cost_usd)
             gw.in_flight -= 1
@@ -644,6 +673,13 @@ class Proxy:
         if d is not None:
             h.append((b"x-tollgate-router-score", f"{d.score:.4f}".encode()))
             h.append((b"x-tollgate-policy", (plan.policy or "").encode()))
+            if rec.sticky is not None:  # the request belongs to a conversation
+                h.append((b"x-tollgate-sticky", rec.sticky.encode()))
+                if explain and plan.sticky_weighed is not None:
+                    prev, gain, lost = plan.sticky_weighed
+                    weighed = {"previous_model": prev, "switch_saving_usd": gain}
+                    weighed["cache_value_usd"] = lost
+                    h.append((b"x-tollgate-sticky-explain", orjson.dumps(weighed)))
             if rec.budget_soft:  # past its budget's soft share: routed thriftily
                 h.append((b"x-tollgate-budget-soft", b"1"))
             ex = plan.exploration
@@ -742,8 +778,13 @@ class Proxy:
             rec.model = name
             rec.tier = mcfg.tier
             failed: Upstream | None = None
+            prefer = plan.endpoint if name == plan.models[0] else None
             for attempt in range(mcfg.retries + 1):
-                up = self._pick(ups, failed)
+                if prefer is not None and prefer < len(ups) and ups[prefer].circuit.allow():
+                    up: Upstream | None = ups[prefer]  # the conversation's previous endpoint
+                else:
+                    up = self._pick(ups, failed)
+                prefer = None
                 if up is None:
                     wait = min(u.circuit.cooldown_s for u in ups)
                     last = Unavailable(
@@ -775,6 +816,7 @@ class Proxy:
                     settled = True
                     keep = keep_slot
                     up.circuit.success()
+                    state["endpoint"] = up.index
                     return result
                 except _Retry as r:
                     settled = True

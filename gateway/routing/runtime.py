@@ -27,6 +27,7 @@ from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.routing.explore import Exploration, explore
 from gateway.routing.policies import Candidate
 from gateway.routing.profiles import ModelProfile, resolve_profiles
+from gateway.routing.sticky import KEPT, STAYED, SWITCHED, Turn, cache_value, switch_gain
 from gateway.upstreams.pool import Upstream, UpstreamKey
 
 if TYPE_CHECKING:
@@ -66,6 +67,14 @@ class Plan:
     # to first (models[0]), whether that is an alternative, its propensity, every candidate's
     # P(pick). None: exploration off, the router's choice has propensity 1.
     exploration: Exploration | None = None
+    # conversation stickiness (gateway/routing/sticky.py): the outcome for a routed request of
+    # a known conversation (stayed, kept, switched), and the endpoint of models[0] that served
+    # the previous turn, to be tried first
+    sticky: str | None = None
+    endpoint: int | None = None
+    # when a switch was weighed: (previous model, the switch's expected saving, the cached
+    # prefix's value it would lose), both USD
+    sticky_weighed: tuple[str, float, float] | None = None
 
 
 class UpstreamPool:
@@ -169,6 +178,13 @@ class Runtime:
                 self.routed_names[f"auto:{pn}"] = pn
                 if pn not in self.models and pn not in self.routes:
                     self.routed_names[pn] = pn
+        # the names whose requests look up their conversation's previous turn: the routed
+        # ones (its model, then its endpoint), and models and routes with a model of several
+        # endpoints (its endpoint); router-<kind>-<value> names are checked by prefix
+        multi = {m.name for m in cfg.models if len(m.endpoints) > 1}
+        self.sticky_names = frozenset(
+            [*self.routed_names, *multi, *(r.name for r in cfg.routes if multi & set(r.models))]
+        )
         # what a routing decision needs of each candidate, looked up once per config
         rows = {
             n: (
@@ -252,13 +268,15 @@ class Runtime:
         max_cost: float | None = None,
         thrifty: BudgetSoftConfig | None = None,
         min_quality: float | None = None,
+        turn: Turn | None = None,
     ) -> Plan:
         """The plan for model `name`. `max_cost` (the client's ceiling, estimated USD)
         removes every model estimated above it (a model, a route's members, the router's
         candidates); for routed names `min_quality` (the client's floor) removes every
         candidate the router predicts below it, `request_id` and `key_id` decide
         exploration, and `thrifty` (a key past its budget's soft share) leaves out the most
-        expensive tiers and may switch the policy."""
+        expensive tiers and may switch the policy. `turn`: what served the conversation's
+        previous turn (stickiness: its model for a routed name, its endpoint for any)."""
         m = self.models.get(name)
         if m is not None:
             if kind not in self.support[name]:
@@ -270,7 +288,10 @@ class Runtime:
                 )
             if max_cost is not None:
                 self._fixed_under_ceiling([name], kind, body, max_cost)
-            return Plan([name], name, baseline_model=name)
+            plan = Plan([name], name, baseline_model=name)
+            if turn is not None and turn.model == name:
+                plan.endpoint = turn.endpoint
+            return plan
         if name in self.routes:
             members = self.route_members[kind][name]
             if not members:
@@ -282,7 +303,10 @@ class Runtime:
                 )
             if max_cost is not None:
                 members = self._fixed_under_ceiling(members, kind, body, max_cost)
-            return Plan(list(members), name, baseline_model=self.route_baseline[name])
+            plan = Plan(list(members), name, baseline_model=self.route_baseline[name])
+            if turn is not None and turn.model == members[0]:
+                plan.endpoint = turn.endpoint
+            return plan
         routed = self._routed_policy(name)
         if routed is not None:
             if not self.kind_candidates.get(kind):
@@ -295,7 +319,17 @@ class Runtime:
             if thrifty is not None and thrifty.policy is not None:
                 pname, pol = thrifty.policy, self.policies[thrifty.policy]
             return self._route(
-                name, kind, pname, pol, body, request_id, key_id, max_cost, thrifty, min_quality
+                name,
+                kind,
+                pname,
+                pol,
+                body,
+                request_id,
+                key_id,
+                max_cost,
+                thrifty,
+                min_quality,
+                turn,
             )
         # a client may send any name, 1 MB long: the answer quotes it cut short, and only a
         # name of a plausible length is compared with the known ones
@@ -363,6 +397,7 @@ class Runtime:
         max_cost: float | None = None,
         thrifty: BudgetSoftConfig | None = None,
         min_quality: float | None = None,
+        turn: Turn | None = None,
     ) -> Plan:
         t0 = time.perf_counter()
         router = self.router
@@ -392,7 +427,10 @@ class Runtime:
             self._fall_back_up(decision, down, allowed)
         if min_quality is not None:
             cands = self._above_floor(decision, cands, min_quality)
-        if self.explores:
+        sticky = weighed = None
+        if turn is not None:
+            sticky, weighed = self._stick(policy, decision, down, turn, prompt_tokens)
+        if self.explores and sticky != KEPT:
             share = self.explore_share_for(name, key_id)
             if share > 0.0:
                 ex = explore(
@@ -410,6 +448,9 @@ class Runtime:
                     time.perf_counter() - t0,
                     scored.values,
                     ex,
+                    sticky,
+                    _endpoint(turn, order[0]),
+                    weighed,
                 )
         return Plan(
             list(decision.order),
@@ -419,7 +460,37 @@ class Runtime:
             baseline_model=self.kind_baseline[kind],
             decision_s=time.perf_counter() - t0,
             features=scored.values,
+            sticky=sticky,
+            endpoint=_endpoint(turn, decision.order[0]),
+            sticky_weighed=weighed,
         )
+
+    def _stick(
+        self, policy: Policy, decision: Decision, down: set[str], turn: Turn, prompt_tokens: int
+    ) -> tuple[str, tuple[str, float, float] | None]:
+        """Keep the conversation on the previous turn's model (put it first: KEPT) unless
+        the router's choice is that model anyway (STAYED), it cannot serve this request now
+        (not a candidate for it, over the client's limits, circuit open), or the switch's
+        expected saving is more than the cached prefix it loses (SWITCHED); with what was
+        weighed, when it was."""
+        new = decision.order[0]
+        old = turn.model
+        if old == new:
+            return STAYED, None
+        if old not in decision.order or old in down:
+            return SWITCHED, None
+        lost = cache_value(
+            self.rates[old],
+            min(turn.prefix_tokens, prompt_tokens),
+            time.time() - turn.at,
+            self.models[old].prompt_cache_ttl_s,
+        )
+        gain = switch_gain(policy, decision, old, new)
+        if gain > lost:
+            return SWITCHED, (old, gain, lost)
+        decision.order = [old, *(n for n in decision.order if n != old)]
+        decision.chosen = old
+        return KEPT, (old, gain, lost)
 
     def _fall_back_up(
         self, decision: Decision, down: set[str], allowed: set[str] | None = None
@@ -585,6 +656,11 @@ class Runtime:
             elif TRANSLATED in hows:
                 out[k] = TRANSLATED
         return out
+
+
+def _endpoint(turn: Turn | None, model: str) -> int | None:
+    """The endpoint to try first for `model`: the previous turn's, when it was this model."""
+    return turn.endpoint if turn is not None and turn.model == model else None
 
 
 def _path(kind: str) -> str:

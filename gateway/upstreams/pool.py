@@ -169,6 +169,7 @@ class Upstream:
         self.upstream_model_bytes = self.upstream_model.encode()
         self.base_url = ep.base_url.rstrip("/")
         self.label = f"{model.name}#{index}"
+        self.index = index  # its place in the model's endpoints (conversation stickiness)
         self.weight = ep.weight
         headers = {"content-type": "application/json"}
         if ep.api_key:
