@@ -248,5 +248,11 @@ def test_session_header_and_endpoint_stickiness_recorded_and_shared_through_redi
                 break
             time.sleep(0.05)
         assert row == ("stayed",)
+        # the dashboard shows each turn's outcome and the totals of the window
+        data = httpx.get(f"{b.url}/dashboard/data?since=1h", timeout=30).json()
+        assert {r["request_id"]: r["sticky"] for r in data["recent"]}[rid] == "stayed"
+        assert (
+            data["sticky"]["stayed"] == 3 and data["sticky"]["new"] == 1
+        )  # b: turns 2, 4, 5; conv-2
     finally:
         rs.stop()
