@@ -67,12 +67,15 @@ def measure(
     journal: bool = True,
     limits: str = "off",
     cache: str = "",
+    sticky: bool = True,
 ) -> tuple[int, list[str]]:
     fu = ov.PinnedFake(name="bench", latency_ms=latency_ms, chunks=20, completion_tokens=32).start()
     out = tmp / f"callgrind-{mode}-{'stream' if stream else 'unary'}.out"
     cfg = tmp / f"routing-{mode}.yaml"
     on = cache in ("miss", "hit")
-    cfg.write_text(ov.routing_yaml(fu.base_url, store, mode, tmp, journal, limits, cache=on))
+    cfg.write_text(
+        ov.routing_yaml(fu.base_url, store, mode, tmp, journal, limits, cache=on, sticky=sticky)
+    )
     port = ov.free_port()
     env = dict(os.environ, PYTHONPATH=str(ov.REPO))
     cmd = [
@@ -170,6 +173,12 @@ def main() -> int:
         help="comma list of off,miss,hit: seeded requests, each new (off: the response cache "
         "off; miss: on) or all the same (hit); pinned model and one store only",
     )
+    p.add_argument(
+        "--sticky",
+        default="on",
+        help="on|off (comma list for both): conversation stickiness (router.sticky.enabled); "
+        "auto mode only",
+    )
     args = p.parse_args()
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind not found: apt-get install -y valgrind")
@@ -178,8 +187,11 @@ def main() -> int:
         caches = args.cache.split(",") if args.cache else [""]
         for mode in args.modes.split(","):
             for kind in args.kinds.split(","):
-                for (store, journal), lim, cache in itertools.product(
-                    _stores(args.store, args.journal), args.limits.split(","), caches
+                for (store, journal), lim, cache, sticky in itertools.product(
+                    _stores(args.store, args.journal),
+                    args.limits.split(","),
+                    caches,
+                    args.sticky.split(","),
                 ):
                     total, top = measure(
                         mode,
@@ -191,11 +203,13 @@ def main() -> int:
                         journal == "on",
                         lim,
                         cache,
+                        sticky == "on",
                     )
                     per = total / args.requests
                     where = store if store == "none" else f"{store}, journal {journal}"
                     where += "" if lim == "off" else f", limits {lim}"
                     where += f", cache {cache}" if cache else ""
+                    where += ", sticky off" if sticky == "off" else ""
                     rows.append((mode, kind, where, per))
                     print(f"\n== {mode} {kind} ({where}): {per:,.0f} instructions per request")
                     for ln in top:
