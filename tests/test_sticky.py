@@ -13,11 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import redis
 
+from gateway.routing.sticky import REDIS_PREFIX
 from tests.fake_upstream import FakeUpstream
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisClusterServers, RedisServer
 from tests.support import GatewayProcess
 
 Fakes = Callable[..., FakeUpstream]
@@ -83,24 +85,20 @@ def converse(
     body fields for the last turn."""
     messages: list[dict[str, str]] = [{"role": "system", "content": "You are a patient tutor."}]
     out = []
-    with httpx.Client(timeout=30) as c:
-        for i in range(turns):
-            messages.append({"role": "user", "content": turn_text(i)})
-            r = c.post(
-                f"{gw.base_url}/chat/completions",
-                json={
-                    "model": model,
-                    "messages": messages,
-                    "max_tokens": 16,
-                    **(last if i == turns - 1 else {}),
-                },
-                headers={"x-tollgate-explain": "1"} if explain else {},
-            )
-            assert r.status_code == 200, r.text
-            out.append(r)
-            messages.append(
-                {"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]}
-            )
+    c = openai.OpenAI(base_url=gw.base_url, api_key="unused", max_retries=0)
+    for i in range(turns):
+        messages.append({"role": "user", "content": turn_text(i)})
+        raw = c.chat.completions.with_raw_response.create(
+            model=model,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=16,
+            extra_headers={"x-tollgate-explain": "1"} if explain else None,
+            extra_body=last if i == turns - 1 else None,
+        )
+        answer = raw.parse().choices[0].message.content
+        assert answer == REPLY
+        out.append(raw.http_response)
+        messages.append({"role": "assistant", "content": answer})
     return out
 
 
@@ -213,23 +211,35 @@ def test_session_header_and_endpoint_stickiness_recorded_and_shared_through_redi
             ]
         )
         a, b = gateway(cfg), gateway(cfg)
-        history: list[dict[str, str]] = []
         for i, gw in enumerate([a, b, a, b, b]):
-            history.append({"role": "user", "content": f"turn {i} of a long chat"})
-            r = httpx.post(
-                f"{gw.base_url}/chat/completions",
-                json={"model": "auto", "messages": history[-1:]},  # only the new turn
-                headers={"x-tollgate-session": "conv-1"},
-                timeout=30,
+            c = openai.OpenAI(base_url=gw.base_url, api_key="unused", max_retries=0)
+            turn: Any = [
+                {"role": "user", "content": f"turn {i} of a long chat"}
+            ]  # only the new one
+            session = {"x-tollgate-session": "conv-1"}
+            if i == 3:  # a streamed turn stays, and counts as a turn, the same way
+                with c.chat.completions.with_streaming_response.create(
+                    model="auto", messages=turn, stream=True, extra_headers=session
+                ) as stream:
+                    assert stream.headers["x-tollgate-sticky"] == "stayed"
+                    assert (
+                        "".join(
+                            ch.choices[0].delta.content or "" for ch in stream.parse() if ch.choices
+                        )
+                        == REPLY
+                    )
+                continue
+            raw = c.chat.completions.with_raw_response.create(
+                model="auto", messages=turn, extra_headers=session
             )
-            assert r.status_code == 200, r.text
-            assert r.headers["x-tollgate-sticky"] == ("new" if i == 0 else "stayed")
+            assert raw.headers["x-tollgate-sticky"] == ("new" if i == 0 else "stayed")
+            r = raw.http_response
         used = [e.stats()["requests"] for e in eps]
         assert sorted(used) == [0, 0, 5], used  # one endpoint took every turn
         # another session is another conversation: a new entry, under the one hash tag
         r2 = httpx.post(
             f"{b.base_url}/chat/completions",
-            json={"model": "auto", "messages": history[:1]},
+            json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
             headers={"x-tollgate-session": "conv-2"},
             timeout=30,
         )
@@ -256,3 +266,41 @@ def test_session_header_and_endpoint_stickiness_recorded_and_shared_through_redi
         )  # b: turns 2, 4, 5; conv-2
     finally:
         rs.stop()
+
+
+def test_sticky_map_on_a_redis_cluster_follows_the_slot(
+    fakes: Fakes, gateway: Gw, redis_cluster: RedisClusterServers
+) -> None:
+    """The stickiness keys share one hash tag: on a Redis Cluster the gateway, pointed at a
+    node that does not own that slot, still finds each conversation's previous turn."""
+    owner = redis_cluster.owner(REDIS_PREFIX + "x")
+    other = next(n for n in redis_cluster.nodes if n is not owner)
+    eps = [fakes(f"ep{i}", reply=REPLY) for i in range(2)]
+    cfg = "\n".join(
+        [
+            "store: {backend: none}",
+            "router:",
+            f"  sticky: {{backend: redis, redis_cluster: true, redis_url: '{other.url}'}}",
+            "models:",
+            "  - name: pool",
+            "    tier: small",
+            "    profile: gemma-2b-it",
+            "    retries: 0",
+            "    endpoints: [" + ", ".join(f"{{base_url: '{e.base_url}'}}" for e in eps) + "]",
+        ]
+    )
+    gw = gateway(cfg)
+    c = openai.OpenAI(base_url=gw.base_url, api_key="unused", max_retries=0)
+    session = f"cluster-{time.monotonic_ns()}"
+    states = []
+    for i in range(4):
+        raw = c.chat.completions.with_raw_response.create(
+            model="auto",
+            messages=[{"role": "user", "content": f"turn {i}"}],
+            extra_headers={"x-tollgate-session": session},
+        )
+        states.append(raw.headers["x-tollgate-sticky"])
+    assert states == ["new", "stayed", "stayed", "stayed"]
+    assert sorted(e.stats()["requests"] for e in eps) == [0, 4]
+    keys = redis_cluster.cli(owner.port, "KEYS", REDIS_PREFIX + "*").split()
+    assert keys and all(k.startswith(REDIS_PREFIX) for k in keys)

@@ -151,6 +151,7 @@ class StickyMap:
 
                 self._lean = RespClient(url, timeout=max(c.redis_timeout_s, 0.5))
         self.local = self._lean is None and self._cluster is None  # get_local, no await
+        self._cluster_ready = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._warned = 0.0
         self.configure(cfg)
@@ -181,6 +182,14 @@ class StickyMap:
     async def get(self, key: str) -> Turn | None:
         if self.local:
             return self.get_local(key)
+        if self._cluster is not None and not self._cluster_ready:
+            try:  # the cluster's slot map, once, outside the lookup's short timeout
+                async with asyncio.timeout(2.0):
+                    await self._cluster.initialize()
+                self._cluster_ready = True
+            except Exception as e:
+                self._warn(e)
+                return None
         try:
             async with asyncio.timeout(self.cfg.redis_timeout_s):
                 if self._lean is not None:
