@@ -74,6 +74,23 @@ def config(ups: dict[str, FakeUpstream], sticky: str, store: str = "{backend: no
     return "\n".join(lines)
 
 
+def pool_config(eps: list[FakeUpstream], sticky: str, store: str = "{backend: none}") -> str:
+    """One model, `pool`, with an endpoint at each of `eps`."""
+    return "\n".join(
+        [
+            f"store: {store}",
+            "router:",
+            f"  sticky: {sticky}",
+            "models:",
+            "  - name: pool",
+            "    tier: small",
+            "    profile: gemma-2b-it",
+            "    retries: 0",
+            "    endpoints: [" + ", ".join(f"{{base_url: '{e.base_url}'}}" for e in eps) + "]",
+        ]
+    )
+
+
 def fakes_for(fakes: Fakes) -> dict[str, FakeUpstream]:
     return {n: fakes(n, reply=REPLY, prompt_cache_min_tokens=64) for n in PRICES}
 
@@ -197,18 +214,10 @@ def test_session_header_and_endpoint_stickiness_recorded_and_shared_through_redi
     eps = [fakes(f"ep{i}", reply=REPLY, prompt_cache_min_tokens=64) for i in range(3)]
     rs = RedisServer(tmp_path / "redis").start()
     try:
-        cfg = "\n".join(
-            [
-                'store: {backend: sqlite, sqlite_path: "${TOLLGATE_DB}", flush_interval_s: 0.05}',
-                "router:",
-                f"  sticky: {{backend: redis, redis_url: 'redis://127.0.0.1:{rs.port}/3'}}",
-                "models:",
-                "  - name: pool",
-                "    tier: small",
-                "    profile: gemma-2b-it",
-                "    retries: 0",
-                "    endpoints: [" + ", ".join(f"{{base_url: '{e.base_url}'}}" for e in eps) + "]",
-            ]
+        cfg = pool_config(
+            eps,
+            f"{{backend: redis, redis_url: 'redis://127.0.0.1:{rs.port}/3'}}",
+            '{backend: sqlite, sqlite_path: "${TOLLGATE_DB}", flush_interval_s: 0.05}',
         )
         a, b = gateway(cfg), gateway(cfg)
         for i, gw in enumerate([a, b, a, b, b]):
@@ -276,19 +285,7 @@ def test_sticky_map_on_a_redis_cluster_follows_the_slot(
     owner = redis_cluster.owner(REDIS_PREFIX + "x")
     other = next(n for n in redis_cluster.nodes if n is not owner)
     eps = [fakes(f"ep{i}", reply=REPLY) for i in range(2)]
-    cfg = "\n".join(
-        [
-            "store: {backend: none}",
-            "router:",
-            f"  sticky: {{backend: redis, redis_cluster: true, redis_url: '{other.url}'}}",
-            "models:",
-            "  - name: pool",
-            "    tier: small",
-            "    profile: gemma-2b-it",
-            "    retries: 0",
-            "    endpoints: [" + ", ".join(f"{{base_url: '{e.base_url}'}}" for e in eps) + "]",
-        ]
-    )
+    cfg = pool_config(eps, f"{{backend: redis, redis_cluster: true, redis_url: '{other.url}'}}")
     gw = gateway(cfg)
     c = openai.OpenAI(base_url=gw.base_url, api_key="unused", max_retries=0)
     session = f"cluster-{time.monotonic_ns()}"
