@@ -54,11 +54,16 @@ def turn_text(i: int) -> str:
     )
 
 
-def config(ups: dict[str, FakeUpstream], sticky: str, store: str = "{backend: none}") -> str:
+def config(
+    ups: dict[str, FakeUpstream], sticky: str, store: str = "{backend: none}", weight: float = 200
+) -> str:
+    """small and large at PRICES; `auto` is max_utility at cost weight `weight`."""
     lines = [
         f"store: {store}",
         "router:",
         f"  sticky: {sticky}",
+        "  default_policy: conv",
+        f"  policies: {{conv: {{kind: max_utility, cost_weight: {weight!r}}}}}",
         "models:",
     ]
     for name, (inp, cached, out) in PRICES.items():
@@ -147,9 +152,9 @@ def test_ten_turns_through_auto_stay_on_one_model_and_keep_the_cache_warm(
     fakes: Fakes, gateway: Gw
 ) -> None:
     w = cost_weight(fakes, gateway)
-    model = f"router-max_utility-{w:.6g}"
-    fresh = converse(gateway(config(fakes_for(fakes), "{enabled: false}")), model)
-    sticky_gw = gateway(config(fakes_for(fakes), "{enabled: true}"))
+    model = "auto"  # max_utility at cost weight w
+    fresh = converse(gateway(config(fakes_for(fakes), "{enabled: false}", weight=w)), model)
+    sticky_gw = gateway(config(fakes_for(fakes), "{enabled: true}", weight=w))
     kept = converse(sticky_gw, model, explain=True)
 
     # routed afresh each turn, the conversation moves between models and loses its cache
@@ -176,10 +181,14 @@ def test_ten_turns_through_auto_stay_on_one_model_and_keep_the_cache_warm(
     assert kept_cached > fresh_cached
     saved = sum(cache_saving(r) for r in kept)
     fresh_saved = sum(cache_saving(r) for r in fresh)
+    cost = sum(float(r.headers["x-tollgate-cost-usd"]) for r in kept)
+    fresh_cost = sum(float(r.headers["x-tollgate-cost-usd"]) for r in fresh)
     print(
-        f"\nten turns through {model}: sticky {models[0]} x10, cached prompt tokens "
-        f"{kept_cached} (afresh: {fresh_cached}, models {fresh_models}); the cache saved "
-        f"${saved:.6f} with stickiness, ${fresh_saved:.6f} without"
+        f"\nten turns through auto (max_utility, cost weight {w:.4g}): sticky on "
+        f"{models[0]} x10, {kept_cached} cached prompt tokens, the cache saved ${saved:.6f}, "
+        f"cost ${cost:.6f}; afresh on {fresh_models}: {fresh_cached} cached, "
+        f"${fresh_saved:.6f} saved, cost ${fresh_cost:.6f}; stickiness saved "
+        f"${saved - fresh_saved:.6f} of cached-token cost"
     )
     assert saved > fresh_saved
     # the cost the gateway charged reflects the cached price
