@@ -57,6 +57,9 @@ def _post(c: httpx.Client, url: str, model: str, stream: bool, cache: str = "") 
         raise SystemExit(f"request failed: HTTP {r.status_code}: {r.text[:300]}")
 
 
+START_TIMEOUT_S = 300.0  # --start-timeout: a loaded machine may need longer
+
+
 def measure(
     mode: str,
     stream: bool,
@@ -99,7 +102,7 @@ def measure(
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     try:
         with httpx.Client(trust_env=False, timeout=60) as c:
-            deadline = time.monotonic() + 300  # everything runs ~50x slower under valgrind
+            deadline = time.monotonic() + START_TIMEOUT_S  # ~50x slower under valgrind
             while True:
                 try:
                     if c.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
@@ -179,7 +182,15 @@ def main() -> int:
         help="on|off (comma list for both): conversation stickiness (router.sticky.enabled); "
         "auto mode only",
     )
+    p.add_argument(
+        "--start-timeout",
+        type=float,
+        default=START_TIMEOUT_S,
+        help="seconds the gateway under valgrind may take to start (more on a loaded machine)",
+    )
     args = p.parse_args()
+    global START_TIMEOUT_S
+    START_TIMEOUT_S = args.start_timeout
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind not found: apt-get install -y valgrind")
     rows = []

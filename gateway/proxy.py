@@ -355,9 +355,9 @@ class Proxy:
             thrifty = None if res is None else res.thrifty
             turn: Turn | None = None
             if sticky.enabled and (model in rt.sticky_names or model.startswith("router-")):
-                skey = conversation_key(session, rec.key_id, kind, body)
-                if skey is not None:
-                    state["sticky"] = skey
+                conv = conversation_key(session, rec.key_id, kind, body)
+                if conv is not None:
+                    state["sticky"] = skey = sticky.key(conv)
                     turn = sticky.get_local(skey) if sticky.local else await sticky.get(skey)
             plan = rt.resolve(model, kind, body, rid, rec.key_id, max_cost, thrifty, min_q, turn)
             if thrifty is not None:

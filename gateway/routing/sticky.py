@@ -14,7 +14,7 @@ switch (`switch_gain`) is more than the cached prefix it would lose (`cache_valu
                     exp(-(age - ttl) / ttl)
 
 The map is bounded (`max_entries`, least recently used out; `ttl_s`) in each process, or
-shared by every replica in Redis (`backend: redis`; keys `{tollgate-sticky}:<sha256>` with an
+shared by every replica in Redis (`backend: redis`; keys `{tollgate-sticky}:<blake2b>` with an
 expiry, one hash slot, so a Redis Cluster takes them as the other Redis users' keys).
 """
 
@@ -25,7 +25,6 @@ import hashlib
 import logging
 import math
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +41,7 @@ log = logging.getLogger("tollgate.sticky")
 REDIS_PREFIX = "{tollgate-sticky}:"
 NEW, STAYED, KEPT, SWITCHED = "new", "stayed", "kept", "switched"
 _PREFIX_KINDS = ("chat", "responses", "messages")  # kinds whose turns repeat a message list
+_LEADING = ("system", "developer")  # roles that come before a conversation's first turn
 
 
 @dataclass(slots=True)
@@ -67,34 +67,37 @@ class Turn:
 
 def conversation_key(
     session: bytes | None, key_id: str | None, kind: str, body: dict[str, Any]
-) -> str | None:
-    """The conversation a request belongs to, within its gateway key: its session header's
-    value, else (chat, responses, messages) a hash of its leading messages; None when it
-    names none (a completions prompt without the header)."""
-    h = hashlib.sha256((key_id or "").encode())
+) -> bytes | None:
+    """What names the conversation a request belongs to, within its gateway key: its session
+    header's value, else (chat, responses, messages) its leading messages (the system ones
+    and the first other turn); None when it names none (a completions prompt without the
+    header). `StickyMap.key` turns it into the map's key."""
+    scope = (key_id or "").encode()
     if session:
-        h.update(b"\0s\0" + session[:512])
-        return h.hexdigest()
-    if kind not in _PREFIX_KINDS:
-        return None
+        return scope + b"\0s\0" + session[:512]
     if kind == "chat":
         turns = body.get("messages")
         system: Any = None
-    else:
+    elif kind in _PREFIX_KINDS:
         turns = body.get("input" if kind == "responses" else "messages")
         system = body.get("instructions" if kind == "responses" else "system")
-    if not isinstance(turns, list):
+    else:
         return None
-    lead: list[Any] = [system] if system else []
-    for t in turns:
-        lead.append(t)
-        if not (isinstance(t, dict) and t.get("role") in ("system", "developer")):
-            break
+    if not isinstance(turns, list) or not turns:
+        return None
+    first = turns[0]
+    if system is None and not (isinstance(first, dict) and first.get("role") in _LEADING):
+        lead: Any = first  # the usual chat: no system message, the first turn names it
+    else:
+        lead = [system] if system else []
+        for t in turns:
+            lead.append(t)
+            if not (isinstance(t, dict) and t.get("role") in _LEADING):
+                break
     try:
-        h.update(b"\0p\0" + orjson.dumps(lead))
+        return scope + b"\0p\0" + orjson.dumps(lead)
     except orjson.JSONEncodeError:
         return None
-    return h.hexdigest()
 
 
 def warm_chance(age_s: float, ttl_s: float) -> float:
@@ -131,7 +134,9 @@ class StickyMap:
     def __init__(self, cfg: RoutingConfig) -> None:
         c = cfg.router.sticky
         self.backend = c.backend
-        self._mem: OrderedDict[str, Turn] = OrderedDict()
+        # memory backend: key -> Turn, oldest first (a plain dict: a put moves its key to
+        # the end, the first key is the least recently used)
+        self._mem: dict[int, Turn] = {}
         self._lean: Any = None
         self._cluster: Any = None
         if c.backend == "redis":
@@ -171,7 +176,14 @@ class StickyMap:
     def __len__(self) -> int:
         return len(self._mem)
 
-    def get_local(self, key: str) -> Turn | None:
+    def key(self, conversation: bytes) -> Any:
+        """The map's key for a `conversation_key`: in memory Python's 64-bit hash of it
+        (per process, like the map), in Redis a 128-bit BLAKE2b (stable across replicas)."""
+        if self.local:
+            return hash(conversation)
+        return hashlib.blake2b(conversation, digest_size=16).hexdigest()
+
+    def get_local(self, key: Any) -> Turn | None:
         """The memory backend's lookup (a dict lookup: no coroutine on the hot path)."""
         t = self._mem.get(key)
         if t is not None and time.time() - t.at > self.ttl_s:
@@ -179,7 +191,7 @@ class StickyMap:
             return None
         return t
 
-    async def get(self, key: str) -> Turn | None:
+    async def get(self, key: Any) -> Turn | None:
         if self.local:
             return self.get_local(key)
         if self._cluster is not None and not self._cluster_ready:
@@ -201,14 +213,14 @@ class StickyMap:
             return None
         return None if raw is None else Turn.decode(raw)
 
-    def put(self, key: str, turn: Turn) -> None:
+    def put(self, key: Any, turn: Turn) -> None:
         """Keep what served this turn (Redis: sent without waiting for the reply)."""
         if self.local:
             mem = self._mem
+            mem.pop(key, None)
             mem[key] = turn
-            mem.move_to_end(key)
             while len(mem) > self.max_entries:
-                mem.popitem(last=False)
+                del mem[next(iter(mem))]
             return
         args = ("SET", REDIS_PREFIX + key, turn.encode(), "PX", max(1, int(self.ttl_s * 1000)))
         if self._lean is not None and self._lean.call_nowait(*args):
