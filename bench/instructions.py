@@ -58,6 +58,7 @@ def _post(c: httpx.Client, url: str, model: str, stream: bool, cache: str = "") 
 
 
 START_TIMEOUT_S = 300.0  # --start-timeout: a loaded machine may need longer
+_START = {"timeout_s": START_TIMEOUT_S}
 
 
 def measure(
@@ -102,7 +103,7 @@ def measure(
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     try:
         with httpx.Client(trust_env=False, timeout=60) as c:
-            deadline = time.monotonic() + START_TIMEOUT_S  # ~50x slower under valgrind
+            deadline = time.monotonic() + _START["timeout_s"]  # ~50x slower under valgrind
             while True:
                 try:
                     if c.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
@@ -189,8 +190,7 @@ def main() -> int:
         help="seconds the gateway under valgrind may take to start (more on a loaded machine)",
     )
     args = p.parse_args()
-    global START_TIMEOUT_S
-    START_TIMEOUT_S = args.start_timeout
+    _START["timeout_s"] = args.start_timeout
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind not found: apt-get install -y valgrind")
     rows = []
