@@ -59,6 +59,10 @@ def _post(
         raise SystemExit(f"request failed: HTTP {r.status_code}: {r.text[:300]}")
 
 
+START_TIMEOUT_S = 300.0  # --start-timeout: a loaded machine may need longer
+_START = {"timeout_s": START_TIMEOUT_S}
+
+
 def measure(
     mode: str,
     stream: bool,
@@ -70,12 +74,15 @@ def measure(
     limits: str = "off",
     cache: str = "",
     api: str = "chat",
+    sticky: bool = True,
 ) -> tuple[int, list[str]]:
     fu = ov.PinnedFake(name="bench", latency_ms=latency_ms, chunks=20, completion_tokens=32).start()
     out = tmp / f"callgrind-{mode}-{'stream' if stream else 'unary'}.out"
     cfg = tmp / f"routing-{mode}.yaml"
     on = cache in ("miss", "hit")
-    cfg.write_text(ov.routing_yaml(fu.base_url, store, mode, tmp, journal, limits, cache=on))
+    cfg.write_text(
+        ov.routing_yaml(fu.base_url, store, mode, tmp, journal, limits, cache=on, sticky=sticky)
+    )
     port = ov.free_port()
     env = dict(os.environ, PYTHONPATH=str(ov.REPO))
     cmd = [
@@ -99,7 +106,7 @@ def measure(
     url = f"http://127.0.0.1:{port}{ov.APIS[api][0]}"
     try:
         with httpx.Client(trust_env=False, timeout=60) as c:
-            deadline = time.monotonic() + 900  # ~50x slower under valgrind, more on a busy machine
+            deadline = time.monotonic() + _START["timeout_s"]  # ~50x slower under valgrind
             while True:
                 try:
                     if c.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
@@ -179,7 +186,20 @@ def main() -> int:
         help="comma list of chat,messages,responses: the client API of the requests "
         "(messages: /v1/messages, responses: /v1/responses, each translated to chat)",
     )
+    p.add_argument(
+        "--sticky",
+        default="on",
+        help="on|off (comma list for both): conversation stickiness (router.sticky.enabled); "
+        "auto mode only",
+    )
+    p.add_argument(
+        "--start-timeout",
+        type=float,
+        default=START_TIMEOUT_S,
+        help="seconds the gateway under valgrind may take to start (more on a loaded machine)",
+    )
     args = p.parse_args()
+    _START["timeout_s"] = args.start_timeout
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind not found: apt-get install -y valgrind")
     rows = []
@@ -187,11 +207,12 @@ def main() -> int:
         caches = args.cache.split(",") if args.cache else [""]
         for mode in args.modes.split(","):
             for kind in args.kinds.split(","):
-                for (store, journal), lim, cache, api in itertools.product(
+                for (store, journal), lim, cache, api, sticky in itertools.product(
                     _stores(args.store, args.journal),
                     args.limits.split(","),
                     caches,
                     args.api.split(","),
+                    args.sticky.split(","),
                 ):
                     total, top = measure(
                         mode,
@@ -204,12 +225,14 @@ def main() -> int:
                         lim,
                         cache,
                         api,
+                        sticky == "on",
                     )
                     per = total / args.requests
                     where = store if store == "none" else f"{store}, journal {journal}"
                     where += "" if lim == "off" else f", limits {lim}"
                     where += f", cache {cache}" if cache else ""
                     where += "" if api == "chat" else f", {ov.APIS[api][0]}"
+                    where += ", sticky off" if sticky == "off" else ""
                     rows.append((mode, kind, where, per))
                     print(f"\n== {mode} {kind} ({where}): {per:,.0f} instructions per request")
                     for ln in top:

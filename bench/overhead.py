@@ -333,11 +333,13 @@ def routing_yaml(
     limits: str = "off",
     redis_url: str | None = None,
     cache: bool = False,
+    sticky: bool = True,
 ) -> str:
     """Every tier points at the fake upstream; `auto` mode adds router profiles; `journal`
     off turns the store's record journal off (store.journal); `limits` local or redis gives
     the bench key an rpm, a tpm and a budget it never reaches (limits.backend); `cache` turns
-    the response cache on for every model (`cache: true`)."""
+    the response cache on for every model (`cache: true`); `sticky` off turns conversation
+    stickiness off (router.sticky.enabled)."""
     lines = [
         "version: 1",
         "server:",
@@ -371,6 +373,8 @@ def routing_yaml(
         ]
     if mode == "auto":
         lines += ["router:", "  artifact: default", "  default_policy: balanced"]
+        if not sticky:
+            lines.append("  sticky: {enabled: false}")
     return "\n".join(lines) + "\n"
 
 

@@ -60,6 +60,7 @@ from gateway.proxy import (
 from gateway.routing.policies import POLICIES
 from gateway.routing.profiles import wants_router
 from gateway.routing.runtime import Runtime, UpstreamPool
+from gateway.routing.sticky import StickyMap
 from gateway.tenants import admin
 from gateway.tenants.auth import caller, presented_key, refuse, session_secret
 from gateway.tenants.keys import KeyRefresher, KeyTable, make_key_store
@@ -115,6 +116,7 @@ class Gateway:
         self.responses_store: ResponseStore | None = None  # responses.store: true
         self._responses_stores: list[ResponseStore] = []  # every one opened, closed at the end
         self._responses_for(cfg)
+        self.sticky = StickyMap(cfg)  # conversation -> what served its previous turn
         self.recorder = Recorder(self.store, cfg.store, self.metrics, make_journal(cfg.store))
         self.judge = Judge(cfg.judge, self._judge_call, self.recorder, self.metrics)
         self._proxy = Proxy(self)  # the judge's calls go the way client traffic goes
@@ -241,6 +243,7 @@ class Gateway:
         self.judge.update(cfg.judge)
         self.cache.configure(cfg)  # opt-ins, TTL and bounds; the backend stays until restart
         self._responses_for(cfg)
+        self.sticky.configure(cfg)
         self.reload_error = None
         self.loaded_at = time.time()
         for up in self.pool.all():
@@ -325,6 +328,7 @@ class Gateway:
         await self.cache.close()
         for rs in self._responses_stores:
             await rs.close()
+        await self.sticky.close()
         await self.pool.aclose()
         for b in [*self._retired_limits, *([self._limits_backend] if self._limits_backend else [])]:
             if isinstance(b, RedisBackend):

@@ -34,6 +34,12 @@ DEFAULT_CONFIG_PATH = Path(str(resources.files("gateway") / "defaults" / "routin
 LOCAL_CONFIG_NAME = "tollgate.yaml"
 
 PolicyKind = Literal["cheapest_above", "max_utility", "threshold"]
+# What a request asks for, by its API path: chat (/v1/chat/completions), completions,
+# embeddings, responses (/v1/responses) and messages (Anthropic's /v1/messages). A model
+# serves a kind natively when its `kinds:` lists it (responses: when its endpoints have
+# `responses: true`); the API faces' kinds (FACE_KINDS) are also served by translation to
+# chat by any model that serves chat (`serves`).
+KINDS: tuple[str, ...] = ("chat", "completions", "embeddings", "responses", "messages")
 # the virtual model names gateway/routing/policies.py resolves: router-<policy kind>-<number>
 _ROUTED_RE = re.compile(
     r"^router-(" + "|".join(get_args(PolicyKind)) + r")-[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?$"
@@ -181,6 +187,7 @@ class Endpoint(_Strict):
         return v
 
 
+# what a model's `kinds:` may list (responses is an endpoint's `responses: true`)
 Kind = Literal["chat", "completions", "embeddings", "messages"]
 
 
@@ -195,10 +202,15 @@ class ModelConfig(_Strict):
     max_queue: int = Field(512, ge=0, description="requests waiting for a slot per endpoint")
     queue_timeout_s: float = Field(5.0, gt=0)
     retries: int = Field(2, ge=0, le=10, description="extra attempts on the same model")
-    # what the model serves: chat, completions and embeddings (OpenAI-style endpoints; a chat
-    # model also serves the API faces, e.g. /v1/messages, by translation), or messages
-    # (api: anthropic endpoints: the default there, and all they serve)
-    kinds: list[Kind] = ["chat", "completions"]
+    # what the model's upstream serves natively: chat, completions and embeddings
+    # (OpenAI-style endpoints; a chat model also serves the API faces, /v1/responses and
+    # /v1/messages, by translation), or messages (api: anthropic endpoints: the default there,
+    # and all they serve); a route or `auto` skips a model for a request of a kind it does
+    # not serve
+    kinds: list[Kind] = Field(["chat", "completions"], min_length=1)
+    # how long the provider keeps a prompt prefix cached (OpenAI and Anthropic: ~5 minutes):
+    # conversation stickiness weighs a cached prefix by the chance it is still warm
+    prompt_cache_ttl_s: float = Field(300.0, gt=0)
     # per-model limits for every key together (gateway/tenants/limits.py): token buckets
     # of this many requests / tokens a minute (bursts up to one minute's worth)
     rpm: int | None = Field(None, ge=1, description="requests per minute to this model")
@@ -241,13 +253,21 @@ class ModelConfig(_Strict):
         return self
 
 
-def serves(m: ModelConfig, kind: str) -> bool:
-    """Whether model `m` answers requests of `kind`: natively, or (an API face such as
-    messages) as a chat model through translation."""
-    return kind in m.kinds or (kind in FACE_KINDS and "chat" in m.kinds)
-
-
 FACE_KINDS = frozenset({"messages", "responses"})  # kinds a chat model serves by translation
+NATIVE, TRANSLATED = "native", "translated"
+
+
+def serves(m: ModelConfig, kind: str) -> str | None:
+    """How model `m` answers requests of `kind`: NATIVE (its `kinds:` lists it; responses:
+    every endpoint has `responses: true`), TRANSLATED (an API face's kind, translated to chat
+    for a model that serves chat), or None (it does not)."""
+    if kind in m.kinds or (
+        kind == "responses" and "chat" in m.kinds and all(ep.responses for ep in m.endpoints)
+    ):
+        return NATIVE
+    if kind in FACE_KINDS and "chat" in m.kinds:
+        return TRANSLATED
+    return None
 
 
 class RouteConfig(_Strict):
@@ -288,17 +308,36 @@ class ExploreConfig(_Strict):
         {}, description="share per routed model name (auto, router-<policy>-<value>)"
     )
 
-    @field_validator("routes")
+
+class StickyConfig(_Strict):
+    """Conversation stickiness (gateway/routing/sticky.py): the turns of one conversation
+    (one session header value, else one leading message prefix; per gateway key) stay on the
+    model and endpoint of the previous turn unless the router's expected saving from a switch
+    is more than the cached prefix it would lose."""
+
+    enabled: bool = True
+    session_header: str = Field(
+        "x-tollgate-session", description="a request header naming the conversation"
+    )
+    ttl_s: float = Field(3600.0, gt=0, description="a conversation not seen this long is forgotten")
+    max_entries: int = Field(100_000, ge=1, description="memory backend: conversations kept (LRU)")
+    backend: Literal["memory", "redis"] = Field(
+        "memory", description="memory: each process its own map; redis: every replica shares it"
+    )
+    redis_url: str | None = Field(None, description="redis backend; None: store.redis_url")
+    redis_cluster: bool | None = Field(
+        None, description="redis_url is a Redis Cluster node; None: store.redis_cluster"
+    )
+    redis_timeout_s: float = Field(
+        0.05, gt=0, description="a slower lookup counts as no previous turn"
+    )
+
+    @field_validator("session_header")
     @classmethod
-    def _routed_names(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = [n for n in v if n != "auto" and not _ROUTED_RE.match(n)]
-        if bad:
-            raise ValueError(
-                f"{', '.join(repr(n) for n in bad)} is not a routed model name: exploration "
-                "applies to `auto` and router-<policy>-<value> names (a route of `routes:` "
-                "has no router decision to explore around)"
-            )
-        return v
+    def _lower(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9-]+", v):
+            raise ValueError(f"{v!r} is not an HTTP header name (letters, digits and -)")
+        return v.lower()
 
 
 class RouterConfig(_Strict):
@@ -310,6 +349,21 @@ class RouterConfig(_Strict):
     }
     fallback: Literal["next_tier_up", "route_order"] = "next_tier_up"
     explore: ExploreConfig = ExploreConfig()
+    sticky: StickyConfig = StickyConfig()
+
+    @model_validator(mode="after")
+    def _explore_routes(self) -> RouterConfig:
+        pol = self.policies
+        routed = {"auto", *pol, *(f"auto:{p}" for p in pol)}
+        bad = [n for n in self.explore.routes if n not in routed and not _ROUTED_RE.match(n)]
+        if bad:
+            raise ValueError(
+                f"explore.routes: {', '.join(repr(n) for n in bad)} is not a routed model name: "
+                "exploration applies to `auto`, `auto:<policy>`, a router.policies name and "
+                "router-<policy kind>-<value> names (a route of `routes:` has no router decision "
+                "to explore around)"
+            )
+        return self
 
 
 class StoreConfig(_Strict):

@@ -58,6 +58,7 @@ from gateway.errors import (
 from gateway.http import h1
 from gateway.http.server import ANSWERED, ON_DISCONNECT
 from gateway.routing.runtime import Plan, Runtime
+from gateway.routing.sticky import KEPT, NEW, StickyMap, Turn, conversation_key
 from gateway.tenants.keys import KeyTable
 from gateway.tenants.limits import LimitExceeded, Limits, Reservation
 from gateway.upstreams.pool import QueueFull, Upstream
@@ -73,6 +74,7 @@ class GatewayState(Protocol):
     metrics: Metrics
     cache: ResponseCache
     responses_store: ResponseStore | None  # kept Responses answers (responses.store: true)
+    sticky: StickyMap  # conversation stickiness (gateway/routing/sticky.py)
     judge_enabled: bool
     in_flight: int  # client requests in `Proxy.handle` now
 
@@ -293,6 +295,8 @@ class Proxy:
             "messages": None,
             "cache": None,  # the response cache's key for this request's answer (a miss)
             "cache_hdr": (),  # x-tollgate-cache, when the cache applied
+            "sticky": None,  # the conversation's key in the stickiness map
+            "endpoint": 0,  # the index of the endpoint that answered
         }
         ctx = _Ctx(task, t0, state)
         watch_later: asyncio.TimerHandle | None = None
@@ -305,6 +309,10 @@ class Proxy:
             auth = b""
             explain = False
             ceiling: bytes | None = None
+            floor: bytes | None = None
+            session: bytes | None = None
+            sticky = gw.sticky
+            session_header = sticky.header
             for k, v in scope["headers"]:
                 if k == b"content-type":
                     ct = v
@@ -316,6 +324,10 @@ class Proxy:
                     explain = v in (b"1", b"true", b"yes")
                 elif k == b"x-tollgate-max-cost-usd":
                     ceiling = v
+                elif k == b"x-tollgate-min-quality":
+                    floor = v
+                elif k == session_header:
+                    session = v
             key = None
             if gw.keys.required:
                 key = self._authenticate(auth)
@@ -357,17 +369,24 @@ class Proxy:
             stream = bool(body.get("stream"))
             rec.stream = stream
             max_cost = None if ceiling is None else _max_cost(ceiling)
+            min_q = None if floor is None else _min_quality(floor)
+            rec.max_cost_usd, rec.min_quality = max_cost, min_q
             ck = gw.cache.key_for(scope["headers"], kind, native, rec.key_id)
             if ck is not None and await self._cache_lookup(ck, body, rec, ctx, send, state, face):
                 return  # served from the response cache
             if lim.active:  # else no work here: nothing is limited
                 res = await self._reserve(lim, rt, rec, body)
                 state["limits"] = res
-            if res is not None and res.thrifty is not None:
-                plan = rt.resolve(model, kind, body, rid, rec.key_id, max_cost, res.thrifty)
+            thrifty = None if res is None else res.thrifty
+            turn: Turn | None = None
+            if sticky.enabled and (model in rt.sticky_names or model.startswith("router-")):
+                conv = conversation_key(session, rec.key_id, kind, body)
+                if conv is not None:
+                    state["sticky"] = skey = sticky.key(conv)
+                    turn = sticky.get_local(skey) if sticky.local else await sticky.get(skey)
+            plan = rt.resolve(model, kind, body, rid, rec.key_id, max_cost, thrifty, min_q, turn)
+            if thrifty is not None:
                 rec.budget_soft = plan.decision is not None  # only a routed name goes thrifty
-            else:
-                plan = rt.resolve(model, kind, body, rid, rec.key_id, max_cost)
             rec.policy = plan.policy
             rec.baseline_model = plan.baseline_model
             if plan.decision is not None:
@@ -380,6 +399,10 @@ class Proxy:
                 else:
                     rec.propensity = ex.propensity
                     rec.explored = ex.explored
+                if state["sticky"] is not None:
+                    rec.sticky = plan.sticky or NEW
+                    if plan.sticky == KEPT:  # kept by stickiness, not the policy's pick
+                        rec.propensity = None
                 gw.metrics.router_decision(plan.decision_s)
             if gw.judge_enabled and (kind == "chat" or face is not None):
                 state["messages"] = body.get("messages")
@@ -447,6 +470,16 @@ class Proxy:
             if watch_later is not None:
                 watch_later.cancel()
             self._commit(rec, ctx)  # no last byte went out (client gone): the record is final now
+            if state["sticky"] is not None and rec.status == 200 and rec.model is not None:
+                gw.sticky.put(
+                    state["sticky"],
+                    Turn(
+                        rec.model,
+                        state["endpoint"],
+                        time.time(),
+                        rec.prompt_tokens + rec.completion_tokens,
+                    ),
+                )
             if res is not None:
                 lim.settle(res, rec.model, rec.prompt_tokens + rec.completion_tokens, rec.cost_usd)
             gw.in_flight -= 1
@@ -686,6 +719,13 @@ class Proxy:
         if d is not None:
             h.append((b"x-tollgate-router-score", f"{d.score:.4f}".encode()))
             h.append((b"x-tollgate-policy", (plan.policy or "").encode()))
+            if rec.sticky is not None:  # the request belongs to a conversation
+                h.append((b"x-tollgate-sticky", rec.sticky.encode()))
+                if explain and plan.sticky_weighed is not None:
+                    prev, gain, lost = plan.sticky_weighed
+                    weighed = {"previous_model": prev, "switch_saving_usd": gain}
+                    weighed["cache_value_usd"] = lost
+                    h.append((b"x-tollgate-sticky-explain", orjson.dumps(weighed)))
             if rec.budget_soft:  # past its budget's soft share: routed thriftily
                 h.append((b"x-tollgate-budget-soft", b"1"))
             ex = plan.exploration
@@ -784,8 +824,13 @@ class Proxy:
             rec.model = name
             rec.tier = mcfg.tier
             failed: Upstream | None = None
+            prefer = plan.endpoint if name == plan.models[0] else None
             for attempt in range(mcfg.retries + 1):
-                up = self._pick(ups, failed)
+                if prefer is not None and prefer < len(ups) and ups[prefer].circuit.allow():
+                    up: Upstream | None = ups[prefer]  # the conversation's previous endpoint
+                else:
+                    up = self._pick(ups, failed)
+                prefer = None
                 if up is None:
                     wait = min(u.circuit.cooldown_s for u in ups)
                     last = Unavailable(
@@ -819,6 +864,7 @@ class Proxy:
                     settled = True
                     keep = keep_slot
                     up.circuit.success()
+                    state["endpoint"] = up.index
                     return result
                 except _Retry as r:
                     settled = True
@@ -1088,24 +1134,19 @@ class Proxy:
 
     def _tokens(self, rec: RequestRecord, body: dict[str, Any], data: dict[str, Any]) -> None:
         """A JSON answer's token counts: its `usage`, else estimated from the text."""
-        usage = data.get("usage")
-        self._usage(rec, usage)
-        if not isinstance(usage, dict) or "prompt_tokens" not in usage:
+        if not self._usage(rec, data.get("usage")):
             rec.tokens_estimated = True
             rec.prompt_tokens = _estimate_prompt(body)
             rec.completion_tokens = pricing.estimate_tokens(_answer_text(data))
 
     @staticmethod
-    def _usage(rec: RequestRecord, usage: Any) -> None:
-        if not isinstance(usage, dict):
-            return
-        pt = usage.get("prompt_tokens")
-        ct = usage.get("completion_tokens")
-        rec.prompt_tokens = pt if isinstance(pt, int) else 0
-        rec.completion_tokens = ct if isinstance(ct, int) else 0
-        details = usage.get("prompt_tokens_details")
-        if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
-            rec.cached_tokens = details["cached_tokens"]
+    def _usage(rec: RequestRecord, usage: Any) -> bool:
+        """Token counts from an upstream's `usage`, in any provider's format (False: none)."""
+        got = pricing.read_usage(usage)
+        if got is None:
+            return False
+        rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens, rec.cache_write_tokens = got
+        return True
 
     # -- streamed ----------------------------------------------------------------------
     async def _stream(
@@ -1628,6 +1669,21 @@ def _max_cost(v: bytes) -> float:
             "x-tollgate-max-cost-usd must be a non-negative number of US dollars, such as "
             f"0.002 (got {v.decode('latin-1')!r})",
             param="x-tollgate-max-cost-usd",
+        )
+    return x
+
+
+def _min_quality(v: bytes) -> float:
+    """The client's quality floor (x-tollgate-min-quality): a predicted quality, 0 to 1."""
+    try:
+        x = float(v)
+    except ValueError:
+        x = float("nan")
+    if not 0.0 <= x <= 1.0:
+        raise InvalidRequest(
+            "x-tollgate-min-quality must be a number from 0 to 1, the router's predicted "
+            f"chance of an acceptable answer, such as 0.6 (got {v.decode('latin-1')[:40]!r})",
+            param="x-tollgate-min-quality",
         )
     return x
 

@@ -13,6 +13,11 @@ and benchmarks have a fast, scriptable upstream to talk to:
 * ``POST /v1/responses`` (JSON or the Responses event stream, text only) when started with
   ``--responses``: an upstream that speaks OpenAI's Responses API itself. A chat request whose
   last message is a tool result gets a text answer (the tool call has been answered).
+* With ``--prompt-cache-min-tokens N`` it reports cached prompt tokens the way OpenAI does:
+  ``usage.prompt_tokens_details.cached_tokens`` is the prompt tokens of the longest run of
+  leading messages (at least N tokens) that an earlier chat request to this server sent
+  within ``--prompt-cache-ttl-s`` (300); each request's message prefixes are kept (at most
+  ``PROMPT_CACHE_ENTRIES``), as a provider's prompt cache keeps recent prefixes.
 * Per-request knobs in request headers: ``x-fake-latency-ms``, ``x-fake-completion-tokens``,
   ``x-fake-chunks``, ``x-fake-chunk-delay-ms``, ``x-fake-no-usage: 1``.
 * A failure script controlled over HTTP: ``POST /_fake/script`` with
@@ -275,6 +280,43 @@ def _embedding_inputs(value: Any) -> list[str]:
     return []
 
 
+PROMPT_CACHE_ENTRIES: Final = 10_000
+
+
+class PromptCache:
+    """Which message prefixes this server has seen, and when (a provider's prompt cache)."""
+
+    def __init__(self, min_tokens: int, ttl_s: float) -> None:
+        self.min_tokens = min_tokens
+        self.ttl_s = ttl_s
+        self._seen: dict[bytes, float] = {}  # prefix hash -> last use (insertion-ordered)
+
+    def lookup_and_store(self, messages: Any) -> int:
+        """The cached prompt tokens of `messages`; then every prefix of it is cached."""
+        if not isinstance(messages, list):
+            return 0
+        now = time.monotonic()
+        h = hashlib.sha256()
+        cached = tokens = 0
+        prefixes: list[bytes] = []
+        for m in messages:
+            if not isinstance(m, dict):
+                break
+            h.update(orjson.dumps(m, option=orjson.OPT_SORT_KEYS))
+            key = h.copy().digest()
+            prefixes.append(key)
+            tokens += 4 + _words(m.get("content"))
+            seen = self._seen.get(key)
+            if seen is not None and now - seen <= self.ttl_s and tokens >= self.min_tokens:
+                cached = tokens
+        for key in prefixes:
+            self._seen.pop(key, None)
+            self._seen[key] = now
+        while len(self._seen) > PROMPT_CACHE_ENTRIES:
+            del self._seen[next(iter(self._seen))]
+        return cached
+
+
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,
@@ -434,7 +476,9 @@ class FakeUpstreamApp:
         knobs: Knobs | None = None,
         reply: str | None = None,
         responses: bool = False,
+        prompt_cache: PromptCache | None = None,
     ) -> None:
+        self.prompt_cache = prompt_cache
         self.name = name
         self.reply = reply
         self.responses = responses  # serve POST /v1/responses too
@@ -749,7 +793,10 @@ class FakeUpstreamApp:
     ) -> Outcome:
         model = body.get("model") if isinstance(body.get("model"), str) else "fake-model"
         prompt_tokens = chat_prompt_tokens(body.get("messages"))
-        usage = _usage(prompt_tokens, knobs.completion_tokens)
+        usage: dict[str, Any] = _usage(prompt_tokens, knobs.completion_tokens)
+        if self.prompt_cache is not None:
+            cached = self.prompt_cache.lookup_and_store(body.get("messages"))
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}
         tool_name = self._first_tool_name(body)
         msgs = body.get("messages")
         last = msgs[-1] if isinstance(msgs, list) and msgs else None
@@ -990,6 +1037,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-usage", action="store_true", help="never send usage")
     p.add_argument("--responses", action="store_true", help="serve POST /v1/responses too")
     p.add_argument(
+        "--prompt-cache-min-tokens",
+        type=int,
+        default=None,
+        help="report cached prompt tokens (OpenAI's prompt_tokens_details.cached_tokens) for "
+        "a repeated message prefix of at least this many tokens (OpenAI: 1024)",
+    )
+    p.add_argument("--prompt-cache-ttl-s", type=float, default=300.0)
+    p.add_argument(
         "--hostile",
         action="store_true",
         help="serve the raw, scriptable hostile upstream instead (HostileUpstreamServer)",
@@ -1013,6 +1068,11 @@ async def _serve(args: argparse.Namespace) -> int:
             chunks=max(1, args.chunks),
             chunk_delay_ms=max(0.0, args.chunk_delay_ms),
             no_usage=args.no_usage,
+        ),
+        prompt_cache=(
+            None
+            if args.prompt_cache_min_tokens is None
+            else PromptCache(args.prompt_cache_min_tokens, args.prompt_cache_ttl_s)
         ),
     )
     import uvicorn.protocols.http.httptools_impl  # noqa: F401  (imported before the freeze)
@@ -1067,11 +1127,13 @@ class FakeUpstream:
         reply: str | None = None,
         no_usage: bool = False,
         responses: bool = False,
+        prompt_cache_min_tokens: int | None = None,
     ) -> None:
         self.name = name
         self.reply = reply
         self.no_usage = no_usage
         self.responses = responses
+        self.prompt_cache_min_tokens = prompt_cache_min_tokens
         self.latency_ms = latency_ms
         self.completion_tokens = completion_tokens
         self.chunks = chunks
@@ -1133,6 +1195,11 @@ class FakeUpstream:
             *(["--reply", self.reply] if self.reply is not None else []),
             *(["--no-usage"] if self.no_usage else []),
             *(["--responses"] if self.responses else []),
+            *(
+                ["--prompt-cache-min-tokens", str(self.prompt_cache_min_tokens)]
+                if self.prompt_cache_min_tokens is not None
+                else []
+            ),
         ]
 
     def start(self) -> FakeUpstream:

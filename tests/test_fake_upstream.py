@@ -348,3 +348,24 @@ def test_kill_and_restart_same_port() -> None:
         assert fu.running and fu.port == port and fu.pid != pid
         assert http.post(url, json=payload).status_code == 200
     assert not fu.running
+
+
+def test_prompt_cache_reports_a_repeated_prefix_as_openai_does() -> None:
+    with FakeUpstream(name="pc", prompt_cache_min_tokens=8) as fu:
+        c = openai.OpenAI(base_url=fu.base_url, api_key="x", max_retries=0)
+        turn1 = [
+            {"role": "system", "content": "you are terse and helpful and kind"},
+            {"role": "user", "content": "one two three"},
+        ]
+        first = c.chat.completions.create(model="m", messages=turn1)  # type: ignore[arg-type]
+        assert first.usage is not None and first.usage.prompt_tokens_details is not None
+        assert first.usage.prompt_tokens_details.cached_tokens == 0  # nothing seen yet
+        turn2 = [*turn1, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "go"}]
+        second = c.chat.completions.create(model="m", messages=turn2)  # type: ignore[arg-type]
+        assert second.usage is not None and second.usage.prompt_tokens_details is not None
+        # the first request's whole prompt (4 + 7 words, 4 + 3 words) is the cached prefix
+        assert second.usage.prompt_tokens_details.cached_tokens == 18
+        assert second.usage.prompt_tokens == 18 + 5 + 5
+        other = c.chat.completions.create(model="m", messages=[turn1[1]])  # type: ignore[arg-type]
+        assert other.usage is not None and other.usage.prompt_tokens_details is not None
+        assert other.usage.prompt_tokens_details.cached_tokens == 0  # no prefix in common

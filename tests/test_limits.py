@@ -19,6 +19,7 @@ import httpx
 import openai
 import pytest
 
+from gateway.accounting.records import SCHEMA_VERSION
 from gateway.tenants.limits import window_of
 from gateway.views import report
 from tests.fake_upstream import FakeUpstream
@@ -383,7 +384,7 @@ def test_past_the_soft_share_auto_leaves_out_the_top_tier_and_the_record_says_so
                 (rid,),
             ).fetchone()
         time.sleep(0.05)
-    assert row == (1, "medium", 5)
+    assert row == (1, "medium", SCHEMA_VERSION)
     usage = httpx.get(  # the key's own usage: with keys, /v1/usage needs one
         f"{gw_url}/v1/usage",
         params={"group_by": "key"},

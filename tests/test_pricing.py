@@ -94,8 +94,19 @@ def test_edges() -> None:
 
 
 def test_default_prices_from_shipped_table() -> None:
-    assert default_pricing("gpt-4o") == Pricing(input_per_mtok=2.5, output_per_mtok=10.0)
-    assert default_pricing("GPT-4o-Mini") == Pricing(input_per_mtok=0.15, output_per_mtok=0.6)
+    # with the provider's prompt-cache prices (pricing.CACHE_MULTIPLIERS)
+    assert default_pricing("gpt-4o") == Pricing(
+        input_per_mtok=2.5,
+        output_per_mtok=10.0,
+        cached_input_per_mtok=1.25,
+        cache_write_input_per_mtok=2.5,
+    )
+    assert default_pricing("GPT-4o-Mini") == Pricing(
+        input_per_mtok=0.15,
+        output_per_mtok=0.6,
+        cached_input_per_mtok=0.075,
+        cache_write_input_per_mtok=0.15,
+    )
     assert default_pricing("openai/gpt-3.5-turbo-1106") == Pricing(
         input_per_mtok=1.0, output_per_mtok=2.0
     )
@@ -141,3 +152,55 @@ def test_token_estimates() -> None:
     named = [{"role": "user", "content": "", "name": "abcdefgh"}, {"role": "assistant"}]
     assert estimate_prompt_tokens(named) == (4 + 0 + 2) + 4 + 3
     assert estimate_prompt_tokens([{"role": "assistant", "content": None}]) == 4 + 3
+
+
+def test_cache_writes_and_reads_are_priced_for_every_usage_format() -> None:
+    from gateway.accounting.pricing import read_usage
+
+    # OpenAI chat: cached_tokens is part of prompt_tokens
+    openai_chat = {
+        "prompt_tokens": 2000,
+        "completion_tokens": 100,
+        "prompt_tokens_details": {"cached_tokens": 1536},
+    }
+    assert read_usage(openai_chat) == (2000, 100, 1536, 0)
+    # the Responses API: input_tokens holds the cached ones too
+    responses = {
+        "input_tokens": 2000,
+        "output_tokens": 100,
+        "input_tokens_details": {"cached_tokens": 1024},
+    }
+    assert read_usage(responses) == (2000, 100, 1024, 0)
+    # Anthropic: input_tokens leaves out what was written to and read from the cache
+    anthropic = {
+        "input_tokens": 50,
+        "output_tokens": 100,
+        "cache_creation_input_tokens": 1200,
+        "cache_read_input_tokens": 3000,
+    }
+    assert read_usage(anthropic) == (4250, 100, 3000, 1200)
+    assert read_usage({"prompt_tokens": 10, "prompt_cache_hit_tokens": 8}) == (10, 0, 8, 0)
+    assert read_usage({"total_tokens": 3}) is None and read_usage(None) is None
+    # Anthropic's prices: $3 / M input, reads $0.30 / M, writes $3.75 / M, output $15 / M
+    p = Pricing(
+        input_per_mtok=3.0,
+        cached_input_per_mtok=0.3,
+        cache_write_input_per_mtok=3.75,
+        output_per_mtok=15.0,
+    )
+    # 50 * 3 + 3000 * 0.3 + 1200 * 3.75 + 100 * 15 = 150 + 900 + 4500 + 1500 = 7050 / 1e6
+    assert cost_usd(p, 4250, 100, 3000, 1200) == pytest.approx(0.00705, abs=EXACT)
+    # without a write price, writes cost what input does: 150 + 900 + 3600 + 1500 = 6150 / 1e6
+    plain = Pricing(input_per_mtok=3.0, cached_input_per_mtok=0.3, output_per_mtok=15.0)
+    assert cost_usd(plain, 4250, 100, 3000, 1200) == pytest.approx(0.00615, abs=EXACT)
+
+
+def test_shipped_table_prices_each_providers_prompt_cache() -> None:
+    claude = rates(default_pricing("claude-3-7-sonnet-20250219"))
+    assert claude.cached_input == pytest.approx(claude.input * 0.1)
+    assert claude.cache_write == pytest.approx(claude.input * 1.25)
+    gpt4o = rates(default_pricing("gpt-4o"))
+    assert gpt4o.cached_input == pytest.approx(gpt4o.input * 0.5)
+    assert gpt4o.cache_write == pytest.approx(gpt4o.input)
+    old = rates(default_pricing("gpt-3.5-turbo"))  # no prompt caching: reads at input price
+    assert old.cached_input == old.input

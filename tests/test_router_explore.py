@@ -337,10 +337,16 @@ def test_explore_settings_are_validated() -> None:
     cfg = parse_config(base)
     assert cfg.router.explore.share == 0.0  # off unless asked for
     with pytest.raises(ConfigError) as e:
-        parse_config(base + "router: {explore: {share: 1.5, routes: {chat: 0.1}}}")
-    msg = str(e.value)
-    assert "router.explore.share: Input should be less than or equal to 1" in msg
-    assert "'chat' is not a routed model name" in msg
+        parse_config(base + "router: {explore: {share: 1.5}}")
+    assert "router.explore.share: Input should be less than or equal to 1" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        parse_config(base + "router: {explore: {routes: {chat: 0.1}}}")
+    assert "'chat' is not a routed model name" in str(e.value)
+    ok = parse_config(
+        base + "router: {policies: {cheap: {kind: max_utility, cost_weight: 9}}, "
+        "default_policy: cheap, explore: {routes: {cheap: 0.1, 'auto:cheap': 0.2}}}"
+    )
+    assert ok.router.explore.routes == {"cheap": 0.1, "auto:cheap": 0.2}
     with pytest.raises(ConfigError, match=r"auth.keys\[0\].explore_share"):
         parse_config(base + f"auth: {{keys: [{{id: k, sha256: '{'0' * 64}', explore_share: -1}}]}}")
     ok = parse_config(base + "router: {explore: {routes: {auto: 0.2, router-max_utility-200: 1}}}")

@@ -697,6 +697,8 @@ async def test_postgres_schema_is_created_and_migrated(postgres_url: str) -> Non
         c.execute("ALTER TABLE tollgate_requests DROP COLUMN latency_bucket")  # and its index
         c.execute("DROP FUNCTION tollgate_latency_bucket")
         c.execute("ALTER TABLE tollgate_requests DROP COLUMN cache_write_tokens")  # schema 6
+        for col in ("max_cost_usd", "min_quality", "sticky"):  # record schema 7
+            c.execute(f"ALTER TABLE tollgate_requests DROP COLUMN {col}")  # type: ignore[arg-type]
         c.execute(f"UPDATE {VERSION_TABLE} SET version = 1")  # type: ignore[arg-type]
     again = PostgresStore(postgres_url)
     await again.open()
@@ -708,9 +710,22 @@ async def test_postgres_schema_is_created_and_migrated(postgres_url: str) -> Non
     assert await again.count() == 2
     old = await again.get("req-1")
     assert old is not None and old.budget_soft is False and old.cache_write_tokens == 0
-    await again.write_batch([rec(3, budget_soft=True, cache_write_tokens=120)])
+    assert old.sticky is None and old.max_cost_usd is None and old.min_quality is None
+    await again.write_batch(
+        [
+            rec(
+                3,
+                budget_soft=True,
+                cache_write_tokens=120,
+                sticky="kept",
+                max_cost_usd=0.5,
+                min_quality=0.7,
+            )
+        ]
+    )
     new = await again.get("req-3")
     assert new is not None and new.budget_soft is True and new.cache_write_tokens == 120
+    assert new.sticky == "kept" and new.max_cost_usd == 0.5 and new.min_quality == 0.7
     await again.close()
 
     with psycopg.connect(postgres_url, autocommit=True) as c:

@@ -5,15 +5,18 @@ Formulas (all results in USD; ``M = 1_000_000``):
 API pricing (``input_per_mtok``, ``cached_input_per_mtok``, ``cache_write_input_per_mtok``,
 ``output_per_mtok``)::
 
-    uncached = prompt_tokens - cached_tokens - cache_write_tokens   # both are prompt tokens
-    cost = ( uncached        * input_per_mtok
-           + cached_tokens   * (cached_input_per_mtok if given else input_per_mtok)
+    # cache reads (cached_tokens) and writes (cache_write_tokens) are subsets of the prompt
+    uncached = prompt_tokens - cached_tokens - cache_write_tokens
+    cost = ( uncached           * input_per_mtok
+           + cached_tokens      * (cached_input_per_mtok if given else input_per_mtok)
            + cache_write_tokens * (cache_write_input_per_mtok if given else input_per_mtok)
-           + completion_tokens * output_per_mtok ) / M
+           + completion_tokens  * output_per_mtok ) / M
 
-    cached_tokens are prompt-cache reads (OpenAI's prompt_tokens_details.cached_tokens,
-    Anthropic's cache_read_input_tokens), cache_write_tokens prompt-cache writes
-    (Anthropic's cache_creation_input_tokens, priced above the input price there).
+    Every provider's usage is read into those counts (`read_usage`): OpenAI's chat and
+    completions (prompt_tokens, prompt_tokens_details.cached_tokens), the Responses API's
+    (input_tokens, input_tokens_details.cached_tokens), Anthropic's (input_tokens, which
+    leaves out cache_creation_input_tokens and cache_read_input_tokens: the prompt is the
+    three together) and DeepSeek's (prompt_cache_hit_tokens).
 
     A flat per-token price may be given as only one of input_per_mtok / output_per_mtok;
     the missing side is then charged at the same price.
@@ -58,10 +61,29 @@ class Rates:
     input: float
     cached_input: float
     output: float
-    cache_write: float = 0.0
+    cache_write: float = -1.0  # < 0: at the input price
+
+    def __post_init__(self) -> None:
+        if self.cache_write < 0:
+            object.__setattr__(self, "cache_write", self.input)
 
 
 FREE = Rates(0.0, 0.0, 0.0)
+
+# Prompt-cache prices of the shipped table's providers, as multiples of the input price
+# (read, write), by name prefix; first match wins. From the providers' pricing pages:
+# Anthropic reads 0.1x and writes (5-minute cache) 1.25x; OpenAI reads 0.5x (gpt-4o),
+# 0.25x (gpt-4.1, o4-mini), 0.1x (gpt-5), writes free; Gemini 2.x implicit reads 0.25x.
+# A model with a `pricing:` block in the routing file uses that block's prices only.
+CACHE_MULTIPLIERS: tuple[tuple[str, float, float], ...] = (
+    ("claude", 0.1, 1.25),
+    ("anthropic/claude", 0.1, 1.25),
+    ("gpt-4o", 0.5, 1.0),
+    ("gpt-4.1", 0.25, 1.0),
+    ("o4-mini", 0.25, 1.0),
+    ("gpt-5", 0.1, 1.0),
+    ("gemini-2", 0.25, 1.0),
+)
 
 
 def rates(pricing: Pricing | None) -> Rates:
@@ -97,11 +119,14 @@ def cost_usd(
     prompt_tokens: int,
     completion_tokens: int,
     cached_tokens: int = 0,
+    cache_write_tokens: int = 0,
 ) -> float:
     """USD cost of one request (0.0 when the model has no price). See the module docstring."""
     if pricing is None:
         return 0.0
-    return cost_at(rates(pricing), prompt_tokens, completion_tokens, cached_tokens)
+    return cost_at(
+        rates(pricing), prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens
+    )
 
 
 def cost_at(
@@ -114,12 +139,48 @@ def cost_at(
     """`cost_usd` from per-token rates computed once (`Runtime.rates`): the hot-path form."""
     prompt = max(0, int(prompt_tokens))
     cached = min(max(0, int(cached_tokens)), prompt)
+    written = min(max(0, int(cache_write_tokens)), prompt - cached)
     completion = max(0, int(completion_tokens))
-    cost = (prompt - cached) * r.input + cached * r.cached_input + completion * r.output
-    if cache_write_tokens:
-        write = min(max(0, int(cache_write_tokens)), prompt - cached)
-        cost += write * (r.cache_write - r.input)
-    return cost
+    return (
+        (prompt - cached - written) * r.input
+        + cached * r.cached_input
+        + written * r.cache_write
+        + completion * r.output
+    )
+
+
+def _int(v: Any) -> int:
+    return v if type(v) is int and v > 0 else 0
+
+
+def read_usage(usage: Any) -> tuple[int, int, int, int] | None:
+    """(prompt tokens, completion tokens, cache reads, cache writes) from an upstream's
+    `usage` object in any provider's format (see the module docstring); None when it holds
+    no token counts. Reads and writes are parts of the prompt."""
+    if not isinstance(usage, dict):
+        return None
+    if "prompt_tokens" in usage:  # OpenAI chat / completions, and the servers that copy it
+        d = usage.get("prompt_tokens_details")
+        d = d if isinstance(d, dict) else {}
+        cached = _int(d.get("cached_tokens")) or _int(usage.get("prompt_cache_hit_tokens"))
+        # cache writes: a gateway's own chat answer of an Anthropic model carries them so
+        written = _int(d.get("cache_write_tokens")) or _int(
+            usage.get("cache_creation_input_tokens")
+        )
+        prompt, completion = _int(usage["prompt_tokens"]), _int(usage.get("completion_tokens"))
+        return prompt, completion, cached, written
+    if "input_tokens" not in usage and "output_tokens" not in usage:
+        return None
+    inp = _int(usage.get("input_tokens"))
+    out = _int(usage.get("output_tokens"))
+    if "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage:
+        # Anthropic: input_tokens counts only what is after the last cache breakpoint
+        read = _int(usage.get("cache_read_input_tokens"))
+        written = _int(usage.get("cache_creation_input_tokens"))
+        return inp + read + written, out, read, written
+    d = usage.get("input_tokens_details")  # the Responses API: input_tokens has it all
+    d = d if isinstance(d, dict) else {}
+    return inp, out, _int(d.get("cached_tokens")), _int(d.get("cache_write_tokens"))
 
 
 def format_usd(value: float) -> str:
@@ -132,12 +193,17 @@ def _price_table() -> dict[str, Pricing]:
     raw = json.loads(PRICE_TABLE_PATH.read_text())
     table: dict[str, Pricing] = {}
     for name, row in raw.items():
-        table[name] = Pricing.model_validate(
-            {
-                "input_per_mtok": float(row["input_token_price_per_million"]),
-                "output_per_mtok": float(row["output_token_price_per_million"]),
-            }
-        )
+        inp = float(row["input_token_price_per_million"])
+        price: dict[str, float] = {
+            "input_per_mtok": inp,
+            "output_per_mtok": float(row["output_token_price_per_million"]),
+        }
+        for prefix, read, write in CACHE_MULTIPLIERS:
+            if name.lower().startswith(prefix):
+                price["cached_input_per_mtok"] = inp * read
+                price["cache_write_input_per_mtok"] = inp * write
+                break
+        table[name] = Pricing.model_validate(price)
     return table
 
 

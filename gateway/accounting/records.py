@@ -6,8 +6,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 # 2: router_features; 3: SQLite keeps them as float32 bytes; 4: purpose (client | judge),
-# propensity and explored (router.explore); 5: budget_soft; 6: cache_write_tokens
-SCHEMA_VERSION = 6
+# propensity and explored (router.explore); 5: budget_soft; 6: cache_write_tokens;
+# 7: max_cost_usd and min_quality (the client's limits), sticky (conversation stickiness)
+SCHEMA_VERSION = 7
 CLIENT = "client"  # a request a client sent through the gateway
 JUDGE = "judge"  # the sampled judge's own grading call (gateway/accounting/quality.py)
 # the error_type of a request the gateway's own limits refused (gateway/tenants/limits.py):
@@ -41,6 +42,15 @@ class RequestRecord:
     # the key was past its budget's soft share (limits.budget_soft): routed thriftily, without
     # the most expensive tiers or with the thrifty policy (False in records before schema 5)
     budget_soft: bool = False
+    # the client's per-request limits (headers x-tollgate-max-cost-usd, x-tollgate-min-quality);
+    # None when not sent (and in records before schema 6)
+    max_cost_usd: float | None = None
+    min_quality: float | None = None
+    # conversation stickiness (gateway/routing/sticky.py), for a routed request that belongs to
+    # a conversation: "new" (its first turn seen), "stayed" (the router chose the model of the
+    # previous turn anyway), "kept" (kept on that model: a switch would have lost more cached
+    # prefix than it saves), "switched" (the switch saves more); None otherwise
+    sticky: str | None = None
     attempts: int = 0
     fallbacks: int = 0
     status: int = 200

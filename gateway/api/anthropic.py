@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from gateway.accounting import pricing
-from gateway.api.face import StreamConverter, Usage, sse_data
+from gateway.api.face import StreamConverter, Usage, read_usage, sse_data
 from gateway.errors import GatewayError, InvalidRequest, UpstreamClientError
 
 ANTHROPIC_API = "anthropic"
@@ -363,17 +363,6 @@ def _usage_json(u: Usage) -> dict[str, int]:
     }
 
 
-def chat_usage(usage: Any) -> Usage | None:
-    if not isinstance(usage, dict):
-        return None
-    pt, ct = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if not isinstance(pt, int):
-        return None
-    details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-    return Usage(pt, ct if isinstance(ct, int) else 0, cached if isinstance(cached, int) else 0)
-
-
 def from_chat(data: dict[str, Any], model: str) -> dict[str, Any]:
     choices = data.get("choices") or [{}]
     ch = choices[0] if isinstance(choices[0], dict) else {}
@@ -393,7 +382,7 @@ def from_chat(data: dict[str, Any], model: str) -> dict[str, Any]:
                     "input": _tool_input(fn.get("arguments")),
                 }
             )
-    u = chat_usage(data.get("usage")) or Usage()
+    u = read_usage(data.get("usage")) or Usage()
     return {
         "id": _message_id(data.get("id")),
         "type": "message",
@@ -404,20 +393,6 @@ def from_chat(data: dict[str, Any], model: str) -> dict[str, Any]:
         "stop_sequence": None,
         "usage": _usage_json(u),
     }
-
-
-def native_usage(usage: Any) -> Usage | None:
-    """An Anthropic usage object (input_tokens excludes the cache reads and writes)."""
-    if not isinstance(usage, dict) or not isinstance(usage.get("input_tokens"), int):
-        return None
-    write = usage.get("cache_creation_input_tokens") or 0
-    read = usage.get("cache_read_input_tokens") or 0
-    write = write if isinstance(write, int) else 0
-    read = read if isinstance(read, int) else 0
-    out = usage.get("output_tokens")
-    return Usage(
-        usage["input_tokens"] + write + read, out if isinstance(out, int) else 0, read, write
-    )
 
 
 def content_text(content: Any) -> str:
@@ -513,7 +488,7 @@ class ChatToMessages:
         if not isinstance(chunk, dict):
             return b""
         out = b"" if self.started else self._start(chunk.get("id"))
-        u = chat_usage(chunk.get("usage"))
+        u = read_usage(chunk.get("usage"))
         if u is not None:
             self.usage = u
         for ch in chunk.get("choices") or ():
@@ -604,17 +579,17 @@ class NativeMessages:
         if t == "message_start" and isinstance(ev.get("message"), dict):
             msg = ev["message"]
             msg["model"] = self.model
-            self.usage = native_usage(msg.get("usage"))
+            self.usage = read_usage(msg.get("usage"))
             return _event("message_start", ev)
         if t == "message_delta" and isinstance(ev.get("usage"), dict):
             u = ev["usage"]
             if self.usage is None:
-                self.usage = native_usage({"input_tokens": 0, **u})
+                self.usage = read_usage({"input_tokens": 0, **u})
             else:  # message_delta's counts are cumulative
                 if isinstance(u.get("output_tokens"), int):
                     self.usage.completion_tokens = u["output_tokens"]
                 if isinstance(u.get("input_tokens"), int):
-                    merged = native_usage(u)
+                    merged = read_usage(u)
                     if merged is not None:
                         merged.completion_tokens = self.usage.completion_tokens
                         self.usage = merged
@@ -677,7 +652,7 @@ class MessagesFace:
     def native_answer(self, data: dict[str, Any], model: str) -> tuple[Usage | None, str]:
         if "model" in data:
             data["model"] = model
-        return native_usage(data.get("usage")), content_text(data.get("content"))
+        return read_usage(data.get("usage")), content_text(data.get("content"))
 
     def native_stream(self, model: str) -> StreamConverter:
         return NativeMessages(model)

@@ -18,8 +18,8 @@ A face is one client API (Anthropic's Messages, OpenAI's Responses, ...). The pr
   whole, before its last byte goes out (e.g. to keep it for a later request). Faces that
   need none of this return themselves from `begin` and do nothing in `finish`.
 
-Usage is read by the converters: a `Usage` per answer, None when the upstream sent none
-(the proxy then estimates it, as for chat).
+Usage is read by the converters (`read_usage`, every provider's format): a `Usage` per
+answer, None when the upstream sent none (the proxy then estimates it, as for chat).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gateway.accounting import pricing
 from gateway.errors import GatewayError
 
 
@@ -41,6 +42,13 @@ class Usage:
     completion_tokens: int = 0
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+
+
+def read_usage(usage: Any) -> Usage | None:
+    """An upstream's `usage` in any provider's format (chat's, the Responses API's,
+    Anthropic's: `pricing.read_usage`), None when it holds no token counts."""
+    got = pricing.read_usage(usage)
+    return None if got is None else Usage(*got)
 
 
 class StreamConverter(Protocol):

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from gateway.api import responses as R
-from gateway.api.face import Usage, sse_data
+from gateway.api.face import Usage, read_usage, sse_data
 from gateway.api.response_store import ResponseStore, ResponseStoreError
 from gateway.errors import GatewayError, InvalidRequest, NotFound, Unavailable
 
@@ -40,29 +40,6 @@ def not_found(resp_id: str, param: str | None = None) -> NotFound:
         "deleted, or past responses.retention_days)",
         param=param,
     )
-
-
-# the names of usage fields: chat's, then the Responses API's
-_USAGE_NAMES = (
-    ("prompt_tokens", "completion_tokens", "prompt_tokens_details"),
-    ("input_tokens", "output_tokens", "input_tokens_details"),
-)
-
-
-def _usage(u: Any) -> Usage | None:
-    """Chat's usage (prompt_tokens ...) or the Responses API's (input_tokens ...)."""
-    if not isinstance(u, dict):
-        return None
-    for tokens_in, tokens_out, details in _USAGE_NAMES:
-        if isinstance(u.get(tokens_in), int):
-            d = u.get(details)
-            d = d if isinstance(d, dict) else {}
-            cached, written = (
-                R.as_int(d.get("cached_tokens")),
-                R.as_int(d.get("cache_write_tokens")),
-            )
-            return Usage(u[tokens_in], R.as_int(u.get(tokens_out)), cached, written)
-    return None
 
 
 class ResponsesFace:
@@ -171,7 +148,7 @@ class ResponsesCall(ResponsesFace):
 
     def native_answer(self, data: dict[str, Any], model: str) -> tuple[Usage | None, str]:
         self.public(data, model)
-        return _usage(data.get("usage")), R.output_text(data)
+        return read_usage(data.get("usage")), R.output_text(data)
 
     def public(self, resp: dict[str, Any], model: str) -> None:
         """An upstream's Response as the client knows it: the public model name, the
@@ -233,7 +210,7 @@ class ChatToResponses:
             return head
         u = chunk.get("usage")
         if u is not None:
-            self.usage = _usage(u)
+            self.usage = read_usage(u)
         return head + self.tr.feed(chunk) if head else self.tr.feed(chunk)
 
     def text(self) -> str:
@@ -285,7 +262,7 @@ class NativeResponses:
         if kind in _ENDS:
             self.done = True
             self.final = r if isinstance(r, dict) else {}
-            self.usage = _usage(self.final.get("usage"))
+            self.usage = read_usage(self.final.get("usage"))
             self.last, self.kind = ev, str(kind)
             return b""
         return R.named_event(kind, ev)

@@ -195,6 +195,15 @@ class RespClient:
                 raise
             return await self.call("EVAL", source, len(keys), *keys, *args)
 
+    def call_nowait(self, *args: Any) -> bool:
+        """Send a command without waiting for its reply (an error reply is logged); False
+        when there is no connection now."""
+        proto = self._proto
+        if proto is None:
+            return False
+        self.send(proto, args).add_done_callback(_log_failure)
+        return True
+
     def script_nowait(self, source: str, keys: list[str], args: list[Any]) -> bool:
         """Send a script without waiting for its reply (an error reply is logged); False
         when there is no connection now (then `await script(...)`)."""

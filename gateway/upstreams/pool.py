@@ -172,6 +172,7 @@ class Upstream:
         self.upstream_model_bytes = self.upstream_model.encode()
         self.base_url = ep.base_url.rstrip("/")
         self.label = f"{model.name}#{index}"
+        self.index = index  # its place in the model's endpoints (conversation stickiness)
         self.weight = ep.weight
         self.api = ep.api  # the API it speaks: "openai", or a face's (gateway/api/face.py)
         # the client APIs it speaks natively besides chat: its `api`, and the Responses API

@@ -135,6 +135,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
     # record schema 6: prompt-cache writes (Anthropic's cache_creation_input_tokens)
     (f"ALTER TABLE {TABLE} ADD COLUMN cache_write_tokens bigint NOT NULL DEFAULT 0",),
+    # record schema 7: the client's limits, conversation stickiness
+    (
+        f"ALTER TABLE {TABLE} ADD COLUMN max_cost_usd double precision",
+        f"ALTER TABLE {TABLE} ADD COLUMN min_quality double precision",
+        f"ALTER TABLE {TABLE} ADD COLUMN sticky text",
+    ),
 ]
 SCHEMA = len(MIGRATIONS)
 

@@ -69,6 +69,8 @@ def recent_row(r: RequestRecord) -> dict[str, Any]:
         "baseline_cost_usd": r.baseline_cost_usd,  # earlier names of the two above
         "baseline_model": r.baseline_model,
         "latency_ms": r.latency_ms,
+        "cached_tokens": r.cached_tokens,
+        "sticky": r.sticky,  # conversation stickiness: new | stayed | kept | switched
         "quality": record_quality(r),
         "quality_predicted": r.quality_predicted,
     }
@@ -114,6 +116,18 @@ def key_rows(by_key: list[dict[str, Any]], limits: dict[str, Any]) -> list[dict[
                 **{f: lim.get(f) for f in KEY_FIELDS},
             }
         )
+    return out
+
+
+def sticky_summary(records: list[RequestRecord]) -> dict[str, int]:
+    """Conversation stickiness over the records: how many turns were new, stayed (the router
+    chose the previous model anyway), kept (stickiness overrode a switch worth less than the
+    cache) or switched, and the prompt tokens the providers' caches answered."""
+    out = {"new": 0, "stayed": 0, "kept": 0, "switched": 0, "cached_tokens": 0}
+    for r in records:
+        if r.sticky in out:
+            out[r.sticky] += 1
+        out["cached_tokens"] += r.cached_tokens
     return out
 
 
@@ -194,6 +208,7 @@ async def snapshot(
             timeseries=[],
             latency_series=[],
             recent=[],
+            sticky=sticky_summary([]),
             bucket_s=nice_bucket(now - since),
             recorded=0,
         )
@@ -232,6 +247,7 @@ async def snapshot(
         timeseries=series,
         latency_series=latency_series(in_window, since, coarse),
         recent=[recent_row(r) for r in in_window[:RECENT_ROWS]],
+        sticky=sticky_summary(in_window),
         recorded=await store.count() if key_id is None else len(in_window),
     )
     return body

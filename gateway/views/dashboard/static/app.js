@@ -217,6 +217,11 @@
     setKpi("kpi-p50", ms(lat.p50_ms), lat.p50_ms);
     setKpi("kpi-p95", ms(lat.p95_ms), lat.p95_ms);
 
+    var sk = d.sticky || {};
+    setKpi("kpi-kept", int(sk.kept || 0), sk.kept);
+    setKpi("kpi-switched", int(sk.switched || 0), sk.switched);
+    $("kpi-cached").textContent = int(sk.cached_tokens || 0) + " prompt tokens from provider caches (newest requests)";
+
     var st = $("status");
     st.textContent = d.status || "?"; st.className = "pill " + (d.status || "");
     $("store").textContent = "store: " + d.store + " · " + int(d.recorded || 0) + " records" + (d.pending_records ? " (" + d.pending_records + " pending)" : "");
@@ -263,7 +268,8 @@
     fill("table-recent", d.recent || [], function (r) {
       return [clock(r.ts), r.route || "–", r.model || "–", r.tier || "–", { text: num(r.router_score, 3), cls: "n" },
         { text: num(r.cost_usd, 6), cls: "n" }, { text: num(r.reference_cost_usd, 6), cls: "n" }, { text: ms(r.latency_ms), cls: "n" },
-        { text: String(r.status), cls: r.status >= 400 ? "n err" : "n" }, { text: q3(r.quality), cls: "n" }];
+        { text: String(r.status), cls: r.status >= 400 ? "n err" : "n" }, { text: q3(r.quality), cls: "n" },
+        r.sticky || "–", { text: int(r.cached_tokens || 0), cls: "n" }];
     });
     $("updated").textContent = "updated " + clock(d.generated_at);
   }
