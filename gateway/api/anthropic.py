@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from gateway.accounting import pricing
-from gateway.api.face import StreamConverter, Usage, read_usage, sse_data
+from gateway.api.face import StreamConverter, Usage, read_usage, sse_data, sse_object
 from gateway.errors import GatewayError, InvalidRequest, UpstreamClientError
 
 ANTHROPIC_API = "anthropic"
@@ -481,11 +481,8 @@ class ChatToMessages:
             return b""
         if data.strip() == b"[DONE]":
             return self._finish()
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return b""
-        if not isinstance(chunk, dict):
+        chunk = sse_object(data)
+        if chunk is None:
             return b""
         out = b"" if self.started else self._start(chunk.get("id"))
         u = read_usage(chunk.get("usage"))
@@ -571,11 +568,10 @@ class NativeMessages:
         if b'"content_block_delta"' in data[:40]:  # the most events: passed on as they are
             self.deltas.append(data)
             return event + b"\n\n"
-        try:
-            ev = orjson.loads(data)
-        except orjson.JSONDecodeError:
+        ev = sse_object(data)
+        if ev is None:
             return event + b"\n\n"
-        t = ev.get("type") if isinstance(ev, dict) else None
+        t = ev.get("type")
         if t == "message_start" and isinstance(ev.get("message"), dict):
             msg = ev["message"]
             msg["model"] = self.model

@@ -28,6 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
+
 from gateway.accounting import pricing
 from gateway.errors import GatewayError
 
@@ -189,3 +191,13 @@ def sse_data(event: bytes) -> bytes | None:
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else b"\n".join(parts)
+
+
+def sse_object(data: bytes) -> dict[str, Any] | None:
+    """The JSON object an SSE event's data holds; None when it is not JSON or not an object
+    (a converter passes such an event by)."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None

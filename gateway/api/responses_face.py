@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from gateway.api import responses as R
-from gateway.api.face import Usage, read_usage, sse_data
+from gateway.api.face import Usage, read_usage, sse_data, sse_object
 from gateway.api.response_store import ResponseStore, ResponseStoreError
 from gateway.errors import GatewayError, InvalidRequest, NotFound, Unavailable
 
@@ -202,11 +202,8 @@ class ChatToResponses:
         if data == b"[DONE]":
             self.done = True
             return head
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return head
-        if not isinstance(chunk, dict):
+        chunk = sse_object(data)
+        if chunk is None:
             return head
         u = chunk.get("usage")
         if u is not None:
@@ -247,11 +244,8 @@ class NativeResponses:
         data = sse_data(event)
         if data is None or self.done:
             return b""
-        try:
-            ev = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return b""
-        if not isinstance(ev, dict):
+        ev = sse_object(data)
+        if ev is None:
             return b""
         if isinstance(ev.get("sequence_number"), int):
             self.seq = ev["sequence_number"] + 1
